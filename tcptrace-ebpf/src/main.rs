@@ -1,0 +1,462 @@
+//! tcptrace's kernel side: small and dumb on purpose.
+//!
+//! Each program copies the fields of one tracepoint into an [`Event`] reserved
+//! in the ring buffer, stamps the on-CPU task and the socket's owner, applies
+//! the user's filters, and submits. Every offset comes from [`CONFIG`], which
+//! the loader fills in from the running kernel's format files and BTF; all
+//! interpretation happens in userspace.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use tcptrace_common::{
+    ABSENT, COMM_LEN, Config, DEFAULT_RING_BYTES, Event, SockFields, Task, counter, filter, flag,
+    kind,
+};
+
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const TCP_CLOSE: u8 = 7;
+const TCP_SYN_SENT: u8 = 2;
+const TCP_LISTEN: u8 = 10;
+const TCP_SYN_RECV: u8 = 3;
+// bpf_ringbuf_{submit,reserve} flags and bpf_ringbuf_query's BPF_RB_AVAIL_DATA.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Filled in by the loader (`EbpfLoader::set_global`) before loading.
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::EMPTY;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// `counter::*` per CPU: produced = received + lost holds exactly.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Owner of each socket, captured in process context at connect and listen.
+#[map]
+static OWNERS: LruHashMap<u64, Task> = LruHashMap::with_max_entries(65536, 0);
+
+/// Owner of each listening port (key: family << 16 | port), inherited by the
+/// children the listener accepts.
+#[map]
+static LISTENERS: LruHashMap<u32, Task> = LruHashMap::with_max_entries(4096, 0);
+
+/// Process ids (tgids) to trace when `filter::PID` is on.
+#[map]
+static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Non-zero while this CPU runs a softirq: the on-CPU task is then a bystander.
+#[map]
+static IN_SOFTIRQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn config() -> &'static Config {
+    // SAFETY: CONFIG is written once by the loader before load; the volatile
+    // read stops the compiler from folding the defaults in.
+    unsafe { &*core::ptr::read_volatile(&&CONFIG) }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn read<T>(ctx: &TracePointContext, offset: u16) -> Option<T> {
+    if offset == ABSENT {
+        return None;
+    }
+    // SAFETY: bounds-checked by the kernel (bpf_probe_read).
+    unsafe { ctx.read_at::<T>(offset as usize).ok() }
+}
+
+#[inline(always)]
+fn current_task() -> Task {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    Task {
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        // SAFETY: plain helper call, valid in tracepoint programs.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    }
+}
+
+#[inline(always)]
+fn in_softirq() -> bool {
+    IN_SOFTIRQ
+        .get(0)
+        .map(|depth| *depth != 0)
+        .unwrap_or(false)
+}
+
+/// Does a task pass the user's process filters?
+#[inline(always)]
+fn task_matches(filter: &tcptrace_common::Filter, task: &Task) -> bool {
+    if filter.flags & filter::PID != 0 {
+        // SAFETY: read-only lookup of a plain value.
+        if unsafe { PID_FILTER.get(&task.tgid) }.is_none() {
+            return false;
+        }
+    }
+    if filter.flags & filter::COMM != 0 && task.comm != filter.comm {
+        return false;
+    }
+    if filter.flags & filter::CGROUP != 0 && task.cgroup_id != filter.cgroup_id {
+        return false;
+    }
+    true
+}
+
+#[inline(always)]
+fn process_filter_on(filter: &tcptrace_common::Filter) -> bool {
+    filter.flags & (filter::PID | filter::COMM | filter::CGROUP) != 0
+}
+
+/// Process filters judge the socket's owner when it is known; otherwise the
+/// task that caused the event, when it ran in process context.
+#[inline(always)]
+fn socket_event_passes(event: &Event) -> bool {
+    let filter = &config().filter;
+    if filter.flags & filter::FAMILY != 0 && event.family != filter.family {
+        return false;
+    }
+    if filter.flags & (filter::PORT | filter::LPORT | filter::RPORT) != 0 {
+        // Each port filter that is on must hold.
+        if filter.flags & filter::PORT != 0
+            && event.sport != filter.port
+            && event.dport != filter.port
+        {
+            return false;
+        }
+        if filter.flags & filter::LPORT != 0 && event.sport != filter.lport {
+            return false;
+        }
+        if filter.flags & filter::RPORT != 0 && event.dport != filter.rport {
+            return false;
+        }
+    }
+    if !process_filter_on(filter) {
+        return true;
+    }
+    if event.flags & flag::OWNER_KNOWN != 0 {
+        task_matches(filter, &event.owner)
+    } else {
+        event.flags & flag::SOFTIRQ == 0 && task_matches(filter, &event.context)
+    }
+}
+
+/// Reads family, ports and addresses, in either layout the kernel uses.
+#[inline(always)]
+fn read_endpoints(ctx: &TracePointContext, fields: &SockFields, event: &mut Event) {
+    if fields.saddr_sockaddr != ABSENT {
+        // struct sockaddr_in / sockaddr_in6: family, then the port in
+        // network order, then the address (at 4 for v4, 8 for v6).
+        let family: u16 = read(ctx, fields.saddr_sockaddr).unwrap_or(0);
+        event.family = family;
+        let sport: u16 = read(ctx, fields.saddr_sockaddr + 2).unwrap_or(0);
+        let dport: u16 = read(ctx, fields.daddr_sockaddr + 2).unwrap_or(0);
+        event.sport = u16::from_be(sport);
+        event.dport = u16::from_be(dport);
+        if family == AF_INET6 {
+            event.saddr = read(ctx, fields.saddr_sockaddr + 8).unwrap_or([0; 16]);
+            event.daddr = read(ctx, fields.daddr_sockaddr + 8).unwrap_or([0; 16]);
+        } else {
+            let s: [u8; 4] = read(ctx, fields.saddr_sockaddr + 4).unwrap_or([0; 4]);
+            let d: [u8; 4] = read(ctx, fields.daddr_sockaddr + 4).unwrap_or([0; 4]);
+            event.saddr[..4].copy_from_slice(&s);
+            event.daddr[..4].copy_from_slice(&d);
+        }
+        return;
+    }
+    event.family = read(ctx, fields.family).unwrap_or(0);
+    event.sport = read(ctx, fields.sport).unwrap_or(0);
+    event.dport = read(ctx, fields.dport).unwrap_or(0);
+    if event.family == AF_INET6 {
+        event.saddr = read(ctx, fields.saddr_v6).unwrap_or([0; 16]);
+        event.daddr = read(ctx, fields.daddr_v6).unwrap_or([0; 16]);
+    } else {
+        let s: [u8; 4] = read(ctx, fields.saddr).unwrap_or([0; 4]);
+        let d: [u8; 4] = read(ctx, fields.daddr).unwrap_or([0; 4]);
+        event.saddr[..4].copy_from_slice(&s);
+        event.daddr[..4].copy_from_slice(&d);
+    }
+}
+
+/// Builds the event on the stack, filters, then copies it into the ring.
+/// (The Event is 144 bytes: well inside the 512-byte stack.)
+#[inline(always)]
+fn submit(event: &Event) {
+    count(counter::PRODUCED);
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(*event);
+            // Waking the reader per event costs more than the event itself:
+            // wake it only when a backlog builds; its timer drains the rest.
+            let backlog = EVENTS.query(BPF_RB_AVAIL_DATA);
+            let wake = if backlog >= config().wakeup_bytes {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(wake);
+        }
+        None => count(counter::LOST),
+    }
+}
+
+#[inline(always)]
+fn base_event(event_kind: u8) -> Event {
+    let mut event = Event {
+        kind: event_kind,
+        // SAFETY: plain helper calls.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        context: current_task(),
+        ..Event::default()
+    };
+    if in_softirq() {
+        event.flags |= flag::SOFTIRQ;
+    }
+    event
+}
+
+#[inline(always)]
+fn attach_owner(event: &mut Event) {
+    // SAFETY: read-only lookup; the value is copied out at once.
+    if let Some(owner) = unsafe { OWNERS.get(&event.skaddr) } {
+        event.owner = *owner;
+        event.flags |= flag::OWNER_KNOWN;
+    }
+}
+
+fn listener_key(family: u16, port: u16) -> u32 {
+    ((family as u32) << 16) | port as u32
+}
+
+/// Keeps the owner maps current; runs before filtering so that ownership is
+/// known even for sockets whose early events were filtered out.
+#[inline(always)]
+fn track_owner(event: &mut Event) {
+    let (old, new) = (event.oldstate, event.newstate);
+    let process_context = event.flags & flag::SOFTIRQ == 0;
+    if old == TCP_CLOSE && (new == TCP_SYN_SENT || new == TCP_LISTEN) && process_context {
+        // connect() and listen() run in the caller's context.
+        let _ = OWNERS.insert(&event.skaddr, &event.context, 0);
+        if new == TCP_LISTEN {
+            let key = listener_key(event.family, event.sport);
+            let _ = LISTENERS.insert(&key, &event.context, 0);
+        }
+    } else if old == TCP_LISTEN && new == TCP_SYN_RECV {
+        // A child socket: it belongs to whoever owns the listening port.
+        let key = listener_key(event.family, event.sport);
+        // SAFETY: read-only lookup; the value is copied out at once.
+        if let Some(owner) = unsafe { LISTENERS.get(&key) } {
+            let owner = *owner;
+            let _ = OWNERS.insert(&event.skaddr, &owner, 0);
+        }
+    } else if old == TCP_LISTEN && new == TCP_CLOSE {
+        let key = listener_key(event.family, event.sport);
+        let _ = LISTENERS.remove(&key);
+    }
+    attach_owner(event);
+}
+
+/// Bytes received but not yet read: `rcv_nxt - copied_seq` of the tcp_sock,
+/// at offsets the loader read from BTF (0 = unknown, left out).
+#[inline(always)]
+fn read_unread(event: &mut Event) {
+    let offsets = &config().offsets;
+    if offsets.tcp_rcv_nxt == 0 || offsets.tcp_copied_seq == 0 || event.skaddr == 0 {
+        return;
+    }
+    let base = event.skaddr as *const u8;
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let rcv_nxt = unsafe {
+        bpf_probe_read_kernel(base.wrapping_add(offsets.tcp_rcv_nxt as usize) as *const u32)
+    };
+    let copied = unsafe {
+        bpf_probe_read_kernel(base.wrapping_add(offsets.tcp_copied_seq as usize) as *const u32)
+    };
+    if let (Ok(rcv_nxt), Ok(copied)) = (rcv_nxt, copied) {
+        event.unread = rcv_nxt.wrapping_sub(copied);
+        event.flags |= flag::UNREAD_VALID;
+    }
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let fields = &config().set_state;
+    if read::<u16>(&ctx, fields.protocol) != Some(IPPROTO_TCP) {
+        count(counter::NOT_TCP);
+        return 0;
+    }
+    let mut event = base_event(kind::STATE);
+    event.skaddr = read::<u64>(&ctx, fields.skaddr).unwrap_or(0);
+    event.oldstate = read::<i32>(&ctx, fields.oldstate).unwrap_or(0) as u8;
+    event.newstate = read::<i32>(&ctx, fields.newstate).unwrap_or(0) as u8;
+    read_endpoints(&ctx, fields, &mut event);
+    track_owner(&mut event);
+    if event.newstate == TCP_CLOSE {
+        read_unread(&mut event);
+    }
+    if socket_event_passes(&event) {
+        submit(&event);
+    } else {
+        count(counter::FILTERED);
+    }
+    0
+}
+
+/// The reset, retransmit and destroy tracepoints share one shape.
+#[inline(always)]
+fn sock_event(ctx: &TracePointContext, fields: &SockFields, event_kind: u8) -> u32 {
+    let mut event = base_event(event_kind);
+    event.skaddr = read::<u64>(ctx, fields.skaddr).unwrap_or(0);
+    if let Some(state) = read::<i32>(ctx, fields.state) {
+        event.newstate = state as u8;
+    }
+    if let Some(reason) = read::<u32>(ctx, fields.reason) {
+        event.value = reason;
+        event.flags |= flag::REASON_VALID;
+    } else if let Some(err) = read::<i32>(ctx, fields.err) {
+        event.value = err as u32;
+    }
+    if let Some(cookie) = read::<u64>(ctx, fields.cookie) {
+        event.aux = cookie;
+    }
+    read_endpoints(ctx, fields, &mut event);
+    attach_owner(&mut event);
+    if event_kind == kind::DESTROY_SOCK {
+        // The socket's last event: its address may be reused from now on.
+        let _ = OWNERS.remove(&event.skaddr);
+    }
+    if socket_event_passes(&event) {
+        submit(&event);
+    } else {
+        count(counter::FILTERED);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    sock_event(&ctx, &config().send_reset, kind::SEND_RESET)
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    sock_event(&ctx, &config().receive_reset, kind::RECEIVE_RESET)
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    sock_event(&ctx, &config().retransmit_skb, kind::RETRANSMIT_SKB)
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    sock_event(&ctx, &config().retransmit_synack, kind::RETRANSMIT_SYNACK)
+}
+
+#[tracepoint]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    sock_event(&ctx, &config().destroy_sock, kind::DESTROY_SOCK)
+}
+
+/// A task exits: its sockets are closed after this, in its own context.
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let config = config();
+    let mut event = base_event(kind::PROCESS_EXIT);
+    if process_filter_on(&config.filter) && !task_matches(&config.filter, &event.context) {
+        count(counter::FILTERED);
+        return 0;
+    }
+    if read::<u8>(&ctx, config.process_exit.group_dead).unwrap_or(0) != 0 {
+        event.flags |= flag::GROUP_DEAD;
+    }
+    if config.offsets.task_exit_code != 0 {
+        // SAFETY: plain helper call; the read is checked by the kernel.
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        let code = unsafe {
+            bpf_probe_read_kernel(
+                task.wrapping_add(config.offsets.task_exit_code as usize) as *const i32
+            )
+        };
+        if let Ok(code) = code {
+            event.value = code as u32;
+            event.flags |= flag::EXIT_CODE_VALID;
+        }
+    }
+    submit(&event);
+    0
+}
+
+/// A signal that kills by default is generated: remember who sent it.
+#[tracepoint]
+pub fn signal_generate(ctx: TracePointContext) -> u32 {
+    let config = config();
+    let sig = read::<i32>(&ctx, config.signal.sig).unwrap_or(0);
+    if !(1..64).contains(&sig) || config.signal_mask & (1u64 << sig) == 0 {
+        return 0;
+    }
+    let target = read::<i32>(&ctx, config.signal.pid).unwrap_or(0) as u32;
+    if config.filter.flags & filter::PID != 0 {
+        // SAFETY: read-only lookup of a plain value.
+        if unsafe { PID_FILTER.get(&target) }.is_none() {
+            count(counter::FILTERED);
+            return 0;
+        }
+    }
+    let mut event = base_event(kind::SIGNAL);
+    event.value = sig as u32;
+    // `result` 0 means delivered; others mean ignored, already pending, ...
+    let result = read::<i32>(&ctx, config.signal.result).unwrap_or(0) as u32;
+    event.aux = (target as u64) | ((result as u64) << 32);
+    submit(&event);
+    0
+}
+
+#[tracepoint]
+pub fn softirq_entry(_ctx: TracePointContext) -> u32 {
+    if let Some(depth) = IN_SOFTIRQ.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *depth = 1 };
+    }
+    0
+}
+
+#[tracepoint]
+pub fn softirq_exit(_ctx: TracePointContext) -> u32 {
+    if let Some(depth) = IN_SOFTIRQ.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *depth = 0 };
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

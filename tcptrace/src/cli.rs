@@ -1,0 +1,267 @@
+//! Command-line flags, and their validation into loader and render options.
+//! Bad values are refused here, before anything is loaded into the kernel.
+
+use std::{os::unix::fs::MetadataExt, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use tcptrace_common::{COMM_LEN, Filter, filter};
+
+use crate::{
+    decode::{AF_INET, AF_INET6},
+    loader::TraceOptions,
+    render::View,
+    tracker::TrackerOptions,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// Colour when stdout is a terminal and NO_COLOR is unset.
+    Auto,
+    Always,
+    Never,
+}
+
+/// Show how TCP connections on this host open and end: per socket, the
+/// 3-way handshake, the 4-way close and the RST paths, with the process that
+/// owned each socket and the one that closed it.
+///
+/// Needs root (or CAP_BPF + CAP_PERFMON). Stop with Ctrl-C; a summary goes to
+/// stderr.
+#[derive(Debug, Parser)]
+#[command(name = "tcptrace", version, about, long_about, max_term_width = 100)]
+pub struct Args {
+    /// What to print: one ladder per socket when it ends (`sockets`), one
+    /// line per state transition as it happens (`stream`), or both.
+    #[arg(long, value_enum, default_value_t = View::Sockets)]
+    pub view: View,
+
+    /// One JSON object per line instead of text (schema: README, "JSON").
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print wall-clock times (HH:MM:SS.mmm) in the stream view.
+    #[arg(short = 'T', long)]
+    pub timestamp: bool,
+
+    /// Wide address columns, for IPv6.
+    #[arg(short = 'w', long)]
+    pub wide: bool,
+
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+
+    /// Only sockets owned by (or events caused by) this process id; repeatable.
+    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Vec<u32>,
+
+    /// Only sockets owned by processes with this name (first 15 bytes, as
+    /// the kernel keeps it).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+
+    /// Only sockets with this port at either end.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+
+    /// Only sockets with this local port.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub lport: Option<u16>,
+
+    /// Only sockets with this remote port.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub rport: Option<u16>,
+
+    /// Only IPv4.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Only IPv6.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+
+    /// Only sockets owned by processes in this cgroup (v2), as a path under
+    /// /sys/fs/cgroup or absolute.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Ring buffer size in bytes (a power of two). Larger absorbs bigger
+    /// bursts without losing events.
+    #[arg(long, value_name = "BYTES", default_value_t = tcptrace_common::DEFAULT_RING_BYTES,
+          value_parser = parse_ring_size)]
+    pub ring_size: u32,
+
+    /// Most sockets tracked at once; the oldest is evicted (and marked) past it.
+    #[arg(long, value_name = "N", default_value_t = 65536,
+          value_parser = clap::value_parser!(u64).range(16..=4_194_304))]
+    pub max_sockets: u64,
+
+    /// Colour in text output.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
+    /// Don't print the exit summary.
+    #[arg(long)]
+    pub no_summary: bool,
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of bytes"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!(
+            "{n} is not a power of two of at least 4096 (e.g. 4194304)"
+        ));
+    }
+    Ok(n)
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArgsError {
+    #[error("--cgroup {path}: {why}")]
+    Cgroup { path: String, why: String },
+    #[error("--comm: an empty name matches nothing")]
+    EmptyComm,
+}
+
+impl Args {
+    /// The kernel-side filters and sizes.
+    pub fn trace_options(&self) -> Result<TraceOptions, ArgsError> {
+        let mut f = Filter::default();
+        if let Some(comm) = &self.comm {
+            if comm.is_empty() {
+                return Err(ArgsError::EmptyComm);
+            }
+            // The kernel keeps 15 bytes and a NUL.
+            let bytes = comm.as_bytes();
+            let n = bytes.len().min(COMM_LEN - 1);
+            f.comm[..n].copy_from_slice(&bytes[..n]);
+            f.flags |= filter::COMM;
+        }
+        if let Some(port) = self.port {
+            f.port = port;
+            f.flags |= filter::PORT;
+        }
+        if let Some(port) = self.lport {
+            f.lport = port;
+            f.flags |= filter::LPORT;
+        }
+        if let Some(port) = self.rport {
+            f.rport = port;
+            f.flags |= filter::RPORT;
+        }
+        if self.ipv4 || self.ipv6 {
+            f.family = if self.ipv4 { AF_INET } else { AF_INET6 };
+            f.flags |= filter::FAMILY;
+        }
+        if let Some(path) = &self.cgroup {
+            f.cgroup_id = cgroup_id(path)?;
+            f.flags |= filter::CGROUP;
+        }
+        Ok(TraceOptions {
+            ring_bytes: self.ring_size,
+            filter: f,
+            pids: self.pid.clone(),
+        })
+    }
+
+    pub fn tracker_options(&self) -> TrackerOptions {
+        TrackerOptions {
+            max_sockets: self.max_sockets as usize,
+            ..TrackerOptions::default()
+        }
+    }
+
+    pub fn duration(&self) -> Option<Duration> {
+        self.duration.map(Duration::from_secs)
+    }
+
+    /// Colour decision: the flag, then NO_COLOR, then whether stdout is a tty.
+    pub fn color(&self, stdout_is_terminal: bool) -> bool {
+        match self.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                stdout_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+        }
+    }
+}
+
+/// A cgroup v2 id is the inode number of its directory.
+fn cgroup_id(path: &std::path::Path) -> Result<u64, ArgsError> {
+    let full = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        PathBuf::from("/sys/fs/cgroup").join(path)
+    };
+    let err = |why: String| ArgsError::Cgroup {
+        path: full.display().to_string(),
+        why,
+    };
+    let meta = std::fs::metadata(&full).map_err(|e| err(e.to_string()))?;
+    if !meta.is_dir() || !full.join("cgroup.procs").exists() {
+        return Err(err("not a cgroup v2 directory".into()));
+    }
+    Ok(meta.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("tcptrace").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn a_port_out_of_range_is_refused_with_the_range() {
+        let err = parse(&["--port", "70000"]).unwrap_err().to_string();
+        assert!(err.contains("70000") && err.contains("65535"), "{err}");
+        assert!(parse(&["--lport", "0"]).is_err());
+    }
+
+    #[test]
+    fn filters_become_kernel_flags() {
+        let args = parse(&["--pid", "5", "--pid", "7", "--rport", "443", "-6", "--comm", "a-very-long-daemon-name"]).unwrap();
+        let o = args.trace_options().unwrap();
+        assert_eq!(o.pids, vec![5, 7]);
+        assert_eq!(o.filter.rport, 443);
+        assert_eq!(o.filter.family, AF_INET6);
+        assert_eq!(o.filter.flags, filter::RPORT | filter::FAMILY | filter::COMM);
+        assert_eq!(&o.filter.comm[..15], b"a-very-long-dae");
+        assert_eq!(o.filter.comm[15], 0);
+    }
+
+    #[test]
+    fn a_missing_cgroup_is_refused_before_loading() {
+        let args = parse(&["--cgroup", "/nonexistent/cgroup"]).unwrap();
+        let err = args.trace_options().unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/cgroup"), "{err}");
+    }
+
+    #[test]
+    fn the_root_cgroup_resolves_when_mounted() {
+        if !std::path::Path::new("/sys/fs/cgroup/cgroup.procs").exists() {
+            return;
+        }
+        let args = parse(&["--cgroup", "/sys/fs/cgroup"]).unwrap();
+        assert_ne!(args.trace_options().unwrap().filter.cgroup_id, 0);
+    }
+
+    #[test]
+    fn bad_ring_sizes_and_conflicting_families_are_refused() {
+        assert!(parse(&["--ring-size", "5000"]).is_err());
+        assert!(parse(&["--ring-size", "x"]).is_err());
+        assert_eq!(parse(&["--ring-size", "65536"]).unwrap().ring_size, 65536);
+        assert!(parse(&["-4", "-6"]).is_err());
+    }
+
+    #[test]
+    fn colour_follows_the_flag_then_the_terminal() {
+        assert!(!parse(&[]).unwrap().color(false));
+        assert!(parse(&["--color", "always"]).unwrap().color(false));
+        assert!(!parse(&["--color", "never"]).unwrap().color(true));
+    }
+}

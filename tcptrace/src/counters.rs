@@ -1,0 +1,27 @@
+//! Event accounting: what the kernel produced, what reached userspace, what
+//! was lost. `produced == received + lost` holds exactly once drained.
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Events that passed the kernel filters and were offered to the ring.
+    pub produced: u64,
+    /// Events that found the ring buffer full.
+    pub lost: u64,
+    /// Events read from the ring buffer by userspace.
+    pub received: u64,
+    /// Events dropped by a filter in the kernel.
+    pub filtered: u64,
+    /// Non-TCP (MPTCP, SCTP) state changes ignored in the kernel.
+    pub not_tcp: u64,
+    /// Events userspace could not decode (a kernel/loader mismatch).
+    pub undecodable: u64,
+}
+
+impl Counters {
+    /// True when every produced event is accounted for.
+    pub fn balanced(&self) -> bool {
+        self.produced == self.received + self.lost
+    }
+}

@@ -1,0 +1,449 @@
+//! Kernel event → typed record. The first step of the pipeline: turns the raw
+//! `#[repr(C)]` [`Event`] from the ring buffer into a [`Record`] that the
+//! tracker and renderers can use without knowing any kernel layout.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use serde::Serialize;
+use tcptrace_common::{COMM_LEN, Event, Task, flag, kind};
+
+use crate::kernel::ResetReasons;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TcpState {
+    Established = 1,
+    SynSent = 2,
+    SynRecv = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    TimeWait = 6,
+    Close = 7,
+    CloseWait = 8,
+    LastAck = 9,
+    Listen = 10,
+    Closing = 11,
+    NewSynRecv = 12,
+}
+
+impl TcpState {
+    pub fn from_raw(raw: u8) -> Option<TcpState> {
+        use TcpState::*;
+        Some(match raw {
+            1 => Established,
+            2 => SynSent,
+            3 => SynRecv,
+            4 => FinWait1,
+            5 => FinWait2,
+            6 => TimeWait,
+            7 => Close,
+            8 => CloseWait,
+            9 => LastAck,
+            10 => Listen,
+            11 => Closing,
+            12 => NewSynRecv,
+            _ => return None,
+        })
+    }
+
+    /// The name people know from tcpstates and `ss`.
+    pub fn name(self) -> &'static str {
+        use TcpState::*;
+        match self {
+            Established => "ESTABLISHED",
+            SynSent => "SYN_SENT",
+            SynRecv => "SYN_RECV",
+            FinWait1 => "FIN_WAIT1",
+            FinWait2 => "FIN_WAIT2",
+            TimeWait => "TIME_WAIT",
+            Close => "CLOSE",
+            CloseWait => "CLOSE_WAIT",
+            LastAck => "LAST_ACK",
+            Listen => "LISTEN",
+            Closing => "CLOSING",
+            NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+}
+
+impl std::fmt::Display for TcpState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// A process as the kernel program saw it. `comm` is the raw name, untrusted:
+/// escape it (see [`crate::render::escape`]) before printing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Proc {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+}
+
+impl Proc {
+    fn from_task(task: &Task) -> Proc {
+        Proc {
+            pid: task.pid,
+            tgid: task.tgid,
+            comm: comm_string(&task.comm),
+            cgroup_id: task.cgroup_id,
+        }
+    }
+
+    /// The kernel's idle task and kernel threads have no process behind them.
+    pub fn is_idle(&self) -> bool {
+        self.tgid == 0
+    }
+}
+
+fn comm_string(raw: &[u8; COMM_LEN]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// Who was running when an event fired.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Context {
+    /// In a process's own context (a syscall, or its exit).
+    Process(Proc),
+    /// In softirq: `on_cpu` just happened to be running and did not cause it.
+    Softirq { on_cpu: Proc },
+}
+
+impl Context {
+    /// The process that caused the event, if it ran in process context.
+    pub fn process(&self) -> Option<&Proc> {
+        match self {
+            Context::Process(p) => Some(p),
+            Context::Softirq { .. } => None,
+        }
+    }
+
+    pub fn on_cpu(&self) -> &Proc {
+        match self {
+            Context::Process(p) => p,
+            Context::Softirq { on_cpu } => on_cpu,
+        }
+    }
+}
+
+/// What every socket event carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SockInfo {
+    /// Monotonic nanoseconds (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub cpu: u32,
+    /// Kernel address of the `struct sock`.
+    pub skaddr: u64,
+    /// Local end; port 0 when the kernel had not chosen one yet.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub context: Context,
+    /// The socket's owner, from the kernel's owner map; `None` when unknown
+    /// (the socket was opened before tracing began, or its owner was evicted).
+    pub owner: Option<Proc>,
+}
+
+/// An RST reason: the kernel's number and, when the running kernel names it,
+/// its name (`TCP_ABORT_ON_CLOSE`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ResetReason {
+    pub code: u32,
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Record {
+    /// `sock:inet_sock_set_state`.
+    State {
+        #[serde(flatten)]
+        sock: SockInfo,
+        old: TcpState,
+        new: TcpState,
+        /// Bytes received but never read, on a transition to CLOSE (BTF).
+        unread: Option<u32>,
+    },
+    /// `tcp:tcp_send_reset`: we sent an RST. `skaddr` is 0 when no socket
+    /// matched the segment (e.g. a SYN to a closed port).
+    SendReset {
+        #[serde(flatten)]
+        sock: SockInfo,
+        state: Option<TcpState>,
+        reason: Option<ResetReason>,
+    },
+    /// `tcp:tcp_receive_reset`: the peer's RST reached this socket.
+    ReceiveReset {
+        #[serde(flatten)]
+        sock: SockInfo,
+    },
+    /// `tcp:tcp_retransmit_skb` (a SYN while in SYN_SENT, or data).
+    Retransmit {
+        #[serde(flatten)]
+        sock: SockInfo,
+        state: Option<TcpState>,
+    },
+    /// `tcp:tcp_retransmit_synack`, on the listener's behalf.
+    RetransmitSynAck {
+        #[serde(flatten)]
+        sock: SockInfo,
+    },
+    /// `tcp:tcp_destroy_sock`: the socket's memory is freed.
+    Destroy {
+        #[serde(flatten)]
+        sock: SockInfo,
+    },
+    /// `sched:sched_process_exit`.
+    ProcessExit {
+        ts_ns: u64,
+        task: Proc,
+        /// The kernel's `exit_code`: a signal number in the low 7 bits, or
+        /// the exit status shifted left by 8.
+        exit_code: Option<i32>,
+        group_dead: bool,
+    },
+    /// `signal:signal_generate` for a signal that kills by default.
+    Signal {
+        ts_ns: u64,
+        sig: u32,
+        target_pid: u32,
+        sender: Proc,
+        delivered: bool,
+    },
+}
+
+impl Record {
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Record::State { sock, .. }
+            | Record::SendReset { sock, .. }
+            | Record::ReceiveReset { sock }
+            | Record::Retransmit { sock, .. }
+            | Record::RetransmitSynAck { sock }
+            | Record::Destroy { sock } => sock.ts_ns,
+            Record::ProcessExit { ts_ns, .. } | Record::Signal { ts_ns, .. } => *ts_ns,
+        }
+    }
+
+    pub fn sock(&self) -> Option<&SockInfo> {
+        match self {
+            Record::State { sock, .. }
+            | Record::SendReset { sock, .. }
+            | Record::ReceiveReset { sock }
+            | Record::Retransmit { sock, .. }
+            | Record::RetransmitSynAck { sock }
+            | Record::Destroy { sock } => Some(sock),
+            Record::ProcessExit { .. } | Record::Signal { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring buffer item of {0} bytes, expected {1}")]
+    Size(usize, usize),
+    #[error("unknown event kind {0}")]
+    Kind(u8),
+    #[error("unknown TCP state {0}")]
+    State(u8),
+}
+
+fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
+    if family == AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(*raw))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
+}
+
+/// Copies a ring-buffer item into an [`Event`] (items are not guaranteed to be
+/// aligned for it).
+pub fn event_from_bytes(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let size = core::mem::size_of::<Event>();
+    if bytes.len() < size {
+        return Err(DecodeError::Size(bytes.len(), size));
+    }
+    // SAFETY: Event is plain #[repr(C)] data valid for any bit pattern, and
+    // the length was checked above.
+    Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// Turns raw events into records, naming RST reasons as the running kernel does.
+#[derive(Clone, Debug, Default)]
+pub struct Decoder {
+    reasons: ResetReasons,
+}
+
+impl Decoder {
+    pub fn new(reasons: ResetReasons) -> Decoder {
+        Decoder { reasons }
+    }
+
+    pub fn decode_bytes(&self, bytes: &[u8]) -> Result<Record, DecodeError> {
+        self.decode(&event_from_bytes(bytes)?)
+    }
+
+    pub fn decode(&self, e: &Event) -> Result<Record, DecodeError> {
+        let context = Proc::from_task(&e.context);
+        let context = if e.flags & flag::SOFTIRQ != 0 {
+            Context::Softirq { on_cpu: context }
+        } else {
+            Context::Process(context)
+        };
+        let sock = || SockInfo {
+            ts_ns: e.ts_ns,
+            cpu: e.cpu,
+            skaddr: e.skaddr,
+            local: SocketAddr::new(ip(e.family, &e.saddr), e.sport),
+            remote: SocketAddr::new(ip(e.family, &e.daddr), e.dport),
+            context: context.clone(),
+            owner: (e.flags & flag::OWNER_KNOWN != 0).then(|| Proc::from_task(&e.owner)),
+        };
+        // Reset and retransmit tracepoints print state 0 as "no socket".
+        let state = || TcpState::from_raw(e.newstate);
+        Ok(match e.kind {
+            kind::STATE => Record::State {
+                sock: sock(),
+                old: TcpState::from_raw(e.oldstate).ok_or(DecodeError::State(e.oldstate))?,
+                new: TcpState::from_raw(e.newstate).ok_or(DecodeError::State(e.newstate))?,
+                unread: (e.flags & flag::UNREAD_VALID != 0).then_some(e.unread),
+            },
+            kind::SEND_RESET => Record::SendReset {
+                sock: sock(),
+                state: state(),
+                reason: (e.flags & flag::REASON_VALID != 0).then(|| ResetReason {
+                    code: e.value,
+                    name: self.reasons.name(e.value).map(str::to_owned),
+                }),
+            },
+            kind::RECEIVE_RESET => Record::ReceiveReset { sock: sock() },
+            kind::RETRANSMIT_SKB => Record::Retransmit {
+                sock: sock(),
+                state: state(),
+            },
+            kind::RETRANSMIT_SYNACK => Record::RetransmitSynAck { sock: sock() },
+            kind::DESTROY_SOCK => Record::Destroy { sock: sock() },
+            kind::PROCESS_EXIT => Record::ProcessExit {
+                ts_ns: e.ts_ns,
+                task: context.on_cpu().clone(),
+                exit_code: (e.flags & flag::EXIT_CODE_VALID != 0).then_some(e.value as i32),
+                group_dead: e.flags & flag::GROUP_DEAD != 0,
+            },
+            kind::SIGNAL => Record::Signal {
+                ts_ns: e.ts_ns,
+                sig: e.value,
+                target_pid: e.aux as u32,
+                sender: context.on_cpu().clone(),
+                delivered: (e.aux >> 32) == 0,
+            },
+            other => return Err(DecodeError::Kind(other)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(pid: u32, comm: &[u8]) -> Task {
+        let mut t = Task {
+            pid,
+            tgid: pid,
+            ..Task::default()
+        };
+        t.comm[..comm.len()].copy_from_slice(comm);
+        t
+    }
+
+    #[test]
+    fn decodes_an_ipv4_state_change_from_raw_bytes() {
+        let mut e = Event {
+            ts_ns: 5,
+            skaddr: 0xffff_0000_1234,
+            kind: kind::STATE,
+            oldstate: 2,
+            newstate: 1,
+            flags: flag::OWNER_KNOWN,
+            family: AF_INET,
+            sport: 45126,
+            dport: 8099,
+            context: task(7, b"curl"),
+            owner: task(7, b"curl"),
+            ..Event::default()
+        };
+        e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        // SAFETY: viewing plain data as bytes, as the ring buffer delivers it.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&e as *const Event).cast::<u8>(),
+                core::mem::size_of::<Event>(),
+            )
+        };
+        let r = Decoder::default().decode_bytes(bytes).unwrap();
+        let Record::State {
+            sock, old, new, unread,
+        } = r
+        else {
+            panic!("not a state record: {r:?}")
+        };
+        assert_eq!((old, new, unread), (TcpState::SynSent, TcpState::Established, None));
+        assert_eq!(sock.local, "127.0.0.1:45126".parse().unwrap());
+        assert_eq!(sock.remote, "127.0.0.2:8099".parse().unwrap());
+        assert_eq!(sock.context.process().unwrap().comm, "curl");
+        assert_eq!(sock.owner.unwrap().pid, 7);
+    }
+
+    #[test]
+    fn decodes_ipv6_and_softirq_context() {
+        let mut e = Event {
+            kind: kind::STATE,
+            oldstate: 1,
+            newstate: 8,
+            flags: flag::SOFTIRQ,
+            family: AF_INET6,
+            context: task(0, b"swapper/1"),
+            ..Event::default()
+        };
+        e.saddr[15] = 1;
+        let r = Decoder::default().decode(&e).unwrap();
+        let sock = r.sock().unwrap();
+        assert_eq!(sock.local.ip(), "::1".parse::<IpAddr>().unwrap());
+        assert!(sock.context.process().is_none());
+        assert!(sock.owner.is_none());
+    }
+
+    #[test]
+    fn rejects_short_items_and_unknown_kinds_and_states() {
+        assert!(matches!(Decoder::default().decode_bytes(&[0; 10]), Err(DecodeError::Size(10, _))));
+        let e = Event { kind: 99, ..Event::default() };
+        assert_eq!(Decoder::default().decode(&e), Err(DecodeError::Kind(99)));
+        let e = Event { kind: kind::STATE, oldstate: 40, newstate: 1, ..Event::default() };
+        assert_eq!(Decoder::default().decode(&e), Err(DecodeError::State(40)));
+    }
+
+    #[test]
+    fn names_reset_reasons_from_the_kernel_table() {
+        let reasons = ResetReasons::from_pairs([(11, "TCP_ABORT_ON_CLOSE")]);
+        let e = Event {
+            kind: kind::SEND_RESET,
+            newstate: 7,
+            flags: flag::REASON_VALID,
+            value: 11,
+            ..Event::default()
+        };
+        let Record::SendReset { reason, state, .. } = Decoder::new(reasons).decode(&e).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(state, Some(TcpState::Close));
+        assert_eq!(reason.unwrap().name.as_deref(), Some("TCP_ABORT_ON_CLOSE"));
+    }
+}

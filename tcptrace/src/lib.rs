@@ -1,0 +1,17 @@
+//! tcptrace: per-socket TCP handshakes, closes and resets, from eBPF.
+//!
+//! The data flows one way:
+//! kernel event → [`decode`] → [`tracker`] → [`classify`] → [`render`].
+//! [`kernel`] holds everything that depends on the running kernel's version,
+//! [`loader`] loads and attaches the kernel program, and [`session`] wires the
+//! pipeline together for the CLI and for tests.
+
+pub mod classify;
+pub mod cli;
+pub mod counters;
+pub mod decode;
+pub mod kernel;
+pub mod loader;
+pub mod render;
+pub mod session;
+pub mod tracker;

@@ -1,0 +1,315 @@
+//! Loads tcptrace's kernel program, attaches it, and reads its ring buffer.
+//!
+//! Start-up order matters for clear errors: privileges first, then tracefs,
+//! then the kernel's layout, then the load (where the verifier speaks).
+
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+};
+use tcptrace_common::{Config, Filter, counter};
+
+use crate::{
+    counters::Counters,
+    decode::{Decoder, Record},
+    kernel::{self, Btf, KernelLayout, TRACEFS},
+};
+
+/// The kernel object, built by build.rs (aya-build) from tcptrace-ebpf.
+static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "tcptrace needs root, or the CAP_BPF and CAP_PERFMON capabilities \
+         (CAP_SYS_ADMIN on older kernels), to load its eBPF program; \
+         run it as root (`cargo xtask run` does)"
+    )]
+    NotPrivileged,
+    #[error(
+        "tracefs is not mounted at {TRACEFS} and mounting it failed: {0}; \
+         mount it with `mount -t tracefs tracefs {TRACEFS}`"
+    )]
+    Tracefs(std::io::Error),
+    #[error(transparent)]
+    Layout(#[from] kernel::LayoutError),
+    #[error(
+        "this binary was built without its kernel program (AYA_BUILD_SKIP was set); \
+         build it with `cargo xtask build`"
+    )]
+    NoKernelObject,
+    #[error("the kernel verifier rejected the `{program}` program: {io_error}\n--- verifier log ---\n{log}")]
+    Verifier {
+        program: String,
+        io_error: std::io::Error,
+        log: String,
+    },
+    #[error("attaching to {group}:{name}: {source}")]
+    Attach {
+        group: &'static str,
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("loading the kernel program: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("{0}")]
+    Program(#[from] ProgramError),
+    #[error("kernel map `{0}` is missing from the object")]
+    MissingMap(&'static str),
+    #[error("kernel program `{0}` is missing from the object")]
+    MissingProgram(&'static str),
+    #[error("map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("--ring-size {0}: must be a power of two and at least 4096 bytes")]
+    RingSize(u32),
+}
+
+/// Capabilities from /proc/self/status (CapEff) — the kernel's own answer,
+/// so a root shell with capabilities dropped is refused up front.
+pub fn has_bpf_privileges() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    else {
+        return false;
+    };
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+/// Mounts tracefs when it is missing (it is, on a fresh machine): aya and the
+/// format files both need it.
+pub fn ensure_tracefs() -> Result<PathBuf, LoadError> {
+    let root = Path::new(TRACEFS);
+    if root.join("events").is_dir() {
+        return Ok(root.to_owned());
+    }
+    let src = c"tracefs";
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(LoadError::Tracefs(std::io::Error::last_os_error()));
+    }
+    Ok(root.to_owned())
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Newer ones do
+/// not, and without CAP_SYS_RESOURCE raising it fails: not fatal.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// What to load: filters and sizes, all validated by the CLI.
+#[derive(Clone, Debug)]
+pub struct TraceOptions {
+    /// Ring buffer size in bytes: a power of two, ≥ 4096.
+    pub ring_bytes: u32,
+    pub filter: Filter,
+    /// Process ids (tgids) for `--pid`.
+    pub pids: Vec<u32>,
+}
+
+impl Default for TraceOptions {
+    fn default() -> Self {
+        TraceOptions {
+            ring_bytes: tcptrace_common::DEFAULT_RING_BYTES,
+            filter: Filter::default(),
+            pids: Vec::new(),
+        }
+    }
+}
+
+/// A loaded and attached tracer. Dropping it detaches everything.
+pub struct Tracer {
+    ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    decoder: Decoder,
+    received: u64,
+    undecodable: u64,
+    layout: KernelLayout,
+}
+
+impl Tracer {
+    /// Checks privileges, reads the kernel's layout, loads and attaches.
+    pub fn start(opts: &TraceOptions) -> Result<Tracer, LoadError> {
+        if !has_bpf_privileges() {
+            return Err(LoadError::NotPrivileged);
+        }
+        if opts.ring_bytes < 4096 || !opts.ring_bytes.is_power_of_two() {
+            return Err(LoadError::RingSize(opts.ring_bytes));
+        }
+        if KERNEL_OBJECT.is_empty() {
+            return Err(LoadError::NoKernelObject);
+        }
+        raise_memlock();
+        let tracefs = ensure_tracefs()?;
+        let btf = Btf::from_sys_fs().ok().flatten();
+        let layout = KernelLayout::read(&tracefs, btf.as_ref())?;
+        let mut config: Config = layout.config;
+        config.filter = opts.filter;
+        if !opts.pids.is_empty() {
+            config.filter.flags |= tcptrace_common::filter::PID;
+        }
+        // Wake the reader once an eighth of the ring is waiting; below that
+        // its timer drains, which is far cheaper than a wakeup per event.
+        config.wakeup_bytes = u64::from(opts.ring_bytes / 8);
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .load(KERNEL_OBJECT)?;
+
+        if !opts.pids.is_empty() {
+            let map = ebpf
+                .map_mut("PID_FILTER")
+                .ok_or(LoadError::MissingMap("PID_FILTER"))?;
+            let mut pids: BpfHashMap<_, u32, u8> =
+                BpfHashMap::try_from(map).map_err(|e| LoadError::Map("PID_FILTER", e))?;
+            for pid in &opts.pids {
+                pids.insert(pid, 1, 0)
+                    .map_err(|e| LoadError::Map("PID_FILTER", e))?;
+            }
+        }
+
+        // softirq tracking first, so that the first socket events already
+        // know their context.
+        let mut order: Vec<_> = layout.present.clone();
+        order.sort_by_key(|tp| tp.group != "irq");
+        for tp in &order {
+            attach(&mut ebpf, tp)?;
+        }
+
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?)
+            .map_err(|e| LoadError::Map("EVENTS", e))?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(LoadError::MissingMap("COUNTERS"))?)
+                .map_err(|e| LoadError::Map("COUNTERS", e))?;
+        Ok(Tracer {
+            ebpf,
+            ring,
+            counters,
+            decoder: Decoder::new(layout.reasons.clone()),
+            received: 0,
+            undecodable: 0,
+            layout,
+        })
+    }
+
+    /// The running kernel as tcptrace sees it (missing tracepoints, BTF).
+    pub fn layout(&self) -> &KernelLayout {
+        &self.layout
+    }
+
+    /// A duplicate of the ring buffer's fd, to wait on (epoll, AsyncFd,
+    /// poll): owning it keeps the waiter independent of `&mut self` drains.
+    pub fn ring_fd(&self) -> std::io::Result<OwnedFd> {
+        self.ring.as_fd().try_clone_to_owned()
+    }
+
+    /// Reads every event waiting in the ring buffer, in order. Returns how
+    /// many were read.
+    pub fn drain(&mut self, mut sink: impl FnMut(Record)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            n += 1;
+            self.received += 1;
+            match self.decoder.decode_bytes(&item) {
+                Ok(record) => sink(record),
+                Err(e) => {
+                    self.undecodable += 1;
+                    log::debug!("undecodable event: {e}");
+                }
+            }
+        }
+        n
+    }
+
+    /// Detaches every program so no event is produced after this; call
+    /// [`Tracer::drain`] once more afterwards to make the counters add up.
+    pub fn detach(&mut self) {
+        for (name, program) in self.ebpf.programs_mut() {
+            if let aya::programs::Program::TracePoint(tp) = program
+                && let Err(e) = tp.unload()
+            {
+                log::debug!("unloading {name}: {e}");
+            }
+        }
+    }
+
+    /// Kernel and userspace counts, summed over CPUs.
+    pub fn counters(&self) -> Counters {
+        let sum = |index: u32| -> u64 {
+            self.counters
+                .get(&index, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        Counters {
+            produced: sum(counter::PRODUCED),
+            lost: sum(counter::LOST),
+            filtered: sum(counter::FILTERED),
+            not_tcp: sum(counter::NOT_TCP),
+            received: self.received,
+            undecodable: self.undecodable,
+        }
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, tp: &kernel::Tracepoint) -> Result<(), LoadError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(tp.program)
+        .ok_or(LoadError::MissingProgram(tp.program))?
+        .try_into()?;
+    program.load().map_err(|e| match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => LoadError::Verifier {
+            program: tp.program.to_owned(),
+            io_error,
+            log: verifier_log.to_string(),
+        },
+        other => LoadError::Program(other),
+    })?;
+    program
+        .attach(tp.group, tp.name)
+        .map_err(|source| LoadError::Attach {
+            group: tp.group,
+            name: tp.name,
+            source,
+        })?;
+    Ok(())
+}

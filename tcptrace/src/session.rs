@@ -1,0 +1,252 @@
+//! Wires the pipeline together: tracer → decode → tracker → classify →
+//! render, driven by the ring buffer's readiness and a short drain timer.
+
+use std::{
+    io::{self, Write},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    time::{Instant, MissedTickBehavior},
+};
+
+use crate::{
+    classify::classify,
+    cli::Args,
+    counters::Counters,
+    decode::Record,
+    loader::Tracer,
+    render::{RenderOptions, Renderer, Summary},
+    tracker::{SocketLife, Tracker, TrackerOptions},
+};
+
+/// Without a wakeup per event, the reader drains on this timer (the kernel
+/// wakes it early only when a backlog builds).
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Lost-event warnings are rate-limited to one a second.
+const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// CLOCK_REALTIME − CLOCK_MONOTONIC: adds to an event time to get wall time.
+pub fn wall_offset_ns() -> i128 {
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Records in, rendered sockets and transitions out; the summary on the side.
+pub struct Pipeline<W: Write> {
+    tracker: Tracker,
+    renderer: Renderer<W>,
+    summary: Summary,
+    /// Monotonic time of the latest loss: lives that began before it may
+    /// miss events and are marked incomplete.
+    last_loss_ns: Option<u64>,
+}
+
+impl<W: Write> Pipeline<W> {
+    pub fn new(tracker: TrackerOptions, render: RenderOptions, out: W) -> Self {
+        Pipeline {
+            tracker: Tracker::new(tracker),
+            renderer: Renderer::new(out, render),
+            summary: Summary::default(),
+            last_loss_ns: None,
+        }
+    }
+
+    pub fn record(&mut self, record: &Record) -> io::Result<()> {
+        self.renderer.transition(record)?;
+        for life in self.tracker.observe(record) {
+            self.finished(life)?;
+        }
+        Ok(())
+    }
+
+    /// Reports lives whose late events can no longer come.
+    pub fn tick(&mut self, now_ns: u64) -> io::Result<()> {
+        for life in self.tracker.expire(now_ns) {
+            self.finished(life)?;
+        }
+        self.renderer.flush()
+    }
+
+    pub fn note_loss(&mut self, now_ns: u64) {
+        self.last_loss_ns = Some(now_ns);
+    }
+
+    /// At exit: sockets still open are reported as such.
+    pub fn finish(&mut self) -> io::Result<()> {
+        for life in self.tracker.finish() {
+            self.finished(life)?;
+        }
+        self.renderer.flush()
+    }
+
+    fn finished(&mut self, mut life: SocketLife) -> io::Result<()> {
+        if self.last_loss_ns.is_some_and(|loss| life.start_ns <= loss) {
+            life.events_lost = true;
+        }
+        let verdict = classify(&life);
+        self.summary.add(&life, &verdict);
+        self.renderer.socket(&life, &verdict)
+    }
+
+    pub fn write_summary(&self, out: &mut dyn Write, counters: &Counters) -> io::Result<()> {
+        self.summary.write(out, counters, &self.tracker.stats())
+    }
+}
+
+/// Runs tcptrace as the CLI does, until Ctrl-C, SIGTERM or `--duration`.
+pub async fn run(args: &Args) -> anyhow::Result<()> {
+    let trace = args.trace_options()?;
+    let mut tracer = Tracer::start(&trace).context("starting the tracer")?;
+    for tp in &tracer.layout().missing {
+        eprintln!(
+            "tcptrace: note: this kernel has no {}:{} tracepoint (Linux {}): no {}",
+            tp.group, tp.name, tp.since, tp.purpose
+        );
+    }
+    if tracer.layout().btf_missing {
+        eprintln!("tcptrace: note: no kernel BTF: unread bytes and exit codes are left out");
+    }
+
+    let stdout = io::stdout();
+    let render = RenderOptions {
+        view: args.view,
+        json: args.json,
+        color: args.color(io::IsTerminal::is_terminal(&stdout)),
+        timestamp: args.timestamp,
+        wide: args.wide,
+        wall_offset_ns: wall_offset_ns(),
+    };
+    let out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let mut pipeline = Pipeline::new(args.tracker_options(), render, out);
+
+    let ring_fd = tracer.ring_fd().context("duplicating the ring buffer fd")?;
+    // SAFETY: we own this fd; it stays open for the AsyncFd's lifetime.
+    let ready = unsafe { AsyncFd::register_with_interest(ring_fd, Interest::READABLE) }
+        .context("watching the ring buffer")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
+    drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let deadline = args.duration().map(|d| Instant::now() + d);
+    let mut loss = LossReporter::default();
+
+    eprintln!(
+        "tcptrace: tracing TCP sockets ({} view{}); Ctrl-C to stop",
+        format!("{:?}", args.view).to_lowercase(),
+        if args.json { ", JSON" } else { "" }
+    );
+
+    let mut output_error = None;
+    loop {
+        let woke = tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sleep_until_deadline(deadline) => break,
+            guard = ready.readable() => {
+                guard.context("waiting on the ring buffer")?.clear_ready();
+                false
+            }
+            _ = drain_timer.tick() => true,
+        };
+        let mut result = drain(&mut tracer, &mut pipeline);
+        if woke && result.is_ok() {
+            let now = monotonic_ns();
+            if loss.check(&tracer.counters()) {
+                pipeline.note_loss(now);
+            }
+            result = pipeline.tick(now);
+        }
+        if let Err(e) = result {
+            output_error = Some(e);
+            break;
+        }
+    }
+
+    // Detach first so nothing is produced after the last drain: then
+    // produced == received + lost holds exactly.
+    tracer.detach();
+    let mut final_result = drain(&mut tracer, &mut pipeline);
+    if final_result.is_ok() {
+        final_result = pipeline.finish();
+    }
+    let counters = tracer.counters();
+    if counters.lost > 0 {
+        pipeline.note_loss(monotonic_ns());
+    }
+    if !args.no_summary {
+        let mut err = io::stderr().lock();
+        pipeline.write_summary(&mut err, &counters)?;
+        writeln!(err, "tcptrace-summary {}", serde_json::to_string(&counters)?)?;
+    }
+    match output_error.or(final_result.err()) {
+        // A closed pipe (`| head`) is a normal way to stop reading.
+        Some(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Some(e) => Err(e).context("writing output"),
+        None => Ok(()),
+    }
+}
+
+fn drain<W: Write>(tracer: &mut Tracer, pipeline: &mut Pipeline<W>) -> io::Result<()> {
+    let mut result = Ok(());
+    tracer.drain(|record| {
+        if result.is_ok() {
+            result = pipeline.record(&record);
+        }
+    });
+    result
+}
+
+async fn sleep_until_deadline(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Says on stderr, at most once a second, that events were lost.
+#[derive(Default)]
+struct LossReporter {
+    seen_lost: u64,
+    reported_lost: u64,
+    last_report: Option<std::time::Instant>,
+}
+
+impl LossReporter {
+    /// True when new losses appeared since the last check.
+    fn check(&mut self, counters: &Counters) -> bool {
+        let new_losses = counters.lost > self.seen_lost;
+        self.seen_lost = counters.lost;
+        let due = self
+            .last_report
+            .is_none_or(|t| t.elapsed() >= LOSS_REPORT_INTERVAL);
+        if counters.lost > self.reported_lost && due {
+            eprintln!(
+                "tcptrace: {} events lost so far (ring buffer full); \
+                 affected sockets are marked incomplete; --ring-size raises the buffer",
+                counters.lost
+            );
+            self.reported_lost = counters.lost;
+            self.last_report = Some(std::time::Instant::now());
+        }
+        new_losses
+    }
+}
