@@ -123,12 +123,21 @@ pub enum ArgsError {
     Cgroup { path: String, why: String },
     #[error("--comm: an empty name matches nothing")]
     EmptyComm,
+    #[error("--pid {0}: no such process")]
+    NoSuchPid(u32),
 }
 
 impl Args {
     /// The kernel-side filters and sizes.
     pub fn trace_options(&self) -> Result<TraceOptions, ArgsError> {
         let mut f = Filter::default();
+        if let Some(&pid) = self
+            .pid
+            .iter()
+            .find(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        {
+            return Err(ArgsError::NoSuchPid(pid));
+        }
         if let Some(comm) = &self.comm {
             if comm.is_empty() {
                 return Err(ArgsError::EmptyComm);
@@ -224,14 +233,39 @@ mod tests {
 
     #[test]
     fn filters_become_kernel_flags() {
-        let args = parse(&["--pid", "5", "--pid", "7", "--rport", "443", "-6", "--comm", "a-very-long-daemon-name"]).unwrap();
+        let me = std::process::id().to_string();
+        let args = parse(&[
+            "--pid",
+            &me,
+            "--pid",
+            "1",
+            "--rport",
+            "443",
+            "-6",
+            "--comm",
+            "a-very-long-daemon-name",
+        ])
+        .unwrap();
         let o = args.trace_options().unwrap();
-        assert_eq!(o.pids, vec![5, 7]);
+        assert_eq!(o.pids, vec![std::process::id(), 1]);
         assert_eq!(o.filter.rport, 443);
         assert_eq!(o.filter.family, AF_INET6);
-        assert_eq!(o.filter.flags, filter::RPORT | filter::FAMILY | filter::COMM);
+        assert_eq!(
+            o.filter.flags,
+            filter::RPORT | filter::FAMILY | filter::COMM
+        );
         assert_eq!(&o.filter.comm[..15], b"a-very-long-dae");
         assert_eq!(o.filter.comm[15], 0);
+    }
+
+    #[test]
+    fn a_pid_that_does_not_exist_is_refused() {
+        // pid_max is at most 2^22.
+        let args = parse(&["--pid", "4194305"]).unwrap();
+        assert_eq!(
+            args.trace_options().unwrap_err(),
+            ArgsError::NoSuchPid(4194305)
+        );
     }
 
     #[test]

@@ -389,12 +389,18 @@ mod tests {
         };
         let r = Decoder::default().decode_bytes(bytes).unwrap();
         let Record::State {
-            sock, old, new, unread,
+            sock,
+            old,
+            new,
+            unread,
         } = r
         else {
             panic!("not a state record: {r:?}")
         };
-        assert_eq!((old, new, unread), (TcpState::SynSent, TcpState::Established, None));
+        assert_eq!(
+            (old, new, unread),
+            (TcpState::SynSent, TcpState::Established, None)
+        );
         assert_eq!(sock.local, "127.0.0.1:45126".parse().unwrap());
         assert_eq!(sock.remote, "127.0.0.2:8099".parse().unwrap());
         assert_eq!(sock.context.process().unwrap().comm, "curl");
@@ -422,10 +428,21 @@ mod tests {
 
     #[test]
     fn rejects_short_items_and_unknown_kinds_and_states() {
-        assert!(matches!(Decoder::default().decode_bytes(&[0; 10]), Err(DecodeError::Size(10, _))));
-        let e = Event { kind: 99, ..Event::default() };
+        assert!(matches!(
+            Decoder::default().decode_bytes(&[0; 10]),
+            Err(DecodeError::Size(10, _))
+        ));
+        let e = Event {
+            kind: 99,
+            ..Event::default()
+        };
         assert_eq!(Decoder::default().decode(&e), Err(DecodeError::Kind(99)));
-        let e = Event { kind: kind::STATE, oldstate: 40, newstate: 1, ..Event::default() };
+        let e = Event {
+            kind: kind::STATE,
+            oldstate: 40,
+            newstate: 1,
+            ..Event::default()
+        };
         assert_eq!(Decoder::default().decode(&e), Err(DecodeError::State(40)));
     }
 

@@ -44,7 +44,9 @@ pub enum LoadError {
          build it with `cargo xtask build`"
     )]
     NoKernelObject,
-    #[error("the kernel verifier rejected the `{program}` program: {io_error}\n--- verifier log ---\n{log}")]
+    #[error(
+        "the kernel verifier rejected the `{program}` program: {io_error}\n--- verifier log ---\n{log}"
+    )]
     Verifier {
         program: String,
         io_error: std::io::Error,
@@ -212,11 +214,16 @@ impl Tracer {
             attach(&mut ebpf, tp)?;
         }
 
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?)
-            .map_err(|e| LoadError::Map("EVENTS", e))?;
-        let counters =
-            PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(LoadError::MissingMap("COUNTERS"))?)
-                .map_err(|e| LoadError::Map("COUNTERS", e))?;
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or(LoadError::MissingMap("EVENTS"))?,
+        )
+        .map_err(|e| LoadError::Map("EVENTS", e))?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map("COUNTERS")
+                .ok_or(LoadError::MissingMap("COUNTERS"))?,
+        )
+        .map_err(|e| LoadError::Map("COUNTERS", e))?;
         Ok(Tracer {
             ebpf,
             ring,

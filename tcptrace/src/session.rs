@@ -195,7 +195,11 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     if !args.no_summary {
         let mut err = io::stderr().lock();
         pipeline.write_summary(&mut err, &counters)?;
-        writeln!(err, "tcptrace-summary {}", serde_json::to_string(&counters)?)?;
+        writeln!(
+            err,
+            "tcptrace-summary {}",
+            serde_json::to_string(&counters)?
+        )?;
     }
     match output_error.or(final_result.err()) {
         // A closed pipe (`| head`) is a normal way to stop reading.

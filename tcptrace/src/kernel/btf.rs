@@ -41,7 +41,6 @@ struct Member {
 #[derive(Clone, Debug)]
 struct Type {
     kind: u32,
-    name: String,
     /// Referenced type for typedef/const/volatile/...
     target: u32,
     members: Vec<Member>,
@@ -60,17 +59,11 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn u32(&self, at: usize) -> Result<u32, BtfError> {
-        let b = self
-            .bytes
-            .get(at..at + 4)
-            .ok_or(BtfError::Truncated(at))?;
+        let b = self.bytes.get(at..at + 4).ok_or(BtfError::Truncated(at))?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
     fn u16(&self, at: usize) -> Result<u16, BtfError> {
-        let b = self
-            .bytes
-            .get(at..at + 2)
-            .ok_or(BtfError::Truncated(at))?;
+        let b = self.bytes.get(at..at + 2).ok_or(BtfError::Truncated(at))?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 }
@@ -102,7 +95,6 @@ impl Btf {
         let mut btf = Btf {
             types: vec![Type {
                 kind: 0,
-                name: String::new(),
                 target: 0,
                 members: Vec::new(),
             }],
@@ -149,11 +141,10 @@ impl Btf {
             let type_name = name(name_off);
             if kind == KIND_STRUCT && !type_name.is_empty() {
                 // Keep the first complete definition of a name.
-                btf.structs_by_name.entry(type_name.clone()).or_insert(id);
+                btf.structs_by_name.entry(type_name).or_insert(id);
             }
             btf.types.push(Type {
                 kind,
-                name: type_name,
                 target: size_or_type,
                 members,
             });
@@ -252,7 +243,13 @@ mod tests {
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]);
-        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend_from_slice(&w.to_le_bytes());
         }
         out.extend_from_slice(&types);
@@ -273,7 +270,10 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert_eq!(Btf::parse(&[0; 4]).unwrap_err(), BtfError::Magic);
-        assert!(matches!(Btf::parse(&blob()[..30]), Err(BtfError::Truncated(_))));
+        assert!(matches!(
+            Btf::parse(&blob()[..30]),
+            Err(BtfError::Truncated(_))
+        ));
     }
 
     #[test]

@@ -60,7 +60,9 @@ impl Format {
     /// Offset of `name` if it exists with exactly `size` bytes; a field whose
     /// size changed is treated as absent rather than read wrongly.
     pub fn offset(&self, name: &str, size: u16) -> Option<u16> {
-        self.field(name).filter(|f| f.size == size).map(|f| f.offset)
+        self.field(name)
+            .filter(|f| f.size == size)
+            .map(|f| f.offset)
     }
 
     /// The `{ value, "NAME" }` pairs of `__print_symbolic(REC-><field>, ...)`.
@@ -143,7 +145,10 @@ mod tests {
         assert_eq!(f.field("saddr").unwrap().ctype, "__u8");
         assert_eq!(f.field("common_pid").unwrap().offset, 4);
         let states = f.symbols("newstate");
-        assert_eq!(states.get(&12).map(String::as_str), Some("TCP_NEW_SYN_RECV"));
+        assert_eq!(
+            states.get(&12).map(String::as_str),
+            Some("TCP_NEW_SYN_RECV")
+        );
         assert_eq!(states.len(), 12);
     }
 
@@ -152,7 +157,10 @@ mod tests {
         let f = Format::parse(SEND_RESET).unwrap();
         let reasons = f.symbols("reason");
         assert_eq!(reasons.get(&1).map(String::as_str), Some("NO_SOCKET"));
-        assert_eq!(reasons.get(&11).map(String::as_str), Some("TCP_ABORT_ON_CLOSE"));
+        assert_eq!(
+            reasons.get(&11).map(String::as_str),
+            Some("TCP_ABORT_ON_CLOSE")
+        );
         assert_eq!(reasons.get(&14).map(String::as_str), Some("TCP_STATE"));
         // `state` uses symbolic values (TCP_ESTABLISHED): none parse as numbers.
         assert!(f.symbols("state").is_empty());

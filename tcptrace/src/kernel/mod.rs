@@ -278,7 +278,12 @@ impl KernelLayout {
         missing: Vec<Tracepoint>,
     ) -> Result<KernelLayout, LayoutError> {
         let mut config = Config::EMPTY;
-        let sock = |name: &str| formats.get(name).map(sock_fields).unwrap_or(SockFields::NONE);
+        let sock = |name: &str| {
+            formats
+                .get(name)
+                .map(sock_fields)
+                .unwrap_or(SockFields::NONE)
+        };
         config.set_state = sock("inet_sock_set_state");
         for (field, offset) in [
             ("skaddr", config.set_state.skaddr),
@@ -393,7 +398,10 @@ mod tests {
         formats.insert("tcp_send_reset", fixture("old_send_reset"));
         let layout = KernelLayout::from_formats(&formats, None, vec![], vec![]).unwrap();
         assert_eq!(layout.config.send_reset.reason, tcptrace_common::ABSENT);
-        assert_eq!(layout.config.send_reset.saddr_sockaddr, tcptrace_common::ABSENT);
+        assert_eq!(
+            layout.config.send_reset.saddr_sockaddr,
+            tcptrace_common::ABSENT
+        );
         assert_eq!(layout.config.send_reset.sport, 28);
         assert!(layout.reasons.is_empty());
     }
@@ -401,7 +409,7 @@ mod tests {
     #[test]
     fn a_set_state_without_protocol_is_refused() {
         let text = include_str!("fixtures/6.18/inet_sock_set_state.format")
-            .replace("field:__u16 protocol;", "field:__u32 protocol;");
+            .replace("offset:30;\tsize:2;", "offset:30;\tsize:4;");
         let mut formats = BTreeMap::new();
         formats.insert("inet_sock_set_state", Format::parse(&text).unwrap());
         let err = KernelLayout::from_formats(&formats, None, vec![], vec![]).unwrap_err();
@@ -410,10 +418,14 @@ mod tests {
 
     #[test]
     fn a_missing_required_tracepoint_names_its_kernel_version() {
-        let dir = std::env::temp_dir().join(format!("tcptrace-empty-tracefs-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tcptrace-empty-tracefs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let err = KernelLayout::read(&dir, None).unwrap_err();
-        assert!(err.to_string().contains("sock:inet_sock_set_state"), "{err}");
+        assert!(
+            err.to_string().contains("sock:inet_sock_set_state"),
+            "{err}"
+        );
         assert!(err.to_string().contains("4.16"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

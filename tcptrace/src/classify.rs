@@ -1,0 +1,838 @@
+//! Classifier: says in plain words how a [`SocketLife`] opened and closed,
+//! who closed it and why.
+//!
+//! # JSON schema of a [`Verdict`] (stable; snake_case)
+//!
+//! ```text
+//! {
+//!   "open": {"kind": "active", "established": true, "handshake_ns": 62000 | null}
+//!         | {"kind": "passive", "established": true, "handshake_ns": 2000 | null,
+//!            "listener": "0.0.0.0:8099" | null}
+//!         | {"kind": "listen"} | {"kind": "no_socket"} | {"kind": "unknown"},
+//!   "close": {"kind": "active", "time_wait": true} | {"kind": "passive"}
+//!          | {"kind": "simultaneous"}
+//!          | {"kind": "refused", "side": "client" | "server", "reason": <reason> | null}
+//!          | {"kind": "reset_received", "state": "ESTABLISHED" | null}
+//!          | {"kind": "reset_sent", "state": "ESTABLISHED" | null, "reason": <reason>}
+//!          | {"kind": "handshake_timeout", "syn_retransmits": 3}
+//!          | {"kind": "handshake_failed"} | {"kind": "aborted"}
+//!          | {"kind": "stopped_listening"}
+//!          | {"kind": "still_open", "state": "ESTABLISHED" | null} | {"kind": "unknown"},
+//!   "incomplete": ["started_mid_life" | "evicted" | "events_lost", ...],
+//!   "summary": "active open (3-way) · active close (4-way)",
+//!   "attribution": "closed by python3[2251] → FIN" | null
+//! }
+//! <reason> = {"code": 11 | null, "name": "TCP_ABORT_ON_CLOSE" | null,
+//!             "text": "application closed with unread data"}
+//! ```
+//! `handshake_ns` of a passive open runs from the child socket's creation
+//! (the final ACK: the SYN and SYN/ACK belong to a request sock that reports
+//! no state change) to ESTABLISHED, so it is usually tiny.
+//! `summary` and `attribution` hold raw process names: escape them
+//! ([`crate::render::escape`]) before printing to a terminal.
+
+use serde::Serialize;
+
+use crate::decode::{Proc, ResetReason, TcpState};
+use crate::tracker::{ExitInfo, ResetSent, Role, SocketLife};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub open: Open,
+    pub close: Close,
+    /// Why the account may be partial; empty when complete.
+    pub incomplete: Vec<Incomplete>,
+    /// One line: open path · close path (· incomplete: ...).
+    pub summary: String,
+    /// Who closed the socket and what it sent, when known.
+    pub attribution: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Open {
+    /// Client 3-way: CLOSE→SYN_SENT→ESTABLISHED.
+    Active {
+        established: bool,
+        /// SYN_SENT→ESTABLISHED.
+        handshake_ns: Option<u64>,
+    },
+    /// Server 3-way: LISTEN→SYN_RECV→ESTABLISHED.
+    Passive {
+        established: bool,
+        handshake_ns: Option<u64>,
+        listener: Option<String>,
+    },
+    Listen,
+    /// An RST sent with no socket: nothing was opened.
+    NoSocket,
+    /// Tracing began mid-life.
+    Unknown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// An RST reason in plain words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RstReason {
+    pub code: Option<u32>,
+    pub name: Option<String>,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Close {
+    /// We sent FIN first: ESTABLISHED→FIN_WAIT1→FIN_WAIT2→CLOSE.
+    Active {
+        time_wait: bool,
+    },
+    /// The peer's FIN first: ESTABLISHED→CLOSE_WAIT→LAST_ACK→CLOSE.
+    Passive,
+    /// FIN_WAIT1→CLOSING→CLOSE.
+    Simultaneous,
+    /// Client: SYN_SENT→CLOSE on an RST (`reason`: the peer's, when seen
+    /// locally). Server: an RST sent with no socket.
+    Refused {
+        side: Side,
+        reason: Option<RstReason>,
+    },
+    /// The peer's RST, in the state the socket was in when it arrived.
+    ResetReceived {
+        state: Option<TcpState>,
+    },
+    /// We sent an RST, in the state before the close.
+    ResetSent {
+        state: Option<TcpState>,
+        reason: RstReason,
+    },
+    /// SYN_SENT→CLOSE with no RST, after SYN retransmits.
+    HandshakeTimeout {
+        syn_retransmits: u32,
+    },
+    /// SYN_SENT→CLOSE with neither RST nor retransmit (e.g. an ICMP error).
+    HandshakeFailed,
+    /// The application closed a socket still connecting.
+    Aborted,
+    /// A listener closed.
+    StoppedListening,
+    StillOpen {
+        state: Option<TcpState>,
+    },
+    Unknown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Incomplete {
+    StartedMidLife,
+    Evicted,
+    EventsLost,
+}
+
+impl Open {
+    /// The JSON `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Open::Active { .. } => "active",
+            Open::Passive { .. } => "passive",
+            Open::Listen => "listen",
+            Open::NoSocket => "no_socket",
+            Open::Unknown => "unknown",
+        }
+    }
+
+    pub fn handshake_ns(&self) -> Option<u64> {
+        match self {
+            Open::Active { handshake_ns, .. } | Open::Passive { handshake_ns, .. } => *handshake_ns,
+            _ => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let open = |what: &str, established: bool| match established {
+            true => format!("{what} open (3-way)"),
+            false => format!("{what} open (not established)"),
+        };
+        match self {
+            Open::Active { established, .. } => open("active", *established),
+            Open::Passive { established, .. } => open("passive", *established),
+            Open::Listen => "listening".to_owned(),
+            Open::NoSocket => String::new(),
+            Open::Unknown => "open not seen".to_owned(),
+        }
+    }
+}
+
+impl Close {
+    /// The JSON `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Close::Active { .. } => "active",
+            Close::Passive => "passive",
+            Close::Simultaneous => "simultaneous",
+            Close::Refused { .. } => "refused",
+            Close::ResetReceived { .. } => "reset_received",
+            Close::ResetSent { .. } => "reset_sent",
+            Close::HandshakeTimeout { .. } => "handshake_timeout",
+            Close::HandshakeFailed => "handshake_failed",
+            Close::Aborted => "aborted",
+            Close::StoppedListening => "stopped_listening",
+            Close::StillOpen { .. } => "still_open",
+            Close::Unknown => "unknown",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let state = |s: &Option<TcpState>| s.map_or("an unknown state", TcpState::name);
+        match self {
+            Close::Active { time_wait: true } => "active close (4-way)".to_owned(),
+            Close::Active { time_wait: false } => "active close (not completed)".to_owned(),
+            Close::Passive => "passive close (4-way)".to_owned(),
+            Close::Simultaneous => "simultaneous close".to_owned(),
+            Close::Refused {
+                side: Side::Client,
+                reason,
+            } => match reason {
+                Some(r) => format!("refused (RST received in SYN_SENT; peer: {})", r.text),
+                None => "refused (RST received in SYN_SENT)".to_owned(),
+            },
+            Close::Refused {
+                side: Side::Server, ..
+            } => "refused at start (server side: RST sent, no socket)".to_owned(),
+            Close::ResetReceived { state: s } => format!("reset by peer in {}", state(s)),
+            Close::ResetSent { state: s, reason } => {
+                format!("RST sent in {}: {}", state(s), reason.long())
+            }
+            Close::HandshakeTimeout { syn_retransmits } => {
+                format!("handshake timeout ({syn_retransmits} SYN retransmits, no RST)")
+            }
+            Close::HandshakeFailed => {
+                "handshake failed (no RST, no retransmit: ICMP error?)".to_owned()
+            }
+            Close::Aborted => "connect abandoned by the application".to_owned(),
+            Close::StoppedListening => "stopped listening".to_owned(),
+            Close::StillOpen { state: s } => format!("still open ({})", state(s)),
+            Close::Unknown => "close not seen".to_owned(),
+        }
+    }
+}
+
+impl Incomplete {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Incomplete::StartedMidLife => "started mid-life",
+            Incomplete::Evicted => "evicted (table full)",
+            Incomplete::EventsLost => "events lost",
+        }
+    }
+}
+
+/// Kernel reason name → (plain words, short form for the attribution line).
+const REASONS: &[(&str, &str, &str)] = &[
+    (
+        "TCP_ABORT_ON_CLOSE",
+        "application closed with unread data",
+        "unread data",
+    ),
+    ("TCP_STATE", "SO_LINGER 0 / abortive close", "SO_LINGER 0"),
+    (
+        "TCP_ABORT_ON_LINGER",
+        "linger timeout in FIN_WAIT2",
+        "FIN_WAIT2 linger timeout",
+    ),
+    (
+        "TCP_ABORT_ON_DATA",
+        "data arrived after close",
+        "data after close",
+    ),
+    (
+        "TCP_KEEPALIVE_TIMEOUT",
+        "keepalive timeout",
+        "keepalive timeout",
+    ),
+    ("TCP_ABORT_ON_MEMORY", "out of memory", "out of memory"),
+    ("NO_SOCKET", "no socket (port closed)", "no socket"),
+    (
+        "TCP_TIMEWAIT_SOCKET",
+        "segment for a TIME_WAIT socket",
+        "TIME_WAIT socket",
+    ),
+    (
+        "TCP_DISCONNECT_WITH_DATA",
+        "disconnect with unread data",
+        "unread data",
+    ),
+];
+
+impl RstReason {
+    pub fn from_kernel(reason: Option<&ResetReason>) -> RstReason {
+        let Some(r) = reason else {
+            return RstReason {
+                code: None,
+                name: None,
+                text: "reason unknown (kernel < 6.10)".to_owned(),
+            };
+        };
+        let known = r
+            .name
+            .as_deref()
+            .and_then(|n| REASONS.iter().find(|(name, ..)| *name == n));
+        let text = match (known, &r.name) {
+            (Some((_, text, _)), _) => (*text).to_owned(),
+            (None, Some(name)) => name.clone(),
+            (None, None) => format!("reason {}", r.code),
+        };
+        RstReason {
+            code: Some(r.code),
+            name: r.name.clone(),
+            text,
+        }
+    }
+
+    fn short(&self) -> &str {
+        self.name
+            .as_deref()
+            .and_then(|n| REASONS.iter().find(|(name, ..)| *name == n))
+            .map_or(&self.text, |(.., short)| short)
+    }
+
+    /// "application closed with unread data (TCP_ABORT_ON_CLOSE)".
+    pub fn long(&self) -> String {
+        match &self.name {
+            Some(name) if *name != self.text => format!("{} ({name})", self.text),
+            _ => self.text.clone(),
+        }
+    }
+}
+
+/// `comm[tgid]`, raw: escape before printing.
+pub fn proc_label(p: &Proc) -> String {
+    format!("{}[{}]", p.comm, p.tgid)
+}
+
+pub fn classify(life: &SocketLife) -> Verdict {
+    let open = open_of(life);
+    let close = close_of(life);
+    let incomplete: Vec<Incomplete> = [
+        (life.started_mid_life, Incomplete::StartedMidLife),
+        (life.evicted, Incomplete::Evicted),
+        (life.events_lost, Incomplete::EventsLost),
+    ]
+    .into_iter()
+    .filter_map(|(on, what)| on.then_some(what))
+    .collect();
+    let mut parts = vec![open.describe(), close.describe()];
+    if !incomplete.is_empty() {
+        let why: Vec<&str> = incomplete.iter().map(|i| i.describe()).collect();
+        parts.push(format!("incomplete: {}", why.join(", ")));
+    }
+    parts.retain(|p| !p.is_empty());
+    Verdict {
+        attribution: attribution(life, &close),
+        summary: parts.join(" · "),
+        open,
+        close,
+        incomplete,
+    }
+}
+
+/// Time from the `a` transition to the `b` transition.
+fn between(life: &SocketLife, a: (TcpState, TcpState), b: (TcpState, TcpState)) -> Option<u64> {
+    let a = life.step(a.0, a.1)?;
+    let b = life.step(b.0, b.1)?;
+    Some(b.offset_ns.saturating_sub(a.offset_ns))
+}
+
+fn open_of(life: &SocketLife) -> Open {
+    use TcpState::*;
+    if life.socketless {
+        return Open::NoSocket;
+    }
+    if life.started_mid_life {
+        return Open::Unknown;
+    }
+    match life.role {
+        Role::Client => Open::Active {
+            established: life.step(SynSent, Established).is_some(),
+            handshake_ns: between(life, (Close, SynSent), (SynSent, Established)),
+        },
+        Role::Server => Open::Passive {
+            established: life.step(SynRecv, Established).is_some(),
+            handshake_ns: between(life, (Listen, SynRecv), (SynRecv, Established)),
+            listener: life.listener.map(|a| a.to_string()),
+        },
+        Role::Listener => Open::Listen,
+        Role::Unknown => Open::Unknown,
+    }
+}
+
+/// The state a reset row names, or the state left at the close when the
+/// row says CLOSE (the kernel closes before it sends).
+fn state_before(row: Option<TcpState>, life: &SocketLife) -> Option<TcpState> {
+    match row {
+        Some(TcpState::Close) | None => life.close_step().map(|s| s.old).or(row),
+        other => other,
+    }
+}
+
+fn close_of(life: &SocketLife) -> Close {
+    use TcpState::{Close as Closed, CloseWait, Closing, FinWait1, Listen, SynSent};
+    let sent: Option<&ResetSent> = life.resets_sent.first();
+    if life.socketless {
+        return Close::Refused {
+            side: Side::Server,
+            reason: Some(RstReason::from_kernel(sent.and_then(|r| r.reason.as_ref()))),
+        };
+    }
+    let closed = life.state == Some(Closed);
+    let before = life.close_step().map(|s| s.old);
+    let received = life.resets_received.first();
+    if closed && before == Some(Listen) {
+        return Close::StoppedListening;
+    }
+    if closed && before == Some(SynSent) {
+        return match () {
+            _ if received.is_some() => Close::Refused {
+                side: Side::Client,
+                reason: life
+                    .peer_reset
+                    .as_ref()
+                    .map(|r| RstReason::from_kernel(r.reason.as_ref())),
+            },
+            _ if life.closed_by.is_some() => Close::Aborted,
+            _ if life.syn_retransmits > 0 => Close::HandshakeTimeout {
+                syn_retransmits: life.syn_retransmits,
+            },
+            _ => Close::HandshakeFailed,
+        };
+    }
+    // Our own abortive close wins; otherwise whichever RST came first.
+    let we_aborted = sent.is_some() && life.closed_by.is_some();
+    match (sent, received) {
+        (Some(s), Some(r)) if !we_aborted && r.offset_ns < s.offset_ns => {
+            return Close::ResetReceived {
+                state: state_before(r.state, life),
+            };
+        }
+        (Some(s), _) => {
+            return Close::ResetSent {
+                state: state_before(s.state, life),
+                reason: RstReason::from_kernel(s.reason.as_ref()),
+            };
+        }
+        (None, Some(r)) => {
+            return Close::ResetReceived {
+                state: state_before(r.state, life),
+            };
+        }
+        (None, None) => {}
+    }
+    let went = |old: Option<TcpState>, new: TcpState| {
+        life.steps
+            .iter()
+            .any(|s| s.new == new && old.is_none_or(|o| s.old == o))
+    };
+    match () {
+        _ if !closed && life.still_open => Close::StillOpen { state: life.state },
+        _ if !closed => Close::Unknown,
+        _ if went(Some(FinWait1), Closing) => Close::Simultaneous,
+        _ if went(None, FinWait1) => Close::Active {
+            time_wait: life.time_wait,
+        },
+        _ if went(None, CloseWait) => Close::Passive,
+        _ => Close::Unknown,
+    }
+}
+
+fn exit_text(e: &ExitInfo) -> String {
+    let who = format!("exit of {}[{}]", e.comm, e.tgid);
+    match (&e.signal, e.status) {
+        (Some(sig), _) => {
+            let from = sig
+                .sender
+                .as_ref()
+                .map(|p| format!(" from {}", proc_label(p)))
+                .unwrap_or_default();
+            let core = if e.core_dumped { " (core dumped)" } else { "" };
+            let how = if sig.killed { "killed by" } else { "after" };
+            format!("{who}, {how} {}{from}{core}", sig.name)
+        }
+        (None, Some(status)) => format!("{who} (exit code {status})"),
+        (None, None) => who,
+    }
+}
+
+/// `closed by exit of nginx[4311], killed by SIGKILL from kill[4390] → RST
+/// (unread data, TCP_ABORT_ON_CLOSE) · 5 bytes never read`.
+fn attribution(life: &SocketLife, close: &Close) -> Option<String> {
+    let unread = life.unread.filter(|&n| n > 0);
+    let mut parts = Vec::new();
+    if let Some(by) = &life.closed_by {
+        let who = match &life.exit {
+            Some(e) => exit_text(e),
+            None => proc_label(by),
+        };
+        let graceful = if life.exit.is_some() {
+            " (graceful)"
+        } else {
+            ""
+        };
+        let what = match close {
+            Close::ResetSent { reason, .. } => match &reason.name {
+                Some(name) if reason.short() != name => {
+                    format!(" → RST ({}, {name})", reason.short())
+                }
+                Some(name) => format!(" → RST ({name})"),
+                None => " → RST".to_owned(),
+            },
+            Close::Active { .. } | Close::Passive | Close::Simultaneous => {
+                format!(" → FIN{graceful}")
+            }
+            Close::Aborted => " → connect abandoned".to_owned(),
+            _ => String::new(),
+        };
+        parts.push(format!("closed by {who}{what}"));
+    }
+    if let Some(n) = unread {
+        parts.push(format!("{n} bytes never read"));
+    }
+    (!parts.is_empty()).then(|| parts.join(" · "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::fixtures::*;
+
+    fn verdict_of(records: &[crate::decode::Record], skaddr: u64) -> Verdict {
+        classify(&life_of(&run(records), skaddr))
+    }
+
+    #[test]
+    fn client_closing_first() {
+        let lives = run(&client_closes_first());
+        let c = classify(&life_of(&lives, CLIENT_SK));
+        assert_eq!(
+            c.open,
+            Open::Active {
+                established: true,
+                handshake_ns: Some(62_000)
+            }
+        );
+        assert_eq!(c.close, Close::Active { time_wait: true });
+        assert_eq!(c.summary, "active open (3-way) · active close (4-way)");
+        assert_eq!(
+            c.attribution.as_deref(),
+            Some("closed by python3[2251] → FIN")
+        );
+        assert!(c.incomplete.is_empty());
+
+        let s = classify(&life_of(&lives, SERVER_SK));
+        assert_eq!(
+            s.open,
+            Open::Passive {
+                established: true,
+                handshake_ns: Some(2_000),
+                listener: Some("0.0.0.0:8099".to_owned())
+            }
+        );
+        assert_eq!(s.close, Close::Passive);
+        assert_eq!(s.summary, "passive open (3-way) · passive close (4-way)");
+        assert_eq!(
+            s.attribution.as_deref(),
+            Some("closed by nginx[4311] → FIN")
+        );
+
+        let l = classify(&life_of(&lives, LISTENER_SK));
+        assert_eq!(
+            (l.open.clone(), l.close.clone()),
+            (Open::Listen, Close::StoppedListening)
+        );
+        assert_eq!(l.summary, "listening · stopped listening");
+        assert_eq!(l.attribution.as_deref(), Some("closed by nginx[4311]"));
+    }
+
+    #[test]
+    fn server_closing_first() {
+        let lives = run(&server_closes_first());
+        let s = classify(&life_of(&lives, SERVER_SK));
+        assert_eq!(s.close, Close::Active { time_wait: true });
+        let c = classify(&life_of(&lives, CLIENT_SK));
+        assert_eq!(c.close, Close::Passive);
+        assert_eq!(
+            c.attribution.as_deref(),
+            Some("closed by python3[2251] → FIN")
+        );
+    }
+
+    #[test]
+    fn refused_on_both_sides() {
+        let lives = run(&refused());
+        let rst = classify(&life_of(&lives, 0));
+        assert_eq!(rst.open, Open::NoSocket);
+        assert_eq!(
+            rst.close,
+            Close::Refused {
+                side: Side::Server,
+                reason: Some(RstReason {
+                    code: Some(1),
+                    name: Some("NO_SOCKET".into()),
+                    text: "no socket (port closed)".into()
+                })
+            }
+        );
+        assert_eq!(
+            rst.summary,
+            "refused at start (server side: RST sent, no socket)"
+        );
+        assert_eq!(rst.attribution, None);
+
+        let c = classify(&life_of(&lives, CLIENT_SK));
+        assert_eq!(c.close.kind(), "refused");
+        assert_eq!(
+            c.summary,
+            "active open (not established) · refused (RST received in SYN_SENT; peer: no socket (port closed))"
+        );
+        assert_eq!(c.open.handshake_ns(), None);
+        assert_eq!(c.attribution, None);
+    }
+
+    #[test]
+    fn linger0_is_a_reset_sent_on_one_side_and_received_on_the_other() {
+        let lives = run(&linger0());
+        let s = classify(&life_of(&lives, SERVER_SK));
+        assert_eq!(
+            s.close,
+            Close::ResetSent {
+                state: Some(TcpState::Established),
+                reason: RstReason {
+                    code: Some(14),
+                    name: Some("TCP_STATE".into()),
+                    text: "SO_LINGER 0 / abortive close".into()
+                }
+            }
+        );
+        assert_eq!(
+            s.attribution.as_deref(),
+            Some("closed by nginx[4311] → RST (SO_LINGER 0, TCP_STATE)")
+        );
+        let c = classify(&life_of(&lives, CLIENT_SK));
+        assert_eq!(
+            c.close,
+            Close::ResetReceived {
+                state: Some(TcpState::Established)
+            }
+        );
+        assert_eq!(
+            c.summary,
+            "active open (3-way) · reset by peer in ESTABLISHED"
+        );
+    }
+
+    #[test]
+    fn unread_close_names_the_reason_and_the_bytes() {
+        let s = verdict_of(&unread_close(), SERVER_SK);
+        assert_eq!(
+            s.summary,
+            "passive open (3-way) · RST sent in ESTABLISHED: application closed with unread data (TCP_ABORT_ON_CLOSE)"
+        );
+        assert_eq!(
+            s.attribution.as_deref(),
+            Some(
+                "closed by nginx[4311] → RST (unread data, TCP_ABORT_ON_CLOSE) · 13 bytes never read"
+            )
+        );
+    }
+
+    #[test]
+    fn sigkill_attribution() {
+        let s = verdict_of(&killed(), SERVER_SK);
+        assert_eq!(
+            s.attribution.as_deref(),
+            Some(
+                "closed by exit of nginx[4311], killed by SIGKILL from kill[4390] → RST (unread data, TCP_ABORT_ON_CLOSE) · 5 bytes never read"
+            )
+        );
+        assert_eq!(s.close.kind(), "reset_sent");
+    }
+
+    #[test]
+    fn a_signal_not_proven_fatal_is_worded_as_such() {
+        let (s, ng) = (server(), nginx());
+        let mut recs = handshake();
+        recs.extend([
+            signal(1990, 15, 4311, &killer()),
+            crate::decode::Record::ProcessExit {
+                ts_ns: us(2000),
+                task: ng.clone(),
+                exit_code: None,
+                group_dead: true,
+            },
+            s.by(2010, &ng).st(1, 4),
+            s.irq(2020).st(4, 5),
+            s.irq(2030).close(5, 0),
+        ]);
+        assert_eq!(
+            verdict_of(&recs, SERVER_SK).attribution.as_deref(),
+            Some("closed by exit of nginx[4311], after SIGTERM from kill[4390] → FIN (graceful)")
+        );
+    }
+
+    #[test]
+    fn exit_code_3_closes_gracefully() {
+        let s = verdict_of(&exit_code_3(), SERVER_SK);
+        assert_eq!(s.close, Close::Active { time_wait: true });
+        assert_eq!(
+            s.attribution.as_deref(),
+            Some("closed by exit of nginx[4311] (exit code 3) → FIN (graceful)")
+        );
+    }
+
+    #[test]
+    fn simultaneous_close_on_both_sides() {
+        let lives = run(&simultaneous());
+        for sk in [CLIENT_SK, SERVER_SK] {
+            assert_eq!(classify(&life_of(&lives, sk)).close, Close::Simultaneous);
+        }
+    }
+
+    #[test]
+    fn handshake_timeout_and_failure() {
+        let c = verdict_of(&handshake_timeout(), CLIENT_SK);
+        assert_eq!(c.close, Close::HandshakeTimeout { syn_retransmits: 3 });
+        assert_eq!(
+            c.summary,
+            "active open (not established) · handshake timeout (3 SYN retransmits, no RST)"
+        );
+        let no_retransmit: Vec<_> = handshake_timeout()
+            .into_iter()
+            .filter(|r| !matches!(r, crate::decode::Record::Retransmit { .. }))
+            .collect();
+        assert_eq!(
+            verdict_of(&no_retransmit, CLIENT_SK).close,
+            Close::HandshakeFailed
+        );
+        // python3 gives up connecting itself.
+        let c0 = client();
+        let aborted = [
+            c0.by(0, &python()).st(7, 2),
+            c0.by(900, &python()).close(2, 0),
+        ];
+        let v = verdict_of(&aborted, CLIENT_SK);
+        assert_eq!(v.close, Close::Aborted);
+        assert_eq!(
+            v.attribution.as_deref(),
+            Some("closed by python3[2251] → connect abandoned")
+        );
+    }
+
+    #[test]
+    fn incomplete_lives_say_why() {
+        let c = client();
+        let mut life = life_of(&run(&[c.by(10, &python()).st(1, 4)]), CLIENT_SK);
+        life.mark_lost_events();
+        let v = classify(&life);
+        assert_eq!(v.open, Open::Unknown);
+        assert_eq!(
+            v.close,
+            Close::StillOpen {
+                state: Some(TcpState::FinWait1)
+            }
+        );
+        assert_eq!(
+            v.incomplete,
+            [Incomplete::StartedMidLife, Incomplete::EventsLost]
+        );
+        assert_eq!(
+            v.summary,
+            "open not seen · still open (FIN_WAIT1) · incomplete: started mid-life, events lost"
+        );
+        life.still_open = false;
+        life.evicted = true;
+        assert_eq!(classify(&life).close, Close::Unknown);
+        assert!(classify(&life).incomplete.contains(&Incomplete::Evicted));
+    }
+
+    #[test]
+    fn reason_words() {
+        let r = |code, name: Option<&str>| {
+            RstReason::from_kernel(Some(&ResetReason {
+                code,
+                name: name.map(str::to_owned),
+            }))
+        };
+        assert_eq!(
+            r(12, Some("TCP_ABORT_ON_LINGER")).text,
+            "linger timeout in FIN_WAIT2"
+        );
+        assert_eq!(
+            r(8, Some("TCP_ABORT_ON_DATA")).text,
+            "data arrived after close"
+        );
+        assert_eq!(
+            r(15, Some("TCP_KEEPALIVE_TIMEOUT")).text,
+            "keepalive timeout"
+        );
+        assert_eq!(r(13, Some("TCP_ABORT_ON_MEMORY")).text, "out of memory");
+        assert_eq!(r(3, Some("TCP_RFC7323_PAWS")).text, "TCP_RFC7323_PAWS");
+        assert_eq!(r(3, Some("TCP_RFC7323_PAWS")).long(), "TCP_RFC7323_PAWS");
+        assert_eq!(r(77, None).text, "reason 77");
+        assert_eq!(
+            RstReason::from_kernel(None).text,
+            "reason unknown (kernel < 6.10)"
+        );
+    }
+
+    #[test]
+    fn json_schema_of_a_verdict() {
+        let v = serde_json::to_value(verdict_of(&killed(), SERVER_SK)).unwrap();
+        assert_eq!(v["open"]["kind"], "passive");
+        assert_eq!(v["open"]["handshake_ns"], 2000);
+        assert_eq!(v["open"]["listener"], "0.0.0.0:8099");
+        assert_eq!(v["close"]["kind"], "reset_sent");
+        assert_eq!(v["close"]["state"], "ESTABLISHED");
+        assert_eq!(v["close"]["reason"]["code"], 11);
+        assert_eq!(v["close"]["reason"]["name"], "TCP_ABORT_ON_CLOSE");
+        assert_eq!(
+            v["close"]["reason"]["text"],
+            "application closed with unread data"
+        );
+        assert_eq!(v["incomplete"], serde_json::json!([]));
+        assert!(
+            v["attribution"]
+                .as_str()
+                .unwrap()
+                .starts_with("closed by exit of nginx[4311]")
+        );
+        let v = serde_json::to_value(verdict_of(&refused(), CLIENT_SK)).unwrap();
+        assert_eq!(v["close"]["side"], "client");
+        assert_eq!(v["open"]["established"], false);
+        assert_eq!(v["attribution"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn kinds_match_the_json_tags() {
+        let closes = [
+            Close::Active { time_wait: true },
+            Close::Refused {
+                side: Side::Client,
+                reason: None,
+            },
+            Close::HandshakeTimeout { syn_retransmits: 1 },
+            Close::StoppedListening,
+            Close::StillOpen { state: None },
+        ];
+        for c in closes {
+            assert_eq!(serde_json::to_value(&c).unwrap()["kind"], c.kind());
+        }
+        for o in [Open::Listen, Open::NoSocket, Open::Unknown] {
+            assert_eq!(serde_json::to_value(&o).unwrap()["kind"], o.kind());
+        }
+    }
+}

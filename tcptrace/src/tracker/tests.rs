@@ -1,0 +1,648 @@
+use super::fixtures::*;
+use super::*;
+
+fn steps(life: &SocketLife) -> Vec<(u8, u8)> {
+    life.steps
+        .iter()
+        .map(|s| (s.old as u8, s.new as u8))
+        .collect()
+}
+
+#[test]
+fn client_closes_first_gives_three_complete_lives_in_destroy_order() {
+    let lives = run(&client_closes_first());
+    let order: Vec<u64> = lives.iter().map(|l| l.skaddr).collect();
+    assert_eq!(order, [CLIENT_SK, SERVER_SK, LISTENER_SK]);
+
+    let c = &lives[0];
+    assert_eq!(c.role, Role::Client);
+    assert_eq!(
+        c.local,
+        addr("127.0.0.1:45126"),
+        "port 0 filled from the next event"
+    );
+    assert_eq!(c.remote, addr("127.0.0.1:8099"));
+    assert_eq!(c.owner, Some(python()));
+    assert_eq!(steps(c), [(7, 2), (2, 1), (1, 4), (4, 5), (5, 7)]);
+    assert_eq!(
+        (c.start_ns, c.end_ns, c.duration_ns),
+        (us(1000), us(1948), 948_000)
+    );
+    assert_eq!(c.steps[1].offset_ns, 62_000);
+    assert!(c.time_wait && c.destroyed);
+    assert_eq!(c.closed_by, Some(python()));
+    assert_eq!(c.exit, None);
+    assert!(!c.started_mid_life && !c.evicted && !c.still_open && !c.events_lost);
+
+    let s = &lives[1];
+    assert_eq!(s.role, Role::Server);
+    assert_eq!(s.listener, Some(addr("0.0.0.0:8099")));
+    assert_eq!(steps(s), [(10, 3), (3, 1), (1, 8), (8, 9), (9, 7)]);
+    assert_eq!(s.closed_by, Some(nginx()), "CLOSE_WAIT→LAST_ACK by nginx");
+    assert!(!s.time_wait);
+
+    let l = &lives[2];
+    assert_eq!(l.role, Role::Listener);
+    assert_eq!(l.children, 1);
+    assert_eq!(steps(l), [(7, 10), (10, 7)]);
+    assert_eq!(l.closed_by, Some(nginx()));
+}
+
+#[test]
+fn server_closes_first_puts_the_server_in_time_wait() {
+    let lives = run(&server_closes_first());
+    let s = life_of(&lives, SERVER_SK);
+    assert_eq!(steps(&s), [(10, 3), (3, 1), (1, 4), (4, 5), (5, 7)]);
+    assert!(s.time_wait);
+    assert_eq!(s.closed_by, Some(nginx()));
+    let c = life_of(&lives, CLIENT_SK);
+    assert_eq!(steps(&c), [(7, 2), (2, 1), (1, 8), (8, 9), (9, 7)]);
+    assert!(!c.time_wait);
+    assert_eq!(c.closed_by, Some(python()));
+}
+
+#[test]
+fn refused_reports_the_socketless_reset_at_once_and_annotates_the_client() {
+    let recs = refused();
+    let mut t = Tracker::new(TrackerOptions::default());
+    assert!(t.observe(&recs[0]).is_empty());
+    let now = t.observe(&recs[1]);
+    assert_eq!(
+        now.len(),
+        1,
+        "socketless reset is its own life, reported at once"
+    );
+    let rst = &now[0];
+    assert!(rst.socketless);
+    assert_eq!((rst.skaddr, rst.role, rst.state), (0, Role::Server, None));
+    assert_eq!(rst.local, addr("127.0.0.1:8099"));
+    assert_eq!(rst.remote, addr("127.0.0.1:45126"));
+    assert_eq!(rst.resets_sent.len(), 1);
+    let reason = rst.resets_sent[0].reason.clone().unwrap();
+    assert_eq!(
+        (reason.code, reason.name.as_deref()),
+        (1, Some("NO_SOCKET"))
+    );
+    assert_eq!(t.stats().socketless_resets, 1);
+
+    assert!(t.observe(&recs[2]).is_empty());
+    assert!(t.observe(&recs[3]).is_empty(), "a closed life lingers");
+    let c = t.expire(us(1012) + 200_000_000);
+    assert_eq!(c.len(), 1);
+    let c = &c[0];
+    assert_eq!(c.local, addr("127.0.0.1:45126"));
+    assert_eq!(c.resets_received.len(), 1);
+    assert_eq!(c.resets_received[0].state, Some(TcpState::SynSent));
+    assert_eq!(c.resets_received[0].offset_ns, 11_000);
+    let peer = c.peer_reset.clone().unwrap();
+    assert_eq!(peer.offset_ns, 10_000);
+    assert_eq!(peer.reason.unwrap().name.as_deref(), Some("NO_SOCKET"));
+    assert_eq!(c.closed_by, None, "the RST closed it, not python3");
+    assert!(!c.destroyed && !c.still_open);
+}
+
+#[test]
+fn abortive_close_is_attributed_only_once_its_rst_is_sent() {
+    let lives = run(&linger0());
+    let s = life_of(&lives, SERVER_SK);
+    assert_eq!(s.closed_by, Some(nginx()));
+    assert_eq!(s.unread, Some(0));
+    assert_eq!(s.resets_sent.len(), 1);
+    assert_eq!(s.resets_sent[0].reason.as_ref().map(|r| r.code), Some(14));
+    assert_eq!(s.resets_sent[0].offset_ns, us(2003) - us(1064));
+    assert!(s.destroyed && !s.time_wait);
+    let c = life_of(&lives, CLIENT_SK);
+    assert_eq!(c.resets_received[0].state, Some(TcpState::Established));
+    assert_eq!(c.closed_by, None);
+
+    // Without the RST the X→CLOSE in process context proves nothing.
+    let no_rst: Vec<Record> = linger0()
+        .into_iter()
+        .filter(|r| !matches!(r, Record::SendReset { .. }))
+        .collect();
+    assert_eq!(life_of(&run(&no_rst), SERVER_SK).closed_by, None);
+}
+
+#[test]
+fn a_close_after_a_received_reset_is_the_peers_doing() {
+    // On loopback the client's CLOSE may run in nginx's context.
+    let mut recs = linger0();
+    let c = client();
+    recs[7] = c.by(2002, &nginx()).close(1, 0);
+    let c = life_of(&run(&recs), CLIENT_SK);
+    assert_eq!(c.closed_by, None);
+}
+
+#[test]
+fn unread_data_is_kept_and_attributes_the_close() {
+    let lives = run(&unread_close());
+    let s = life_of(&lives, SERVER_SK);
+    assert_eq!(s.unread, Some(13));
+    assert_eq!(s.closed_by, Some(nginx()));
+    assert_eq!(
+        s.resets_sent[0]
+            .reason
+            .as_ref()
+            .and_then(|r| r.name.as_deref()),
+        Some("TCP_ABORT_ON_CLOSE")
+    );
+}
+
+#[test]
+fn sigkill_attributes_the_close_to_the_exit_and_the_killer() {
+    let s = life_of(&run(&killed()), SERVER_SK);
+    assert_eq!(s.closed_by, Some(nginx()));
+    let exit = s.exit.unwrap();
+    assert_eq!((exit.pid, exit.comm.as_str()), (4311, "nginx"));
+    assert_eq!(
+        (exit.exit_code, exit.status, exit.core_dumped),
+        (Some(9), None, false)
+    );
+    let sig = exit.signal.unwrap();
+    assert_eq!((sig.number, sig.name.as_str()), (9, "SIGKILL"));
+    assert_eq!(sig.sender, Some(killer()));
+    assert_eq!(s.unread, Some(5));
+}
+
+#[test]
+fn normal_exit_keeps_the_status() {
+    let s = life_of(&run(&exit_code_3()), SERVER_SK);
+    assert_eq!(s.closed_by, Some(nginx()));
+    let exit = s.exit.unwrap();
+    assert_eq!((exit.exit_code, exit.status), (Some(0x300), Some(3)));
+    assert_eq!(exit.signal, None);
+    assert!(s.time_wait);
+    // python3 closing later is not nginx's exit.
+    let c = life_of(&run(&exit_code_3()), CLIENT_SK);
+    assert_eq!((c.closed_by, c.exit), (Some(python()), None));
+}
+
+#[test]
+fn an_exit_long_ago_or_of_another_task_does_not_count() {
+    let (c, py) = (client(), python());
+    let old_exit = vec![
+        exit(0, &py, 0),
+        c.local("127.0.0.1:0").by(1000, &py).st(7, 2),
+        c.by(1062, &py).st(2, 1),
+        // 11 s later, beyond AUX_MAX_AGE_NS.
+        c.by(11_001_000, &py).st(1, 4),
+    ];
+    assert_eq!(life_of(&run(&old_exit), CLIENT_SK).exit, None);
+    let other = vec![
+        exit(1500, &nginx(), 9),
+        c.local("127.0.0.1:0").by(1000, &py).st(7, 2),
+        c.by(1062, &py).st(2, 1),
+        c.by(2000, &py).st(1, 4),
+    ];
+    assert_eq!(life_of(&run(&other), CLIENT_SK).exit, None);
+}
+
+#[test]
+fn simultaneous_close_hands_both_to_time_wait() {
+    let lives = run(&simultaneous());
+    for sk in [CLIENT_SK, SERVER_SK] {
+        let l = life_of(&lives, sk);
+        assert_eq!(steps(&l)[2..], [(1, 4), (4, 11), (11, 7)]);
+        assert!(l.time_wait);
+    }
+}
+
+#[test]
+fn handshake_timeout_counts_syn_retransmits() {
+    let c = life_of(&run(&handshake_timeout()), CLIENT_SK);
+    assert_eq!(c.syn_retransmits, 3);
+    let rows: Vec<_> = c
+        .retransmits
+        .iter()
+        .map(|r| (r.kind, r.number, r.offset_ns))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (RetransmitKind::Syn, 1, 1_000_000_000),
+            (RetransmitKind::Syn, 2, 3_000_000_000),
+            (RetransmitKind::Syn, 3, 7_000_000_000),
+        ]
+    );
+    assert!(c.resets_received.is_empty());
+    assert_eq!(c.local, addr("10.0.0.5:51000"));
+    assert_eq!(c.closed_by, None, "the timer gave up, in softirq");
+    assert_eq!(c.duration_ns, 15_000_000_000);
+}
+
+#[test]
+fn skaddr_reuse_finishes_the_old_life_first() {
+    let mut recs = refused();
+    let c = client();
+    recs.push(c.local("127.0.0.1:0").by(1500, &python()).st(7, 2));
+    recs.push(c.by(1562, &python()).st(2, 1));
+    let mut t = Tracker::new(TrackerOptions::default());
+    let mut early = Vec::new();
+    for r in &recs {
+        early.extend(t.observe(r));
+    }
+    // The socketless reset, then the first client life at the reuse.
+    assert_eq!(early.len(), 2);
+    assert_eq!(steps(&early[1]), [(7, 2), (2, 7)]);
+    let rest = t.finish();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(steps(&rest[0]), [(7, 2), (2, 1)]);
+    assert_eq!(rest[0].start_ns, us(1500));
+    assert!(rest[0].still_open);
+    assert_eq!(t.stats().sockets_seen, 2);
+}
+
+#[test]
+fn a_life_starting_mid_way_is_marked_and_its_role_inferred() {
+    let c = client();
+    let lives = run(&[c.by(10, &python()).st(1, 4), c.irq(20).st(4, 5)]);
+    let l = &lives[0];
+    assert!(l.started_mid_life && l.still_open);
+    assert_eq!(l.role, Role::Unknown);
+    assert_eq!(l.owner, Some(python()));
+
+    let lives = run(&[c.irq(10).st(2, 1)]);
+    assert_eq!(lives[0].role, Role::Client);
+    assert!(lives[0].started_mid_life);
+}
+
+#[test]
+fn eviction_reports_the_least_recently_active_at_once() {
+    let opts = TrackerOptions {
+        max_sockets: 2,
+        linger_ns: 200_000_000,
+    };
+    let mut t = Tracker::new(opts);
+    let py = python();
+    let socks: Vec<S> = (0..3u64)
+        .map(|i| S::new(CLIENT_SK + i * 0x1000, "127.0.0.1:0", "127.0.0.1:8099"))
+        .collect();
+    assert!(t.observe(&socks[0].by(1, &py).st(7, 2)).is_empty());
+    assert!(t.observe(&socks[1].by(2, &py).st(7, 2)).is_empty());
+    // socks[0] becomes the most recently active.
+    assert!(t.observe(&socks[0].by(3, &py).st(2, 1)).is_empty());
+    let out = t.observe(&socks[2].by(4, &py).st(7, 2));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].skaddr, socks[1].0.skaddr);
+    assert!(out[0].evicted);
+    let stats = t.stats();
+    assert_eq!(
+        (stats.evicted, stats.tracked, stats.peak_tracked),
+        (1, 2, 2)
+    );
+
+    // A closed, lingering life cut short is complete, not "evicted".
+    let out = t.observe(&socks[0].by(5, &py).close(1, 0));
+    assert!(out.is_empty());
+    let out = t.observe(&socks[1].by(6, &py).st(7, 2));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].skaddr, socks[2].0.skaddr);
+    assert!(out[0].evicted);
+    let out = t.observe(&S::new(7, "127.0.0.1:0", "127.0.0.1:1").by(7, &py).st(7, 2));
+    assert_eq!(out[0].skaddr, socks[0].0.skaddr);
+    assert!(!out[0].evicted);
+    assert_eq!(t.stats().evicted, 2);
+}
+
+#[test]
+fn self_transitions_are_folded_and_counted() {
+    let c = client();
+    let py = python();
+    let lives = run(&[
+        c.local("127.0.0.1:0").by(1000, &py).st(7, 2),
+        c.by(1062, &py).st(2, 1),
+        c.by(1100, &py).st(1, 4), // shutdown(SHUT_WR)
+        c.by(1200, &py).st(4, 4), // then close()
+        c.irq(1300).st(4, 5),
+    ]);
+    assert_eq!(steps(&lives[0]), [(7, 2), (2, 1), (1, 4), (4, 5)]);
+    assert_eq!(lives[0].self_transitions, 1);
+}
+
+#[test]
+fn linger_ends_at_destroy_or_expiry_whichever_first() {
+    let c = client();
+    let py = python();
+    let opts = TrackerOptions {
+        max_sockets: 16,
+        linger_ns: 1_000_000,
+    };
+    // Destroy first.
+    let mut t = Tracker::new(opts);
+    t.observe(&c.by(1000, &py).st(2, 1));
+    assert!(t.observe(&c.by(1100, &py).close(1, 0)).is_empty());
+    let out = t.observe(&c.by(1150, &py).destroy());
+    assert_eq!(out.len(), 1);
+    assert!(out[0].destroyed);
+    assert!(t.expire(us(10_000)).is_empty());
+
+    // Expiry first; the late destroy is ignored.
+    let mut t = Tracker::new(opts);
+    t.observe(&c.by(1000, &py).st(2, 1));
+    t.observe(&c.by(1100, &py).close(1, 0));
+    assert!(t.expire(us(2099)).is_empty());
+    let out = t.expire(us(2100));
+    assert_eq!(out.len(), 1);
+    assert!(!out[0].destroyed);
+    assert_eq!(out[0].duration_ns, 100_000);
+    assert!(t.observe(&c.by(50_000, &py).destroy()).is_empty());
+    assert_eq!(t.stats().ignored, 1);
+
+    // A later record's timestamp moves the clock as well.
+    let mut t = Tracker::new(opts);
+    t.observe(&c.by(1000, &py).st(2, 1));
+    t.observe(&c.by(1100, &py).close(1, 0));
+    let out = t.observe(&exit(3000, &nginx(), 0));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].skaddr, CLIENT_SK);
+}
+
+#[test]
+fn a_late_send_reset_still_reaches_its_lingering_life() {
+    // The send_reset comes after the peer's CLOSE (see server_aborts).
+    let mut t = Tracker::new(TrackerOptions::default());
+    let mut reported = Vec::new();
+    for r in &unread_close() {
+        reported.extend(t.observe(r));
+    }
+    let s = life_of(&reported, SERVER_SK);
+    assert_eq!(s.resets_sent.len(), 1);
+    assert_eq!(t.stats().orphan_resets, 0);
+}
+
+#[test]
+fn a_reset_from_an_unknown_socket_is_reported_alone() {
+    let tw = S::new(0xffff_8881_9999_0000, "127.0.0.1:8099", "127.0.0.1:45126");
+    let mut t = Tracker::new(TrackerOptions::default());
+    let out = t.observe(
+        &tw.irq(5)
+            .send_reset(Some(6), Some((9, "TCP_TIMEWAIT_SOCKET"))),
+    );
+    assert_eq!(out.len(), 1);
+    assert!(out[0].started_mid_life && !out[0].socketless);
+    assert_eq!(out[0].state, Some(TcpState::TimeWait));
+    assert_eq!(t.stats().orphan_resets, 1);
+    assert_eq!(t.stats().tracked, 0);
+}
+
+#[test]
+fn older_kernels_child_tuple_is_taken_from_syn_recv_to_established() {
+    let (l, s, ng) = (listener(), server(), nginx());
+    let lives = run(&[
+        l.by(0, &ng).st(7, 10),
+        S::new(SERVER_SK, "0.0.0.0:8099", "0.0.0.0:0")
+            .irq(10)
+            .st(10, 3),
+        s.irq(12).st(3, 1),
+    ]);
+    let child = life_of(&lives, SERVER_SK);
+    assert_eq!(child.local, addr("127.0.0.1:8099"));
+    assert_eq!(child.remote, addr("127.0.0.1:45126"));
+    assert_eq!(child.listener, Some(addr("0.0.0.0:8099")));
+    assert_eq!(child.owner, Some(nginx()), "inherited from the listener");
+    assert_eq!(life_of(&lives, LISTENER_SK).children, 1);
+}
+
+#[test]
+fn synack_retransmits_move_from_the_listener_to_the_child() {
+    let (l, s, ng) = (listener(), server(), nginx());
+    // tcp_retransmit_synack reports the listener's skaddr and the request's tuple.
+    let req = S::new(LISTENER_SK, "127.0.0.1:8099", "127.0.0.1:45126");
+    let lives = run(&[
+        l.by(0, &ng).st(7, 10),
+        req.irq(1_000_000).synack_retransmit(),
+        req.irq(3_000_000).synack_retransmit(),
+        s.irq(3_000_100).st(10, 3),
+        s.irq(3_000_101).st(3, 1),
+    ]);
+    assert_eq!(life_of(&lives, SERVER_SK).synack_retransmits, 2);
+    assert_eq!(life_of(&lives, LISTENER_SK).synack_retransmits, 2);
+}
+
+#[test]
+fn lists_and_aux_tables_are_bounded() {
+    let c = client();
+    let mut recs = vec![c.by(0, &python()).st(2, 1)];
+    recs.extend((1..200).map(|i| c.irq(i).retransmit(1)));
+    let l = &run(&recs)[0];
+    assert_eq!(l.data_retransmits, 199);
+    assert_eq!(l.retransmits.len(), MAX_ROWS);
+
+    let mut m: RecentMap<u32, u32> = RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS));
+    for i in 0..5000 {
+        m.insert(i, u64::from(i), i);
+    }
+    assert_eq!(m.len(), AUX_CAP);
+    assert_eq!(m.get(&0, 5000), None);
+    assert_eq!(m.get(&4999, 5000), Some(&4999));
+    // Re-inserting one key many times keeps its bookkeeping bounded.
+    for i in 0..100_000u64 {
+        m.insert(7, i, 7);
+    }
+    assert!(m.order.len() <= 2 * AUX_CAP + 16);
+    // Age: one fresh insert ten seconds later sweeps the old ones out.
+    m.insert(1, AUX_MAX_AGE_NS + 200_000, 1);
+    assert_eq!(m.len(), 1);
+    assert_eq!(
+        m.get(&1, 3 * AUX_MAX_AGE_NS),
+        None,
+        "too old when looked up"
+    );
+}
+
+#[test]
+fn signal_names() {
+    assert_eq!(signal_name(9), "SIGKILL");
+    assert_eq!(signal_name(15), "SIGTERM");
+    assert_eq!(signal_name(6), "SIGABRT");
+    assert_eq!(signal_name(34), "SIGRTMIN");
+    assert_eq!(signal_name(36), "SIGRTMIN+2");
+    assert_eq!(signal_name(49), "SIGRTMIN+15");
+    assert_eq!(signal_name(50), "SIGRTMAX-14");
+    assert_eq!(signal_name(64), "SIGRTMAX");
+    assert_eq!(signal_name(32), "signal 32");
+    assert_eq!(signal_name(99), "signal 99");
+}
+
+#[test]
+fn mark_events_lost_flags_live_lives_only() {
+    let c = client();
+    let mut t = Tracker::new(TrackerOptions::default());
+    t.observe(&c.by(0, &python()).st(2, 1));
+    t.mark_events_lost();
+    let s = server();
+    t.observe(&s.irq(5).st(10, 3));
+    let lives = t.finish();
+    assert!(life_of(&lives, CLIENT_SK).events_lost);
+    assert!(!life_of(&lives, SERVER_SK).events_lost);
+}
+
+#[test]
+fn json_schema_of_a_life() {
+    let lives = run(&killed());
+    let v = serde_json::to_value(life_of(&lives, SERVER_SK)).unwrap();
+    assert_eq!(v["skaddr"], "0xffff888123457000");
+    assert_eq!(v["family"], "ipv4");
+    assert_eq!(v["local"], "127.0.0.1:8099");
+    assert_eq!(v["remote"], "127.0.0.1:45126");
+    assert_eq!(v["role"], "server");
+    assert_eq!(v["listener"], "0.0.0.0:8099");
+    assert_eq!(v["owner"]["comm"], "nginx");
+    assert_eq!(v["owner"]["tgid"], 4311);
+    assert_eq!(v["state"], "CLOSE");
+    assert_eq!(v["steps"][0]["old"], "LISTEN");
+    assert_eq!(v["steps"][0]["new"], "SYN_RECV");
+    assert_eq!(v["steps"][0]["offset_ns"], 0);
+    assert_eq!(v["steps"][0]["context"]["kind"], "softirq");
+    assert_eq!(v["steps"][2]["context"]["kind"], "process");
+    assert_eq!(v["steps"][2]["context"]["comm"], "nginx");
+    assert_eq!(v["resets_sent"][0]["reason"]["code"], 11);
+    assert_eq!(v["resets_sent"][0]["reason"]["name"], "TCP_ABORT_ON_CLOSE");
+    assert_eq!(v["resets_sent"][0]["state"], "CLOSE");
+    assert_eq!(v["closed_by"]["pid"], 4311);
+    assert_eq!(v["exit"]["signal"]["name"], "SIGKILL");
+    assert_eq!(v["exit"]["signal"]["sender"]["comm"], "kill");
+    assert_eq!(v["exit"]["exit_code"], 9);
+    assert_eq!(v["unread"], 5);
+    assert_eq!(v["duration_ns"], us(2020) - us(1064));
+    for flag in [
+        "started_mid_life",
+        "evicted",
+        "still_open",
+        "events_lost",
+        "socketless",
+    ] {
+        assert_eq!(v[flag], false, "{flag}");
+    }
+    assert_eq!(v["destroyed"], true);
+
+    let v6 = S::new(CLIENT_SK, "[::1]:45126", "[::1]:8099").owner(&python());
+    let lives = run(&[v6.by(0, &python()).st(2, 1)]);
+    let v = serde_json::to_value(&lives[0]).unwrap();
+    assert_eq!(
+        (v["family"].as_str(), v["remote"].as_str()),
+        (Some("ipv6"), Some("[::1]:8099"))
+    );
+    assert_eq!(v["listener"], serde_json::Value::Null);
+}
+
+#[test]
+fn unread_data_attributes_an_abortive_close_even_without_its_rst() {
+    let no_rst: Vec<Record> = unread_close()
+        .into_iter()
+        .filter(|r| !matches!(r, Record::SendReset { .. }))
+        .collect();
+    assert_eq!(life_of(&run(&no_rst), SERVER_SK).closed_by, Some(nginx()));
+    // FIN_WAIT2→CLOSE (the peer's FIN, delivered in the peer's context on
+    // loopback) proves nothing, unread data or not.
+    let c = client();
+    let lives = run(&[
+        c.by(0, &python()).st(1, 4),
+        c.irq(10).st(4, 5),
+        c.by(20, &nginx()).close(5, 7),
+    ]);
+    assert_eq!(
+        lives[0].closed_by,
+        Some(python()),
+        "from ESTABLISHED→FIN_WAIT1, not nginx"
+    );
+    assert!(lives[0].time_wait);
+}
+
+#[test]
+fn a_thread_killed_through_its_process_finds_the_signal_by_tgid() {
+    let worker = Proc {
+        pid: 4312,
+        ..nginx()
+    };
+    let (s, c) = (server(), client());
+    let mut recs = handshake();
+    recs.extend([
+        signal(1990, 9, 4311, &killer()),
+        exit(2010, &worker, 9),
+        s.by(2020, &worker).close(1, 0),
+        c.irq(2021).receive_reset(),
+        c.irq(2022).close(1, 0),
+        s.by(2023, &worker)
+            .send_reset(Some(7), Some((14, "TCP_STATE"))),
+    ]);
+    let life = life_of(&run(&recs), SERVER_SK);
+    assert_eq!(life.closed_by, Some(worker));
+    let exit = life.exit.unwrap();
+    assert_eq!((exit.pid, exit.tgid), (4312, 4311));
+    let sig = exit.signal.unwrap();
+    assert_eq!((sig.name.as_str(), sig.killed), ("SIGKILL", true));
+    assert_eq!(sig.sender, Some(killer()));
+}
+
+#[test]
+fn without_an_exit_code_a_seen_signal_is_reported_but_not_as_the_killer() {
+    let (s, ng) = (server(), nginx());
+    let mut recs = handshake();
+    recs.extend([
+        signal(1990, 15, 4311, &killer()),
+        Record::ProcessExit {
+            ts_ns: us(2000),
+            task: ng.clone(),
+            exit_code: None,
+            group_dead: true,
+        },
+        s.by(2010, &ng).st(1, 4),
+    ]);
+    let exit = life_of(&run(&recs), SERVER_SK).exit.unwrap();
+    assert_eq!((exit.exit_code, exit.status), (None, None));
+    let sig = exit.signal.unwrap();
+    assert_eq!((sig.number, sig.killed), (15, false));
+}
+
+#[test]
+fn undelivered_signals_and_signals_to_others_are_ignored() {
+    let (s, ng) = (server(), nginx());
+    let mut recs = handshake();
+    recs.extend([
+        Record::Signal {
+            ts_ns: us(1980),
+            sig: 9,
+            target_pid: 4311,
+            sender: killer(),
+            delivered: false,
+        },
+        signal(1985, 9, 9999, &killer()),
+        exit(2000, &ng, 9),
+        s.by(2010, &ng).st(1, 4),
+    ]);
+    let sig = life_of(&run(&recs), SERVER_SK)
+        .exit
+        .unwrap()
+        .signal
+        .unwrap();
+    assert_eq!((sig.number, sig.sender, sig.killed), (9, None, true));
+}
+
+#[test]
+fn expire_prunes_the_process_tables() {
+    let mut t = Tracker::new(TrackerOptions::default());
+    t.observe(&exit(0, &nginx(), 0));
+    t.observe(&signal(0, 9, 1, &killer()));
+    assert_eq!((t.procs.exits.len(), t.procs.signals.len()), (1, 1));
+    t.expire(us(0) + AUX_MAX_AGE_NS + 1);
+    assert!(
+        t.procs.exits.is_empty() && t.procs.group_exits.is_empty() && t.procs.signals.is_empty()
+    );
+}
+
+#[test]
+fn fin_wait2_to_close_with_an_rst_is_a_linger_abort_not_time_wait() {
+    let c = client();
+    let py = python();
+    let lives = run(&[
+        c.by(0, &py).st(1, 4),
+        c.irq(10).st(4, 5),
+        // close() with linger2 < 0 in FIN_WAIT2: CLOSE, then the RST.
+        c.by(20, &py).close(5, 0),
+        c.by(21, &py)
+            .send_reset(Some(7), Some((12, "TCP_ABORT_ON_LINGER"))),
+    ]);
+    assert!(!lives[0].time_wait);
+    assert_eq!(lives[0].closed_by, Some(py));
+}

@@ -1,0 +1,284 @@
+//! Helpers for tcptrace's integration tests: a live tracer on the real
+//! kernel, and bounded waits for what it must report about one socket.
+//!
+//! Tests run concurrently and every tracer sees all of the machine's TCP
+//! traffic, so each test picks out its own sockets by their ports.
+
+pub mod netns;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use tcptrace::{
+    classify::{Verdict, classify},
+    counters::Counters,
+    decode::{Record, TcpState},
+    loader::{TraceOptions, Tracer},
+    tracker::{SocketLife, Tracker, TrackerOptions},
+};
+
+/// How long a test waits for the kernel's events before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Between drains of the ring buffer while waiting.
+const POLL: Duration = Duration::from_millis(10);
+
+/// A tracer running in the test, with everything it has reported so far.
+pub struct Trace {
+    tracer: Tracer,
+    tracker: Tracker,
+    /// Records kept (those `keep` selects), in ring-buffer order.
+    pub records: Vec<Record>,
+    /// Socket lives the tracker finished that `keep_life` selects.
+    pub lives: Vec<(SocketLife, Verdict)>,
+    /// The test's own ports: what it keeps of the machine's traffic, so
+    /// that memory stays bounded however busy the machine is.
+    ports: Vec<u16>,
+}
+
+fn require_root() {
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!(
+            "tcptrace's integration tests load eBPF programs: run them as root (`cargo xtask test`)"
+        );
+    }
+}
+
+impl Trace {
+    /// A tracer that sees all of the machine's TCP traffic and keeps what
+    /// touches `ports` (plus every process exit and signal).
+    pub fn start(ports: &[u16]) -> Trace {
+        Trace::start_with(TraceOptions::default(), ports)
+    }
+
+    pub fn start_with(opts: TraceOptions, ports: &[u16]) -> Trace {
+        require_root();
+        let tracer = match Tracer::start(&opts) {
+            Ok(t) => t,
+            Err(e) => panic!("starting the tracer: {e}"),
+        };
+        Trace {
+            tracer,
+            tracker: Tracker::new(TrackerOptions {
+                // Short, so that lives whose Destroy comes late are reported soon.
+                linger_ns: 100_000_000,
+                ..TrackerOptions::default()
+            }),
+            records: Vec::new(),
+            lives: Vec::new(),
+            ports: ports.to_vec(),
+        }
+    }
+
+    fn keeps(&self, record: &Record) -> bool {
+        match record.sock() {
+            Some(_) => self.ports.iter().any(|&p| touches(record, p)),
+            None => true,
+        }
+    }
+
+    fn keep_life(&mut self, life: SocketLife) {
+        let ours = |p: u16| life.local.port() == p || life.remote.port() == p;
+        if self.ports.iter().any(|&p| ours(p)) {
+            let verdict = classify(&life);
+            self.lives.push((life, verdict));
+        }
+    }
+
+    /// Reads what the kernel has produced so far.
+    pub fn drain(&mut self) {
+        let mut fresh = Vec::new();
+        self.tracer.drain(|r| fresh.push(r));
+        for record in fresh {
+            for life in self.tracker.observe(&record) {
+                self.keep_life(life);
+            }
+            if self.keeps(&record) {
+                self.records.push(record);
+            }
+        }
+        for life in self.tracker.expire(tcptrace::session::monotonic_ns()) {
+            self.keep_life(life);
+        }
+    }
+
+    /// Drains until `found` returns something, or panics after [`DEADLINE`]
+    /// showing the records that `relevant` selects.
+    pub fn wait_for<T>(
+        &mut self,
+        what: &str,
+        relevant: impl Fn(&Record) -> bool,
+        found: impl Fn(&Trace) -> Option<T>,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            self.drain();
+            if let Some(t) = found(self) {
+                return t;
+            }
+            if start.elapsed() > DEADLINE {
+                let seen: Vec<String> = self
+                    .records
+                    .iter()
+                    .filter(|r| relevant(r))
+                    .map(describe)
+                    .collect();
+                panic!(
+                    "waited {DEADLINE:?} for {what}; counters {:?}; relevant events seen ({}):\n{}",
+                    self.tracer.counters(),
+                    seen.len(),
+                    seen.join("\n")
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits for the finished life of the socket whose local port is `port`
+    /// and whose remote port is `remote_port`.
+    pub fn wait_life(&mut self, local: u16, remote: u16) -> (SocketLife, Verdict) {
+        self.wait_for(
+            &format!("the socket :{local} → :{remote} to finish"),
+            |r| touches(r, local) || touches(r, remote),
+            |t| {
+                t.lives
+                    .iter()
+                    .find(|(life, _)| life.local.port() == local && life.remote.port() == remote)
+                    .cloned()
+            },
+        )
+    }
+
+    /// Stops the programs, drains the rest: counters then add up exactly.
+    pub fn stop(&mut self) -> Counters {
+        self.tracer.detach();
+        self.drain();
+        self.tracer.counters()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.tracer.counters()
+    }
+}
+
+/// Does this record concern a socket with `port` at either end?
+pub fn touches(r: &Record, port: u16) -> bool {
+    r.sock()
+        .is_some_and(|s| s.local.port() == port || s.remote.port() == port)
+}
+
+/// A one-line description of a record, for failure messages.
+pub fn describe(r: &Record) -> String {
+    match r {
+        Record::State { sock, old, new, .. } => format!(
+            "{:#x} {} → {}  {old} → {new}  ctx={:?} owner={:?}",
+            sock.skaddr,
+            sock.local,
+            sock.remote,
+            sock.context,
+            sock.owner.as_ref().map(|o| (&o.comm, o.pid))
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The state transitions of one socket life: from the record at `start`
+/// (which must be a state record) through its first transition to CLOSE.
+pub fn life_from(records: &[Record], start: usize) -> Vec<(TcpState, TcpState)> {
+    let Some(skaddr) = records.get(start).and_then(Record::sock).map(|s| s.skaddr) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for r in &records[start..] {
+        if let Record::State { sock, old, new, .. } = r
+            && sock.skaddr == skaddr
+        {
+            out.push((*old, *new));
+            if *new == TcpState::Close {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Index of the first state record `old → new` matching `pick`.
+pub fn find_state(
+    records: &[Record],
+    old: TcpState,
+    new: TcpState,
+    pick: impl Fn(SocketAddr, SocketAddr) -> bool,
+) -> Option<usize> {
+    records.iter().position(|r| match r {
+        Record::State {
+            sock,
+            old: o,
+            new: n,
+            ..
+        } => *o == old && *n == new && pick(sock.local, sock.remote),
+        _ => false,
+    })
+}
+
+/// The tcptrace binary, built by `cargo xtask test` before the tests run.
+pub fn tcptrace_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/tcptrace
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("tcptrace"))
+        .expect("test binary lives under target/<profile>/deps");
+    assert!(
+        path.exists(),
+        "{} not built: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+pub use tcptrace::decode::TcpState as State;
+
+/// The lines of a child's output, read on a thread of their own.
+pub fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Collects lines into `seen` until one satisfies `done`; false after
+/// [`DEADLINE`] or when the stream ends.
+pub fn wait_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    mut done: impl FnMut(&str) -> bool,
+) -> bool {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let hit = done(&line);
+                seen.push(line);
+                if hit {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+}
