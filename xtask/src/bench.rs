@@ -1,0 +1,749 @@
+//! `cargo xtask bench`: tracer overhead under connection churn.
+//!
+//! For each mode (workload pinned to CPU 0, or every CPU busy), runs the
+//! configurations interleaved (A B C D E A B C D E …): no tracer, tcptrace to a
+//! file (text and --json), and bpftrace printing or counting the same
+//! tracepoint. Each run starts the tracer, waits until it has attached, runs
+//! the `churn` workload, stops the tracer with SIGINT and collects
+//! connections/s, the tracer's CPU time, peak RSS, BPF run time per event and
+//! tcptrace's own event counters. Then it searches for the highest churn rate
+//! tcptrace follows without losing events. Every wait is bounded and every
+//! child is killed if anything fails.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::proc::{self, BpfStats, Proc, SysctlGuard};
+use crate::report;
+use crate::util::{self, command, run};
+
+#[derive(clap::Args, Debug, Clone, Serialize)]
+pub struct BenchArgs {
+    /// Repetitions of every configuration in every mode (interleaved).
+    #[arg(long, default_value_t = 5)]
+    pub reps: u32,
+    /// Seconds of churn per run.
+    #[arg(long, default_value_t = 4.0)]
+    pub seconds: f64,
+    /// Configurations to run, comma-separated.
+    #[arg(long, alias = "only", value_delimiter = ',', default_values_t = Config::ALL)]
+    pub configs: Vec<Config>,
+    /// Modes to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [Mode::Pinned, Mode::Saturated])]
+    pub modes: Vec<Mode>,
+    /// Listening ports the workload rotates over (spreads TIME_WAIT).
+    #[arg(long, default_value_t = 32)]
+    pub ports: u16,
+    /// First listening port (keep below the ephemeral range, 32768).
+    #[arg(long, default_value_t = 24000)]
+    pub base_port: u16,
+    /// Most client threads the drop-free ceiling search tries (1, 2, 4, …);
+    /// 0 skips the search. It runs only when `tcptrace` is among --configs.
+    #[arg(long, default_value_t = 16)]
+    pub ceiling_max_clients: u32,
+    /// Seconds to wait for a tracer to report that it has attached.
+    #[arg(long, default_value_t = 30)]
+    pub ready_timeout: u64,
+    /// Seconds a tracer gets to exit after SIGINT before it is killed.
+    #[arg(long, default_value_t = 15)]
+    pub stop_timeout: u64,
+    /// Leave BENCHMARKS.md alone (results still go to target/bench/).
+    #[arg(long)]
+    pub no_benchmarks_md: bool,
+    /// Use the binaries already in target/release (no cargo build).
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Config {
+    None,
+    Tcptrace,
+    TcptraceJson,
+    BpftracePrint,
+    BpftraceCount,
+}
+
+impl Config {
+    const ALL: [Config; 5] = [
+        Config::None,
+        Config::Tcptrace,
+        Config::TcptraceJson,
+        Config::BpftracePrint,
+        Config::BpftraceCount,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::None => "none",
+            Config::Tcptrace => "tcptrace",
+            Config::TcptraceJson => "tcptrace-json",
+            Config::BpftracePrint => "bpftrace-print",
+            Config::BpftraceCount => "bpftrace-count",
+        }
+    }
+
+    pub fn is_tcptrace(self) -> bool {
+        matches!(self, Config::Tcptrace | Config::TcptraceJson)
+    }
+
+    pub fn is_bpftrace(self) -> bool {
+        matches!(self, Config::BpftracePrint | Config::BpftraceCount)
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Workload pinned to CPU 0 (`taskset -c 0`), one client; tracer free.
+    Pinned,
+    /// Workload unpinned with two client threads: every CPU busy.
+    Saturated,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Pinned => "pinned",
+            Mode::Saturated => "saturated",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Mode::Pinned => "workload pinned to CPU 0 with taskset, 1 client thread; tracer free",
+            Mode::Saturated => "workload unpinned, 2 client threads: every CPU busy",
+        }
+    }
+
+    fn clients(self) -> u32 {
+        match self {
+            Mode::Pinned => 1,
+            Mode::Saturated => 2,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// churn's JSON line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChurnOut {
+    pub connections: u64,
+    pub seconds: f64,
+    pub rate: f64,
+    pub errors: u64,
+    pub accepted: u64,
+}
+
+/// tcptrace's `tcptrace-summary {json}` line on stderr at exit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub produced: Option<u64>,
+    pub received: Option<u64>,
+    pub lost: Option<u64>,
+    pub filtered: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TracerOut {
+    /// Seconds from start until it reported being attached.
+    pub ready_s: f64,
+    /// CPU seconds from attach until exit (the churn and the final drain).
+    pub cpu_s: f64,
+    /// CPU seconds over its whole life, start-up included.
+    pub cpu_total_s: f64,
+    pub maxrss_kib: u64,
+    pub exit: String,
+    /// It ignored SIGINT for --stop-timeout and was killed.
+    pub killed: bool,
+    /// BPF program statistics over the churn.
+    pub bpf: BpfStats,
+    /// Events the CPU figure is divided by, and where the number came from.
+    pub events: Option<u64>,
+    pub events_basis: &'static str,
+    pub summary: Option<Summary>,
+    /// bpftrace's "Lost N events" lines, summed.
+    pub bpftrace_lost: Option<u64>,
+    /// bpftrace-count's final `@c` value.
+    pub bpftrace_count: Option<u64>,
+    pub output_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub mode: String,
+    pub config: Config,
+    pub rep: u32,
+    pub clients: u32,
+    pub pinned: bool,
+    pub error: Option<String>,
+    pub churn: Option<ChurnOut>,
+    pub tracer: Option<TracerOut>,
+}
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.churn.is_some()
+    }
+
+    pub fn rate(&self) -> Option<f64> {
+        self.churn.as_ref().filter(|_| self.ok()).map(|c| c.rate)
+    }
+
+    pub fn lost(&self) -> Option<u64> {
+        self.tracer.as_ref()?.summary.as_ref()?.lost
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CeilingStep {
+    pub clients: u32,
+    pub rate: Option<f64>,
+    pub lost: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    pub steps: Vec<CeilingStep>,
+    /// Highest rate with zero lost events, and the clients that reached it.
+    pub best: Option<(u32, f64)>,
+    pub stopped_because: String,
+}
+
+struct Ctx {
+    args: BenchArgs,
+    dir: PathBuf,
+    tcptrace: PathBuf,
+    churn: PathBuf,
+}
+
+const TCPTRACE_READY: &str = "tracing";
+const BPFTRACE_READY: &str = "Attaching";
+const BPFTRACE_SETTLE: Duration = Duration::from_millis(300);
+/// How much of a tracer's output is kept as a sample.
+const SAMPLE_BYTES: u64 = 1 << 20;
+const BPFTRACE_PRINT: &str = r#"tracepoint:sock:inet_sock_set_state { printf("%llx %d %d\n", args->skaddr, args->oldstate, args->newstate); }"#;
+const BPFTRACE_COUNT: &str = "tracepoint:sock:inet_sock_set_state { @c = count(); }";
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    util::require_root("bench")?;
+    if args.reps == 0 || args.seconds.is_nan() || args.seconds <= 0.0 {
+        bail!("--reps and --seconds must be positive");
+    }
+    if args.configs.is_empty() || args.modes.is_empty() {
+        bail!("--configs and --modes must name at least one entry");
+    }
+    crate::setup::setup()?;
+
+    let root = util::repo_root();
+    let release = util::target_dir().join("release");
+    let wants_tcptrace = args.configs.iter().any(|c| c.is_tcptrace());
+    if !args.no_build {
+        println!("bench: building churn (release)");
+        run(command(util::cargo())?
+            .args(["build", "--release", "--package", "xtask", "--bin", "churn"])
+            .current_dir(&root))?;
+        if wants_tcptrace {
+            println!("bench: building tcptrace (release)");
+            run(command(util::cargo())?
+                .args(["build", "--release", "--package", "tcptrace"])
+                .current_dir(&root))?;
+        }
+    }
+    let ctx = Ctx {
+        dir: util::target_dir().join("bench"),
+        tcptrace: release.join("tcptrace"),
+        churn: release.join("churn"),
+        args,
+    };
+    for (bin, needed) in [(&ctx.churn, true), (&ctx.tcptrace, wants_tcptrace)] {
+        if needed && !bin.is_file() {
+            bail!(
+                "{} is missing (build it, or drop --no-build)",
+                bin.display()
+            );
+        }
+    }
+    let runs_dir = ctx.dir.join("runs");
+    if runs_dir.exists() {
+        fs::remove_dir_all(&runs_dir)
+            .with_context(|| format!("clearing {}", runs_dir.display()))?;
+    }
+    fs::create_dir_all(&runs_dir).with_context(|| format!("creating {}", runs_dir.display()))?;
+
+    let load = report::load_average();
+    if load.is_some_and(|l| l > 0.5) {
+        println!(
+            "bench: warning: load average {:.2} before starting; other work on the machine \
+             skews the results",
+            load.unwrap_or_default()
+        );
+    }
+    proc::catch_sigint();
+    let stats = SysctlGuard::set("kernel.bpf_stats_enabled", "1")
+        .context("enabling BPF run-time statistics")?;
+    let started = Instant::now();
+
+    let a = &ctx.args;
+    let total = a.modes.len() * a.configs.len() * a.reps as usize;
+    println!(
+        "bench: {total} runs ({} modes x {} configs x {} reps, {} s of churn each), interleaved",
+        a.modes.len(),
+        a.configs.len(),
+        a.reps,
+        a.seconds
+    );
+    let mut runs = Vec::new();
+    for &mode in &a.modes {
+        for rep in 0..a.reps {
+            for &config in &a.configs {
+                proc::check_interrupted()?;
+                let r = run_one(
+                    &ctx,
+                    mode.name(),
+                    mode == Mode::Pinned,
+                    mode.clients(),
+                    config,
+                    rep,
+                );
+                proc::check_interrupted()?;
+                println!("  {}", report::run_line(&r, a.reps));
+                runs.push(r);
+            }
+        }
+    }
+
+    let ceiling = if a.configs.contains(&Config::Tcptrace) && a.ceiling_max_clients > 0 {
+        Some(ceiling(&ctx)?)
+    } else {
+        None
+    };
+    drop(stats);
+
+    let report = report::Report::new(&ctx.args, runs, ceiling, started.elapsed(), load);
+    let md = report.markdown();
+    println!("\n{md}");
+    fs::write(ctx.dir.join("results.md"), &md).context("writing results.md")?;
+    let json = serde_json::to_string_pretty(&report).context("serialising results")?;
+    fs::write(ctx.dir.join("results.json"), json + "\n").context("writing results.json")?;
+    println!(
+        "bench: wrote {} and {}",
+        ctx.dir.join("results.md").display(),
+        ctx.dir.join("results.json").display()
+    );
+    if !ctx.args.no_benchmarks_md {
+        let path = root.join("BENCHMARKS.md");
+        fs::write(&path, report.benchmarks_md()).context("writing BENCHMARKS.md")?;
+        println!("bench: rewrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn ceiling(ctx: &Ctx) -> Result<Ceiling> {
+    println!("bench: drop-free ceiling of tcptrace (workload unpinned, more clients each step)");
+    let mut steps = Vec::new();
+    let mut best: Option<(u32, f64)> = None;
+    let mut prev = 0.0f64;
+    let mut clients = 1u32;
+    let stopped_because = loop {
+        if clients > ctx.args.ceiling_max_clients {
+            break format!(
+                "reached --ceiling-max-clients {}",
+                ctx.args.ceiling_max_clients
+            );
+        }
+        proc::check_interrupted()?;
+        let r = run_one(ctx, "ceiling", false, clients, Config::Tcptrace, 0);
+        proc::check_interrupted()?;
+        println!("  {}", report::run_line(&r, 0));
+        let step = CeilingStep {
+            clients,
+            rate: r.rate(),
+            lost: r.lost(),
+            error: r.error.clone(),
+        };
+        steps.push(step.clone());
+        let Some(rate) = step.rate else {
+            break format!("the run with {clients} clients failed");
+        };
+        match step.lost {
+            None => break "tcptrace printed no `tcptrace-summary` line, so loss is unknown".into(),
+            Some(lost) if lost > 0 => break format!("{lost} events lost with {clients} clients"),
+            Some(_) => {
+                if best.is_none_or(|(_, b)| rate > b) {
+                    best = Some((clients, rate));
+                }
+            }
+        }
+        if rate < prev * 1.02 {
+            break format!("the rate stopped rising at {clients} clients");
+        }
+        prev = rate;
+        clients *= 2;
+    };
+    Ok(Ceiling {
+        steps,
+        best,
+        stopped_because,
+    })
+}
+
+fn run_one(ctx: &Ctx, mode: &str, pinned: bool, clients: u32, config: Config, rep: u32) -> Run {
+    let mut run = Run {
+        mode: mode.to_owned(),
+        config,
+        rep,
+        clients,
+        pinned,
+        error: None,
+        churn: None,
+        tracer: None,
+    };
+    if let Err(e) = try_run(ctx, &mut run) {
+        run.error = Some(format!("{e:#}"));
+    }
+    run
+}
+
+fn try_run(ctx: &Ctx, run: &mut Run) -> Result<()> {
+    let stem = ctx.dir.join("runs").join(format!(
+        "{}-{}-r{}-c{}",
+        run.mode, run.config, run.rep, run.clients
+    ));
+    let file = |ext: &str| -> PathBuf { stem.with_extension(ext) };
+    let (out_path, err_path) = (file("out"), file("err"));
+
+    let mut tracer = match tracer_command(ctx, run.config)? {
+        None => None,
+        Some(mut cmd) => {
+            cmd.stdin(Stdio::null())
+                .stdout(create(&out_path)?)
+                .stderr(create(&err_path)?);
+            let started = Instant::now();
+            let mut p = Proc::spawn(&mut cmd, run.config.name())?;
+            let marker = if run.config.is_tcptrace() {
+                TCPTRACE_READY
+            } else {
+                BPFTRACE_READY
+            };
+            wait_ready(&mut p, marker, &out_path, &err_path, ctx.args.ready_timeout)?;
+            if run.config.is_bpftrace() {
+                // bpftrace says "Attaching" just before it attaches.
+                thread::sleep(BPFTRACE_SETTLE);
+            }
+            let ready_s = started.elapsed().as_secs_f64();
+            let cpu0 = proc::cpu_seconds(p.pid())?;
+            let bpf0 = proc::bpf_stats(p.pid())?;
+            Some((p, ready_s, cpu0, bpf0))
+        }
+    };
+
+    let workload = churn(ctx, run, &file("churn"))?;
+
+    if let Some((mut p, ready_s, cpu0, bpf0)) = tracer.take() {
+        if let Some(e) = p.poll()? {
+            bail!("{} exited during the churn ({})", run.config, e.how);
+        }
+        let bpf = proc::bpf_stats(p.pid())?.since(bpf0);
+        let (exit, killed) = p.stop(Duration::from_secs(ctx.args.stop_timeout))?;
+        let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+        let stdout_bytes = fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
+        let summary = parse_summary(&stderr);
+        let (bpftrace_lost, bpftrace_count) = if run.config.is_bpftrace() {
+            let stdout = if run.config == Config::BpftraceCount {
+                fs::read_to_string(&out_path).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            (parse_bpftrace_lost(&stderr, &stdout), parse_count(&stdout))
+        } else {
+            (None, None)
+        };
+        let (events, events_basis) = match (&summary, bpf.run_cnt, bpftrace_count) {
+            (
+                Some(Summary {
+                    received: Some(n), ..
+                }),
+                _,
+                _,
+            ) => (Some(*n), "received"),
+            (_, n, _) if n > 0 => (Some(n), "bpf run_cnt"),
+            (_, _, Some(n)) => (Some(n), "@c"),
+            _ => (None, "none"),
+        };
+        // Keep the start of the first repetition's output as a sample; the
+        // rest (up to hundreds of MiB a run) only fills the disk.
+        if run.rep == 0 {
+            if let Ok(f) = File::options().write(true).open(&out_path) {
+                let _ = f.set_len(stdout_bytes.min(SAMPLE_BYTES));
+            }
+        } else {
+            let _ = fs::remove_file(&out_path);
+        }
+        run.tracer = Some(TracerOut {
+            ready_s,
+            cpu_s: (exit.cpu_s - cpu0).max(0.0),
+            cpu_total_s: exit.cpu_s,
+            maxrss_kib: exit.maxrss_kib,
+            exit: exit.how.clone(),
+            killed,
+            bpf,
+            events,
+            events_basis,
+            summary,
+            bpftrace_lost,
+            bpftrace_count,
+            output_bytes: stdout_bytes,
+        });
+        let sigint_exit = exit.success() || exit.code == Some(130) || exit.how == "signal 2";
+        if killed {
+            bail!(
+                "{} did not exit within {} s of SIGINT",
+                run.config,
+                ctx.args.stop_timeout
+            );
+        }
+        if !sigint_exit {
+            bail!(
+                "{} ended with {} (see {})",
+                run.config,
+                exit.how,
+                err_path.display()
+            );
+        }
+    }
+    match workload {
+        Ok(c) => {
+            run.churn = Some(c);
+            Ok(())
+        }
+        Err((c, e)) => {
+            run.churn = c;
+            Err(e)
+        }
+    }
+}
+
+fn create(path: &Path) -> Result<File> {
+    File::create(path).with_context(|| format!("creating {}", path.display()))
+}
+
+fn tracer_command(ctx: &Ctx, config: Config) -> Result<Option<Command>> {
+    Ok(match config {
+        Config::None => None,
+        Config::Tcptrace => Some(command(&ctx.tcptrace)?),
+        Config::TcptraceJson => {
+            let mut c = command(&ctx.tcptrace)?;
+            c.arg("--json");
+            Some(c)
+        }
+        Config::BpftracePrint | Config::BpftraceCount => {
+            let prog = if config == Config::BpftracePrint {
+                BPFTRACE_PRINT
+            } else {
+                BPFTRACE_COUNT
+            };
+            let mut c = command("bpftrace")?;
+            c.args(["-e", prog]);
+            Some(c)
+        }
+    })
+}
+
+/// True when `text` holds `word` not embedded in a longer word or a path
+/// (so "/sys/kernel/tracing" in an error message does not count).
+fn has_word(text: &str, word: &str) -> bool {
+    let glued = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '/');
+    text.match_indices(word).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + word.len()..].chars().next();
+        !glued(before) && !glued(after)
+    })
+}
+
+fn wait_ready(p: &mut Proc, marker: &str, out: &Path, err: &Path, timeout_s: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    loop {
+        proc::check_interrupted()?;
+        for path in [err, out] {
+            let text = fs::read_to_string(path).unwrap_or_default();
+            if has_word(&text, marker) {
+                return Ok(());
+            }
+        }
+        if let Some(e) = p.poll()? {
+            let how = e.how.clone();
+            bail!(
+                "the tracer exited ({how}) before attaching: {}",
+                tail(&fs::read_to_string(err).unwrap_or_default(), 5)
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the tracer printed no {marker:?} within {timeout_s} s: {}",
+                tail(&fs::read_to_string(err).unwrap_or_default(), 5)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let v: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = v.len().saturating_sub(lines);
+    let s = v[start..].join(" | ");
+    if s.is_empty() {
+        "(stderr empty)".into()
+    } else {
+        s
+    }
+}
+
+type ChurnResult = std::result::Result<ChurnOut, (Option<ChurnOut>, anyhow::Error)>;
+
+/// Runs the workload. The outer error is for failures of the harness; the
+/// inner one for a workload that ran but failed (with its numbers if any).
+fn churn(ctx: &Ctx, run: &Run, json_path: &Path) -> Result<ChurnResult> {
+    let a = &ctx.args;
+    let mut cmd = if run.pinned {
+        let mut c = command("taskset")?;
+        c.args(["-c", "0"]).arg(&ctx.churn);
+        c
+    } else {
+        command(&ctx.churn)?
+    };
+    cmd.args(["--seconds", &a.seconds.to_string()])
+        .args(["--ports", &a.ports.to_string()])
+        .args(["--base-port", &a.base_port.to_string()])
+        .args(["--clients", &run.clients.to_string()])
+        .stdin(Stdio::null())
+        .stdout(create(json_path)?)
+        .stderr(create(&json_path.with_extension("churn-err"))?);
+    let mut p = Proc::spawn(&mut cmd, "churn")?;
+    let limit = Duration::from_secs_f64(a.seconds + 30.0);
+    let deadline = Instant::now() + limit;
+    let exit = loop {
+        proc::check_interrupted()?;
+        if let Some(e) = p.poll()? {
+            break e.clone();
+        }
+        if Instant::now() >= deadline {
+            bail!("churn did not finish within {} s", limit.as_secs());
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let text = fs::read_to_string(json_path).unwrap_or_default();
+    let stderr = fs::read_to_string(json_path.with_extension("churn-err")).unwrap_or_default();
+    let parsed: Option<ChurnOut> = text
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l.trim()).ok());
+    Ok(match (exit.success(), parsed) {
+        (true, Some(c)) => Ok(c),
+        (ok, c) => {
+            let why = if ok {
+                "printed no JSON line".to_owned()
+            } else {
+                format!("ended with {}", exit.how)
+            };
+            Err((c, anyhow::anyhow!("churn {why}: {}", tail(&stderr, 3))))
+        }
+    })
+}
+
+/// Finds `tcptrace-summary {json}` (the last one) in tcptrace's stderr.
+fn parse_summary(stderr: &str) -> Option<Summary> {
+    stderr.lines().rev().find_map(|l| {
+        let at = l.find("tcptrace-summary")?;
+        let rest = &l[at..];
+        let brace = rest.find('{')?;
+        serde_json::from_str(rest[brace..].trim()).ok()
+    })
+}
+
+/// Sums bpftrace's "Lost N events" reports.
+fn parse_bpftrace_lost(stderr: &str, stdout: &str) -> Option<u64> {
+    let mut total = None;
+    for line in stderr.lines().chain(stdout.lines()) {
+        let Some(at) = line.find("Lost ") else {
+            continue;
+        };
+        let n = line[at + 5..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(n) = n {
+            total = Some(total.unwrap_or(0) + n);
+        }
+    }
+    total.or(Some(0))
+}
+
+/// bpftrace-count's `@c: N` at exit.
+fn parse_count(stdout: &str) -> Option<u64> {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("@c:")?.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_marker_is_a_word() {
+        assert!(has_word("tcptrace: tracing 4 tracepoints", "tracing"));
+        assert!(has_word("tracing", "tracing"));
+        assert!(!has_word(
+            "mounting tracefs at /sys/kernel/tracing",
+            "tracing"
+        ));
+        assert!(!has_word("no tracefs", "tracing"));
+        assert!(has_word("Attaching 1 probe...", "Attaching"));
+    }
+
+    #[test]
+    fn summary_line() {
+        let s = parse_summary(
+            "x\n[INFO] tcptrace-summary {\"produced\":10,\"received\":9,\"lost\":1,\"filtered\":0}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (s.produced, s.received, s.lost, s.filtered),
+            (Some(10), Some(9), Some(1), Some(0))
+        );
+        assert!(parse_summary("nothing here").is_none());
+    }
+
+    #[test]
+    fn bpftrace_outputs() {
+        assert_eq!(parse_count("Attaching 1 probe...\n\n\n@c: 4\n"), Some(4));
+        assert_eq!(
+            parse_bpftrace_lost("Lost 12 events\nLost 3 events\n", ""),
+            Some(15)
+        );
+        assert_eq!(parse_bpftrace_lost("", ""), Some(0));
+    }
+}

@@ -1,0 +1,282 @@
+//! Child processes that are always reaped (and killed on drop), with their
+//! resource usage, plus readers for /proc facts about a live process.
+
+use std::collections::HashMap;
+use std::fs;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+
+use crate::util::describe;
+
+/// Set by the SIGINT handler that [`catch_sigint`] installs.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Turns Ctrl-C into a flag that the waits below check, so that guards run
+/// (children killed, sysctls restored) instead of the process dying.
+pub fn catch_sigint() {
+    let handler = on_sigint as extern "C" fn(libc::c_int);
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+    }
+}
+
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// How a child ended, with the rusage wait4 reported for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Exit {
+    /// e.g. "exit 0", "signal 9".
+    pub how: String,
+    pub code: Option<i32>,
+    /// User + system CPU seconds over the child's whole life.
+    pub cpu_s: f64,
+    /// Peak resident set size in KiB.
+    pub maxrss_kib: u64,
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// A spawned child that is SIGKILLed and reaped when dropped unless it was
+/// already waited for.
+pub struct Proc {
+    child: Child,
+    name: String,
+    exit: Option<Exit>,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command, name: &str) -> Result<Self> {
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("could not start {name}: `{}`", describe(cmd)))?;
+        Ok(Self {
+            child,
+            name: name.to_owned(),
+            exit: None,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        // Linux pids fit in i32.
+        i32::try_from(self.child.id()).unwrap_or(i32::MAX)
+    }
+
+    /// Reaps the child if it has ended (never blocks).
+    pub fn poll(&mut self) -> Result<Option<&Exit>> {
+        if self.exit.is_none() {
+            self.exit = wait4(self.pid(), libc::WNOHANG)
+                .with_context(|| format!("waiting for {}", self.name))?;
+        }
+        Ok(self.exit.as_ref())
+    }
+
+    /// Waits up to `timeout` for the child to end.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<&Exit>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.poll()?.is_some() || Instant::now() >= deadline {
+                return Ok(self.exit.as_ref());
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        if self.exit.is_none() {
+            // SAFETY: plain syscall; the pid is our unreaped child, so it
+            // cannot have been recycled.
+            unsafe {
+                libc::kill(self.pid(), sig);
+            }
+        }
+    }
+
+    /// SIGINT, then SIGKILL if it has not ended within `grace`. Returns the
+    /// exit and whether it had to be killed.
+    pub fn stop(&mut self, grace: Duration) -> Result<(Exit, bool)> {
+        self.signal(libc::SIGINT);
+        if let Some(e) = self.wait_timeout(grace)? {
+            return Ok((e.clone(), false));
+        }
+        self.signal(libc::SIGKILL);
+        match self.wait_timeout(Duration::from_secs(10))? {
+            Some(e) => Ok((e.clone(), true)),
+            None => bail!("{} did not end even after SIGKILL", self.name),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            self.signal(libc::SIGKILL);
+            let _ = self.wait_timeout(Duration::from_secs(10));
+        }
+    }
+}
+
+fn wait4(pid: i32, flags: libc::c_int) -> Result<Option<Exit>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; zeroed is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid out-pointers for the duration of the call.
+        let rc = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
+        if rc == 0 {
+            return Ok(None);
+        }
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err).context("wait4");
+        }
+        break;
+    }
+    let (how, code) = if libc::WIFEXITED(status) {
+        let c = libc::WEXITSTATUS(status);
+        (format!("exit {c}"), Some(c))
+    } else if libc::WIFSIGNALED(status) {
+        (format!("signal {}", libc::WTERMSIG(status)), None)
+    } else {
+        (format!("status {status:#x}"), None)
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Some(Exit {
+        how,
+        code,
+        cpu_s: secs(ru.ru_utime) + secs(ru.ru_stime),
+        maxrss_kib: u64::try_from(ru.ru_maxrss).unwrap_or(0),
+    }))
+}
+
+/// User + system CPU seconds of a live process (all its threads), from
+/// /proc/<pid>/stat.
+pub fn cpu_seconds(pid: i32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name, which is in parentheses and may
+    // contain spaces: state is field 3, utime 14, stime 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        let f = fields.get(i).context("short /proc/<pid>/stat")?;
+        Ok(f.parse::<u64>().context("bad /proc/<pid>/stat field")? as f64)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
+/// Run-time statistics of the BPF programs a process holds open (the kernel
+/// counts only while `kernel.bpf_stats_enabled` is 1).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct BpfStats {
+    pub programs: u64,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+}
+
+impl BpfStats {
+    pub fn since(self, earlier: BpfStats) -> BpfStats {
+        BpfStats {
+            programs: self.programs,
+            run_cnt: self.run_cnt.saturating_sub(earlier.run_cnt),
+            run_time_ns: self.run_time_ns.saturating_sub(earlier.run_time_ns),
+        }
+    }
+}
+
+/// Sums `run_cnt`/`run_time_ns` from /proc/<pid>/fdinfo over the process's
+/// BPF program fds, each program counted once.
+pub fn bpf_stats(pid: i32) -> Result<BpfStats> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut progs: HashMap<u64, (u64, u64)> = HashMap::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let Ok(entry) = entry else { continue };
+        let Ok(target) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        if target.to_string_lossy() != "anon_inode:bpf-prog" {
+            continue;
+        }
+        let fd = entry.file_name();
+        let info_path = format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy());
+        let Ok(info) = fs::read_to_string(&info_path) else {
+            continue; // closed meanwhile
+        };
+        let field = |name: &str| -> Option<u64> {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let id = field("prog_id:").unwrap_or(u64::MAX - progs.len() as u64);
+        let cnt = field("run_cnt:").unwrap_or(0);
+        let ns = field("run_time_ns:").unwrap_or(0);
+        progs.insert(id, (cnt, ns));
+    }
+    Ok(progs.values().fold(
+        BpfStats {
+            programs: progs.len() as u64,
+            ..BpfStats::default()
+        },
+        |acc, (cnt, ns)| BpfStats {
+            run_cnt: acc.run_cnt + cnt,
+            run_time_ns: acc.run_time_ns + ns,
+            ..acc
+        },
+    ))
+}
+
+/// Sets a sysctl under /proc/sys and restores the old value on drop.
+pub struct SysctlGuard {
+    path: String,
+    old: String,
+}
+
+impl SysctlGuard {
+    pub fn set(name: &str, value: &str) -> Result<Self> {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        let old = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        fs::write(&path, value).with_context(|| format!("writing {value} to {path}"))?;
+        Ok(Self {
+            path,
+            old: old.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for SysctlGuard {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(&self.path, &self.old) {
+            eprintln!(
+                "warning: could not restore {} to {}: {e}",
+                self.path, self.old
+            );
+        }
+    }
+}

@@ -1,0 +1,670 @@
+//! Statistics, targets and the Markdown/JSON output of `cargo xtask bench`.
+
+use std::fmt::{self, Write as _};
+use std::fs;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::bench::{BenchArgs, Ceiling, Config, Mode, Run};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub date: String,
+    /// 1-minute load average just before the bench started.
+    pub load_before: Option<f64>,
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl Machine {
+    fn read(load_before: Option<f64>) -> Self {
+        let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let cpu_model = fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Self {
+            kernel,
+            cpus,
+            cpu_model,
+            date: utc_now(),
+            load_before,
+        }
+    }
+}
+
+/// Summary of the runs of one configuration in one mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    pub mode: Mode,
+    pub config: Config,
+    pub runs: usize,
+    pub ok: usize,
+    pub rate_median: Option<f64>,
+    pub ratio_median: Option<f64>,
+    pub ratio_min: Option<f64>,
+    pub ratio_max: Option<f64>,
+    /// Tracer CPU seconds (attach to exit) per million events, median.
+    pub cpu_s_per_mevent: Option<f64>,
+    /// BPF run time per program invocation, median.
+    pub bpf_ns_per_event: Option<f64>,
+    /// Largest peak RSS of the tracer over the runs.
+    pub peak_rss_mib: Option<f64>,
+    pub events_median: Option<f64>,
+    pub events_basis: Option<&'static str>,
+    /// Sums over the runs; None unless every successful run reported them.
+    pub produced: Option<u64>,
+    pub received: Option<u64>,
+    pub lost: Option<u64>,
+    pub filtered: Option<u64>,
+    pub bpftrace_lost: Option<u64>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Status {
+    #[serde(rename = "PASS")]
+    Pass,
+    #[serde(rename = "MISS")]
+    Miss,
+    #[serde(rename = "n/a")]
+    NotMeasured,
+}
+
+impl Status {
+    fn of(pass: bool) -> Self {
+        if pass { Status::Pass } else { Status::Miss }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Pass => "PASS",
+            Status::Miss => "MISS",
+            Status::NotMeasured => "n/a",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    pub column: String,
+    pub value: Option<f64>,
+    pub text: String,
+    pub status: Status,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: &'static str,
+    pub goal: &'static str,
+    pub cells: Vec<Cell>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub params: BenchArgs,
+    pub elapsed_s: f64,
+    pub groups: Vec<Group>,
+    pub targets: Vec<Target>,
+    pub ceiling: Option<Ceiling>,
+    pub runs: Vec<Run>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Sum of `f` over the runs, or None if any run lacks it.
+fn sum_all(runs: &[&Run], f: impl Fn(&Run) -> Option<u64>) -> Option<u64> {
+    if runs.is_empty() {
+        return None;
+    }
+    runs.iter().map(|r| f(r)).sum()
+}
+
+fn group(mode: Mode, config: Config, runs: &[Run], none_median: Option<f64>) -> Group {
+    let all: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.mode == mode.name() && r.config == config)
+        .collect();
+    let ok: Vec<&Run> = all.iter().copied().filter(|r| r.ok()).collect();
+    let rates: Vec<f64> = ok.iter().filter_map(|r| r.rate()).collect();
+    let ratios: Vec<f64> = match none_median {
+        Some(base) if base > 0.0 => rates.iter().map(|r| r / base).collect(),
+        _ => Vec::new(),
+    };
+    let tracers: Vec<_> = ok.iter().filter_map(|r| r.tracer.as_ref()).collect();
+    let cpu: Vec<f64> = tracers
+        .iter()
+        .filter_map(|t| {
+            t.events
+                .filter(|&e| e > 0)
+                .map(|e| t.cpu_s / e as f64 * 1e6)
+        })
+        .collect();
+    let bpf: Vec<f64> = tracers
+        .iter()
+        .filter(|t| t.bpf.run_cnt > 0)
+        .map(|t| t.bpf.run_time_ns as f64 / t.bpf.run_cnt as f64)
+        .collect();
+    let summary = |f: fn(&crate::bench::Summary) -> Option<u64>| {
+        if config.is_tcptrace() {
+            sum_all(&ok, |r| r.tracer.as_ref()?.summary.as_ref().and_then(f))
+        } else {
+            None
+        }
+    };
+    let mut errors: Vec<String> = Vec::new();
+    for r in &all {
+        if let Some(e) = &r.error
+            && !errors.contains(e)
+        {
+            errors.push(e.clone());
+        }
+    }
+    Group {
+        mode,
+        config,
+        runs: all.len(),
+        ok: ok.len(),
+        rate_median: median(rates),
+        ratio_median: median(ratios.clone()),
+        ratio_min: ratios.iter().copied().reduce(f64::min),
+        ratio_max: ratios.iter().copied().reduce(f64::max),
+        cpu_s_per_mevent: median(cpu),
+        bpf_ns_per_event: median(bpf),
+        peak_rss_mib: tracers
+            .iter()
+            .map(|t| t.maxrss_kib as f64 / 1024.0)
+            .reduce(f64::max),
+        events_median: median(
+            tracers
+                .iter()
+                .filter_map(|t| t.events)
+                .map(|e| e as f64)
+                .collect(),
+        ),
+        events_basis: tracers.first().map(|t| t.events_basis),
+        produced: summary(|s| s.produced),
+        received: summary(|s| s.received),
+        lost: summary(|s| s.lost),
+        filtered: summary(|s| s.filtered),
+        bpftrace_lost: if config.is_bpftrace() {
+            sum_all(&ok, |r| r.tracer.as_ref()?.bpftrace_lost)
+        } else {
+            None
+        },
+        errors,
+    }
+}
+
+fn find(groups: &[Group], mode: Mode, config: Config) -> Option<&Group> {
+    groups.iter().find(|g| g.mode == mode && g.config == config)
+}
+
+fn cell(
+    column: String,
+    value: Option<f64>,
+    text: impl Fn(f64) -> String,
+    pass: impl Fn(f64) -> bool,
+) -> Cell {
+    match value {
+        Some(v) => Cell {
+            column,
+            value: Some(v),
+            text: text(v),
+            status: Status::of(pass(v)),
+        },
+        None => Cell {
+            column,
+            value: None,
+            text: "n/a".into(),
+            status: Status::NotMeasured,
+        },
+    }
+}
+
+fn targets(groups: &[Group], args: &BenchArgs) -> Vec<Target> {
+    let columns: Vec<(Mode, Config)> = args
+        .modes
+        .iter()
+        .flat_map(|&m| {
+            args.configs
+                .iter()
+                .filter(|c| c.is_tcptrace())
+                .map(move |&c| (m, c))
+        })
+        .collect();
+    let label = |m: Mode, c: Config| format!("{m} {c}");
+    let per = |f: &dyn Fn(Mode, Config, String) -> Cell| -> Vec<Cell> {
+        columns.iter().map(|&(m, c)| f(m, c, label(m, c))).collect()
+    };
+    let g = |m, c| find(groups, m, c);
+
+    vec![
+        Target {
+            name: "churn ratio, tcptrace writing to a file",
+            goal: ">= 0.95 pinned (stretch 0.97), >= 0.90 saturated",
+            cells: per(&|m, c, col| {
+                let v = g(m, c).and_then(|g| g.ratio_median);
+                match m {
+                    Mode::Pinned => cell(
+                        col,
+                        v,
+                        |v| {
+                            let stretch = if v >= 0.97 { "PASS" } else { "MISS" };
+                            format!("{v:.3} (stretch {stretch})")
+                        },
+                        |v| v >= 0.95,
+                    ),
+                    Mode::Saturated => cell(col, v, |v| format!("{v:.3}"), |v| v >= 0.90),
+                }
+            }),
+        },
+        Target {
+            name: "churn ratio vs bpftrace count-only",
+            goal: "no more than 0.05 below",
+            cells: per(&|m, c, col| {
+                let ours = g(m, c).and_then(|g| g.ratio_median);
+                let theirs = g(m, Config::BpftraceCount).and_then(|g| g.ratio_median);
+                let diff = ours.zip(theirs).map(|(a, b)| a - b);
+                cell(col, diff, |d| format!("{d:+.3}"), |d| d >= -0.05)
+            }),
+        },
+        Target {
+            name: "lost events",
+            goal: "0",
+            cells: per(&|m, c, col| {
+                let lost = g(m, c).and_then(|g| g.lost).map(|l| l as f64);
+                cell(col, lost, |l| format!("{l:.0}"), |l| l == 0.0)
+            }),
+        },
+        Target {
+            name: "reader CPU, s per million events",
+            goal: "<= 0.5",
+            cells: per(&|m, c, col| {
+                let v = g(m, c).and_then(|g| g.cpu_s_per_mevent);
+                cell(col, v, |v| format!("{v:.3}"), |v| v <= 0.5)
+            }),
+        },
+        Target {
+            name: "BPF run time, ns per event",
+            goal: "<= 150",
+            cells: per(&|m, c, col| {
+                let v = g(m, c).and_then(|g| g.bpf_ns_per_event);
+                cell(col, v, |v| format!("{v:.0}"), |v| v <= 150.0)
+            }),
+        },
+        Target {
+            name: "peak RSS, MiB",
+            goal: "<= 20",
+            cells: per(&|m, c, col| {
+                let v = g(m, c).and_then(|g| g.peak_rss_mib);
+                cell(col, v, |v| format!("{v:.1}"), |v| v <= 20.0)
+            }),
+        },
+    ]
+}
+
+impl Report {
+    pub fn new(
+        args: &BenchArgs,
+        runs: Vec<Run>,
+        ceiling: Option<Ceiling>,
+        elapsed: Duration,
+        load_before: Option<f64>,
+    ) -> Self {
+        let mut groups = Vec::new();
+        for &mode in &args.modes {
+            let none = median(
+                runs.iter()
+                    .filter(|r| r.mode == mode.name() && r.config == Config::None)
+                    .filter_map(|r| r.rate())
+                    .collect(),
+            );
+            for &config in &args.configs {
+                groups.push(group(mode, config, &runs, none));
+            }
+        }
+        let targets = targets(&groups, args);
+        Self {
+            machine: Machine::read(load_before),
+            params: args.clone(),
+            elapsed_s: elapsed.as_secs_f64(),
+            groups,
+            targets,
+            ceiling,
+            runs,
+        }
+    }
+
+    /// The results as Markdown (results.md, and the body of BENCHMARKS.md).
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let p = &self.params;
+        let m = &self.machine;
+        let _ = writeln!(s, "## Results\n");
+        let _ = writeln!(
+            s,
+            "{}; Linux {}, {} CPUs ({}). {} reps x {} s of churn per configuration and mode, \
+             interleaved; {} listening ports; took {:.0} s; load average before: {}.\n",
+            m.date,
+            m.kernel,
+            m.cpus,
+            m.cpu_model,
+            p.reps,
+            p.seconds,
+            p.ports,
+            self.elapsed_s,
+            m.load_before.map_or("n/a".into(), |l| format!("{l:.2}"))
+        );
+        for &mode in &p.modes {
+            let _ = writeln!(s, "### {mode}: {}\n", mode.describe());
+            let _ = writeln!(
+                s,
+                "| config | runs ok | conn/s median | ratio to none: median [min, max] | \
+                 tracer CPU s / M events | BPF ns / event | peak RSS MiB | events / run (basis) | \
+                 produced / received / lost / filtered |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+            for g in self.groups.iter().filter(|g| g.mode == mode) {
+                let ratio = match (g.ratio_median, g.ratio_min, g.ratio_max) {
+                    (Some(a), Some(b), Some(c)) => format!("{a:.3} [{b:.3}, {c:.3}]"),
+                    _ => "n/a".into(),
+                };
+                let tracer = g.config != Config::None;
+                let or_dash = |v: Option<String>| match v {
+                    Some(v) => v,
+                    None if tracer => "n/a".into(),
+                    None => "-".into(),
+                };
+                let events = g
+                    .events_median
+                    .map(|e| format!("{e:.0} ({})", g.events_basis.unwrap_or("?")));
+                let counts = if g.config.is_tcptrace() {
+                    let f = |v: Option<u64>| v.map_or("n/a".into(), |v| v.to_string());
+                    format!(
+                        "{} / {} / {} / {}",
+                        f(g.produced),
+                        f(g.received),
+                        f(g.lost),
+                        f(g.filtered)
+                    )
+                } else if let Some(l) = g.bpftrace_lost {
+                    format!("lost {l} (bpftrace)")
+                } else {
+                    "-".into()
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {}/{} | {} | {} | {} | {} | {} | {} | {} |",
+                    g.config,
+                    g.ok,
+                    g.runs,
+                    g.rate_median.map_or("n/a".into(), |r| format!("{r:.0}")),
+                    ratio,
+                    or_dash(g.cpu_s_per_mevent.map(|v| format!("{v:.3}"))),
+                    or_dash(g.bpf_ns_per_event.map(|v| format!("{v:.0}"))),
+                    or_dash(g.peak_rss_mib.map(|v| format!("{v:.1}"))),
+                    or_dash(events),
+                    counts,
+                );
+            }
+            let _ = writeln!(s);
+        }
+
+        let _ = writeln!(s, "### Targets\n");
+        if self.targets.first().is_none_or(|t| t.cells.is_empty()) {
+            let _ = writeln!(
+                s,
+                "No tcptrace configuration was run, so no target was measured.\n"
+            );
+        } else {
+            let cols: Vec<&str> = self.targets[0]
+                .cells
+                .iter()
+                .map(|c| c.column.as_str())
+                .collect();
+            let _ = writeln!(s, "| target | goal | {} |", cols.join(" | "));
+            let _ = writeln!(s, "|---|---|{}", "---|".repeat(cols.len()));
+            for t in &self.targets {
+                let cells: Vec<String> = t
+                    .cells
+                    .iter()
+                    .map(|c| match c.status {
+                        Status::NotMeasured => "n/a".into(),
+                        st => format!("{} {st}", c.text),
+                    })
+                    .collect();
+                let _ = writeln!(s, "| {} | {} | {} |", t.name, t.goal, cells.join(" | "));
+            }
+            let _ = writeln!(s);
+        }
+
+        if let Some(c) = &self.ceiling {
+            let _ = writeln!(
+                s,
+                "### Drop-free ceiling (tcptrace, default output to a file; workload unpinned)\n"
+            );
+            let _ = writeln!(s, "| client threads | conn/s | lost |");
+            let _ = writeln!(s, "|---|---|---|");
+            for st in &c.steps {
+                let rate = match (&st.rate, &st.error) {
+                    (Some(r), _) => format!("{r:.0}"),
+                    (None, Some(e)) => format!("failed: {}", short(e)),
+                    (None, None) => "n/a".into(),
+                };
+                let lost = st.lost.map_or("n/a".into(), |l| l.to_string());
+                let _ = writeln!(s, "| {} | {rate} | {lost} |", st.clients);
+            }
+            let best = match c.best {
+                Some((k, r)) => {
+                    format!("**{r:.0} conn/s** with zero lost events ({k} client threads)")
+                }
+                None => "no run with a known zero loss".into(),
+            };
+            let _ = writeln!(
+                s,
+                "\nHighest rate: {best}; stopped: {}.\n",
+                c.stopped_because
+            );
+        }
+
+        let failed: Vec<&Group> = self
+            .groups
+            .iter()
+            .filter(|g| !g.errors.is_empty())
+            .collect();
+        if !failed.is_empty() {
+            let _ = writeln!(s, "### Failed runs\n");
+            for g in failed {
+                for e in &g.errors {
+                    let _ = writeln!(
+                        s,
+                        "- {} {} ({} of {} failed): {}",
+                        g.mode,
+                        g.config,
+                        g.runs - g.ok,
+                        g.runs,
+                        short(e)
+                    );
+                }
+            }
+            let _ = writeln!(s);
+        }
+        let _ = writeln!(
+            s,
+            "Ratio: a run's conn/s over the median conn/s of `none` in the same mode. Tracer CPU: \
+             user+system seconds of the tracer process from the moment it reported being attached \
+             until it exited (churn plus final drain), per million events; events are tcptrace's \
+             `received` count, else the BPF programs' run_cnt. BPF ns / event: run_time_ns / \
+             run_cnt over the churn, summed over the tracer's programs (/proc/<pid>/fdinfo, \
+             kernel.bpf_stats_enabled=1). Peak RSS: ru_maxrss from wait4 (bpftrace's includes \
+             compiling its program)."
+        );
+        s
+    }
+
+    /// The whole BENCHMARKS.md.
+    pub fn benchmarks_md(&self) -> String {
+        let m = &self.machine;
+        format!(
+            "# Benchmarks\n\n\
+             What tracing costs a TCP connection-churn workload, measured by `cargo xtask bench` \
+             (a few minutes; root). The workload (`xtask/src/bin/churn.rs`) opens, uses and \
+             closes loopback connections as fast as it can; each configuration runs it once per \
+             repetition, interleaved, while the tracer writes to a file. Raw numbers: \
+             `target/bench/results.json`; this file is rewritten by every run.\n\n\
+             Flags: `--reps N`, `--seconds S`, `--configs none,tcptrace,tcptrace-json,\
+             bpftrace-print,bpftrace-count`, `--modes pinned,saturated`, \
+             `--ceiling-max-clients K`, `--ports N`, `--base-port P`, `--ready-timeout S`, \
+             `--stop-timeout S`, `--no-build`, `--no-benchmarks-md` (see \
+             `cargo xtask bench --help`). Unpinned runs vary by 10-20% between repetitions on \
+             a 2-CPU VM; compare medians, and run on an otherwise idle machine.\n\n\
+             ## Machine\n\n\
+             - kernel: {}\n- CPUs: {}\n- CPU model: {}\n- date: {}\n\n{}",
+            m.kernel,
+            m.cpus,
+            m.cpu_model,
+            m.date,
+            self.markdown()
+        )
+    }
+}
+
+fn short(e: &str) -> String {
+    let one_line = e.replace('\n', " ");
+    if one_line.chars().count() > 300 {
+        let cut: String = one_line.chars().take(300).collect();
+        format!("{cut}…")
+    } else {
+        one_line
+    }
+}
+
+/// One progress line for a finished run.
+pub fn run_line(r: &Run, reps: u32) -> String {
+    let rep = if reps > 0 {
+        format!("rep {}/{reps}", r.rep + 1)
+    } else {
+        format!("{} clients", r.clients)
+    };
+    let mut s = format!("[{}] {:<15} {rep}: ", r.mode, r.config.name());
+    if let Some(c) = &r.churn {
+        let _ = write!(
+            s,
+            "{:.0} conn/s ({} conns, {} errors)",
+            c.rate, c.connections, c.errors
+        );
+    }
+    if let Some(t) = &r.tracer {
+        let _ = write!(
+            s,
+            ", ready {:.1} s, cpu {:.2} s, rss {:.1} MiB",
+            t.ready_s,
+            t.cpu_s,
+            t.maxrss_kib as f64 / 1024.0
+        );
+        if t.bpf.run_cnt > 0 {
+            let _ = write!(
+                s,
+                ", bpf {:.0} ns/ev over {} runs",
+                t.bpf.run_time_ns as f64 / t.bpf.run_cnt as f64,
+                t.bpf.run_cnt
+            );
+        }
+        match (&t.summary, r.config.is_tcptrace()) {
+            (Some(sm), _) => {
+                let f = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
+                let _ = write!(
+                    s,
+                    ", produced {} received {} lost {}",
+                    f(sm.produced),
+                    f(sm.received),
+                    f(sm.lost)
+                );
+            }
+            (None, true) => s.push_str(", no tcptrace-summary"),
+            (None, false) => {}
+        }
+    }
+    if let Some(e) = &r.error {
+        let _ = write!(s, " FAILED: {}", short(e));
+    }
+    s
+}
+
+/// "YYYY-MM-DD HH:MM UTC" without a date crate.
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+
+    #[test]
+    fn date_format() {
+        let d = utc_now();
+        assert_eq!(d.len(), "2026-11-24 15:40 UTC".len());
+        assert!(d.starts_with("20"));
+    }
+}
