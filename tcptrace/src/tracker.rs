@@ -906,6 +906,7 @@ impl Tracker {
         unread: Option<u32>,
         out: &mut Vec<SocketLife>,
     ) {
+        let unread = unread.and_then(|raw| unread_at_close(old, raw));
         let start = starts_life(old, new);
         if let Some(role) = start {
             // skaddr reuse: the old life is over.
@@ -1180,9 +1181,22 @@ fn finalize(t: Tracked) -> SocketLife {
     life
 }
 
+/// Bytes the application never read, from the kernel's raw
+/// `rcv_nxt - copied_seq` at a transition to CLOSE. A received FIN takes a
+/// sequence number too, so it is taken off where the peer's FIN surely
+/// arrived; from FIN_WAIT2 nobody can tell whether it did, so nothing is said.
+pub fn unread_at_close(old: TcpState, raw: u32) -> Option<u32> {
+    match old {
+        TcpState::Established | TcpState::SynRecv | TcpState::FinWait1 => Some(raw),
+        TcpState::CloseWait | TcpState::LastAck | TcpState::Closing => Some(raw.saturating_sub(1)),
+        _ => None,
+    }
+}
+
 /// Recorded event sequences (mirroring KERNEL-NOTES.md), shared by the
 /// tracker, classifier and renderer tests.
 #[cfg(test)]
 pub(crate) mod fixtures;
+
 #[cfg(test)]
 mod tests;

@@ -646,3 +646,14 @@ fn fin_wait2_to_close_with_an_rst_is_a_linger_abort_not_time_wait() {
     assert!(!lives[0].time_wait);
     assert_eq!(lives[0].closed_by, Some(py));
 }
+
+#[test]
+fn unread_bytes_leave_out_the_peers_fin() {
+    use crate::tracker::unread_at_close;
+    assert_eq!(unread_at_close(TcpState::Established, 13), Some(13));
+    // CLOSE_WAIT: the peer's FIN took one sequence number.
+    assert_eq!(unread_at_close(TcpState::CloseWait, 6), Some(5));
+    assert_eq!(unread_at_close(TcpState::LastAck, 1), Some(0));
+    // FIN_WAIT2 → CLOSE: with or without the peer's FIN; say nothing.
+    assert_eq!(unread_at_close(TcpState::FinWait2, 1), None);
+}
