@@ -131,8 +131,14 @@ pub struct SockFields {
     pub reason: u16,
     pub cookie: u16,
     pub err: u16,
-    pub _pad: u16,
+    /// Bytes of the record to copy in one read (the end of its last
+    /// field), at most [`RECORD_MAX`]; 0 when the tracepoint is absent.
+    pub record_len: u16,
 }
+
+/// Largest tracepoint record the kernel program copies (one helper call per
+/// event instead of one per field).
+pub const RECORD_MAX: usize = 128;
 
 impl SockFields {
     pub const NONE: SockFields = SockFields {
@@ -153,7 +159,7 @@ impl SockFields {
         reason: ABSENT,
         cookie: ABSENT,
         err: ABSENT,
-        _pad: 0,
+        record_len: 0,
     };
 }
 

@@ -9,17 +9,19 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf,
     },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use tcptrace_common::{
-    ABSENT, COMM_LEN, Config, DEFAULT_RING_BYTES, Event, SockFields, Task, counter, filter, flag,
-    kind,
+    ABSENT, COMM_LEN, Config, DEFAULT_RING_BYTES, Event, RECORD_MAX, SockFields, Task, counter,
+    filter, flag, kind,
 };
 
 const AF_INET6: u16 = 10;
@@ -85,24 +87,56 @@ fn read<T>(ctx: &TracePointContext, offset: u16) -> Option<T> {
     unsafe { ctx.read_at::<T>(offset as usize).ok() }
 }
 
+/// A tracepoint record copied with one helper call: field reads are then
+/// plain loads instead of one bpf_probe_read each.
+struct RecordCopy {
+    bytes: [u8; RECORD_MAX],
+}
+
+impl RecordCopy {
+    #[inline(always)]
+    fn of(ctx: &TracePointContext, len: u16) -> Option<RecordCopy> {
+        let mut copy = RecordCopy {
+            bytes: [0; RECORD_MAX],
+        };
+        let len = (len as usize).min(RECORD_MAX);
+        let dst = copy.bytes.get_mut(..len)?;
+        // SAFETY: ctx points at the tracepoint's record of at least `len`
+        // bytes (the loader took len from its format); the read is checked.
+        unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, dst).ok()? };
+        Some(copy)
+    }
+
+    #[inline(always)]
+    fn get<T: Copy>(&self, offset: u16) -> Option<T> {
+        let start = offset as usize;
+        let bytes = self.bytes.get(start..start + core::mem::size_of::<T>())?;
+        // SAFETY: in bounds (checked above); T is plain data read unaligned.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+    }
+}
+
 #[inline(always)]
 fn current_task() -> Task {
     let pid_tgid = bpf_get_current_pid_tgid();
     Task {
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
-        // SAFETY: plain helper call, valid in tracepoint programs.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        // Filled in only where it is needed (owners, the cgroup filter).
+        cgroup_id: 0,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     }
 }
 
 #[inline(always)]
+fn cgroup_id() -> u64 {
+    // SAFETY: plain helper call, valid in tracepoint programs.
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+#[inline(always)]
 fn in_softirq() -> bool {
-    IN_SOFTIRQ
-        .get(0)
-        .map(|depth| *depth != 0)
-        .unwrap_or(false)
+    IN_SOFTIRQ.get(0).map(|depth| *depth != 0).unwrap_or(false)
 }
 
 /// Does a task pass the user's process filters?
@@ -121,6 +155,16 @@ fn task_matches(filter: &tcptrace_common::Filter, task: &Task) -> bool {
         return false;
     }
     true
+}
+
+/// The on-CPU task, with its cgroup id when the cgroup filter needs it.
+#[inline(always)]
+fn context_for_filter(filter: &tcptrace_common::Filter, task: &Task) -> Task {
+    let mut task = *task;
+    if filter.flags & filter::CGROUP != 0 && task.cgroup_id == 0 {
+        task.cgroup_id = cgroup_id();
+    }
+    task
 }
 
 #[inline(always)]
@@ -157,42 +201,43 @@ fn socket_event_passes(event: &Event) -> bool {
     if event.flags & flag::OWNER_KNOWN != 0 {
         task_matches(filter, &event.owner)
     } else {
-        event.flags & flag::SOFTIRQ == 0 && task_matches(filter, &event.context)
+        event.flags & flag::SOFTIRQ == 0
+            && task_matches(filter, &context_for_filter(filter, &event.context))
     }
 }
 
 /// Reads family, ports and addresses, in either layout the kernel uses.
 #[inline(always)]
-fn read_endpoints(ctx: &TracePointContext, fields: &SockFields, event: &mut Event) {
+fn read_endpoints(rec: &RecordCopy, fields: &SockFields, event: &mut Event) {
     if fields.saddr_sockaddr != ABSENT {
         // struct sockaddr_in / sockaddr_in6: family, then the port in
         // network order, then the address (at 4 for v4, 8 for v6).
-        let family: u16 = read(ctx, fields.saddr_sockaddr).unwrap_or(0);
+        let family: u16 = rec.get(fields.saddr_sockaddr).unwrap_or(0);
         event.family = family;
-        let sport: u16 = read(ctx, fields.saddr_sockaddr + 2).unwrap_or(0);
-        let dport: u16 = read(ctx, fields.daddr_sockaddr + 2).unwrap_or(0);
+        let sport: u16 = rec.get(fields.saddr_sockaddr + 2).unwrap_or(0);
+        let dport: u16 = rec.get(fields.daddr_sockaddr + 2).unwrap_or(0);
         event.sport = u16::from_be(sport);
         event.dport = u16::from_be(dport);
         if family == AF_INET6 {
-            event.saddr = read(ctx, fields.saddr_sockaddr + 8).unwrap_or([0; 16]);
-            event.daddr = read(ctx, fields.daddr_sockaddr + 8).unwrap_or([0; 16]);
+            event.saddr = rec.get(fields.saddr_sockaddr + 8).unwrap_or([0; 16]);
+            event.daddr = rec.get(fields.daddr_sockaddr + 8).unwrap_or([0; 16]);
         } else {
-            let s: [u8; 4] = read(ctx, fields.saddr_sockaddr + 4).unwrap_or([0; 4]);
-            let d: [u8; 4] = read(ctx, fields.daddr_sockaddr + 4).unwrap_or([0; 4]);
+            let s: [u8; 4] = rec.get(fields.saddr_sockaddr + 4).unwrap_or([0; 4]);
+            let d: [u8; 4] = rec.get(fields.daddr_sockaddr + 4).unwrap_or([0; 4]);
             event.saddr[..4].copy_from_slice(&s);
             event.daddr[..4].copy_from_slice(&d);
         }
         return;
     }
-    event.family = read(ctx, fields.family).unwrap_or(0);
-    event.sport = read(ctx, fields.sport).unwrap_or(0);
-    event.dport = read(ctx, fields.dport).unwrap_or(0);
+    event.family = rec.get(fields.family).unwrap_or(0);
+    event.sport = rec.get(fields.sport).unwrap_or(0);
+    event.dport = rec.get(fields.dport).unwrap_or(0);
     if event.family == AF_INET6 {
-        event.saddr = read(ctx, fields.saddr_v6).unwrap_or([0; 16]);
-        event.daddr = read(ctx, fields.daddr_v6).unwrap_or([0; 16]);
+        event.saddr = rec.get(fields.saddr_v6).unwrap_or([0; 16]);
+        event.daddr = rec.get(fields.daddr_v6).unwrap_or([0; 16]);
     } else {
-        let s: [u8; 4] = read(ctx, fields.saddr).unwrap_or([0; 4]);
-        let d: [u8; 4] = read(ctx, fields.daddr).unwrap_or([0; 4]);
+        let s: [u8; 4] = rec.get(fields.saddr).unwrap_or([0; 4]);
+        let d: [u8; 4] = rec.get(fields.daddr).unwrap_or([0; 4]);
         event.saddr[..4].copy_from_slice(&s);
         event.daddr[..4].copy_from_slice(&d);
     }
@@ -257,6 +302,7 @@ fn track_owner(event: &mut Event) {
     let process_context = event.flags & flag::SOFTIRQ == 0;
     if old == TCP_CLOSE && (new == TCP_SYN_SENT || new == TCP_LISTEN) && process_context {
         // connect() and listen() run in the caller's context.
+        event.context.cgroup_id = cgroup_id();
         let _ = OWNERS.insert(&event.skaddr, &event.context, 0);
         if new == TCP_LISTEN {
             let key = listener_key(event.family, event.sport);
@@ -302,15 +348,18 @@ fn read_unread(event: &mut Event) {
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let fields = &config().set_state;
-    if read::<u16>(&ctx, fields.protocol) != Some(IPPROTO_TCP) {
+    let Some(rec) = RecordCopy::of(&ctx, fields.record_len) else {
+        return 0;
+    };
+    if rec.get::<u16>(fields.protocol) != Some(IPPROTO_TCP) {
         count(counter::NOT_TCP);
         return 0;
     }
     let mut event = base_event(kind::STATE);
-    event.skaddr = read::<u64>(&ctx, fields.skaddr).unwrap_or(0);
-    event.oldstate = read::<i32>(&ctx, fields.oldstate).unwrap_or(0) as u8;
-    event.newstate = read::<i32>(&ctx, fields.newstate).unwrap_or(0) as u8;
-    read_endpoints(&ctx, fields, &mut event);
+    event.skaddr = rec.get::<u64>(fields.skaddr).unwrap_or(0);
+    event.oldstate = rec.get::<i32>(fields.oldstate).unwrap_or(0) as u8;
+    event.newstate = rec.get::<i32>(fields.newstate).unwrap_or(0) as u8;
+    read_endpoints(&rec, fields, &mut event);
     track_owner(&mut event);
     if event.newstate == TCP_CLOSE {
         read_unread(&mut event);
@@ -326,21 +375,24 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// The reset, retransmit and destroy tracepoints share one shape.
 #[inline(always)]
 fn sock_event(ctx: &TracePointContext, fields: &SockFields, event_kind: u8) -> u32 {
+    let Some(rec) = RecordCopy::of(ctx, fields.record_len) else {
+        return 0;
+    };
     let mut event = base_event(event_kind);
-    event.skaddr = read::<u64>(ctx, fields.skaddr).unwrap_or(0);
-    if let Some(state) = read::<i32>(ctx, fields.state) {
+    event.skaddr = rec.get::<u64>(fields.skaddr).unwrap_or(0);
+    if let Some(state) = rec.get::<i32>(fields.state) {
         event.newstate = state as u8;
     }
-    if let Some(reason) = read::<u32>(ctx, fields.reason) {
+    if let Some(reason) = rec.get::<u32>(fields.reason) {
         event.value = reason;
         event.flags |= flag::REASON_VALID;
-    } else if let Some(err) = read::<i32>(ctx, fields.err) {
+    } else if let Some(err) = rec.get::<i32>(fields.err) {
         event.value = err as u32;
     }
-    if let Some(cookie) = read::<u64>(ctx, fields.cookie) {
+    if let Some(cookie) = rec.get::<u64>(fields.cookie) {
         event.aux = cookie;
     }
-    read_endpoints(ctx, fields, &mut event);
+    read_endpoints(&rec, fields, &mut event);
     attach_owner(&mut event);
     if event_kind == kind::DESTROY_SOCK {
         // The socket's last event: its address may be reused from now on.
@@ -384,7 +436,9 @@ pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let config = config();
     let mut event = base_event(kind::PROCESS_EXIT);
-    if process_filter_on(&config.filter) && !task_matches(&config.filter, &event.context) {
+    if process_filter_on(&config.filter)
+        && !task_matches(&config.filter, &context_for_filter(&config.filter, &event.context))
+    {
         count(counter::FILTERED);
         return 0;
     }

@@ -178,8 +178,11 @@ impl Tracer {
         }
         raise_memlock();
         let tracefs = ensure_tracefs()?;
-        let btf = Btf::from_sys_fs().ok().flatten();
-        let layout = KernelLayout::read(&tracefs, btf.as_ref())?;
+        // Parsed, used for a few offsets and dropped before the load.
+        let layout = {
+            let btf = Btf::from_sys_fs().ok().flatten();
+            KernelLayout::read(&tracefs, btf.as_ref())?
+        };
         let mut config: Config = layout.config;
         config.filter = opts.filter;
         if !opts.pids.is_empty() {
@@ -189,7 +192,10 @@ impl Tracer {
         // its timer drains, which is far cheaper than a wakeup per event.
         config.wakeup_bytes = u64::from(opts.ring_bytes / 8);
 
+        // Rust eBPF carries no CO-RE relocations, so aya needs no kernel BTF:
+        // skipping it saves parsing vmlinux's BTF (time, and megabytes kept).
         let mut ebpf = EbpfLoader::new()
+            .btf(None)
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(KERNEL_OBJECT)?;

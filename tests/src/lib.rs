@@ -52,7 +52,13 @@ impl Trace {
     /// A tracer that sees all of the machine's TCP traffic and keeps what
     /// touches `ports` (plus every process exit and signal).
     pub fn start(ports: &[u16]) -> Trace {
-        Trace::start_with(TraceOptions::default(), ports)
+        // A roomy ring: the test drains between its own steps, and a busy
+        // machine must not make it lose the events it waits for.
+        let opts = TraceOptions {
+            ring_bytes: 16 << 20,
+            ..TraceOptions::default()
+        };
+        Trace::start_with(opts, ports)
     }
 
     pub fn start_with(opts: TraceOptions, ports: &[u16]) -> Trace {

@@ -2,8 +2,6 @@
 //! kernel (`/sys/kernel/btf/vmlinux`). Rust eBPF gets no CO-RE relocations, so
 //! the loader looks offsets up here and hands them to the kernel program.
 
-use std::collections::HashMap;
-
 const MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
 const KIND_ARRAY: u32 = 3;
@@ -31,158 +29,153 @@ pub enum BtfError {
     Kind(u32),
 }
 
-#[derive(Clone, Debug)]
-struct Member {
-    name: String,
-    type_id: u32,
-    bit_offset: u32,
-}
-
-#[derive(Clone, Debug)]
-struct Type {
-    kind: u32,
-    /// Referenced type for typedef/const/volatile/...
+/// Where one type's record starts in the blob, with its decoded header.
+#[derive(Clone, Copy, Debug)]
+struct TypeEntry {
+    /// Byte offset of the member array (just past the 12-byte header).
+    members_at: u32,
+    name_off: u32,
+    kind: u8,
+    kind_flag: bool,
+    vlen: u16,
+    /// Referenced type, for typedef/const/volatile/...
     target: u32,
-    members: Vec<Member>,
 }
 
-/// Struct and union layouts of a BTF blob.
+/// Struct and union layouts of a BTF blob. Names stay in the blob's string
+/// section and are compared in place: vmlinux has ~100k types, and building
+/// strings for all of them costs megabytes the tracer keeps for its lifetime.
 #[derive(Debug, Default)]
 pub struct Btf {
-    types: Vec<Type>,
-    structs_by_name: HashMap<String, u32>,
+    bytes: Vec<u8>,
+    strings_at: usize,
+    strings_len: usize,
+    /// Index = type id; id 0 is void.
+    types: Vec<TypeEntry>,
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl Reader<'_> {
-    fn u32(&self, at: usize) -> Result<u32, BtfError> {
-        let b = self.bytes.get(at..at + 4).ok_or(BtfError::Truncated(at))?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u16(&self, at: usize) -> Result<u16, BtfError> {
-        let b = self.bytes.get(at..at + 2).ok_or(BtfError::Truncated(at))?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
+fn u32_at(bytes: &[u8], at: usize) -> Result<u32, BtfError> {
+    let b = bytes.get(at..at + 4).ok_or(BtfError::Truncated(at))?;
+    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 impl Btf {
     pub fn parse(bytes: &[u8]) -> Result<Btf, BtfError> {
-        let r = Reader { bytes };
-        if r.u16(0)? != MAGIC {
+        Btf::from_vec(bytes.to_vec())
+    }
+
+    fn from_vec(bytes: Vec<u8>) -> Result<Btf, BtfError> {
+        let magic = bytes.get(0..2).ok_or(BtfError::Truncated(0))?;
+        if u16::from_le_bytes([magic[0], magic[1]]) != MAGIC {
             return Err(BtfError::Magic);
         }
-        let hdr_len = r.u32(4)? as usize;
-        let type_off = r.u32(8)? as usize;
-        let type_len = r.u32(12)? as usize;
-        let str_off = r.u32(16)? as usize;
-        let str_len = r.u32(20)? as usize;
-        let types_start = hdr_len + type_off;
-        let types_end = types_start + type_len;
-        let strings_start = hdr_len + str_off;
-        let strings = bytes
-            .get(strings_start..strings_start + str_len)
-            .ok_or(BtfError::Truncated(strings_start))?;
-        let name = |off: u32| -> String {
-            let tail = strings.get(off as usize..).unwrap_or(&[]);
-            let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-            String::from_utf8_lossy(&tail[..end]).into_owned()
+        let hdr_len = u32_at(&bytes, 4)? as usize;
+        let types_start = hdr_len + u32_at(&bytes, 8)? as usize;
+        let types_end = types_start + u32_at(&bytes, 12)? as usize;
+        let strings_at = hdr_len + u32_at(&bytes, 16)? as usize;
+        let strings_len = u32_at(&bytes, 20)? as usize;
+        if bytes.len() < strings_at + strings_len || bytes.len() < types_end {
+            return Err(BtfError::Truncated(bytes.len()));
+        }
+        let void = TypeEntry {
+            members_at: 0,
+            name_off: 0,
+            kind: 0,
+            kind_flag: false,
+            vlen: 0,
+            target: 0,
         };
-
-        // Type id 0 is "void".
-        let mut btf = Btf {
-            types: vec![Type {
-                kind: 0,
-                target: 0,
-                members: Vec::new(),
-            }],
-            structs_by_name: HashMap::new(),
-        };
+        let mut types = vec![void];
         let mut at = types_start;
         while at < types_end {
-            let name_off = r.u32(at)?;
-            let info = r.u32(at + 4)?;
-            let size_or_type = r.u32(at + 8)?;
+            let name_off = u32_at(&bytes, at)?;
+            let info = u32_at(&bytes, at + 4)?;
+            let target = u32_at(&bytes, at + 8)?;
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            at += 12;
-            let mut members = Vec::new();
             let extra = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
                 KIND_ARRAY => 12,
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = at + i * 12;
-                        let raw_offset = r.u32(m + 8)?;
-                        members.push(Member {
-                            name: name(r.u32(m)?),
-                            type_id: r.u32(m + 4)?,
-                            // With kind_flag the top byte is a bitfield size.
-                            bit_offset: if kind_flag {
-                                raw_offset & 0x00ff_ffff
-                            } else {
-                                raw_offset
-                            },
-                        });
-                    }
-                    vlen * 12
-                }
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
                 KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-                KIND_DATASEC | KIND_ENUM64 => vlen * 12,
                 2 | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | 12 | 16
                 | KIND_TYPE_TAG => 0,
                 other => return Err(BtfError::Kind(other)),
             };
-            at += extra;
-            let id = btf.types.len() as u32;
-            let type_name = name(name_off);
-            if kind == KIND_STRUCT && !type_name.is_empty() {
-                // Keep the first complete definition of a name.
-                btf.structs_by_name.entry(type_name).or_insert(id);
-            }
-            btf.types.push(Type {
-                kind,
-                target: size_or_type,
-                members,
+            types.push(TypeEntry {
+                members_at: (at + 12) as u32,
+                name_off,
+                kind: kind as u8,
+                kind_flag: info >> 31 == 1,
+                vlen: vlen as u16,
+                target,
             });
+            at += 12 + extra;
         }
-        Ok(btf)
+        Ok(Btf {
+            bytes,
+            strings_at,
+            strings_len,
+            types,
+        })
     }
 
     /// The running kernel's BTF; `None` on a kernel built without it.
     pub fn from_sys_fs() -> std::io::Result<Option<Btf>> {
         match std::fs::read("/sys/kernel/btf/vmlinux") {
-            Ok(bytes) => Btf::parse(&bytes).map(Some).map_err(std::io::Error::other),
+            Ok(bytes) => Btf::from_vec(bytes)
+                .map(Some)
+                .map_err(std::io::Error::other),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
 
+    fn name(&self, off: u32) -> &[u8] {
+        let strings = &self.bytes[self.strings_at..self.strings_at + self.strings_len];
+        let tail = strings.get(off as usize..).unwrap_or(&[]);
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        &tail[..end]
+    }
+
     /// Byte offset of `member` in `struct name`, looking through anonymous
     /// structs and unions. `None` when absent or a bitfield.
     pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
-        let id = *self.structs_by_name.get(name)?;
-        let bits = self.find_member(id, member, 0)?;
+        // The first struct of that name with members (not a forward decl).
+        let id = self.types.iter().position(|t| {
+            u32::from(t.kind) == KIND_STRUCT
+                && t.vlen > 0
+                && self.name(t.name_off) == name.as_bytes()
+        })?;
+        let bits = self.find_member(id as u32, member.as_bytes(), 0)?;
         (bits % 8 == 0).then_some(bits / 8)
     }
 
-    fn find_member(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
-        let ty = self.types.get(id as usize)?;
-        for m in &ty.members {
-            if m.name == member {
-                return Some(m.bit_offset);
+    fn find_member(&self, id: u32, member: &[u8], depth: u32) -> Option<u32> {
+        let ty = *self.types.get(id as usize)?;
+        if !matches!(u32::from(ty.kind), KIND_STRUCT | KIND_UNION) {
+            return None;
+        }
+        for i in 0..usize::from(ty.vlen) {
+            let at = ty.members_at as usize + i * 12;
+            let name_off = u32_at(&self.bytes, at).ok()?;
+            let type_id = u32_at(&self.bytes, at + 4).ok()?;
+            let raw_offset = u32_at(&self.bytes, at + 8).ok()?;
+            // With kind_flag the top byte is a bitfield size.
+            let bit_offset = if ty.kind_flag {
+                raw_offset & 0x00ff_ffff
+            } else {
+                raw_offset
+            };
+            let name = self.name(name_off);
+            if name == member {
+                return Some(bit_offset);
             }
-            if m.name.is_empty() && depth < 8 {
-                let inner = self.resolve(m.type_id);
-                let kind = self.types.get(inner as usize).map(|t| t.kind);
-                if matches!(kind, Some(KIND_STRUCT | KIND_UNION))
-                    && let Some(off) = self.find_member(inner, member, depth + 1)
-                {
-                    return Some(m.bit_offset + off);
-                }
+            if name.is_empty()
+                && depth < 8
+                && let Some(off) = self.find_member(self.resolve(type_id), member, depth + 1)
+            {
+                return Some(bit_offset + off);
             }
         }
         None
@@ -194,7 +187,7 @@ impl Btf {
             match self.types.get(id as usize) {
                 Some(t)
                     if matches!(
-                        t.kind,
+                        u32::from(t.kind),
                         KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
                     ) =>
                 {

@@ -65,6 +65,15 @@ impl Format {
             .map(|f| f.offset)
     }
 
+    /// Bytes from the start of the record to the end of its last field.
+    pub fn record_len(&self) -> u16 {
+        self.fields
+            .values()
+            .map(|f| f.offset.saturating_add(f.size))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The `{ value, "NAME" }` pairs of `__print_symbolic(REC-><field>, ...)`.
     /// Entries whose value is a symbol rather than a number are skipped.
     pub fn symbols(&self, field: &str) -> BTreeMap<u32, String> {
@@ -144,6 +153,7 @@ mod tests {
         assert_eq!(f.offset("saddr_v6", 16), Some(40));
         assert_eq!(f.field("saddr").unwrap().ctype, "__u8");
         assert_eq!(f.field("common_pid").unwrap().offset, 4);
+        assert_eq!(f.record_len(), 72);
         let states = f.symbols("newstate");
         assert_eq!(
             states.get(&12).map(String::as_str),

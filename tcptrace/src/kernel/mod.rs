@@ -184,27 +184,38 @@ fn absent_or(offset: Option<u16>) -> u16 {
 }
 
 /// Offsets of the fields tcptrace reads from any socket tracepoint; fields
-/// this kernel's layout lacks stay [`tcptrace_common::ABSENT`].
+/// this kernel's layout lacks stay [`tcptrace_common::ABSENT`], and so do
+/// fields past the [`tcptrace_common::RECORD_MAX`] bytes the kernel program
+/// copies (a bigger future layout loses annotations, never correctness).
 pub fn sock_fields(format: &Format) -> SockFields {
+    let max = tcptrace_common::RECORD_MAX;
+    let at = |name: &str, size: u16| {
+        absent_or(
+            format
+                .offset(name, size)
+                .filter(|&off| usize::from(off) + usize::from(size) <= max),
+        )
+    };
     let mut f = SockFields::NONE;
-    f.skaddr = absent_or(format.offset("skaddr", 8));
-    f.oldstate = absent_or(format.offset("oldstate", 4));
-    f.newstate = absent_or(format.offset("newstate", 4));
-    f.state = absent_or(format.offset("state", 4));
-    f.protocol = absent_or(format.offset("protocol", 2));
-    f.family = absent_or(format.offset("family", 2));
-    f.sport = absent_or(format.offset("sport", 2));
-    f.dport = absent_or(format.offset("dport", 2));
-    f.saddr = absent_or(format.offset("saddr", 4));
-    f.daddr = absent_or(format.offset("daddr", 4));
-    f.saddr_v6 = absent_or(format.offset("saddr_v6", 16));
-    f.daddr_v6 = absent_or(format.offset("daddr_v6", 16));
+    f.skaddr = at("skaddr", 8);
+    f.oldstate = at("oldstate", 4);
+    f.newstate = at("newstate", 4);
+    f.state = at("state", 4);
+    f.protocol = at("protocol", 2);
+    f.family = at("family", 2);
+    f.sport = at("sport", 2);
+    f.dport = at("dport", 2);
+    f.saddr = at("saddr", 4);
+    f.daddr = at("daddr", 4);
+    f.saddr_v6 = at("saddr_v6", 16);
+    f.daddr_v6 = at("daddr_v6", 16);
     // Since 6.10 tcp_send_reset carries sockaddrs (sizeof sockaddr_in6 = 28).
-    f.saddr_sockaddr = absent_or(format.offset("saddr", 28));
-    f.daddr_sockaddr = absent_or(format.offset("daddr", 28));
-    f.reason = absent_or(format.offset("reason", 4));
-    f.cookie = absent_or(format.offset("sock_cookie", 8));
-    f.err = absent_or(format.offset("err", 4));
+    f.saddr_sockaddr = at("saddr", 28);
+    f.daddr_sockaddr = at("daddr", 28);
+    f.reason = at("reason", 4);
+    f.cookie = at("sock_cookie", 8);
+    f.err = at("err", 4);
+    f.record_len = format.record_len().min(max as u16);
     f
 }
 
@@ -375,6 +386,7 @@ mod tests {
         let layout = KernelLayout::from_formats(&formats, None, vec![], vec![]).unwrap();
         let c = layout.config;
         assert_eq!((c.set_state.skaddr, c.set_state.protocol), (8, 30));
+        assert_eq!((c.set_state.record_len, c.send_reset.record_len), (72, 88));
         assert_eq!(c.set_state.daddr_v6, 56);
         // 6.18's send_reset: sockaddrs, a reason, no split ports.
         assert_eq!(c.send_reset.saddr_sockaddr, 32);
