@@ -59,6 +59,10 @@ static LISTENERS: LruHashMap<u32, Task> = LruHashMap::with_max_entries(4096, 0);
 #[map]
 static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
+/// Per CPU: events left until the next ring-buffer backlog check.
+#[map]
+static QUERY_COUNTDOWN: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Non-zero while this CPU runs a softirq: the on-CPU task is then a bystander.
 #[map]
 static IN_SOFTIRQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
@@ -113,18 +117,6 @@ impl RecordCopy {
         let bytes = self.bytes.get(start..start + core::mem::size_of::<T>())?;
         // SAFETY: in bounds (checked above); T is plain data read unaligned.
         Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const T) })
-    }
-}
-
-#[inline(always)]
-fn current_task() -> Task {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    Task {
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        // Filled in only where it is needed (owners, the cgroup filter).
-        cgroup_id: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     }
 }
 
@@ -243,40 +235,61 @@ fn read_endpoints(rec: &RecordCopy, fields: &SockFields, event: &mut Event) {
     }
 }
 
-/// Builds the event on the stack, filters, then copies it into the ring.
-/// (The Event is 144 bytes: well inside the 512-byte stack.)
+/// Events between two backlog checks, per CPU.
+const QUERY_EVERY: u32 = 32;
+
+/// Copies the event (built on the stack: 144 bytes, well inside the 512-byte
+/// stack) into the ring with one helper call.
 #[inline(always)]
 fn submit(event: &Event) {
     count(counter::PRODUCED);
-    match EVENTS.reserve::<Event>(0) {
-        Some(mut entry) => {
-            entry.write(*event);
-            // Waking the reader per event costs more than the event itself:
-            // wake it only when a backlog builds; its timer drains the rest.
-            let backlog = EVENTS.query(BPF_RB_AVAIL_DATA);
-            let wake = if backlog >= config().wakeup_bytes {
-                BPF_RB_FORCE_WAKEUP
+    // Waking the reader per event costs more than the event itself: wake it
+    // only when a backlog builds (its timer drains the rest). Even the
+    // backlog check is a helper call, so it runs every QUERY_EVERY events.
+    let mut wake = BPF_RB_NO_WAKEUP;
+    if let Some(countdown) = QUERY_COUNTDOWN.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe {
+            if *countdown == 0 {
+                *countdown = QUERY_EVERY - 1;
+                if EVENTS.query(BPF_RB_AVAIL_DATA) >= config().wakeup_bytes {
+                    wake = BPF_RB_FORCE_WAKEUP;
+                }
             } else {
-                BPF_RB_NO_WAKEUP
-            };
-            entry.submit(wake);
+                *countdown -= 1;
+            }
         }
-        None => count(counter::LOST),
+    }
+    if EVENTS.output::<Event>(event, wake).is_err() {
+        count(counter::LOST);
     }
 }
 
+/// The event's common part. The on-CPU task's name is read only in process
+/// context: in softirq that task is a bystander, and every helper call
+/// counts at hundreds of thousands of events a second.
 #[inline(always)]
 fn base_event(event_kind: u8) -> Event {
+    let softirq = in_softirq();
+    let pid_tgid = bpf_get_current_pid_tgid();
     let mut event = Event {
         kind: event_kind,
         // SAFETY: plain helper calls.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         cpu: unsafe { bpf_get_smp_processor_id() },
-        context: current_task(),
+        context: Task {
+            pid: pid_tgid as u32,
+            tgid: (pid_tgid >> 32) as u32,
+            // Filled in only where needed (owners, the cgroup filter).
+            cgroup_id: 0,
+            comm: [0; COMM_LEN],
+        },
         ..Event::default()
     };
-    if in_softirq() {
+    if softirq {
         event.flags |= flag::SOFTIRQ;
+    } else {
+        event.context.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     }
     event
 }
@@ -315,6 +328,10 @@ fn track_owner(event: &mut Event) {
         if let Some(owner) = unsafe { LISTENERS.get(&key) } {
             let owner = *owner;
             let _ = OWNERS.insert(&event.skaddr, &owner, 0);
+        } else {
+            // Owner unknown (listener older than the tracer): drop whatever
+            // an earlier socket at this address left, never misattribute.
+            let _ = OWNERS.remove(&event.skaddr);
         }
     } else if old == TCP_LISTEN && new == TCP_CLOSE {
         let key = listener_key(event.family, event.sport);
@@ -393,11 +410,9 @@ fn sock_event(ctx: &TracePointContext, fields: &SockFields, event_kind: u8) -> u
         event.aux = cookie;
     }
     read_endpoints(&rec, fields, &mut event);
+    // OWNERS is an LRU: entries of destroyed sockets age out, and a reused
+    // address gets a fresh owner when its new life starts (track_owner).
     attach_owner(&mut event);
-    if event_kind == kind::DESTROY_SOCK {
-        // The socket's last event: its address may be reused from now on.
-        let _ = OWNERS.remove(&event.skaddr);
-    }
     if socket_event_passes(&event) {
         submit(&event);
     } else {
@@ -437,7 +452,10 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let config = config();
     let mut event = base_event(kind::PROCESS_EXIT);
     if process_filter_on(&config.filter)
-        && !task_matches(&config.filter, &context_for_filter(&config.filter, &event.context))
+        && !task_matches(
+            &config.filter,
+            &context_for_filter(&config.filter, &event.context),
+        )
     {
         count(counter::FILTERED);
         return 0;

@@ -31,8 +31,11 @@ fn client_closes_first(listener: TcpListener) -> (u16, u16) {
 }
 
 fn expect_handshake_and_close(listen_on: &str) {
-    let listener = TcpListener::bind(listen_on).unwrap();
-    let mut trace = Trace::start(&[listener.local_addr().unwrap().port()]);
+    // The listener's own CLOSE → LISTEN must be seen: trace a port that was
+    // free a moment ago, then listen on it.
+    let port = closed_port(listen_on);
+    let mut trace = Trace::start(&[port.port()]);
+    let listener = TcpListener::bind(port).unwrap();
     let (client, server) = client_closes_first(listener);
     let is_client = |l: SocketAddr, r: SocketAddr| r.port() == server && l.port() != server;
     let is_child = |l: SocketAddr, r: SocketAddr| l.port() == server && r.port() == client;
