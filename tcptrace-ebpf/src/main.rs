@@ -5,8 +5,10 @@
 //! the user's filters, and submits. Every offset comes from [`CONFIG`], which
 //! the loader fills in from the running kernel's format files and BTF; all
 //! interpretation happens in userspace.
-#![no_std]
-#![no_main]
+// Host builds (clippy, check) see an ordinary binary; the real one is built
+// for bpfel-unknown-none by tcptrace's build.rs.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -71,7 +73,7 @@ static IN_SOFTIRQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 fn config() -> &'static Config {
     // SAFETY: CONFIG is written once by the loader before load; the volatile
     // read stops the compiler from folding the defaults in.
-    unsafe { &*core::ptr::read_volatile(&&CONFIG) }
+    unsafe { core::ptr::read_volatile(&&CONFIG) }
 }
 
 #[inline(always)]
@@ -136,7 +138,7 @@ fn in_softirq() -> bool {
 fn task_matches(filter: &tcptrace_common::Filter, task: &Task) -> bool {
     if filter.flags & filter::PID != 0 {
         // SAFETY: read-only lookup of a plain value.
-        if unsafe { PID_FILTER.get(&task.tgid) }.is_none() {
+        if unsafe { PID_FILTER.get(task.tgid) }.is_none() {
             return false;
         }
     }
@@ -297,7 +299,7 @@ fn base_event(event_kind: u8) -> Event {
 #[inline(always)]
 fn attach_owner(event: &mut Event) {
     // SAFETY: read-only lookup; the value is copied out at once.
-    if let Some(owner) = unsafe { OWNERS.get(&event.skaddr) } {
+    if let Some(owner) = unsafe { OWNERS.get(event.skaddr) } {
         event.owner = *owner;
         event.flags |= flag::OWNER_KNOWN;
     }
@@ -316,26 +318,26 @@ fn track_owner(event: &mut Event) {
     if old == TCP_CLOSE && (new == TCP_SYN_SENT || new == TCP_LISTEN) && process_context {
         // connect() and listen() run in the caller's context.
         event.context.cgroup_id = cgroup_id();
-        let _ = OWNERS.insert(&event.skaddr, &event.context, 0);
+        let _ = OWNERS.insert(event.skaddr, event.context, 0);
         if new == TCP_LISTEN {
             let key = listener_key(event.family, event.sport);
-            let _ = LISTENERS.insert(&key, &event.context, 0);
+            let _ = LISTENERS.insert(key, event.context, 0);
         }
     } else if old == TCP_LISTEN && new == TCP_SYN_RECV {
         // A child socket: it belongs to whoever owns the listening port.
         let key = listener_key(event.family, event.sport);
         // SAFETY: read-only lookup; the value is copied out at once.
-        if let Some(owner) = unsafe { LISTENERS.get(&key) } {
+        if let Some(owner) = unsafe { LISTENERS.get(key) } {
             let owner = *owner;
-            let _ = OWNERS.insert(&event.skaddr, &owner, 0);
+            let _ = OWNERS.insert(event.skaddr, owner, 0);
         } else {
             // Owner unknown (listener older than the tracer): drop whatever
             // an earlier socket at this address left, never misattribute.
-            let _ = OWNERS.remove(&event.skaddr);
+            let _ = OWNERS.remove(event.skaddr);
         }
     } else if old == TCP_LISTEN && new == TCP_CLOSE {
         let key = listener_key(event.family, event.sport);
-        let _ = LISTENERS.remove(&key);
+        let _ = LISTENERS.remove(key);
     }
     attach_owner(event);
 }
@@ -491,7 +493,7 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
     let target = read::<i32>(&ctx, config.signal.pid).unwrap_or(0) as u32;
     if config.filter.flags & filter::PID != 0 {
         // SAFETY: read-only lookup of a plain value.
-        if unsafe { PID_FILTER.get(&target) }.is_none() {
+        if unsafe { PID_FILTER.get(target) }.is_none() {
             count(counter::FILTERED);
             return 0;
         }
@@ -523,10 +525,16 @@ pub fn softirq_exit(_ctx: TracePointContext) -> u32 {
     0
 }
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("tcptrace-ebpf is a kernel program: tcptrace's build.rs builds it for BPF");
+    std::process::exit(1);
 }
 
 #[unsafe(link_section = "license")]

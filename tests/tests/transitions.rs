@@ -203,7 +203,7 @@ fn the_cli_streams_json_transitions_and_a_balanced_summary() {
         panic!("tcptrace never said it was tracing: {stderr_lines:#?}");
     }
 
-    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let (served, _) = listener.accept().unwrap();
     client.shutdown(Shutdown::Write).unwrap();
     drop(client);

@@ -1,7 +1,7 @@
 //! Parser for tracefs `format` files: the layout of a tracepoint's record.
 //!
 //! ```text
-//! 	field:__u16 sport;	offset:24;	size:2;	signed:0;
+//!     field:__u16 sport;  offset:24;  size:2;  signed:0;   (tab-separated)
 //! print fmt: "...", __print_symbolic(REC->reason, { 0, "NOT_SPECIFIED" }, ...)
 //! ```
 
