@@ -289,7 +289,11 @@ fn sigterm_with_nothing_unread_closes_with_a_fin_attributed_to_the_kill() {
             .any(|s| s.old == State::Established && s.new == State::FinWait1),
         "no FIN: {life:#?}"
     );
-    assert_eq!(life.closed_by.as_ref().map(|p| p.tgid), Some(victim.pid()), "{life:#?}");
+    assert_eq!(
+        life.closed_by.as_ref().map(|p| p.tgid),
+        Some(victim.pid()),
+        "{life:#?}"
+    );
     let signal = life
         .exit
         .as_ref()

@@ -123,7 +123,11 @@ fn test(extra: &[OsString]) -> Result<ExitCode> {
         .args(["build", "--package", "tcptrace"])
         .current_dir(util::repo_root());
     println!("xtask: {}", util::describe(&build));
-    if !build.status().context("could not start cargo build")?.success() {
+    if !build
+        .status()
+        .context("could not start cargo build")?
+        .success()
+    {
         println!("xtask test: FAILED (building tcptrace)");
         return Ok(ExitCode::FAILURE);
     }
