@@ -173,6 +173,9 @@ pub struct TracerOut {
     /// CPU seconds over its whole life, start-up included.
     pub cpu_total_s: f64,
     pub maxrss_kib: u64,
+    /// Resident memory right after the churn, before stopping: the steady
+    /// state, without start-up's one-off peak.
+    pub rss_after_kib: u64,
     pub exit: String,
     /// It ignored SIGINT for --stop-timeout and was killed.
     pub killed: bool,
@@ -466,6 +469,7 @@ fn try_run(ctx: &Ctx, run: &mut Run) -> Result<()> {
             bail!("{} exited during the churn ({})", run.config, e.how);
         }
         let bpf = proc::bpf_stats(p.pid())?.since(bpf0);
+        let rss_after_kib = proc::rss_kib(p.pid())?;
         let (exit, killed) = p.stop(Duration::from_secs(ctx.args.stop_timeout))?;
         let stderr = fs::read_to_string(&err_path).unwrap_or_default();
         let stdout_bytes = fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
@@ -506,6 +510,7 @@ fn try_run(ctx: &Ctx, run: &mut Run) -> Result<()> {
             cpu_s: (exit.cpu_s - cpu0).max(0.0),
             cpu_total_s: exit.cpu_s,
             maxrss_kib: exit.maxrss_kib,
+            rss_after_kib,
             exit: exit.how.clone(),
             killed,
             bpf,

@@ -192,6 +192,17 @@ pub fn cpu_seconds(pid: i32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
+/// Resident memory of a live process now (VmRSS), in KiB.
+pub fn rss_kib(pid: i32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")
+}
+
 /// Run-time statistics of the BPF programs a process holds open (the kernel
 /// counts only while `kernel.bpf_stats_enabled` is 1).
 #[derive(Debug, Clone, Copy, Default, Serialize)]

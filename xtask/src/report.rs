@@ -70,6 +70,8 @@ pub struct Group {
     pub bpf_ns_per_event: Option<f64>,
     /// Largest peak RSS of the tracer over the runs.
     pub peak_rss_mib: Option<f64>,
+    /// Largest RSS right after the churn (steady state) over the runs.
+    pub rss_after_mib: Option<f64>,
     pub events_median: Option<f64>,
     pub events_basis: Option<&'static str>,
     /// Sums over the runs; None unless every successful run reported them.
@@ -208,6 +210,10 @@ fn group(mode: Mode, config: Config, runs: &[Run], none_median: Option<f64>) -> 
         peak_rss_mib: tracers
             .iter()
             .map(|t| t.maxrss_kib as f64 / 1024.0)
+            .reduce(f64::max),
+        rss_after_mib: tracers
+            .iter()
+            .map(|t| t.rss_after_kib as f64 / 1024.0)
             .reduce(f64::max),
         events_median: median(
             tracers
@@ -395,10 +401,10 @@ impl Report {
             let _ = writeln!(
                 s,
                 "| config | runs ok | conn/s median | ratio to none: median [min, max] | \
-                 tracer CPU s / M events | BPF ns / event | peak RSS MiB | events / run (basis) | \
-                 produced / received / lost / filtered |"
+                 tracer CPU s / M events | BPF ns / event | peak RSS MiB | RSS after churn MiB | \
+                 events / run (basis) | produced / received / lost / filtered |"
             );
-            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
             for g in self.groups.iter().filter(|g| g.mode == mode) {
                 let ratio = match (g.ratio_median, g.ratio_min, g.ratio_max) {
                     (Some(a), Some(b), Some(c)) => format!("{a:.3} [{b:.3}, {c:.3}]"),
@@ -429,7 +435,7 @@ impl Report {
                 };
                 let _ = writeln!(
                     s,
-                    "| {} | {}/{} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     g.config,
                     g.ok,
                     g.runs,
@@ -438,6 +444,7 @@ impl Report {
                     or_dash(g.cpu_s_per_mevent.map(|v| format!("{v:.3}"))),
                     or_dash(g.bpf_ns_per_event.map(|v| format!("{v:.0}"))),
                     or_dash(g.peak_rss_mib.map(|v| format!("{v:.1}"))),
+                    or_dash(g.rss_after_mib.map(|v| format!("{v:.1}"))),
                     or_dash(events),
                     counts,
                 );
@@ -532,7 +539,9 @@ impl Report {
              `received` count, else the BPF programs' run_cnt. BPF ns / event: run_time_ns / \
              run_cnt over the churn, summed over the tracer's programs (/proc/<pid>/fdinfo, \
              kernel.bpf_stats_enabled=1). Peak RSS: ru_maxrss from wait4 (bpftrace's includes \
-             compiling its program)."
+             compiling its program; tcptrace's includes aya parsing the kernel's BTF once at \
+             load). RSS after churn: VmRSS just before the tracer is stopped (the ring buffer's \
+             pages count twice: the kernel maps its data area twice)."
         );
         s
     }
