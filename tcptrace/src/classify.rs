@@ -31,6 +31,8 @@
 //! `summary` and `attribution` hold raw process names: escape them
 //! ([`crate::render::escape`]) before printing to a terminal.
 
+use std::fmt::Write as _;
+
 use serde::Serialize;
 
 use crate::decode::{Proc, ResetReason, TcpState};
@@ -133,6 +135,8 @@ pub enum Incomplete {
     StartedMidLife,
     Evicted,
     EventsLost,
+    /// A transition did not follow from the previous state.
+    Gap,
 }
 
 impl Open {
@@ -155,17 +159,25 @@ impl Open {
     }
 
     pub fn describe(&self) -> String {
-        let open = |what: &str, established: bool| match established {
-            true => format!("{what} open (3-way)"),
-            false => format!("{what} open (not established)"),
+        let mut s = String::new();
+        self.describe_into(&mut s);
+        s
+    }
+
+    /// [`Open::describe`], appended to `out` (nothing for [`Open::NoSocket`]).
+    pub fn describe_into(&self, out: &mut String) {
+        let (what, established) = match self {
+            Open::Active { established, .. } => ("active", *established),
+            Open::Passive { established, .. } => ("passive", *established),
+            Open::Listen => return out.push_str("listening"),
+            Open::NoSocket => return,
+            Open::Unknown => return out.push_str("open not seen"),
         };
-        match self {
-            Open::Active { established, .. } => open("active", *established),
-            Open::Passive { established, .. } => open("passive", *established),
-            Open::Listen => "listening".to_owned(),
-            Open::NoSocket => String::new(),
-            Open::Unknown => "open not seen".to_owned(),
-        }
+        out.push_str(what);
+        out.push_str(match established {
+            true => " open (3-way)",
+            false => " open (not established)",
+        });
     }
 }
 
@@ -189,37 +201,61 @@ impl Close {
     }
 
     pub fn describe(&self) -> String {
+        let mut s = String::new();
+        self.describe_into(&mut s);
+        s
+    }
+
+    /// [`Close::describe`], appended to `out`.
+    pub fn describe_into(&self, out: &mut String) {
         let state = |s: &Option<TcpState>| s.map_or("an unknown state", TcpState::name);
-        match self {
-            Close::Active { time_wait: true } => "active close (4-way)".to_owned(),
-            Close::Active { time_wait: false } => "active close (not completed)".to_owned(),
-            Close::Passive => "passive close (4-way)".to_owned(),
-            Close::Simultaneous => "simultaneous close".to_owned(),
+        let fixed = match self {
+            Close::Active { time_wait: true } => "active close (4-way)",
+            Close::Active { time_wait: false } => "active close (not completed)",
+            Close::Passive => "passive close (4-way)",
+            Close::Simultaneous => "simultaneous close",
             Close::Refused {
                 side: Side::Client,
                 reason,
             } => match reason {
-                Some(r) => format!("refused (RST received in SYN_SENT; peer: {})", r.text),
-                None => "refused (RST received in SYN_SENT)".to_owned(),
+                Some(r) => {
+                    out.push_str("refused (RST received in SYN_SENT; peer: ");
+                    out.push_str(&r.text);
+                    return out.push(')');
+                }
+                None => "refused (RST received in SYN_SENT)",
             },
             Close::Refused {
                 side: Side::Server, ..
-            } => "refused at start (server side: RST sent, no socket)".to_owned(),
-            Close::ResetReceived { state: s } => format!("reset by peer in {}", state(s)),
+            } => "refused at start (server side: RST sent, no socket)",
+            Close::ResetReceived { state: s } => {
+                out.push_str("reset by peer in ");
+                return out.push_str(state(s));
+            }
             Close::ResetSent { state: s, reason } => {
-                format!("RST sent in {}: {}", state(s), reason.long())
+                out.push_str("RST sent in ");
+                out.push_str(state(s));
+                out.push_str(": ");
+                return reason.long_into(out);
             }
             Close::HandshakeTimeout { syn_retransmits } => {
-                format!("handshake timeout ({syn_retransmits} SYN retransmits, no RST)")
+                let _ = write!(
+                    out,
+                    "handshake timeout ({syn_retransmits} SYN retransmits, no RST)"
+                );
+                return;
             }
-            Close::HandshakeFailed => {
-                "handshake failed (no RST, no retransmit: ICMP error?)".to_owned()
+            Close::HandshakeFailed => "handshake failed (no RST, no retransmit: ICMP error?)",
+            Close::Aborted => "connect abandoned by the application",
+            Close::StoppedListening => "stopped listening",
+            Close::StillOpen { state: s } => {
+                out.push_str("still open (");
+                out.push_str(state(s));
+                return out.push(')');
             }
-            Close::Aborted => "connect abandoned by the application".to_owned(),
-            Close::StoppedListening => "stopped listening".to_owned(),
-            Close::StillOpen { state: s } => format!("still open ({})", state(s)),
-            Close::Unknown => "close not seen".to_owned(),
-        }
+            Close::Unknown => "close not seen",
+        };
+        out.push_str(fixed);
     }
 }
 
@@ -229,6 +265,7 @@ impl Incomplete {
             Incomplete::StartedMidLife => "started mid-life",
             Incomplete::Evicted => "evicted (table full)",
             Incomplete::EventsLost => "events lost",
+            Incomplete::Gap => "a transition went unseen",
         }
     }
 }
@@ -304,16 +341,38 @@ impl RstReason {
 
     /// "application closed with unread data (TCP_ABORT_ON_CLOSE)".
     pub fn long(&self) -> String {
+        let mut s = String::new();
+        self.long_into(&mut s);
+        s
+    }
+
+    /// [`RstReason::long`], appended to `out`.
+    pub fn long_into(&self, out: &mut String) {
+        out.push_str(&self.text);
         match &self.name {
-            Some(name) if *name != self.text => format!("{} ({name})", self.text),
-            _ => self.text.clone(),
+            Some(name) if *name != self.text => {
+                out.push_str(" (");
+                out.push_str(name);
+                out.push(')');
+            }
+            _ => {}
         }
     }
 }
 
 /// `comm[tgid]`, raw: escape before printing.
 pub fn proc_label(p: &Proc) -> String {
-    format!("{}[{}]", p.comm, p.tgid)
+    let mut s = String::new();
+    proc_label_into(&mut s, p);
+    s
+}
+
+/// [`proc_label`], appended to `out`.
+fn proc_label_into(out: &mut String, p: &Proc) {
+    out.push_str(&p.comm);
+    out.push('[');
+    crate::render::push_u64(out, u64::from(p.tgid));
+    out.push(']');
 }
 
 pub fn classify(life: &SocketLife) -> Verdict {
@@ -323,22 +382,46 @@ pub fn classify(life: &SocketLife) -> Verdict {
         (life.started_mid_life, Incomplete::StartedMidLife),
         (life.evicted, Incomplete::Evicted),
         (life.events_lost, Incomplete::EventsLost),
+        (life.gap, Incomplete::Gap),
     ]
     .into_iter()
     .filter_map(|(on, what)| on.then_some(what))
     .collect();
-    let mut parts = vec![open.describe(), close.describe()];
+    // The non-empty parts, joined by " · ".
+    let mut summary = String::with_capacity(96);
+    push_part(&mut summary, |s| open.describe_into(s));
+    push_part(&mut summary, |s| close.describe_into(s));
     if !incomplete.is_empty() {
-        let why: Vec<&str> = incomplete.iter().map(|i| i.describe()).collect();
-        parts.push(format!("incomplete: {}", why.join(", ")));
+        push_part(&mut summary, |s| {
+            s.push_str("incomplete: ");
+            for (n, i) in incomplete.iter().enumerate() {
+                if n > 0 {
+                    s.push_str(", ");
+                }
+                s.push_str(i.describe());
+            }
+        });
     }
-    parts.retain(|p| !p.is_empty());
     Verdict {
         attribution: attribution(life, &close),
-        summary: parts.join(" · "),
+        summary,
         open,
         close,
         incomplete,
+    }
+}
+
+/// Appends what `write` writes, after " · " unless `out` is empty; nothing
+/// when `write` writes nothing.
+fn push_part(out: &mut String, write: impl FnOnce(&mut String)) {
+    let mark = out.len();
+    if mark > 0 {
+        out.push_str(" · ");
+    }
+    let body = out.len();
+    write(out);
+    if out.len() == body {
+        out.truncate(mark);
     }
 }
 
@@ -365,7 +448,7 @@ fn open_of(life: &SocketLife) -> Open {
         Role::Server => Open::Passive {
             established: life.step(SynRecv, Established).is_some(),
             handshake_ns: between(life, (Listen, SynRecv), (SynRecv, Established)),
-            listener: life.listener.map(|a| a.to_string()),
+            listener: life.listener.as_ref().map(crate::render::addr_string),
         },
         Role::Listener => Open::Listen,
         Role::Unknown => Open::Unknown,
@@ -450,21 +533,28 @@ fn close_of(life: &SocketLife) -> Close {
     }
 }
 
-fn exit_text(e: &ExitInfo) -> String {
-    let who = format!("exit of {}[{}]", e.comm, e.tgid);
+fn exit_text(out: &mut String, e: &ExitInfo) {
+    let _ = write!(out, "exit of {}[{}]", e.comm, e.tgid);
     match (&e.signal, e.status) {
         (Some(sig), _) => {
-            let from = sig
-                .sender
-                .as_ref()
-                .map(|p| format!(" from {}", proc_label(p)))
-                .unwrap_or_default();
-            let core = if e.core_dumped { " (core dumped)" } else { "" };
-            let how = if sig.killed { "killed by" } else { "after" };
-            format!("{who}, {how} {}{from}{core}", sig.name)
+            out.push_str(if sig.killed {
+                ", killed by "
+            } else {
+                ", after "
+            });
+            out.push_str(&sig.name);
+            if let Some(p) = &sig.sender {
+                out.push_str(" from ");
+                proc_label_into(out, p);
+            }
+            if e.core_dumped {
+                out.push_str(" (core dumped)");
+            }
         }
-        (None, Some(status)) => format!("{who} (exit code {status})"),
-        (None, None) => who,
+        (None, Some(status)) => {
+            let _ = write!(out, " (exit code {status})");
+        }
+        (None, None) => {}
     }
 }
 
@@ -472,37 +562,48 @@ fn exit_text(e: &ExitInfo) -> String {
 /// (unread data, TCP_ABORT_ON_CLOSE) · 5 bytes never read`.
 fn attribution(life: &SocketLife, close: &Close) -> Option<String> {
     let unread = life.unread.filter(|&n| n > 0);
-    let mut parts = Vec::new();
+    if life.closed_by.is_none() && unread.is_none() {
+        return None;
+    }
+    let mut out = String::with_capacity(64);
     if let Some(by) = &life.closed_by {
-        let who = match &life.exit {
-            Some(e) => exit_text(e),
-            None => proc_label(by),
-        };
-        let graceful = if life.exit.is_some() {
-            " (graceful)"
-        } else {
-            ""
-        };
-        let what = match close {
+        out.push_str("closed by ");
+        match &life.exit {
+            Some(e) => exit_text(&mut out, e),
+            None => proc_label_into(&mut out, by),
+        }
+        match close {
             Close::ResetSent { reason, .. } => match &reason.name {
                 Some(name) if reason.short() != name => {
-                    format!(" → RST ({}, {name})", reason.short())
+                    out.push_str(" → RST (");
+                    out.push_str(reason.short());
+                    out.push_str(", ");
+                    out.push_str(name);
+                    out.push(')');
                 }
-                Some(name) => format!(" → RST ({name})"),
-                None => " → RST".to_owned(),
+                Some(name) => {
+                    out.push_str(" → RST (");
+                    out.push_str(name);
+                    out.push(')');
+                }
+                None => out.push_str(" → RST"),
             },
             Close::Active { .. } | Close::Passive | Close::Simultaneous => {
-                format!(" → FIN{graceful}")
+                out.push_str(" → FIN");
+                if life.exit.is_some() {
+                    out.push_str(" (graceful)");
+                }
             }
-            Close::Aborted => " → connect abandoned".to_owned(),
-            _ => String::new(),
-        };
-        parts.push(format!("closed by {who}{what}"));
+            Close::Aborted => out.push_str(" → connect abandoned"),
+            _ => {}
+        }
     }
     if let Some(n) = unread {
-        parts.push(format!("{n} bytes never read"));
+        push_part(&mut out, |s| {
+            let _ = write!(s, "{n} bytes never read");
+        });
     }
-    (!parts.is_empty()).then(|| parts.join(" · "))
+    Some(out)
 }
 
 #[cfg(test)]
@@ -670,7 +771,7 @@ mod tests {
             signal(1990, 15, 4311, &killer()),
             crate::decode::Record::ProcessExit {
                 ts_ns: us(2000),
-                task: ng.clone(),
+                task: ng,
                 exit_code: None,
                 group_dead: true,
             },

@@ -17,11 +17,20 @@ pub struct Counters {
     pub not_tcp: u64,
     /// Events userspace could not decode (a kernel/loader mismatch).
     pub undecodable: u64,
+    /// Program runs the kernel skipped because another tracing program was
+    /// already running on that CPU (its per-CPU recursion guard: a softirq
+    /// that interrupts a BPF program). Those events were never produced.
+    pub missed: u64,
 }
 
 impl Counters {
     /// True when every produced event is accounted for.
     pub fn balanced(&self) -> bool {
         self.produced == self.received + self.lost
+    }
+
+    /// Events that never reached userspace, for any reason.
+    pub fn gaps(&self) -> u64 {
+        self.lost + self.missed
     }
 }

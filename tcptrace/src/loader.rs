@@ -4,7 +4,7 @@
 //! then the kernel's layout, then the load (where the verifier speaks).
 
 use std::{
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -297,7 +297,24 @@ impl Tracer {
             not_tcp: sum(counter::NOT_TCP),
             received: self.received,
             undecodable: self.undecodable,
+            missed: self.recursion_misses(),
         }
+    }
+
+    /// Runs of our programs that the kernel skipped (recursion guard), from
+    /// each program's fdinfo: the kernel's own count, not an estimate.
+    fn recursion_misses(&self) -> u64 {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, program)| program.fd().ok())
+            .filter_map(|fd| {
+                let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+                let info = std::fs::read_to_string(path).ok()?;
+                info.lines()
+                    .find_map(|l| l.strip_prefix("recursion_misses:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .sum()
     }
 }
 

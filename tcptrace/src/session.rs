@@ -185,13 +185,13 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     // produced == received + lost holds exactly.
     tracer.detach();
     let mut final_result = drain(&mut tracer, &mut pipeline);
+    if loss.check(&tracer.counters()) {
+        pipeline.note_loss(monotonic_ns());
+    }
     if final_result.is_ok() {
         final_result = pipeline.finish();
     }
     let counters = tracer.counters();
-    if counters.lost > 0 {
-        pipeline.note_loss(monotonic_ns());
-    }
     if !args.no_summary {
         let mut err = io::stderr().lock();
         pipeline.write_summary(&mut err, &counters)?;
@@ -237,18 +237,20 @@ struct LossReporter {
 impl LossReporter {
     /// True when new losses appeared since the last check.
     fn check(&mut self, counters: &Counters) -> bool {
-        let new_losses = counters.lost > self.seen_lost;
-        self.seen_lost = counters.lost;
+        let gaps = counters.gaps();
+        let new_losses = gaps > self.seen_lost;
+        self.seen_lost = gaps;
         let due = self
             .last_report
             .is_none_or(|t| t.elapsed() >= LOSS_REPORT_INTERVAL);
-        if counters.lost > self.reported_lost && due {
+        if gaps > self.reported_lost && due {
             eprintln!(
-                "tcptrace: {} events lost so far (ring buffer full); \
-                 affected sockets are marked incomplete; --ring-size raises the buffer",
-                counters.lost
+                "tcptrace: events lost so far: {} (ring buffer full; --ring-size raises it), \
+                 {} (skipped by the kernel: a softirq interrupted a BPF program); \
+                 affected sockets are marked incomplete",
+                counters.lost, counters.missed
             );
-            self.reported_lost = counters.lost;
+            self.reported_lost = gaps;
             self.last_report = Some(std::time::Instant::now());
         }
         new_losses

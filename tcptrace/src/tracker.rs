@@ -42,7 +42,8 @@
 //!   "unread": 13 | null,               // bytes never read, from the →CLOSE
 //!   "peer_reset": <resets_sent item> | null, // the socketless RST that refused this connect
 //!   "socketless": false, "destroyed": false,
-//!   "started_mid_life": false, "evicted": false, "still_open": false, "events_lost": false
+//!   "started_mid_life": false, "evicted": false, "still_open": false, "events_lost": false,
+//!   "gap": false                        // a transition never reached tcptrace
 //! }
 //! ```
 //! `context` is `{"kind":"process","pid","tgid","comm","cgroup_id"}` or
@@ -50,15 +51,15 @@
 //! States use the kernel's names (`"SYN_SENT"`); offsets are ns from `start_ns`.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     fmt::Display,
-    hash::Hash,
+    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
     net::SocketAddr,
 };
 
 use serde::{Serialize, Serializer};
 
-use crate::decode::{Context, Proc, Record, ResetReason, SockInfo, TcpState};
+use crate::decode::{Comm, Context, Proc, Record, ResetReason, SockInfo, TcpState};
 
 /// Most entries in each auxiliary table (exits, signals, pending resets).
 pub const AUX_CAP: usize = 4096;
@@ -196,7 +197,7 @@ pub struct SignalInfo {
 pub struct ExitInfo {
     pub pid: u32,
     pub tgid: u32,
-    pub comm: String,
+    pub comm: Comm,
     /// The kernel's raw `exit_code`.
     pub exit_code: Option<i32>,
     /// `exit(status)` when it exited on its own.
@@ -261,6 +262,9 @@ pub struct SocketLife {
     pub still_open: bool,
     /// Set by the session when the ring buffer lost events during this life.
     pub events_lost: bool,
+    /// A transition did not start where the previous one ended: the kernel
+    /// made one that never reached tcptrace.
+    pub gap: bool,
 }
 
 impl SocketLife {
@@ -275,7 +279,7 @@ impl SocketLife {
             local: sock.local,
             remote: sock.remote,
             role: Role::Unknown,
-            owner: sock.owner.clone(),
+            owner: sock.owner,
             listener: None,
             children: 0,
             start_ns: sock.ts_ns,
@@ -302,6 +306,7 @@ impl SocketLife {
             evicted: false,
             still_open: false,
             events_lost: false,
+            gap: false,
         }
     }
 
@@ -329,7 +334,7 @@ impl SocketLife {
     /// local port chosen after `CLOSE→SYN_SENT`, an address learnt later.
     fn absorb(&mut self, sock: &SockInfo) {
         if self.owner.is_none() {
-            self.owner.clone_from(&sock.owner);
+            self.owner = sock.owner;
         }
         if self.local.port() == 0 && sock.local.port() != 0 {
             self.local = sock.local;
@@ -368,6 +373,15 @@ fn push_capped<T>(rows: &mut Vec<T>, row: T) {
     }
 }
 
+/// A step of `life`: most lives make 5 or 6, so room for 8 is made at
+/// once (one allocation, no regrowth).
+fn push_step(life: &mut SocketLife, step: Step) {
+    if life.steps.capacity() == 0 {
+        life.steps.reserve_exact(8);
+    }
+    push_capped(&mut life.steps, step);
+}
+
 fn ser_hex<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&format_args!("{v:#x}"))
 }
@@ -383,12 +397,73 @@ fn ser_opt_display<S: Serializer, T: Display>(v: &Option<T>, s: S) -> Result<S::
     }
 }
 
+/// A fast hasher for keys that no remote peer chooses (kernel addresses,
+/// pids, local ports): a multiply that folds the 128-bit product, so that
+/// every input bit reaches the low bits the table indexes with (`skaddr`s
+/// are aligned: their low bits are zero). Tuples of remote addresses keep
+/// the std's keyed SipHash.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FastHasher(u64);
+
+impl FastHasher {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    fn add(&mut self, word: u64) {
+        let product = u128::from(self.0 ^ word) * u128::from(Self::K);
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Builds [`FastHasher`]s.
+pub type FastHash = BuildHasherDefault<FastHasher>;
+
+type FastMap<K, V> = HashMap<K, V, FastHash>;
+
 /// A map that forgets: at most `cap` entries, and none older than `max_age_ns`
 /// of event time, so that no input can grow it without bound. The oldest
 /// inserted entry goes first.
 #[derive(Debug)]
-pub struct RecentMap<K, V> {
-    map: HashMap<K, Entry<V>>,
+pub struct RecentMap<K, V, S = RandomState> {
+    map: HashMap<K, Entry<V>, S>,
     /// Insertion order; an item is stale once its key was re-inserted.
     order: VecDeque<(u64, K)>,
     seq: u64,
@@ -403,10 +478,10 @@ struct Entry<V> {
     value: V,
 }
 
-impl<K: Hash + Eq + Clone, V> RecentMap<K, V> {
+impl<K: Hash + Eq + Clone, V, S: BuildHasher + Default> RecentMap<K, V, S> {
     pub fn new(cap: usize, max_age_ns: Option<u64>) -> Self {
         RecentMap {
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: VecDeque::new(),
             seq: 0,
             cap: cap.max(1),
@@ -424,6 +499,10 @@ impl<K: Hash + Eq + Clone, V> RecentMap<K, V> {
 
     /// The entry for `key`, unless it is too old at `now_ns`.
     pub fn get(&self, key: &K, now_ns: u64) -> Option<&V> {
+        // Skips hashing the key when there is nothing to find (the usual case).
+        if self.map.is_empty() {
+            return None;
+        }
         self.map
             .get(key)
             .filter(|e| !self.too_old(e.ts_ns, now_ns))
@@ -431,10 +510,16 @@ impl<K: Hash + Eq + Clone, V> RecentMap<K, V> {
     }
 
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        if self.map.is_empty() {
+            return None;
+        }
         self.map.get_mut(key).map(|e| &mut e.value)
     }
 
     pub fn remove(&mut self, key: &K) -> Option<V> {
+        if self.map.is_empty() {
+            return None;
+        }
         self.map.remove(key).map(|e| e.value)
     }
 
@@ -495,11 +580,11 @@ struct SignalRecord {
 /// Recently exited tasks and fatal signals, to say why a process closed.
 struct ProcessTable {
     /// By pid.
-    exits: RecentMap<u32, ExitRecord>,
+    exits: RecentMap<u32, ExitRecord, FastHash>,
     /// By tgid, for exits that ended the whole thread group.
-    group_exits: RecentMap<u32, ExitRecord>,
+    group_exits: RecentMap<u32, ExitRecord, FastHash>,
     /// Latest fatal signal by target pid (a kill(2) targets the tgid).
-    signals: RecentMap<u32, SignalRecord>,
+    signals: RecentMap<u32, SignalRecord, FastHash>,
 }
 
 impl ProcessTable {
@@ -514,7 +599,7 @@ impl ProcessTable {
     fn on_exit(&mut self, ts_ns: u64, task: &Proc, exit_code: Option<i32>, group_dead: bool) {
         let rec = ExitRecord {
             ts_ns,
-            task: task.clone(),
+            task: *task,
             exit_code,
         };
         if group_dead {
@@ -527,7 +612,7 @@ impl ProcessTable {
         let rec = SignalRecord {
             ts_ns,
             sig,
-            sender: sender.clone(),
+            sender: *sender,
         };
         self.signals.insert(target_pid, ts_ns, rec);
     }
@@ -556,18 +641,16 @@ impl ProcessTable {
             .map(|c| (c & 0x7f) as u32)
             .filter(|&s| s != 0);
         let signal = match (killed_by, recorded) {
-            (Some(sig), Some(r)) if r.sig == sig => Some((sig, Some(r.sender.clone()), true)),
+            (Some(sig), Some(r)) if r.sig == sig => Some((sig, Some(r.sender), true)),
             (Some(sig), _) => Some((sig, None, true)),
             // No exit code (no BTF): the signal may have been handled.
-            (None, Some(r)) if exit.exit_code.is_none() => {
-                Some((r.sig, Some(r.sender.clone()), false))
-            }
+            (None, Some(r)) if exit.exit_code.is_none() => Some((r.sig, Some(r.sender), false)),
             (None, _) => None,
         };
         Some(ExitInfo {
             pid: exit.task.pid,
             tgid: exit.task.tgid,
-            comm: exit.task.comm.clone(),
+            comm: exit.task.comm,
             exit_code: exit.exit_code,
             status: exit
                 .exit_code
@@ -695,14 +778,16 @@ type Tuple = (SocketAddr, SocketAddr);
 
 pub struct Tracker {
     opts: TrackerOptions,
-    lives: HashMap<u64, Tracked>,
-    /// Last activity (tick) → skaddr, oldest first, for eviction.
-    lru: BTreeMap<u64, u64>,
+    lives: FastMap<u64, Tracked>,
+    /// (tick, skaddr) of every activity, oldest first, for eviction. An
+    /// item is stale once its life moved on to a later tick (or ended);
+    /// stale items are dropped at the front and by [`Tracker::compact_lru`].
+    lru: VecDeque<(u64, u64)>,
     tick: u64,
     /// (deadline, skaddr) of closed lives.
     lingering: BTreeSet<(u64, u64)>,
     /// Listening port → listener skaddrs (from CLOSE→LISTEN).
-    listeners: HashMap<u16, Vec<u64>>,
+    listeners: FastMap<u16, Vec<u64>>,
     procs: ProcessTable,
     /// Socketless RSTs by (their local, their remote).
     socketless: RecentMap<Tuple, PendingReset>,
@@ -715,11 +800,11 @@ impl Tracker {
     pub fn new(opts: TrackerOptions) -> Tracker {
         Tracker {
             opts,
-            lives: HashMap::new(),
-            lru: BTreeMap::new(),
+            lives: FastMap::default(),
+            lru: VecDeque::new(),
             tick: 0,
             lingering: BTreeSet::new(),
-            listeners: HashMap::new(),
+            listeners: FastMap::default(),
             procs: ProcessTable::new(),
             socketless: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
             synacks: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
@@ -833,8 +918,8 @@ impl Tracker {
 
     /// Stops tracking `skaddr`.
     fn take(&mut self, skaddr: u64) -> Option<Tracked> {
+        // Its LRU items go stale.
         let t = self.lives.remove(&skaddr)?;
-        self.lru.remove(&t.tick);
         if let Some(d) = t.deadline {
             self.lingering.remove(&(d, skaddr));
         }
@@ -852,9 +937,12 @@ impl Tracker {
     /// Starts tracking `life`, evicting the least recently active if full.
     fn insert(&mut self, life: SocketLife, out: &mut Vec<SocketLife>) {
         while self.lives.len() >= self.opts.max_sockets.max(1) {
-            let Some((_, sk)) = self.lru.pop_first() else {
+            let Some((tick, sk)) = self.lru.pop_front() else {
                 break;
             };
+            if self.lives.get(&sk).is_none_or(|t| t.tick != tick) {
+                continue;
+            }
             if let Some(mut t) = self.take(sk) {
                 // A closed life only waited for late events: it is complete.
                 if t.life.state != Some(TcpState::Close) {
@@ -866,7 +954,6 @@ impl Tracker {
         }
         self.tick += 1;
         let sk = life.skaddr;
-        self.lru.insert(self.tick, sk);
         self.lives.insert(
             sk,
             Tracked {
@@ -877,6 +964,7 @@ impl Tracker {
                 abort_candidate: None,
             },
         );
+        self.touch(self.tick, sk);
         self.stats.sockets_seen += 1;
         self.stats.peak_tracked = self.stats.peak_tracked.max(self.lives.len() as u64);
     }
@@ -891,11 +979,26 @@ impl Tracker {
         }
         self.tick += 1;
         if let Some(t) = self.lives.get_mut(&sock.skaddr) {
-            self.lru.remove(&t.tick);
             t.tick = self.tick;
-            self.lru.insert(t.tick, sock.skaddr);
             t.life.absorb(sock);
+            self.touch(self.tick, sock.skaddr);
         }
+    }
+
+    /// Records activity of `skaddr` at `tick` in the LRU.
+    fn touch(&mut self, tick: u64, skaddr: u64) {
+        self.lru.push_back((tick, skaddr));
+        if self.lru.len() > 2 * self.lives.len() + 64 {
+            self.compact_lru();
+        }
+    }
+
+    /// Drops stale LRU items, so that the LRU holds at most about two items
+    /// per life (amortised O(1) per activity).
+    fn compact_lru(&mut self) {
+        let lives = &self.lives;
+        self.lru
+            .retain(|(tick, sk)| lives.get(sk).is_some_and(|t| t.tick == *tick));
     }
 
     fn on_state(
@@ -929,7 +1032,7 @@ impl Tracker {
         let ts = sock.ts_ns;
         let kind = closing(old, new).filter(|_| old != new);
         let closer = kind.and(sock.context.process()).map(|p| Closer {
-            by: p.clone(),
+            by: *p,
             exit: self.procs.exit_of(p, ts),
         });
         let pending_synacks = (old, new) == (TcpState::SynRecv, TcpState::Established);
@@ -948,6 +1051,11 @@ impl Tracker {
             self.stats.self_transitions += 1;
             return;
         }
+        if life.state.is_some_and(|current| current != old) {
+            // A transition the kernel made never reached us (ring buffer
+            // full, or a run the kernel skipped): say so, don't guess.
+            life.gap = true;
+        }
         if (old, new) == (TcpState::SynRecv, TcpState::Established) {
             // Older kernels report the listener's tuple at LISTEN→SYN_RECV.
             life.local = sock.local;
@@ -965,9 +1073,9 @@ impl Tracker {
             offset_ns: life.offset(ts),
             old,
             new,
-            context: sock.context.clone(),
+            context: sock.context,
         };
-        push_capped(&mut life.steps, step);
+        push_step(life, step);
         life.state = Some(new);
         life.infer_role(old, new);
         if let (Some(kind), Some(closer)) = (kind, closer)
@@ -1032,7 +1140,7 @@ impl Tracker {
             // The kernel's owner map hands the listener's owner to children;
             // fill it in when the child's records lack it.
             if child.owner.is_none() {
-                child.owner.clone_from(&l.life.owner);
+                child.owner = l.life.owner;
             }
         }
     }
@@ -1055,7 +1163,7 @@ impl Tracker {
             ts_ns: sock.ts_ns,
             state,
             reason: reason.clone(),
-            context: sock.context.clone(),
+            context: sock.context,
         };
         if sock.skaddr == 0 || !self.lives.contains_key(&sock.skaddr) {
             // Nothing to attach to: report it alone, now.
@@ -1097,7 +1205,7 @@ impl Tracker {
         let row = ResetReceived {
             offset_ns: life.offset(sock.ts_ns),
             state: life.state,
-            context: sock.context.clone(),
+            context: sock.context,
         };
         push_capped(&mut life.resets_received, row);
         if life.state == Some(TcpState::SynSent)

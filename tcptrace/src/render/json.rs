@@ -37,53 +37,589 @@
 //! or `{"kind": "softirq", "on_cpu": {...proc}}`. Process names (`comm`) are
 //! the raw bytes the kernel reported (lossy UTF-8), escaped only as JSON
 //! requires.
+//!
+//! The lines are written directly (no serde on this path: it is per event),
+//! byte for byte as `serde_json` writes the types' `Serialize` derives, which
+//! stay the reference: `tests::direct_json_matches_serde` compares the two
+//! over every fixture. A field added to a type must be added here too.
 
 use std::io;
 
-use serde::Serialize;
-
-use crate::{classify::Verdict, decode::Record, tracker::SocketLife};
-
-#[derive(Serialize)]
-struct SocketLine<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    socket: &'a SocketLife,
-    verdict: &'a Verdict,
-}
-
-#[derive(Serialize)]
-struct RecordLine<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    /// The skaddr as sockets print it: the raw number exceeds 2^53, which
-    /// JSON parsers that use doubles cannot hold exactly.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    skaddr_hex: Option<String>,
-    #[serde(flatten)]
-    record: &'a Record,
-}
+use super::{push_addr, push_hex, push_u64};
+use crate::{
+    classify::{Close, Incomplete, Open, RstReason, Side, Verdict},
+    decode::{Context, Proc, Record, ResetReason, SockInfo, TcpState},
+    tracker::{
+        ExitInfo, Family, ResetReceived, ResetSent, Retransmit, RetransmitKind, SignalInfo,
+        SocketLife, Step,
+    },
+};
 
 /// `{"type":"socket","socket":…,"verdict":…}`, without the newline.
 pub fn socket_line(life: &SocketLife, verdict: &Verdict) -> io::Result<String> {
-    let line = SocketLine {
-        kind: "socket",
-        socket: life,
-        verdict,
-    };
-    serde_json::to_string(&line).map_err(io::Error::other)
+    let mut out = String::with_capacity(2048);
+    push_socket_line(&mut out, life, verdict);
+    Ok(out)
 }
 
 /// `{"type":"transition",…}` for a state change, `{"type":"event",…}` otherwise.
 pub fn record_line(record: &Record) -> io::Result<String> {
-    let kind = match record {
-        Record::State { .. } => "transition",
-        _ => "event",
-    };
-    let line = RecordLine {
-        kind,
-        skaddr_hex: record.sock().map(|s| format!("{:#x}", s.skaddr)),
-        record,
-    };
-    serde_json::to_string(&line).map_err(io::Error::other)
+    let mut out = String::with_capacity(512);
+    push_record_line(&mut out, record);
+    Ok(out)
+}
+
+/// [`socket_line`], appended to `out`.
+pub(crate) fn push_socket_line(out: &mut String, life: &SocketLife, verdict: &Verdict) {
+    out.push_str(r#"{"type":"socket","socket":"#);
+    push_life(out, life);
+    out.push_str(r#","verdict":"#);
+    push_verdict(out, verdict);
+    out.push('}');
+}
+
+/// [`record_line`], appended to `out`.
+pub(crate) fn push_record_line(out: &mut String, record: &Record) {
+    out.push_str(match record {
+        Record::State { .. } => r#"{"type":"transition""#,
+        _ => r#"{"type":"event""#,
+    });
+    if let Some(sock) = record.sock() {
+        // The skaddr as sockets print it: the raw number exceeds 2^53, which
+        // JSON parsers that use doubles cannot hold exactly.
+        out.push_str(r#","skaddr_hex":"0x"#);
+        push_hex(out, sock.skaddr, 0);
+        out.push('"');
+    }
+    match record {
+        Record::State {
+            sock,
+            old,
+            new,
+            unread,
+        } => {
+            out.push_str(r#","event":"state""#);
+            push_sock_fields(out, sock);
+            out.push_str(r#","old":"#);
+            push_state(out, *old);
+            out.push_str(r#","new":"#);
+            push_state(out, *new);
+            out.push_str(r#","unread":"#);
+            push_opt_u64(out, unread.map(u64::from));
+        }
+        Record::SendReset {
+            sock,
+            state,
+            reason,
+        } => {
+            out.push_str(r#","event":"send_reset""#);
+            push_sock_fields(out, sock);
+            out.push_str(r#","state":"#);
+            push_opt_state(out, *state);
+            out.push_str(r#","reason":"#);
+            push_opt_reset_reason(out, reason.as_ref());
+        }
+        Record::ReceiveReset { sock } => {
+            out.push_str(r#","event":"receive_reset""#);
+            push_sock_fields(out, sock);
+        }
+        Record::Retransmit { sock, state } => {
+            out.push_str(r#","event":"retransmit""#);
+            push_sock_fields(out, sock);
+            out.push_str(r#","state":"#);
+            push_opt_state(out, *state);
+        }
+        Record::RetransmitSynAck { sock } => {
+            out.push_str(r#","event":"retransmit_syn_ack""#);
+            push_sock_fields(out, sock);
+        }
+        Record::Destroy { sock } => {
+            out.push_str(r#","event":"destroy""#);
+            push_sock_fields(out, sock);
+        }
+        Record::ProcessExit {
+            ts_ns,
+            task,
+            exit_code,
+            group_dead,
+        } => {
+            out.push_str(r#","event":"process_exit","ts_ns":"#);
+            push_u64(out, *ts_ns);
+            out.push_str(r#","task":"#);
+            push_proc(out, task);
+            out.push_str(r#","exit_code":"#);
+            push_opt_i64(out, exit_code.map(i64::from));
+            out.push_str(r#","group_dead":"#);
+            push_bool(out, *group_dead);
+        }
+        Record::Signal {
+            ts_ns,
+            sig,
+            target_pid,
+            sender,
+            delivered,
+        } => {
+            out.push_str(r#","event":"signal","ts_ns":"#);
+            push_u64(out, *ts_ns);
+            out.push_str(r#","sig":"#);
+            push_u64(out, u64::from(*sig));
+            out.push_str(r#","target_pid":"#);
+            push_u64(out, u64::from(*target_pid));
+            out.push_str(r#","sender":"#);
+            push_proc(out, sender);
+            out.push_str(r#","delivered":"#);
+            push_bool(out, *delivered);
+        }
+    }
+    out.push('}');
+}
+
+/// The fields of a [`SockInfo`], each after a comma (it is flattened).
+fn push_sock_fields(out: &mut String, sock: &SockInfo) {
+    out.push_str(r#","ts_ns":"#);
+    push_u64(out, sock.ts_ns);
+    out.push_str(r#","cpu":"#);
+    push_u64(out, u64::from(sock.cpu));
+    out.push_str(r#","skaddr":"#);
+    push_u64(out, sock.skaddr);
+    out.push_str(r#","local":""#);
+    push_addr(out, &sock.local);
+    out.push_str(r#"","remote":""#);
+    push_addr(out, &sock.remote);
+    out.push_str(r#"","context":"#);
+    push_context(out, &sock.context);
+    out.push_str(r#","owner":"#);
+    push_opt_proc(out, sock.owner.as_ref());
+}
+
+fn push_life(out: &mut String, l: &SocketLife) {
+    out.push_str(r#"{"skaddr":"0x"#);
+    push_hex(out, l.skaddr, 0);
+    out.push_str(match l.family {
+        Family::Ipv4 => r#"","family":"ipv4","local":""#,
+        Family::Ipv6 => r#"","family":"ipv6","local":""#,
+    });
+    push_addr(out, &l.local);
+    out.push_str(r#"","remote":""#);
+    push_addr(out, &l.remote);
+    out.push_str(r#"","role":""#);
+    out.push_str(l.role.name());
+    out.push_str(r#"","owner":"#);
+    push_opt_proc(out, l.owner.as_ref());
+    out.push_str(r#","listener":"#);
+    match &l.listener {
+        Some(a) => {
+            out.push('"');
+            push_addr(out, a);
+            out.push('"');
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(r#","children":"#);
+    push_u64(out, u64::from(l.children));
+    out.push_str(r#","start_ns":"#);
+    push_u64(out, l.start_ns);
+    out.push_str(r#","end_ns":"#);
+    push_u64(out, l.end_ns);
+    out.push_str(r#","duration_ns":"#);
+    push_u64(out, l.duration_ns);
+    out.push_str(r#","last_ns":"#);
+    push_u64(out, l.last_ns);
+    out.push_str(r#","state":"#);
+    push_opt_state(out, l.state);
+    out.push_str(r#","steps":"#);
+    push_list(out, &l.steps, push_step);
+    out.push_str(r#","resets_sent":"#);
+    push_list(out, &l.resets_sent, push_reset_sent);
+    out.push_str(r#","resets_received":"#);
+    push_list(out, &l.resets_received, push_reset_received);
+    out.push_str(r#","retransmits":"#);
+    push_list(out, &l.retransmits, push_retransmit);
+    out.push_str(r#","syn_retransmits":"#);
+    push_u64(out, u64::from(l.syn_retransmits));
+    out.push_str(r#","synack_retransmits":"#);
+    push_u64(out, u64::from(l.synack_retransmits));
+    out.push_str(r#","data_retransmits":"#);
+    push_u64(out, u64::from(l.data_retransmits));
+    out.push_str(r#","self_transitions":"#);
+    push_u64(out, u64::from(l.self_transitions));
+    out.push_str(r#","time_wait":"#);
+    push_bool(out, l.time_wait);
+    out.push_str(r#","closed_by":"#);
+    push_opt_proc(out, l.closed_by.as_ref());
+    out.push_str(r#","exit":"#);
+    match &l.exit {
+        Some(e) => push_exit(out, e),
+        None => out.push_str("null"),
+    }
+    out.push_str(r#","unread":"#);
+    push_opt_u64(out, l.unread.map(u64::from));
+    out.push_str(r#","peer_reset":"#);
+    match &l.peer_reset {
+        Some(r) => push_reset_sent(out, r),
+        None => out.push_str("null"),
+    }
+    out.push_str(r#","socketless":"#);
+    push_bool(out, l.socketless);
+    out.push_str(r#","destroyed":"#);
+    push_bool(out, l.destroyed);
+    out.push_str(r#","started_mid_life":"#);
+    push_bool(out, l.started_mid_life);
+    out.push_str(r#","evicted":"#);
+    push_bool(out, l.evicted);
+    out.push_str(r#","still_open":"#);
+    push_bool(out, l.still_open);
+    out.push_str(r#","events_lost":"#);
+    push_bool(out, l.events_lost);
+    out.push_str(r#","gap":"#);
+    push_bool(out, l.gap);
+    out.push('}');
+}
+
+fn push_step(out: &mut String, s: &Step) {
+    out.push_str(r#"{"offset_ns":"#);
+    push_u64(out, s.offset_ns);
+    out.push_str(r#","old":"#);
+    push_state(out, s.old);
+    out.push_str(r#","new":"#);
+    push_state(out, s.new);
+    out.push_str(r#","context":"#);
+    push_context(out, &s.context);
+    out.push('}');
+}
+
+fn push_reset_sent(out: &mut String, r: &ResetSent) {
+    out.push_str(r#"{"offset_ns":"#);
+    push_u64(out, r.offset_ns);
+    out.push_str(r#","state":"#);
+    push_opt_state(out, r.state);
+    out.push_str(r#","reason":"#);
+    push_opt_reset_reason(out, r.reason.as_ref());
+    out.push_str(r#","context":"#);
+    push_context(out, &r.context);
+    out.push('}');
+}
+
+fn push_reset_received(out: &mut String, r: &ResetReceived) {
+    out.push_str(r#"{"offset_ns":"#);
+    push_u64(out, r.offset_ns);
+    out.push_str(r#","state":"#);
+    push_opt_state(out, r.state);
+    out.push_str(r#","context":"#);
+    push_context(out, &r.context);
+    out.push('}');
+}
+
+fn push_retransmit(out: &mut String, r: &Retransmit) {
+    out.push_str(r#"{"offset_ns":"#);
+    push_u64(out, r.offset_ns);
+    out.push_str(match r.kind {
+        RetransmitKind::Syn => r#","kind":"syn","number":"#,
+        RetransmitKind::Synack => r#","kind":"synack","number":"#,
+        RetransmitKind::Data => r#","kind":"data","number":"#,
+    });
+    push_u64(out, u64::from(r.number));
+    out.push('}');
+}
+
+fn push_exit(out: &mut String, e: &ExitInfo) {
+    out.push_str(r#"{"pid":"#);
+    push_u64(out, u64::from(e.pid));
+    out.push_str(r#","tgid":"#);
+    push_u64(out, u64::from(e.tgid));
+    out.push_str(r#","comm":"#);
+    push_str(out, &e.comm);
+    out.push_str(r#","exit_code":"#);
+    push_opt_i64(out, e.exit_code.map(i64::from));
+    out.push_str(r#","status":"#);
+    push_opt_i64(out, e.status.map(i64::from));
+    out.push_str(r#","signal":"#);
+    match &e.signal {
+        Some(s) => push_signal(out, s),
+        None => out.push_str("null"),
+    }
+    out.push_str(r#","core_dumped":"#);
+    push_bool(out, e.core_dumped);
+    out.push('}');
+}
+
+fn push_signal(out: &mut String, s: &SignalInfo) {
+    out.push_str(r#"{"number":"#);
+    push_u64(out, u64::from(s.number));
+    out.push_str(r#","name":"#);
+    push_str(out, &s.name);
+    out.push_str(r#","sender":"#);
+    push_opt_proc(out, s.sender.as_ref());
+    out.push_str(r#","killed":"#);
+    push_bool(out, s.killed);
+    out.push('}');
+}
+
+fn push_verdict(out: &mut String, v: &Verdict) {
+    out.push_str(r#"{"open":{"kind":""#);
+    out.push_str(v.open.kind());
+    out.push('"');
+    match &v.open {
+        Open::Active {
+            established,
+            handshake_ns,
+        } => {
+            out.push_str(r#","established":"#);
+            push_bool(out, *established);
+            out.push_str(r#","handshake_ns":"#);
+            push_opt_u64(out, *handshake_ns);
+        }
+        Open::Passive {
+            established,
+            handshake_ns,
+            listener,
+        } => {
+            out.push_str(r#","established":"#);
+            push_bool(out, *established);
+            out.push_str(r#","handshake_ns":"#);
+            push_opt_u64(out, *handshake_ns);
+            out.push_str(r#","listener":"#);
+            push_opt_str(out, listener.as_deref());
+        }
+        Open::Listen | Open::NoSocket | Open::Unknown => {}
+    }
+    out.push_str(r#"},"close":{"kind":""#);
+    out.push_str(v.close.kind());
+    out.push('"');
+    match &v.close {
+        Close::Active { time_wait } => {
+            out.push_str(r#","time_wait":"#);
+            push_bool(out, *time_wait);
+        }
+        Close::Refused { side, reason } => {
+            out.push_str(match side {
+                Side::Client => r#","side":"client","reason":"#,
+                Side::Server => r#","side":"server","reason":"#,
+            });
+            match reason {
+                Some(r) => push_rst_reason(out, r),
+                None => out.push_str("null"),
+            }
+        }
+        Close::ResetReceived { state } | Close::StillOpen { state } => {
+            out.push_str(r#","state":"#);
+            push_opt_state(out, *state);
+        }
+        Close::ResetSent { state, reason } => {
+            out.push_str(r#","state":"#);
+            push_opt_state(out, *state);
+            out.push_str(r#","reason":"#);
+            push_rst_reason(out, reason);
+        }
+        Close::HandshakeTimeout { syn_retransmits } => {
+            out.push_str(r#","syn_retransmits":"#);
+            push_u64(out, u64::from(*syn_retransmits));
+        }
+        Close::Passive
+        | Close::Simultaneous
+        | Close::HandshakeFailed
+        | Close::Aborted
+        | Close::StoppedListening
+        | Close::Unknown => {}
+    }
+    out.push_str(r#"},"incomplete":["#);
+    for (i, what) in v.incomplete.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(match what {
+            Incomplete::StartedMidLife => r#""started_mid_life""#,
+            Incomplete::Evicted => r#""evicted""#,
+            Incomplete::EventsLost => r#""events_lost""#,
+            Incomplete::Gap => r#""gap""#,
+        });
+    }
+    out.push_str(r#"],"summary":"#);
+    push_str(out, &v.summary);
+    out.push_str(r#","attribution":"#);
+    push_opt_str(out, v.attribution.as_deref());
+    out.push('}');
+}
+
+fn push_rst_reason(out: &mut String, r: &RstReason) {
+    out.push_str(r#"{"code":"#);
+    push_opt_u64(out, r.code.map(u64::from));
+    out.push_str(r#","name":"#);
+    push_opt_str(out, r.name.as_deref());
+    out.push_str(r#","text":"#);
+    push_str(out, &r.text);
+    out.push('}');
+}
+
+fn push_opt_reset_reason(out: &mut String, r: Option<&ResetReason>) {
+    match r {
+        Some(r) => {
+            out.push_str(r#"{"code":"#);
+            push_u64(out, u64::from(r.code));
+            out.push_str(r#","name":"#);
+            push_opt_str(out, r.name.as_deref());
+            out.push('}');
+        }
+        None => out.push_str("null"),
+    }
+}
+
+fn push_context(out: &mut String, c: &Context) {
+    match c {
+        Context::Process(p) => {
+            out.push_str(r#"{"kind":"process","#);
+            push_proc_fields(out, p);
+            out.push('}');
+        }
+        Context::Softirq { on_cpu } => {
+            out.push_str(r#"{"kind":"softirq","on_cpu":"#);
+            push_proc(out, on_cpu);
+            out.push('}');
+        }
+    }
+}
+
+fn push_proc(out: &mut String, p: &Proc) {
+    out.push('{');
+    push_proc_fields(out, p);
+    out.push('}');
+}
+
+fn push_proc_fields(out: &mut String, p: &Proc) {
+    out.push_str(r#""pid":"#);
+    push_u64(out, u64::from(p.pid));
+    out.push_str(r#","tgid":"#);
+    push_u64(out, u64::from(p.tgid));
+    out.push_str(r#","comm":"#);
+    push_str(out, &p.comm);
+    out.push_str(r#","cgroup_id":"#);
+    push_u64(out, p.cgroup_id);
+}
+
+fn push_opt_proc(out: &mut String, p: Option<&Proc>) {
+    match p {
+        Some(p) => push_proc(out, p),
+        None => out.push_str("null"),
+    }
+}
+
+fn push_list<T>(out: &mut String, items: &[T], push: fn(&mut String, &T)) {
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push(out, item);
+    }
+    out.push(']');
+}
+
+fn push_state(out: &mut String, s: TcpState) {
+    out.push('"');
+    out.push_str(s.name());
+    out.push('"');
+}
+
+fn push_opt_state(out: &mut String, s: Option<TcpState>) {
+    match s {
+        Some(s) => push_state(out, s),
+        None => out.push_str("null"),
+    }
+}
+
+fn push_bool(out: &mut String, b: bool) {
+    out.push_str(if b { "true" } else { "false" });
+}
+
+fn push_opt_u64(out: &mut String, n: Option<u64>) {
+    match n {
+        Some(n) => push_u64(out, n),
+        None => out.push_str("null"),
+    }
+}
+
+fn push_opt_i64(out: &mut String, n: Option<i64>) {
+    match n {
+        Some(n) if n < 0 => {
+            out.push('-');
+            push_u64(out, n.unsigned_abs());
+        }
+        Some(n) => push_u64(out, n as u64),
+        None => out.push_str("null"),
+    }
+}
+
+/// A JSON string, escaped exactly as `serde_json` escapes it.
+fn push_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // Rare (a hostile name): let serde_json escape it.
+        out.push_str(&serde_json::to_string(s).expect("a string serialises"));
+    }
+}
+
+fn push_opt_str(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => push_str(out, s),
+        None => out.push_str("null"),
+    }
+}
+
+/// The serde derives that the direct writer must match.
+#[cfg(test)]
+pub(crate) mod reference {
+    use serde::{Serialize, Serializer};
+
+    use crate::{classify::Verdict, decode::Record, tracker::SocketLife};
+
+    #[derive(Serialize)]
+    struct SocketLine<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        socket: &'a SocketLife,
+        verdict: &'a Verdict,
+    }
+
+    #[derive(Serialize)]
+    struct RecordLine<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        skaddr_hex: Option<Hex>,
+        #[serde(flatten)]
+        record: &'a Record,
+    }
+
+    struct Hex(u64);
+
+    impl Serialize for Hex {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_str(&format_args!("{:#x}", self.0))
+        }
+    }
+
+    pub(crate) fn socket_line(life: &SocketLife, verdict: &Verdict) -> String {
+        let line = SocketLine {
+            kind: "socket",
+            socket: life,
+            verdict,
+        };
+        serde_json::to_string(&line).unwrap()
+    }
+
+    pub(crate) fn record_line(record: &Record) -> String {
+        let kind = match record {
+            Record::State { .. } => "transition",
+            _ => "event",
+        };
+        let line = RecordLine {
+            kind,
+            skaddr_hex: record.sock().map(|s| Hex(s.skaddr)),
+            record,
+        };
+        serde_json::to_string(&line).unwrap()
+    }
 }

@@ -12,91 +12,194 @@
 //!   closed by python3[2251] → FIN
 //! ```
 
-use std::io::{self, Write};
-
-use super::{RenderOptions, Tone, escape, fmt_ms, paint, wall_clock};
-use crate::classify::{RstReason, Verdict, proc_label};
-use crate::decode::{Context, TcpState};
+use super::{
+    RenderOptions, Tone, escape::escape_into, pad_ascii, pad_from, paint_end, paint_start,
+    push_addr, push_hex, push_ms, push_u64, push_wall_clock, trim_end_from,
+};
+use crate::classify::{RstReason, Verdict};
+use crate::decode::{Context, Proc, TcpState};
 use crate::tracker::{RetransmitKind, Role, SocketLife, Step};
 
-struct Row {
+/// One row of a ladder: where it comes from, in time order once sorted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowRef {
     offset_ns: u64,
-    label: String,
-    wire: String,
-    note: String,
-    tone: Tone,
+    kind: RowKind,
+    /// Index into the life's list of that kind.
+    index: u32,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowKind {
+    Step,
+    ResetSent,
+    ResetReceived,
+    Retransmit,
+}
+
+/// Appends the ladder of `life` to `buf` (`rows` is scratch).
 pub(crate) fn write(
-    out: &mut dyn Write,
+    buf: &mut String,
+    rows: &mut Vec<RowRef>,
     life: &SocketLife,
     verdict: &Verdict,
     opts: &RenderOptions,
-) -> io::Result<()> {
-    writeln!(out, "{}", header(life, opts))?;
-    for row in rows(life, verdict) {
-        let offset = format!("+{}", fmt_ms(row.offset_ns));
-        let line = format!(
-            "  {offset:<9} {:<26} {:<18} {}",
-            row.label, row.wire, row.note
-        );
-        writeln!(out, "{}", paint(opts.color, row.tone, line.trim_end()))?;
+) {
+    header(buf, life, opts);
+    buf.push('\n');
+    collect_rows(rows, life);
+    let close_step = life.close_step();
+    for row in rows.iter() {
+        let i = row.index as usize;
+        let tone = match row.kind {
+            RowKind::ResetSent => Tone::Red,
+            RowKind::ResetReceived => Tone::Yellow,
+            RowKind::Step | RowKind::Retransmit => Tone::Plain,
+        };
+        let painted = paint_start(buf, opts.color, tone);
+        let line = buf.len();
+        buf.push_str("  ");
+        let col = buf.len();
+        buf.push('+');
+        push_ms(buf, row.offset_ns);
+        pad_ascii(buf, col, 9);
+        buf.push(' ');
+        match row.kind {
+            RowKind::Step => {
+                let step = &life.steps[i];
+                let col = buf.len();
+                buf.push_str(step.old.name());
+                buf.push_str(" → ");
+                buf.push_str(step.new.name());
+                pad_from(buf, col, 26);
+                buf.push(' ');
+                let col = buf.len();
+                buf.push_str(wire(step, life));
+                pad_from(buf, col, 18);
+                buf.push(' ');
+                step_note(buf, step, life, verdict, close_step);
+            }
+            RowKind::ResetSent => {
+                let r = &life.resets_sent[i];
+                columns(buf, "RST sent", "RST →");
+                escape_into(buf, &RstReason::from_kernel(r.reason.as_ref()).long());
+                let note = buf.len();
+                buf.push(' ');
+                if !context_note(buf, &r.context, life, false) {
+                    buf.truncate(note);
+                }
+            }
+            RowKind::ResetReceived => {
+                columns(buf, "RST received", "← RST");
+            }
+            RowKind::Retransmit => {
+                let r = &life.retransmits[i];
+                let (label, seg) = match r.kind {
+                    RetransmitKind::Syn => ("SYN retransmit", "SYN"),
+                    RetransmitKind::Synack => ("SYN/ACK retransmit", "SYN/ACK"),
+                    RetransmitKind::Data => unreachable!("data retransmits have no row"),
+                };
+                let col = buf.len();
+                buf.push_str(label);
+                pad_ascii(buf, col, 26);
+                buf.push(' ');
+                buf.push_str(seg);
+                buf.push_str(" → (retransmit #");
+                push_u64(buf, u64::from(r.number));
+                buf.push(')');
+            }
+        }
+        trim_end_from(buf, line);
+        paint_end(buf, painted);
+        buf.push('\n');
     }
     if life.data_retransmits > 0 {
-        writeln!(out, "  · {} data retransmits", life.data_retransmits)?;
+        buf.push_str("  · ");
+        push_u64(buf, u64::from(life.data_retransmits));
+        buf.push_str(" data retransmits\n");
     }
-    let verdict_line = format!("  = {}", escape(&verdict.summary));
-    writeln!(out, "{}", paint(opts.color, Tone::Bold, &verdict_line))?;
+    let painted = paint_start(buf, opts.color, Tone::Bold);
+    buf.push_str("  = ");
+    escape_into(buf, &verdict.summary);
+    paint_end(buf, painted);
+    buf.push('\n');
     if let Some(attribution) = &verdict.attribution {
         // Only process names in it can need escaping; the rest is our text.
-        writeln!(out, "  {}", escape(attribution))?;
+        buf.push_str("  ");
+        escape_into(buf, attribution);
+        buf.push('\n');
     }
-    writeln!(out)
+    buf.push('\n');
 }
 
-fn owner_label(life: &SocketLife) -> String {
-    life.owner
-        .as_ref()
-        .map_or_else(|| "owner unknown".to_owned(), |p| escape(&proc_label(p)))
+/// The label and wire columns, padded, and the space before the note.
+fn columns(buf: &mut String, label: &str, wire: &str) {
+    let col = buf.len();
+    buf.push_str(label);
+    pad_from(buf, col, 26);
+    buf.push(' ');
+    let col = buf.len();
+    buf.push_str(wire);
+    pad_from(buf, col, 18);
+    buf.push(' ');
 }
 
-fn header(life: &SocketLife, opts: &RenderOptions) -> String {
-    let when = match opts.timestamp {
-        true => format!("{}  ", wall_clock(life.start_ns, opts.wall_offset_ns)),
-        false => String::new(),
-    };
-    let dur = fmt_ms(life.duration_ns);
+/// `comm[tgid]`, escaped.
+fn push_proc_label(buf: &mut String, p: &Proc) {
+    escape_into(buf, &p.comm);
+    buf.push('[');
+    push_u64(buf, u64::from(p.tgid));
+    buf.push(']');
+}
+
+fn header(buf: &mut String, life: &SocketLife, opts: &RenderOptions) {
+    if opts.timestamp {
+        push_wall_clock(buf, life.start_ns, opts.wall_offset_ns);
+        buf.push_str("  ");
+    }
+    push_addr(buf, &life.local);
     if life.socketless {
-        return format!("{when}{} ← {}  server (no socket)", life.local, life.remote);
+        buf.push_str(" ← ");
+        push_addr(buf, &life.remote);
+        buf.push_str("  server (no socket)");
+        return;
     }
-    let sk = paint(opts.color, Tone::Dim, &format!("sk {:#x}", life.skaddr));
-    let owner = owner_label(life);
     match life.role {
-        Role::Listener => {
-            let children = match life.children {
-                1 => "1 child".to_owned(),
-                n => format!("{n} children"),
-            };
-            format!(
-                "{when}{}  listener  {owner}  {dur} ms  {children}  {sk}",
-                life.local
-            )
-        }
+        Role::Listener => buf.push_str("  listener  "),
         role => {
             // The arrow points from the side that opened the connection.
-            let arrow = match role {
-                Role::Server => "←",
-                Role::Client => "→",
-                _ => "—",
-            };
-            format!(
-                "{when}{} {arrow} {}  {}  {owner}  {dur} ms  {sk}",
-                life.local,
-                life.remote,
-                role.name()
-            )
+            buf.push_str(match role {
+                Role::Server => " ← ",
+                Role::Client => " → ",
+                _ => " — ",
+            });
+            push_addr(buf, &life.remote);
+            buf.push_str("  ");
+            buf.push_str(role.name());
+            buf.push_str("  ");
         }
     }
+    match &life.owner {
+        Some(p) => push_proc_label(buf, p),
+        None => buf.push_str("owner unknown"),
+    }
+    buf.push_str("  ");
+    push_ms(buf, life.duration_ns);
+    buf.push_str(" ms  ");
+    if life.role == Role::Listener {
+        match life.children {
+            1 => buf.push_str("1 child"),
+            n => {
+                push_u64(buf, u64::from(n));
+                buf.push_str(" children");
+            }
+        }
+        buf.push_str("  ");
+    }
+    let painted = paint_start(buf, opts.color, Tone::Dim);
+    buf.push_str("sk 0x");
+    push_hex(buf, life.skaddr, 0);
+    paint_end(buf, painted);
 }
 
 /// What a transition implies on the wire, from this socket's point of view.
@@ -117,92 +220,105 @@ fn wire(step: &Step, life: &SocketLife) -> &'static str {
     }
 }
 
-fn context_note(context: &Context, life: &SocketLife, closing: bool) -> Option<String> {
+/// Appends who acted, when worth saying; false when nothing was appended.
+fn context_note(buf: &mut String, context: &Context, life: &SocketLife, closing: bool) -> bool {
     match context {
         // Worth saying when it is not the owner acting.
         Context::Process(p)
             if !p.is_idle() && life.owner.as_ref().is_none_or(|o| o.tgid != p.tgid) =>
         {
-            Some(format!("by {}", escape(&proc_label(p))))
+            buf.push_str("by ");
+            push_proc_label(buf, p);
+            true
         }
         // A close from the network or a timer, not from the application.
-        Context::Softirq { .. } if closing => Some("in softirq".to_owned()),
-        _ => None,
+        Context::Softirq { .. } if closing => {
+            buf.push_str("in softirq");
+            true
+        }
+        _ => false,
     }
 }
 
-fn step_row(step: &Step, life: &SocketLife, verdict: &Verdict) -> Row {
+/// The notes of a step row, separated by spaces.
+fn step_note(
+    buf: &mut String,
+    step: &Step,
+    life: &SocketLife,
+    verdict: &Verdict,
+    close_step: Option<&Step>,
+) {
     use TcpState::*;
-    let mut notes = Vec::new();
+    let mut first = true;
+    let mut sep = |buf: &mut String| {
+        if !std::mem::take(&mut first) {
+            buf.push(' ');
+        }
+    };
     if matches!((step.old, step.new), (SynSent | SynRecv, Established))
         && let Some(ns) = verdict.open.handshake_ns()
     {
-        notes.push(format!("handshake {} ms", fmt_ms(ns)));
+        sep(buf);
+        buf.push_str("handshake ");
+        push_ms(buf, ns);
+        buf.push_str(" ms");
     }
-    let is_last_close = life.close_step().is_some_and(|c| std::ptr::eq(c, step));
+    let is_last_close = close_step.is_some_and(|c| std::ptr::eq(c, step));
     if is_last_close {
         if life.time_wait {
-            notes.push("(TIME_WAIT)".to_owned());
+            sep(buf);
+            buf.push_str("(TIME_WAIT)");
         }
         if let Some(n) = life.unread.filter(|&n| n > 0) {
-            notes.push(format!("{n} bytes unread"));
+            sep(buf);
+            push_u64(buf, u64::from(n));
+            buf.push_str(" bytes unread");
         }
     }
-    notes.extend(context_note(&step.context, life, step.new == Close));
-    Row {
-        offset_ns: step.offset_ns,
-        label: format!("{} → {}", step.old, step.new),
-        wire: wire(step, life).to_owned(),
-        note: notes.join(" "),
-        tone: Tone::Plain,
+    let mark = buf.len();
+    sep(buf);
+    if !context_note(buf, &step.context, life, step.new == Close) {
+        buf.truncate(mark);
     }
 }
 
-fn rows(life: &SocketLife, verdict: &Verdict) -> Vec<Row> {
-    let mut rows: Vec<Row> = life
-        .steps
-        .iter()
-        .map(|s| step_row(s, life, verdict))
-        .collect();
-    rows.extend(life.resets_sent.iter().map(|r| {
-        Row {
+/// The rows of `life` in time order: steps, RSTs sent and received, and
+/// SYN and SYN/ACK retransmits (data retransmits are only counted).
+fn collect_rows(rows: &mut Vec<RowRef>, life: &SocketLife) {
+    rows.clear();
+    for (i, s) in life.steps.iter().enumerate() {
+        rows.push(RowRef {
+            offset_ns: s.offset_ns,
+            kind: RowKind::Step,
+            index: i as u32,
+        });
+    }
+    for (i, r) in life.resets_sent.iter().enumerate() {
+        rows.push(RowRef {
             offset_ns: r.offset_ns,
-            label: "RST sent".to_owned(),
-            wire: "RST →".to_owned(),
-            note: [
-                Some(escape(&RstReason::from_kernel(r.reason.as_ref()).long())),
-                context_note(&r.context, life, false),
-            ]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" "),
-            tone: Tone::Red,
+            kind: RowKind::ResetSent,
+            index: i as u32,
+        });
+    }
+    for (i, r) in life.resets_received.iter().enumerate() {
+        rows.push(RowRef {
+            offset_ns: r.offset_ns,
+            kind: RowKind::ResetReceived,
+            index: i as u32,
+        });
+    }
+    for (i, r) in life.retransmits.iter().enumerate() {
+        // Counted in a line of their own: rows would drown the ladder.
+        if r.kind != RetransmitKind::Data {
+            rows.push(RowRef {
+                offset_ns: r.offset_ns,
+                kind: RowKind::Retransmit,
+                index: i as u32,
+            });
         }
-    }));
-    rows.extend(life.resets_received.iter().map(|r| Row {
-        offset_ns: r.offset_ns,
-        label: "RST received".to_owned(),
-        wire: "← RST".to_owned(),
-        note: String::new(),
-        tone: Tone::Yellow,
-    }));
-    rows.extend(life.retransmits.iter().filter_map(|r| {
-        let (label, seg) = match r.kind {
-            RetransmitKind::Syn => ("SYN retransmit", "SYN"),
-            RetransmitKind::Synack => ("SYN/ACK retransmit", "SYN/ACK"),
-            // Counted in a line of their own: rows would drown the ladder.
-            RetransmitKind::Data => return None,
-        };
-        Some(Row {
-            offset_ns: r.offset_ns,
-            label: label.to_owned(),
-            wire: format!("{seg} → (retransmit #{})", r.number),
-            note: String::new(),
-            tone: Tone::Plain,
-        })
-    }));
+    }
     // Stable: equal times keep steps before the resets they caused.
-    rows.sort_by_key(|r| r.offset_ns);
-    rows
+    if !rows.is_sorted_by_key(|r| r.offset_ns) {
+        rows.sort_by_key(|r| r.offset_ns);
+    }
 }

@@ -12,7 +12,11 @@ mod ladder;
 mod stream;
 mod summary;
 
-use std::io::{self, Write};
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+    net::SocketAddr,
+};
 
 pub use self::{escape::escape, summary::Summary};
 use crate::{classify::Verdict, decode::Record, tracker::SocketLife};
@@ -44,6 +48,10 @@ pub struct Renderer<W: Write> {
     out: W,
     opts: RenderOptions,
     stream: stream::Stream,
+    /// Scratch for one item (a ladder, a line), reused.
+    text: String,
+    /// Scratch for a ladder's row order, reused.
+    rows: Vec<ladder::RowRef>,
 }
 
 impl<W: Write> Renderer<W> {
@@ -52,6 +60,8 @@ impl<W: Write> Renderer<W> {
             out,
             opts,
             stream: stream::Stream::default(),
+            text: String::with_capacity(4096),
+            rows: Vec::new(),
         }
     }
 
@@ -59,8 +69,17 @@ impl<W: Write> Renderer<W> {
     pub fn transition(&mut self, rec: &Record) -> io::Result<()> {
         match (self.opts.view, self.opts.json) {
             (View::Sockets, _) => Ok(()),
-            (_, true) => writeln!(self.out, "{}", json::record_line(rec)?),
-            (_, false) => self.stream.write(&mut self.out, rec, &self.opts),
+            (_, true) => {
+                self.text.clear();
+                json::push_record_line(&mut self.text, rec);
+                self.text.push('\n');
+                self.out.write_all(self.text.as_bytes())
+            }
+            (_, false) => {
+                self.text.clear();
+                self.stream.write(&mut self.text, rec, &self.opts);
+                self.out.write_all(self.text.as_bytes())
+            }
         }
     }
 
@@ -68,8 +87,17 @@ impl<W: Write> Renderer<W> {
     pub fn socket(&mut self, life: &SocketLife, verdict: &Verdict) -> io::Result<()> {
         match (self.opts.view, self.opts.json) {
             (View::Stream, _) => Ok(()),
-            (_, true) => writeln!(self.out, "{}", json::socket_line(life, verdict)?),
-            (_, false) => ladder::write(&mut self.out, life, verdict, &self.opts),
+            (_, true) => {
+                self.text.clear();
+                json::push_socket_line(&mut self.text, life, verdict);
+                self.text.push('\n');
+                self.out.write_all(self.text.as_bytes())
+            }
+            (_, false) => {
+                self.text.clear();
+                ladder::write(&mut self.text, &mut self.rows, life, verdict, &self.opts);
+                self.out.write_all(self.text.as_bytes())
+            }
         }
     }
 
@@ -85,12 +113,200 @@ impl<W: Write> Renderer<W> {
 
 /// Milliseconds with 3 decimals, rounded to the microsecond: "0.062".
 pub(crate) fn fmt_ms(ns: u64) -> String {
+    let mut s = String::new();
+    push_ms(&mut s, ns);
+    s
+}
+
+/// [`fmt_ms`], appended to `buf`.
+pub(crate) fn push_ms(buf: &mut String, ns: u64) {
     let us = ns.saturating_add(500) / 1000;
-    format!("{}.{:03}", us / 1000, us % 1000)
+    push_u64(buf, us / 1000);
+    buf.push('.');
+    push_zero_padded(buf, us % 1000, 3);
+}
+
+/// `n` in decimal (`{n}`).
+pub(crate) fn push_u64(buf: &mut String, n: u64) {
+    const PAIRS: &[u8; 200] = b"\
+        0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let len = n.checked_ilog10().unwrap_or(0) as usize + 1;
+    // SAFETY: only ASCII digits are written, into reserved capacity, before
+    // the length takes them in.
+    unsafe {
+        let v = buf.as_mut_vec();
+        v.reserve(len);
+        let start = v.len();
+        let out = v.as_mut_ptr().add(start);
+        let (mut i, mut n) = (len, n);
+        while n >= 100 {
+            let pair = (n % 100) as usize * 2;
+            n /= 100;
+            i -= 2;
+            *out.add(i) = PAIRS[pair];
+            *out.add(i + 1) = PAIRS[pair + 1];
+        }
+        if n >= 10 {
+            let pair = n as usize * 2;
+            i -= 2;
+            *out.add(i) = PAIRS[pair];
+            *out.add(i + 1) = PAIRS[pair + 1];
+        } else {
+            i -= 1;
+            *out.add(i) = b'0' + n as u8;
+        }
+        debug_assert_eq!(i, 0);
+        v.set_len(start + len);
+    }
+}
+
+/// `n` with at least `width` digits, zeros in front (`{n:0width$}`).
+pub(crate) fn push_zero_padded(buf: &mut String, n: u64, width: usize) {
+    let len = n.checked_ilog10().unwrap_or(0) as usize + 1;
+    for _ in len..width {
+        buf.push('0');
+    }
+    push_u64(buf, n);
+}
+
+/// `n` in lower-case hex, at least `width` digits, zeros in front
+/// (`{n:0width$x}`; with `0x` in front, `{n:#x}` for width 0).
+pub(crate) fn push_hex(buf: &mut String, n: u64, width: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut rest = n;
+    loop {
+        i -= 1;
+        digits[i] = HEX[(rest & 0xf) as usize];
+        rest >>= 4;
+        if rest == 0 {
+            break;
+        }
+    }
+    for _ in digits.len() - i..width {
+        buf.push('0');
+    }
+    // SAFETY: ASCII hex digits only.
+    buf.push_str(unsafe { std::str::from_utf8_unchecked(&digits[i..]) });
+}
+
+/// An address as `Display` writes it, as a new string.
+pub(crate) fn addr_string(addr: &SocketAddr) -> String {
+    let mut s = String::with_capacity(24);
+    push_addr(&mut s, addr);
+    s
+}
+
+/// An address as `Display` writes it (`127.0.0.1:80`, `[::1]:80`).
+pub(crate) fn push_addr(buf: &mut String, addr: &SocketAddr) {
+    match addr {
+        SocketAddr::V4(a) => {
+            // At most "255.255.255.255:" before the port.
+            let mut text = [0u8; 16];
+            let mut n = 0;
+            for octet in a.ip().octets() {
+                if octet >= 100 {
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + octet % 10;
+                text[n + 1] = b'.';
+                n += 2;
+            }
+            text[n - 1] = b':';
+            // SAFETY: ASCII digits, dots and a colon only.
+            buf.push_str(unsafe { std::str::from_utf8_unchecked(&text[..n]) });
+            push_u64(buf, u64::from(a.port()));
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(buf, "{addr}");
+        }
+    }
+}
+
+/// Pads what was written since `start` with spaces to `width` characters
+/// (`{:<width$}` of it).
+pub(crate) fn pad_from(buf: &mut String, start: usize, width: usize) {
+    let chars = char_count(&buf.as_bytes()[start..]);
+    if chars < width {
+        push_spaces(buf, width - chars);
+    }
+}
+
+/// [`pad_from`] for ASCII text, where characters are bytes.
+pub(crate) fn pad_ascii(buf: &mut String, start: usize, width: usize) {
+    debug_assert!(buf[start..].is_ascii());
+    let chars = buf.len() - start;
+    if chars < width {
+        push_spaces(buf, width - chars);
+    }
+}
+
+/// Characters in UTF-8 `bytes`: the bytes that do not continue a sequence
+/// (`10xxxxxx`), counted eight at a time.
+fn char_count(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let mut chunks = bytes.chunks_exact(8);
+    let mut continuations = 0;
+    for chunk in &mut chunks {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        // 1 in each byte with bit 7 set and bit 6 (shifted into its place)
+        // clear; the multiply sums the eight bytes into the top one.
+        let flags = (w & !(w << 1) & HIGH) >> 7;
+        continuations += (flags.wrapping_mul(ONES) >> 56) as usize;
+    }
+    let rest = chunks.remainder();
+    continuations += rest.iter().filter(|&&b| b & 0xc0 == 0x80).count();
+    bytes.len() - continuations
+}
+
+fn push_spaces(buf: &mut String, n: usize) {
+    const CHUNK: usize = 64;
+    const SPACES: [u8; CHUNK] = [b' '; CHUNK];
+    let mut n = n;
+    while n > 0 {
+        let k = n.min(CHUNK);
+        // SAFETY: a whole chunk of ASCII spaces is copied into reserved
+        // capacity (a fixed size: no call to memcpy), and the length takes
+        // in only `k` of them.
+        unsafe {
+            let v = buf.as_mut_vec();
+            v.reserve(CHUNK);
+            let len = v.len();
+            std::ptr::copy_nonoverlapping(SPACES.as_ptr(), v.as_mut_ptr().add(len), CHUNK);
+            v.set_len(len + k);
+        }
+        n -= k;
+    }
+}
+
+/// Drops trailing whitespace written since `start` (`str::trim_end` of it).
+pub(crate) fn trim_end_from(buf: &mut String, start: usize) {
+    let spaces = buf.as_bytes()[start..]
+        .iter()
+        .rev()
+        .take_while(|&&b| b == b' ')
+        .count();
+    buf.truncate(buf.len() - spaces);
+    // Past the spaces, a visible ASCII character ends it; else look closer.
+    if buf.len() > start && !buf.as_bytes()[buf.len() - 1].is_ascii_graphic() {
+        let kept = buf[start..].trim_end().len();
+        buf.truncate(start + kept);
+    }
 }
 
 /// Subtle ANSI colour, only when the session asked for it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tone {
     Plain,
     Bold,
@@ -99,38 +315,69 @@ pub(crate) enum Tone {
     Dim,
 }
 
-pub(crate) fn paint(on: bool, tone: Tone, text: &str) -> String {
-    let code = match tone {
-        Tone::Plain => return text.to_owned(),
-        Tone::Bold => "1",
-        Tone::Red => "31",
-        Tone::Yellow => "33",
-        Tone::Dim => "2",
-    };
-    if on {
-        format!("\x1b[{code}m{text}\x1b[0m")
-    } else {
-        text.to_owned()
+impl Tone {
+    fn code(self) -> Option<&'static str> {
+        match self {
+            Tone::Plain => None,
+            Tone::Bold => Some("\x1b[1m"),
+            Tone::Red => Some("\x1b[31m"),
+            Tone::Yellow => Some("\x1b[33m"),
+            Tone::Dim => Some("\x1b[2m"),
+        }
+    }
+}
+
+/// Starts painting in `tone` (when `on`); returns whether
+/// [`paint_end`] must close it.
+pub(crate) fn paint_start(buf: &mut String, on: bool, tone: Tone) -> bool {
+    match tone.code().filter(|_| on) {
+        Some(code) => {
+            buf.push_str(code);
+            true
+        }
+        None => false,
+    }
+}
+
+pub(crate) fn paint_end(buf: &mut String, painted: bool) {
+    if painted {
+        buf.push_str("\x1b[0m");
     }
 }
 
 /// Local wall-clock time of a monotonic timestamp: "HH:MM:SS.mmm".
+#[cfg(test)]
 pub(crate) fn wall_clock(ts_ns: u64, wall_offset_ns: i128) -> String {
+    let mut s = String::new();
+    push_wall_clock(&mut s, ts_ns, wall_offset_ns);
+    s
+}
+
+/// [`wall_clock`], appended to `buf`.
+pub(crate) fn push_wall_clock(buf: &mut String, ts_ns: u64, wall_offset_ns: i128) {
     let wall = i128::from(ts_ns) + wall_offset_ns;
     let secs = i64::try_from(wall.div_euclid(1_000_000_000)).unwrap_or(0);
     let millis = (wall.rem_euclid(1_000_000_000) / 1_000_000) as i64;
-    hms(secs.saturating_add(utc_offset_secs(secs)), millis)
+    push_hms(buf, secs.saturating_add(utc_offset_secs(secs)), millis);
 }
 
 /// "HH:MM:SS.mmm" of a count of seconds, local time already applied.
+#[cfg(test)]
 fn hms(secs: i64, millis: i64) -> String {
-    let day = secs.rem_euclid(86_400);
-    format!(
-        "{:02}:{:02}:{:02}.{millis:03}",
-        day / 3600,
-        day % 3600 / 60,
-        day % 60
-    )
+    let mut s = String::new();
+    push_hms(&mut s, secs, millis);
+    s
+}
+
+fn push_hms(buf: &mut String, secs: i64, millis: i64) {
+    let day = secs.rem_euclid(86_400) as u64;
+    push_zero_padded(buf, day / 3600, 2);
+    buf.push(':');
+    push_zero_padded(buf, day % 3600 / 60, 2);
+    buf.push(':');
+    push_zero_padded(buf, day % 60, 2);
+    buf.push('.');
+    push_zero_padded(buf, millis as u64, 3);
 }
 
 /// The local time zone's offset from UTC at `secs` since the epoch.

@@ -1,11 +1,12 @@
 //! The stream view: one line per state transition as it happens, with the
 //! columns of bcc's tcpstates, plus a line per RST and retransmit.
 
-use std::io::{self, Write};
-
-use super::{RenderOptions, Tone, escape, fmt_ms, paint, wall_clock};
+use super::{
+    RenderOptions, Tone, escape::escape_into, pad_ascii, pad_from, paint_end, paint_start,
+    push_addr, push_hex, push_ms, push_u64, push_wall_clock, push_zero_padded, trim_end_from,
+};
 use crate::decode::{Context, Record, SockInfo, TcpState};
-use crate::tracker::RecentMap;
+use crate::tracker::{FastHash, RecentMap};
 
 /// Sockets whose last transition time is remembered for the MS column.
 const MS_SOCKETS: usize = 65536;
@@ -20,7 +21,7 @@ pub(crate) struct Stream {
     header_done: bool,
     /// skaddr → time of its last transition (bounded; forgotten at CLOSE,
     /// as tcpstates does, so a reused skaddr starts again at 0).
-    last: RecentMap<u64, u64>,
+    last: RecentMap<u64, u64, FastHash>,
 }
 
 impl Default for Stream {
@@ -33,63 +34,122 @@ impl Default for Stream {
     }
 }
 
+/// The event column of a line.
+enum What<'a> {
+    /// `OLDSTATE -> NEWSTATE`, then the MS column.
+    State(TcpState, TcpState, u64),
+    SendReset(Option<&'a crate::decode::ResetReason>),
+    ReceiveReset,
+    Retransmit(Option<TcpState>),
+    RetransmitSynAck,
+}
+
 impl Stream {
-    pub(crate) fn write(
-        &mut self,
-        out: &mut dyn Write,
-        rec: &Record,
-        opts: &RenderOptions,
-    ) -> io::Result<()> {
+    /// Appends the line of `rec` (and the header before the first) to `buf`.
+    pub(crate) fn write(&mut self, buf: &mut String, rec: &Record, opts: &RenderOptions) {
         let ts = rec.ts_ns();
         let t0 = *self.t0.get_or_insert(ts);
-        let (what, ms, tone) = match rec {
+        let (what, tone) = match rec {
             Record::State { sock, old, new, .. } => {
                 let ms = self.ms_in_old_state(sock.skaddr, ts, *new);
-                (format!("{old:<11} -> {new:<11}"), fmt_ms(ms), Tone::Plain)
+                (What::State(*old, *new, ms), Tone::Plain)
             }
-            Record::SendReset { reason, .. } => {
-                let what = match reason {
-                    Some(r) => match &r.name {
-                        Some(name) => format!("RST sent reason={}", escape(name)),
-                        None => format!("RST sent reason={}", r.code),
-                    },
-                    None => "RST sent".to_owned(),
-                };
-                (what, String::new(), Tone::Red)
-            }
-            Record::ReceiveReset { .. } => ("RST received".to_owned(), String::new(), Tone::Yellow),
-            Record::Retransmit { state, .. } => {
-                let what = match state {
-                    Some(TcpState::SynSent) => "SYN retransmit".to_owned(),
-                    Some(s) => format!("retransmit in {s}"),
-                    None => "retransmit".to_owned(),
-                };
-                (what, String::new(), Tone::Plain)
-            }
-            Record::RetransmitSynAck { .. } => {
-                ("SYN/ACK retransmit".to_owned(), String::new(), Tone::Plain)
-            }
+            Record::SendReset { reason, .. } => (What::SendReset(reason.as_ref()), Tone::Red),
+            Record::ReceiveReset { .. } => (What::ReceiveReset, Tone::Yellow),
+            Record::Retransmit { state, .. } => (What::Retransmit(*state), Tone::Plain),
+            Record::RetransmitSynAck { .. } => (What::RetransmitSynAck, Tone::Plain),
             // Exits and signals only feed attribution; a destroy says nothing new.
             Record::Destroy { .. } | Record::ProcessExit { .. } | Record::Signal { .. } => {
-                return Ok(());
+                return;
             }
         };
         let Some(sock) = rec.sock() else {
-            return Ok(());
+            return;
         };
         if !self.header_done {
             self.header_done = true;
-            writeln!(out, "{}", header(opts))?;
+            header(buf, opts);
+            buf.push('\n');
         }
-        let time = match opts.timestamp {
-            true => wall_clock(ts, opts.wall_offset_ns),
-            false => {
-                let rel = ts.saturating_sub(t0);
-                format!("{}.{:06}", rel / 1_000_000_000, rel % 1_000_000_000 / 1000)
+        let painted = paint_start(buf, opts.color, tone);
+        let line = buf.len();
+        let (w, aw) = (time_width(opts), addr_width(opts));
+        if opts.timestamp {
+            push_wall_clock(buf, ts, opts.wall_offset_ns);
+        } else {
+            let rel = ts.saturating_sub(t0);
+            push_u64(buf, rel / 1_000_000_000);
+            buf.push('.');
+            push_zero_padded(buf, rel % 1_000_000_000 / 1000, 6);
+        }
+        pad_ascii(buf, line, w);
+        buf.push(' ');
+        let col = buf.len();
+        match sock.skaddr {
+            0 => buf.push('-'),
+            sk => push_hex(buf, sk, 16),
+        }
+        pad_ascii(buf, col, 16);
+        buf.push(' ');
+        who(buf, sock);
+        let col = buf.len();
+        push_addr(buf, &sock.local);
+        pad_ascii(buf, col, aw);
+        buf.push(' ');
+        let col = buf.len();
+        push_addr(buf, &sock.remote);
+        pad_ascii(buf, col, aw);
+        buf.push(' ');
+        let col = buf.len();
+        let ms = match what {
+            What::State(old, new, ms) => {
+                buf.push_str(old.name());
+                pad_ascii(buf, col, 11);
+                buf.push_str(" -> ");
+                let col = buf.len();
+                buf.push_str(new.name());
+                pad_ascii(buf, col, 11);
+                Some(ms)
+            }
+            What::SendReset(reason) => {
+                buf.push_str("RST sent");
+                if let Some(r) = reason {
+                    buf.push_str(" reason=");
+                    match &r.name {
+                        Some(name) => escape_into(buf, name),
+                        None => push_u64(buf, u64::from(r.code)),
+                    }
+                }
+                None
+            }
+            What::ReceiveReset => {
+                buf.push_str("RST received");
+                None
+            }
+            What::Retransmit(state) => {
+                match state {
+                    Some(TcpState::SynSent) => buf.push_str("SYN retransmit"),
+                    Some(s) => {
+                        buf.push_str("retransmit in ");
+                        buf.push_str(s.name());
+                    }
+                    None => buf.push_str("retransmit"),
+                }
+                None
+            }
+            What::RetransmitSynAck => {
+                buf.push_str("SYN/ACK retransmit");
+                None
             }
         };
-        let line = columns(opts, &time, sock, &what, &ms);
-        writeln!(out, "{}", paint(opts.color, tone, line.trim_end()))
+        pad_from(buf, col, 26);
+        buf.push(' ');
+        if let Some(ms) = ms {
+            push_ms(buf, ms);
+        }
+        trim_end_from(buf, line);
+        paint_end(buf, painted);
+        buf.push('\n');
     }
 
     /// ms the socket spent in the state it leaves now; 0 for its first.
@@ -104,13 +164,28 @@ impl Stream {
     }
 }
 
-fn header(opts: &RenderOptions) -> String {
+fn header(buf: &mut String, opts: &RenderOptions) {
     let time = if opts.timestamp { "TIME" } else { "TIME(s)" };
     let (w, aw) = (time_width(opts), addr_width(opts));
-    format!(
-        "{time:<w$} {:<16} {:<7} {:<16} {:<aw$} {:<aw$} {:<11} -> {:<11} MS",
-        "SKADDR", "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "OLDSTATE", "NEWSTATE"
-    )
+    let columns = [
+        (time, w),
+        ("SKADDR", 16),
+        ("PID", 7),
+        ("COMM", 16),
+        ("LADDR:LPORT", aw),
+        ("RADDR:RPORT", aw),
+        ("OLDSTATE", 11),
+    ];
+    for (name, width) in columns {
+        let col = buf.len();
+        buf.push_str(name);
+        pad_from(buf, col, width);
+        buf.push(' ');
+    }
+    let col = buf.len();
+    buf.push_str("-> NEWSTATE");
+    pad_from(buf, col, 3 + 11);
+    buf.push_str(" MS");
 }
 
 fn time_width(opts: &RenderOptions) -> usize {
@@ -125,28 +200,28 @@ fn addr_width(opts: &RenderOptions) -> usize {
     }
 }
 
-fn columns(opts: &RenderOptions, time: &str, sock: &SockInfo, what: &str, ms: &str) -> String {
-    let skaddr = match sock.skaddr {
-        0 => "-".to_owned(),
-        sk => format!("{sk:016x}"),
-    };
-    let (pid, comm) = who(sock);
-    let (w, aw) = (time_width(opts), addr_width(opts));
-    format!(
-        "{time:<w$} {skaddr:<16} {pid:<7} {comm:<16} {:<aw$} {:<aw$} {what:<26} {ms}",
-        sock.local.to_string(),
-        sock.remote.to_string(),
-    )
-}
-
-/// PID and COMM: the owner if known, else the process whose own context
-/// the event ran in; never the bystander a softirq interrupted.
-fn who(sock: &SockInfo) -> (String, String) {
+/// PID and COMM, padded, each with the space after it: the owner if known,
+/// else the process whose own context the event ran in; never the
+/// bystander a softirq interrupted.
+fn who(buf: &mut String, sock: &SockInfo) {
+    let col = buf.len();
     match (&sock.owner, &sock.context) {
         (Some(p), _) | (None, Context::Process(p)) if !p.is_idle() => {
-            (p.tgid.to_string(), escape(&p.comm))
+            push_u64(buf, u64::from(p.tgid));
+            pad_ascii(buf, col, 7);
+            buf.push(' ');
+            let col = buf.len();
+            escape_into(buf, &p.comm);
+            pad_from(buf, col, 16);
         }
-        (None, Context::Process(p)) => ("-".to_owned(), format!("[{}]", escape(&p.comm))),
-        _ => ("-".to_owned(), "[softirq]".to_owned()),
+        (None, Context::Process(p)) => {
+            buf.push_str("-       [");
+            let col = buf.len() - 1;
+            escape_into(buf, &p.comm);
+            buf.push(']');
+            pad_from(buf, col, 16);
+        }
+        _ => buf.push_str("-       [softirq]       "),
     }
+    buf.push(' ');
 }

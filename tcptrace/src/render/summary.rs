@@ -75,6 +75,14 @@ impl Summary {
             "  events:     {} produced, {} received, {} lost, {} filtered in kernel, {} non-TCP, {} undecodable",
             c.produced, c.received, c.lost, c.filtered, c.not_tcp, c.undecodable
         )?;
+        if c.missed > 0 {
+            writeln!(
+                out,
+                "  skipped:    {} tracepoint runs skipped by the kernel (a softirq interrupted a \
+                 BPF program on that CPU); their events never existed",
+                c.missed
+            )?;
+        }
         writeln!(
             out,
             "  sockets:    {} seen, {} evicted (table full), {} tracked at most, {} socketless RSTs",

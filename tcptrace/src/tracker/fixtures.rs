@@ -19,7 +19,7 @@ pub(crate) fn proc_(pid: u32, comm: &str) -> Proc {
     Proc {
         pid,
         tgid: pid,
-        comm: comm.to_owned(),
+        comm: comm.into(),
         cgroup_id: 4242,
     }
 }
@@ -62,7 +62,7 @@ impl S {
     }
 
     pub(crate) fn owner(mut self, p: &Proc) -> S {
-        self.0.owner = Some(p.clone());
+        self.0.owner = Some(*p);
         self
     }
 
@@ -76,7 +76,7 @@ impl S {
     pub(crate) fn by(&self, t: u64, p: &Proc) -> S {
         let mut s = self.clone();
         s.0.ts_ns = us(t);
-        s.0.context = Context::Process(p.clone());
+        s.0.context = Context::Process(*p);
         s
     }
 
@@ -90,7 +90,7 @@ impl S {
 
     pub(crate) fn st(&self, old: u8, new: u8) -> Record {
         Record::State {
-            sock: self.0.clone(),
+            sock: self.0,
             old: state(old),
             new: state(new),
             unread: None,
@@ -100,7 +100,7 @@ impl S {
     /// `old → CLOSE` with the unread byte count the kernel program read.
     pub(crate) fn close(&self, old: u8, unread: u32) -> Record {
         Record::State {
-            sock: self.0.clone(),
+            sock: self.0,
             old: state(old),
             new: TcpState::Close,
             unread: Some(unread),
@@ -109,7 +109,7 @@ impl S {
 
     pub(crate) fn send_reset(&self, st: Option<u8>, reason: Option<(u32, &str)>) -> Record {
         Record::SendReset {
-            sock: self.0.clone(),
+            sock: self.0,
             state: st.and_then(TcpState::from_raw),
             reason: reason.map(|(code, name)| ResetReason {
                 code,
@@ -119,35 +119,29 @@ impl S {
     }
 
     pub(crate) fn receive_reset(&self) -> Record {
-        Record::ReceiveReset {
-            sock: self.0.clone(),
-        }
+        Record::ReceiveReset { sock: self.0 }
     }
 
     pub(crate) fn retransmit(&self, st: u8) -> Record {
         Record::Retransmit {
-            sock: self.0.clone(),
+            sock: self.0,
             state: TcpState::from_raw(st),
         }
     }
 
     pub(crate) fn synack_retransmit(&self) -> Record {
-        Record::RetransmitSynAck {
-            sock: self.0.clone(),
-        }
+        Record::RetransmitSynAck { sock: self.0 }
     }
 
     pub(crate) fn destroy(&self) -> Record {
-        Record::Destroy {
-            sock: self.0.clone(),
-        }
+        Record::Destroy { sock: self.0 }
     }
 }
 
 pub(crate) fn exit(t: u64, task: &Proc, exit_code: i32) -> Record {
     Record::ProcessExit {
         ts_ns: us(t),
-        task: task.clone(),
+        task: *task,
         exit_code: Some(exit_code),
         group_dead: true,
     }
@@ -158,7 +152,7 @@ pub(crate) fn signal(t: u64, sig: u32, target_pid: u32, sender: &Proc) -> Record
         ts_ns: us(t),
         sig,
         target_pid,
-        sender: sender.clone(),
+        sender: *sender,
         delivered: true,
     }
 }

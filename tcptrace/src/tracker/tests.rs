@@ -583,7 +583,7 @@ fn without_an_exit_code_a_seen_signal_is_reported_but_not_as_the_killer() {
         signal(1990, 15, 4311, &killer()),
         Record::ProcessExit {
             ts_ns: us(2000),
-            task: ng.clone(),
+            task: ng,
             exit_code: None,
             group_dead: true,
         },
@@ -656,4 +656,32 @@ fn unread_bytes_leave_out_the_peers_fin() {
     assert_eq!(unread_at_close(TcpState::LastAck, 1), Some(0));
     // FIN_WAIT2 → CLOSE: with or without the peer's FIN; say nothing.
     assert_eq!(unread_at_close(TcpState::FinWait2, 1), None);
+}
+
+#[test]
+fn a_transition_that_does_not_follow_marks_a_gap() {
+    // The client's ESTABLISHED → FIN_WAIT1 never arrived.
+    let records: Vec<Record> = client_closes_first()
+        .into_iter()
+        .filter(|r| {
+            !matches!(
+                r,
+                Record::State {
+                    old: TcpState::Established,
+                    new: TcpState::FinWait1,
+                    ..
+                }
+            )
+        })
+        .collect();
+    let lives = run(&records);
+    let c = life_of(&lives, CLIENT_SK);
+    assert!(c.gap, "{c:#?}");
+    let s = life_of(&lives, SERVER_SK);
+    assert!(!s.gap, "{s:#?}");
+    assert!(
+        crate::classify::classify(&c)
+            .incomplete
+            .contains(&crate::classify::Incomplete::Gap)
+    );
 }
