@@ -445,16 +445,15 @@ fn retrying(what: &str, mut scenario: impl FnMut() -> Run) -> Vec<(SocketLife, V
     );
 }
 
-const CLIENT_4WAY_ACTIVE: [(S, S); 5] = [
-    (S::Close, S::SynSent),
-    (S::SynSent, S::Established),
+/// The handshake as each end sees it, then each end's half of a 4-way close.
+const OPEN_ACTIVE: [(S, S); 2] = [(S::Close, S::SynSent), (S::SynSent, S::Established)];
+const OPEN_PASSIVE: [(S, S); 2] = [(S::Listen, S::SynRecv), (S::SynRecv, S::Established)];
+const CLOSE_ACTIVE: [(S, S); 3] = [
     (S::Established, S::FinWait1),
     (S::FinWait1, S::FinWait2),
     (S::FinWait2, S::Close),
 ];
-const SERVER_4WAY_PASSIVE: [(S, S); 5] = [
-    (S::Listen, S::SynRecv),
-    (S::SynRecv, S::Established),
+const CLOSE_PASSIVE: [(S, S); 3] = [
     (S::Established, S::CloseWait),
     (S::CloseWait, S::LastAck),
     (S::LastAck, S::Close),
@@ -478,22 +477,36 @@ fn connect_traced(
     (addr, listener, client, served, opener)
 }
 
-fn client_closes_first(ip: IpAddr) {
+/// Which end of a connection closes first.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum First {
+    Client,
+    Server,
+}
+
+/// One end writes and closes first; the other reads to EOF, then closes.
+/// The first closer's life is an active 4-way close handed to TIME_WAIT, the
+/// other's a passive one; both closed by this thread, owned by the opener.
+fn four_way_close(ip: IpAddr, first: First) {
     let me = me();
     let mut seen = None;
-    let lives = retrying("client closes first", || {
+    let lives = retrying(&format!("{first:?} closes first"), || {
         let (_reserved, port) = reserve_port(ip);
         let mut trace = trace(port);
-        let ns = Ns::new("cfirst");
-        let (laddr, listener, mut client, mut served, opener) = connect_traced(&ns, ip, port);
+        let ns = Ns::new("fourway");
+        let (laddr, listener, client, served, opener) = connect_traced(&ns, ip, port);
         let cport = client.local_addr().unwrap().port();
         seen = Some((laddr, opener));
-        client.write_all(b"ping").unwrap();
-        closing(|| drop(client));
+        let (mut closer, mut peer) = match first {
+            First::Client => (client, served),
+            First::Server => (served, client),
+        };
+        closer.write_all(b"bye").unwrap();
+        closing(|| drop(closer));
         let mut got = Vec::new();
-        served.read_to_end(&mut got).unwrap();
-        assert_eq!(got, b"ping");
-        closing(|| drop((served, listener)));
+        peer.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bye");
+        closing(|| drop((peer, listener)));
         finished_lives(&mut trace, &[(cport, port), (port, cport), (port, 0)])
     });
     let (laddr, opener) = seen.unwrap();
@@ -502,27 +515,28 @@ fn client_closes_first(ip: IpAddr) {
     };
 
     assert_active_open(c, cv);
-    assert_eq!(cv.close, Close::Active { time_wait: true }, "{c:#?}");
-    assert!(c.time_wait, "{c:#?}");
-    assert_eq!(path(c), CLIENT_4WAY_ACTIVE, "{c:#?}");
-    opener.assert_is(c.owner.as_ref(), "client owner", c);
-    me.assert_is(c.closed_by.as_ref(), "client closer", c);
-    assert!(
-        c.resets_sent.is_empty() && c.resets_received.is_empty(),
-        "{c:#?}"
-    );
-
     assert_passive_open(s, sv, laddr);
-    assert_eq!(sv.close, Close::Passive, "{s:#?}");
-    assert!(!s.time_wait, "{s:#?}");
-    assert_eq!(path(s), SERVER_4WAY_PASSIVE, "{s:#?}");
-    // A child belongs to whoever listens.
-    opener.assert_is(s.owner.as_ref(), "server child owner", s);
-    me.assert_is(s.closed_by.as_ref(), "server closer", s);
-    assert!(
-        s.resets_sent.is_empty() && s.resets_received.is_empty(),
-        "{s:#?}"
-    );
+    let client_first = first == First::Client;
+    for (life, verdict, open, active) in [
+        (c, cv, OPEN_ACTIVE, client_first),
+        (s, sv, OPEN_PASSIVE, !client_first),
+    ] {
+        let (close, tail) = if active {
+            (Close::Active { time_wait: true }, CLOSE_ACTIVE)
+        } else {
+            (Close::Passive, CLOSE_PASSIVE)
+        };
+        assert_eq!(verdict.close, close, "{life:#?}");
+        assert_eq!(life.time_wait, active, "{life:#?}");
+        assert_eq!(path(life), [&open[..], &tail[..]].concat(), "{life:#?}");
+        // A child belongs to whoever listens.
+        opener.assert_is(life.owner.as_ref(), "owner", life);
+        me.assert_is(life.closed_by.as_ref(), "closer", life);
+        assert!(
+            life.resets_sent.is_empty() && life.resets_received.is_empty(),
+            "{life:#?}"
+        );
+    }
 
     assert_eq!(l.role, Role::Listener, "{l:#?}");
     assert_eq!(
@@ -536,81 +550,22 @@ fn client_closes_first(ip: IpAddr) {
 
 #[test]
 fn a_client_that_closes_first_over_ipv4_closes_actively_and_its_server_passively() {
-    client_closes_first(V4);
+    four_way_close(V4, First::Client);
 }
 
 #[test]
 fn a_client_that_closes_first_over_ipv6_closes_actively_and_its_server_passively() {
-    client_closes_first(V6);
-}
-
-fn server_closes_first(ip: IpAddr) {
-    let me = me();
-    let mut seen = None;
-    let lives = retrying("server closes first", || {
-        let (_reserved, port) = reserve_port(ip);
-        let mut trace = trace(port);
-        let ns = Ns::new("sfirst");
-        let (laddr, listener, mut client, mut served, opener) = connect_traced(&ns, ip, port);
-        let cport = client.local_addr().unwrap().port();
-        seen = Some((laddr, opener));
-        served.write_all(b"bye").unwrap();
-        closing(|| drop(served));
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).unwrap();
-        assert_eq!(got, b"bye");
-        closing(|| drop(client));
-        let run = finished_lives(&mut trace, &[(port, cport), (cport, port)]);
-        drop(listener);
-        run
-    });
-    let (laddr, opener) = seen.unwrap();
-    let [(s, sv), (c, cv)] = &lives[..] else {
-        unreachable!()
-    };
-
-    assert_passive_open(s, sv, laddr);
-    assert_eq!(sv.close, Close::Active { time_wait: true }, "{s:#?}");
-    assert!(s.time_wait, "{s:#?}");
-    assert_eq!(
-        path(s),
-        [
-            (S::Listen, S::SynRecv),
-            (S::SynRecv, S::Established),
-            (S::Established, S::FinWait1),
-            (S::FinWait1, S::FinWait2),
-            (S::FinWait2, S::Close),
-        ],
-        "{s:#?}"
-    );
-    me.assert_is(s.closed_by.as_ref(), "server closer", s);
-
-    assert_active_open(c, cv);
-    assert_eq!(cv.close, Close::Passive, "{c:#?}");
-    assert!(!c.time_wait, "{c:#?}");
-    assert_eq!(
-        path(c),
-        [
-            (S::Close, S::SynSent),
-            (S::SynSent, S::Established),
-            (S::Established, S::CloseWait),
-            (S::CloseWait, S::LastAck),
-            (S::LastAck, S::Close),
-        ],
-        "{c:#?}"
-    );
-    opener.assert_is(c.owner.as_ref(), "client owner", c);
-    me.assert_is(c.closed_by.as_ref(), "client closer", c);
+    four_way_close(V6, First::Client);
 }
 
 #[test]
 fn a_server_that_closes_first_over_ipv4_shows_a_passive_close_on_the_client() {
-    server_closes_first(V4);
+    four_way_close(V4, First::Server);
 }
 
 #[test]
 fn a_server_that_closes_first_over_ipv6_shows_a_passive_close_on_the_client() {
-    server_closes_first(V6);
+    four_way_close(V6, First::Server);
 }
 
 /// A port number free in this namespace, held (by a listener nobody

@@ -24,7 +24,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",   // nft, to provoke resets in the tests
     "bpftrace",   // the benchmark's reference tracer
     "python3",    // helper peers in the tests
-    "curl",       // a real client in the tests
+    "procps",     // sysctl, inside the tests' network namespaces
     "util-linux", // taskset for the benchmark, mount
     "bpftool",    // inspecting loaded programs and maps when debugging
 ];
