@@ -80,8 +80,8 @@ pub struct Args {
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
 
-    /// Only sockets owned by processes in this cgroup (v2), as a path under
-    /// /sys/fs/cgroup or absolute.
+    /// Only sockets owned by processes in this cgroup (v2): absolute, or
+    /// relative to the cgroup2 mount (e.g. system.slice/nginx.service).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
 
@@ -198,20 +198,45 @@ impl Args {
     }
 }
 
-/// A cgroup v2 id is the inode number of its directory.
+/// Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on unified
+/// hosts, /sys/fs/cgroup/unified on hybrid (v1 + v2) ones.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        // "36 25 0:31 / /sys/fs/cgroup/unified rw,... - cgroup2 cgroup2 rw"
+        let (mount, fs) = line.split_once(" - ")?;
+        (fs.split_whitespace().next()? == "cgroup2")
+            .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// A cgroup v2 id is the inode number of its directory in the cgroup2
+/// filesystem (what `bpf_get_current_cgroup_id` returns).
 fn cgroup_id(path: &std::path::Path) -> Result<u64, ArgsError> {
-    let full = if path.is_absolute() {
-        path.to_owned()
-    } else {
-        PathBuf::from("/sys/fs/cgroup").join(path)
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let root = cgroup2_root();
+    let full = match (&root, path.is_absolute()) {
+        (_, true) => path.to_owned(),
+        (Some(root), false) => root.join(path),
+        (None, false) => PathBuf::from("/sys/fs/cgroup").join(path),
     };
     let err = |why: String| ArgsError::Cgroup {
         path: full.display().to_string(),
         why,
     };
     let meta = std::fs::metadata(&full).map_err(|e| err(e.to_string()))?;
-    if !meta.is_dir() || !full.join("cgroup.procs").exists() {
-        return Err(err("not a cgroup v2 directory".into()));
+    let c_path = std::ffi::CString::new(full.as_os_str().as_encoded_bytes())
+        .map_err(|_| err("a path with a NUL byte".into()))?;
+    // SAFETY: a valid NUL-terminated path and a zeroed out-parameter.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    let on_cgroup2 = unsafe { libc::statfs(c_path.as_ptr(), &mut fs) } == 0
+        && fs.f_type as i64 == CGROUP2_SUPER_MAGIC;
+    if !meta.is_dir() || !on_cgroup2 {
+        let hint = match &root {
+            Some(root) => format!("cgroup v2 is mounted at {}", root.display()),
+            None => "no cgroup v2 filesystem is mounted".into(),
+        };
+        return Err(err(format!("not a cgroup v2 directory ({hint})")));
     }
     Ok(meta.ino())
 }
@@ -276,12 +301,22 @@ mod tests {
     }
 
     #[test]
-    fn the_root_cgroup_resolves_when_mounted() {
-        if !std::path::Path::new("/sys/fs/cgroup/cgroup.procs").exists() {
-            return;
-        }
-        let args = parse(&["--cgroup", "/sys/fs/cgroup"]).unwrap();
+    fn cgroups_resolve_on_the_cgroup2_mount_and_nowhere_else() {
+        // Hosts without cgroup v2 have nothing to resolve.
+        let Some(root) = cgroup2_root() else { return };
+        let args = parse(&["--cgroup", root.to_str().unwrap()]).unwrap();
         assert_ne!(args.trace_options().unwrap().filter.cgroup_id, 0);
+        // Relative paths are under the cgroup2 mount: "." is its root.
+        let args = parse(&["--cgroup", "."]).unwrap();
+        assert_ne!(args.trace_options().unwrap().filter.cgroup_id, 0);
+        let err = parse(&["--cgroup", "/tmp"])
+            .unwrap()
+            .trace_options()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not a cgroup v2 directory"),
+            "{err}"
+        );
     }
 
     #[test]

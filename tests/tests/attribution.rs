@@ -9,8 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use clap::Parser as _;
 use tcptrace::{
     classify::Close,
+    cli::Args,
     decode::{Context, Record},
     loader::TraceOptions,
 };
@@ -350,21 +352,17 @@ for _ in range(int(sys.argv[3])):
 say('done')
 ";
 
-#[test]
-fn the_pid_filter_keeps_one_process_and_drops_the_other_in_the_kernel() {
+/// Two busy processes, `tt-kept` and `tt-dropped`, connect N times each;
+/// the filter (built once both exist) must keep exactly tt-kept's sockets,
+/// and the kernel's counters must show the rest dropped there.
+fn only_the_kept_process_passes(filter: impl FnOnce(&Program) -> TraceOptions) {
     const N: usize = 20;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let n = N.to_string();
     let mut kept = Program::spawn("tt-kept", BUSY, &[&port.to_string(), &n]);
     let mut dropped = Program::spawn("tt-dropped", BUSY, &[&port.to_string(), &n]);
-    let mut trace = Trace::start_with(
-        TraceOptions {
-            pids: vec![kept.pid()],
-            ..TraceOptions::default()
-        },
-        &[port],
-    );
+    let mut trace = Trace::start_with(filter(&kept), &[port]);
     let acceptor = std::thread::spawn(move || {
         for _ in 0..2 * N {
             let _ = listener.accept().unwrap();
@@ -377,7 +375,7 @@ fn the_pid_filter_keeps_one_process_and_drops_the_other_in_the_kernel() {
     acceptor.join().unwrap();
 
     let kept_pid = kept.pid();
-    let clients = trace.wait_for(
+    trace.wait_for(
         &format!("{N} client sockets of tt-kept to finish"),
         |r| touches(r, port),
         |t| {
@@ -390,6 +388,11 @@ fn the_pid_filter_keeps_one_process_and_drops_the_other_in_the_kernel() {
         },
     );
     let counters = trace.stop();
+    let clients = trace
+        .lives
+        .iter()
+        .filter(|(l, _)| l.remote.port() == port)
+        .count();
     assert_eq!(clients, N, "exactly the kept process's connections");
     for r in &trace.records {
         if let Some(sock) = r.sock() {
@@ -410,4 +413,56 @@ fn the_pid_filter_keeps_one_process_and_drops_the_other_in_the_kernel() {
         "nothing dropped in the kernel: {counters:?}"
     );
     assert_eq!(counters.produced, counters.received + counters.lost);
+}
+
+/// Kernel-side options exactly as the CLI builds them from flags.
+fn cli_options(flags: &[&str]) -> TraceOptions {
+    let args = Args::try_parse_from(std::iter::once("tcptrace").chain(flags.iter().copied()))
+        .unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+    args.trace_options()
+        .unwrap_or_else(|e| panic!("{flags:?}: {e}"))
+}
+
+#[test]
+fn the_pid_filter_keeps_one_process_and_drops_the_other_in_the_kernel() {
+    only_the_kept_process_passes(|kept| TraceOptions {
+        pids: vec![kept.pid()],
+        ..TraceOptions::default()
+    });
+}
+
+#[test]
+fn the_comm_filter_keeps_one_process_name_and_drops_the_other_in_the_kernel() {
+    only_the_kept_process_passes(|_| cli_options(&["--comm", "tt-kept"]));
+}
+
+/// A cgroup v2 of the test's own, removed on drop (once its processes end).
+struct Cgroup(std::path::PathBuf);
+
+impl Cgroup {
+    fn new() -> Cgroup {
+        let root = tcptrace::cli::cgroup2_root().expect("a cgroup v2 mount");
+        let dir = root.join(format!("tt-test-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Cgroup(dir)
+    }
+
+    fn adopt(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn the_cgroup_filter_keeps_one_cgroup_and_drops_the_rest_in_the_kernel() {
+    let cgroup = Cgroup::new();
+    only_the_kept_process_passes(|kept| {
+        cgroup.adopt(kept.pid());
+        cli_options(&["--cgroup", cgroup.0.to_str().unwrap()])
+    });
 }
