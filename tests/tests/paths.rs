@@ -732,34 +732,33 @@ fn a_connect_to_a_closed_ipv6_port_is_refused_on_both_sides() {
     refused(V6);
 }
 
-fn linger_zero_close(ip: IpAddr) {
-    let me = me();
-    let (listener, laddr, mut trace) = traced_listener(ip);
+/// The server (listening at `laddr`) closed its child abortively in
+/// ESTABLISHED: it sent one RST with the kernel's `reason`, `unread` bytes
+/// were left, this thread closed it; the client (`cport`) received the RST.
+fn expect_abortive_server_close(
+    trace: &mut Trace,
+    laddr: SocketAddr,
+    cport: u16,
+    me: &Me,
+    reason: &str,
+    unread: u32,
+) -> (SocketLife, Verdict) {
     let port = laddr.port();
-    let (mut client, mut served, cport) = connect(&listener);
-    client.write_all(b"ping").unwrap();
-    let mut got = [0; 4];
-    served.read_exact(&mut got).unwrap();
-    linger_zero(&served);
-    closing(|| drop(served));
-    let err = client.read(&mut [0; 16]).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
-
     let (s, sv) = trace.wait_life(port, cport);
     assert_passive_open(&s, &sv, laddr);
     match &sv.close {
         Close::ResetSent {
             state: Some(S::Established),
-            reason,
-        } => assert_eq!(reason.name.as_deref(), Some("TCP_STATE"), "{sv:#?}"),
+            reason: sent,
+        } => assert_eq!(sent.name.as_deref(), Some(reason), "{sv:#?}"),
         other => panic!("not an RST sent in ESTABLISHED: {other:?}\n{s:#?}"),
     }
     assert_eq!(path(&s).last(), Some(&(S::Established, S::Close)), "{s:#?}");
     assert_eq!(s.resets_sent.len(), 1, "{s:#?}");
     assert!(s.resets_received.is_empty(), "{s:#?}");
     assert!(!s.time_wait, "{s:#?}");
-    assert_eq!(s.unread, Some(0), "everything was read: {s:#?}");
-    me.assert_is(s.closed_by.as_ref(), "the lingering side's closer", &s);
+    assert_eq!(s.unread, Some(unread), "{s:#?}");
+    me.assert_is(s.closed_by.as_ref(), "the server's closer", &s);
 
     let (c, cv) = trace.wait_life(cport, port);
     assert_active_open(&c, &cv);
@@ -773,6 +772,22 @@ fn linger_zero_close(ip: IpAddr) {
     assert_eq!(path(&c).last(), Some(&(S::Established, S::Close)), "{c:#?}");
     assert!(c.resets_sent.is_empty(), "{c:#?}");
     assert!(c.closed_by.is_none(), "the peer's RST closed it: {c:#?}");
+    (s, sv)
+}
+
+fn linger_zero_close(ip: IpAddr) {
+    let me = me();
+    let (listener, laddr, mut trace) = traced_listener(ip);
+    let (mut client, mut served, cport) = connect(&listener);
+    client.write_all(b"ping").unwrap();
+    let mut got = [0; 4];
+    served.read_exact(&mut got).unwrap();
+    linger_zero(&served);
+    closing(|| drop(served));
+    let err = client.read(&mut [0; 16]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+
+    expect_abortive_server_close(&mut trace, laddr, cport, &me, "TCP_STATE", 0);
     drop((client, listener));
 }
 
@@ -790,7 +805,6 @@ fn unread_close(ip: IpAddr) {
     const SENT: &[u8] = b"never read by anyone";
     let me = me();
     let (listener, laddr, mut trace) = traced_listener(ip);
-    let port = laddr.port();
     let (mut client, served, cport) = connect(&listener);
     client.write_all(SENT).unwrap();
     // Wait until all of it sits in the server's receive queue, unread:
@@ -805,38 +819,19 @@ fn unread_close(ip: IpAddr) {
     let err = client.read(&mut [0; 16]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
 
-    let (s, sv) = trace.wait_life(port, cport);
-    assert_passive_open(&s, &sv, laddr);
-    match &sv.close {
-        Close::ResetSent {
-            state: Some(S::Established),
-            reason,
-        } => assert_eq!(
-            reason.name.as_deref(),
-            Some("TCP_ABORT_ON_CLOSE"),
-            "{sv:#?}"
-        ),
-        other => panic!("not an RST sent in ESTABLISHED: {other:?}\n{s:#?}"),
-    }
-    assert_eq!(s.unread, Some(SENT.len() as u32), "{s:#?}");
-    assert_eq!(path(&s).last(), Some(&(S::Established, S::Close)), "{s:#?}");
-    me.assert_is(s.closed_by.as_ref(), "server closer", &s);
+    let (_, sv) = expect_abortive_server_close(
+        &mut trace,
+        laddr,
+        cport,
+        &me,
+        "TCP_ABORT_ON_CLOSE",
+        SENT.len() as u32,
+    );
     let attribution = sv.attribution.as_deref().unwrap_or_default();
     assert!(
         attribution.ends_with(&format!("· {} bytes never read", SENT.len())),
         "{sv:#?}"
     );
-
-    let (c, cv) = trace.wait_life(cport, port);
-    assert_active_open(&c, &cv);
-    assert_eq!(
-        cv.close,
-        Close::ResetReceived {
-            state: Some(S::Established)
-        },
-        "{c:#?}"
-    );
-    assert!(c.closed_by.is_none(), "the peer's RST closed it: {c:#?}");
     drop((client, listener));
 }
 
