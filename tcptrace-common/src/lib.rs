@@ -167,8 +167,9 @@ impl SockFields {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExitFields {
-    pub pid: u16,
     pub group_dead: u16,
+    /// As [`SockFields::record_len`].
+    pub record_len: u16,
     pub _pad: [u16; 2],
 }
 
@@ -178,8 +179,9 @@ pub struct ExitFields {
 pub struct SignalFields {
     pub sig: u16,
     pub pid: u16,
-    pub group: u16,
     pub result: u16,
+    /// As [`SockFields::record_len`].
+    pub record_len: u16,
 }
 
 /// Offsets of kernel struct fields, from the running kernel's BTF; 0 when
@@ -257,15 +259,15 @@ impl Config {
         retransmit_synack: SockFields::NONE,
         destroy_sock: SockFields::NONE,
         process_exit: ExitFields {
-            pid: ABSENT,
             group_dead: ABSENT,
+            record_len: 0,
             _pad: [0; 2],
         },
         signal: SignalFields {
             sig: ABSENT,
             pid: ABSENT,
-            group: ABSENT,
             result: ABSENT,
+            record_len: 0,
         },
         offsets: StructOffsets {
             tcp_rcv_nxt: 0,

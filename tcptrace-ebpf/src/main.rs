@@ -84,15 +84,6 @@ fn count(index: u32) {
     }
 }
 
-#[inline(always)]
-fn read<T>(ctx: &TracePointContext, offset: u16) -> Option<T> {
-    if offset == ABSENT {
-        return None;
-    }
-    // SAFETY: bounds-checked by the kernel (bpf_probe_read).
-    unsafe { ctx.read_at::<T>(offset as usize).ok() }
-}
-
 /// A tracepoint record copied with one helper call: field reads are then
 /// plain loads instead of one bpf_probe_read each.
 struct RecordCopy {
@@ -462,7 +453,10 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         count(counter::FILTERED);
         return 0;
     }
-    if read::<u8>(&ctx, config.process_exit.group_dead).unwrap_or(0) != 0 {
+    let Some(rec) = RecordCopy::of(&ctx, config.process_exit.record_len) else {
+        return 0;
+    };
+    if rec.get::<u8>(config.process_exit.group_dead).unwrap_or(0) != 0 {
         event.flags |= flag::GROUP_DEAD;
     }
     if config.offsets.task_exit_code != 0 {
@@ -486,11 +480,14 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn signal_generate(ctx: TracePointContext) -> u32 {
     let config = config();
-    let sig = read::<i32>(&ctx, config.signal.sig).unwrap_or(0);
+    let Some(rec) = RecordCopy::of(&ctx, config.signal.record_len) else {
+        return 0;
+    };
+    let sig = rec.get::<i32>(config.signal.sig).unwrap_or(0);
     if !(1..64).contains(&sig) || config.signal_mask & (1u64 << sig) == 0 {
         return 0;
     }
-    let target = read::<i32>(&ctx, config.signal.pid).unwrap_or(0) as u32;
+    let target = rec.get::<i32>(config.signal.pid).unwrap_or(0) as u32;
     if config.filter.flags & filter::PID != 0 {
         // SAFETY: read-only lookup of a plain value.
         if unsafe { PID_FILTER.get(target) }.is_none() {
@@ -501,7 +498,7 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
     let mut event = base_event(kind::SIGNAL);
     event.value = sig as u32;
     // `result` 0 means delivered; others mean ignored, already pending, ...
-    let result = read::<i32>(&ctx, config.signal.result).unwrap_or(0) as u32;
+    let result = rec.get::<i32>(config.signal.result).unwrap_or(0) as u32;
     event.aux = (target as u64) | ((result as u64) << 32);
     submit(&event);
     0

@@ -188,14 +188,7 @@ fn absent_or(offset: Option<u16>) -> u16 {
 /// fields past the [`tcptrace_common::RECORD_MAX`] bytes the kernel program
 /// copies (a bigger future layout loses annotations, never correctness).
 pub fn sock_fields(format: &Format) -> SockFields {
-    let max = tcptrace_common::RECORD_MAX;
-    let at = |name: &str, size: u16| {
-        absent_or(
-            format
-                .offset(name, size)
-                .filter(|&off| usize::from(off) + usize::from(size) <= max),
-        )
-    };
+    let at = |name: &str, size: u16| copied_field(format, name, size);
     let mut f = SockFields::NONE;
     f.skaddr = at("skaddr", 8);
     f.oldstate = at("oldstate", 4);
@@ -215,8 +208,24 @@ pub fn sock_fields(format: &Format) -> SockFields {
     f.reason = at("reason", 4);
     f.cookie = at("sock_cookie", 8);
     f.err = at("err", 4);
-    f.record_len = format.record_len().min(max as u16);
+    f.record_len = copied_len(format);
     f
+}
+
+/// Offset of a field the kernel program can read from its copy of the
+/// record: present with this size and within the first RECORD_MAX bytes.
+fn copied_field(format: &Format, name: &str, size: u16) -> u16 {
+    let max = tcptrace_common::RECORD_MAX;
+    absent_or(
+        format
+            .offset(name, size)
+            .filter(|&off| usize::from(off) + usize::from(size) <= max),
+    )
+}
+
+/// How many bytes of the record the kernel program copies.
+fn copied_len(format: &Format) -> u16 {
+    format.record_len().min(tcptrace_common::RECORD_MAX as u16)
 }
 
 /// Signals whose default action ends the process (term or core dump).
@@ -319,17 +328,17 @@ impl KernelLayout {
         config.destroy_sock = sock("tcp_destroy_sock");
         if let Some(f) = formats.get("sched_process_exit") {
             config.process_exit = ExitFields {
-                pid: absent_or(f.offset("pid", 4)),
-                group_dead: absent_or(f.offset("group_dead", 1)),
+                group_dead: copied_field(f, "group_dead", 1),
+                record_len: copied_len(f),
                 _pad: [0; 2],
             };
         }
         if let Some(f) = formats.get("signal_generate") {
             config.signal = SignalFields {
-                sig: absent_or(f.offset("sig", 4)),
-                pid: absent_or(f.offset("pid", 4)),
-                group: absent_or(f.offset("group", 4)),
-                result: absent_or(f.offset("result", 4)),
+                sig: copied_field(f, "sig", 4),
+                pid: copied_field(f, "pid", 4),
+                result: copied_field(f, "result", 4),
+                record_len: copied_len(f),
             };
         }
         config.signal_mask = default_fatal_signals();
@@ -394,8 +403,12 @@ mod tests {
         assert_eq!(c.send_reset.reason, 28);
         assert_eq!(c.send_reset.sport, tcptrace_common::ABSENT);
         assert_eq!(c.receive_reset.cookie, 64);
-        assert_eq!(c.process_exit.group_dead, 32);
+        assert_eq!(
+            (c.process_exit.group_dead, c.process_exit.record_len),
+            (32, 33)
+        );
         assert_eq!((c.signal.sig, c.signal.pid, c.signal.result), (8, 36, 44));
+        assert_eq!(c.signal.record_len, 48);
         assert_eq!(layout.reasons.name(11), Some("TCP_ABORT_ON_CLOSE"));
         assert!(layout.btf_missing);
         assert_eq!(c.offsets, StructOffsets::default());
