@@ -28,9 +28,4 @@ impl Counters {
     pub fn balanced(&self) -> bool {
         self.produced == self.received + self.lost
     }
-
-    /// Events that never reached userspace, for any reason.
-    pub fn gaps(&self) -> u64 {
-        self.lost + self.missed
-    }
 }

@@ -169,6 +169,8 @@ pub struct Tracer {
     decoder: Decoder,
     received: u64,
     undecodable: u64,
+    /// Skipped runs of the programs already unloaded (their fdinfo is gone).
+    detached_misses: u64,
     layout: KernelLayout,
 }
 
@@ -201,8 +203,9 @@ impl Tracer {
         // its timer drains, which is far cheaper than a wakeup per event.
         config.wakeup_bytes = u64::from(opts.ring_bytes / 8);
 
-        // Rust eBPF carries no CO-RE relocations, so aya needs no kernel BTF:
-        // skipping it saves parsing vmlinux's BTF (time, and megabytes kept).
+        // Rust eBPF carries no CO-RE relocations, so aya needs no kernel BTF.
+        // EbpfLoader::new has parsed it already; dropping it here frees those
+        // megabytes before the load instead of after.
         let mut ebpf = EbpfLoader::new()
             .btf(None)
             .override_global("CONFIG", &config, true)
@@ -247,6 +250,7 @@ impl Tracer {
             decoder: Decoder::new(layout.reasons.clone()),
             received: 0,
             undecodable: 0,
+            detached_misses: 0,
             layout,
         })
     }
@@ -284,48 +288,67 @@ impl Tracer {
     /// [`Tracer::drain`] once more afterwards to make the counters add up.
     pub fn detach(&mut self) {
         for (name, program) in self.ebpf.programs_mut() {
-            if let aya::programs::Program::TracePoint(tp) = program
-                && let Err(e) = tp.unload()
-            {
-                log::debug!("unloading {name}: {e}");
+            if let aya::programs::Program::TracePoint(tp) = program {
+                // Its last count, read while its fd is still open.
+                self.detached_misses += tp.fd().map_or(0, program_misses);
+                if let Err(e) = tp.unload() {
+                    log::debug!("unloading {name}: {e}");
+                }
             }
         }
     }
 
     /// Kernel and userspace counts, summed over CPUs.
     pub fn counters(&self) -> Counters {
-        let sum = |index: u32| -> u64 {
-            self.counters
-                .get(&index, 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0)
-        };
         Counters {
-            produced: sum(counter::PRODUCED),
-            lost: sum(counter::LOST),
-            filtered: sum(counter::FILTERED),
-            not_tcp: sum(counter::NOT_TCP),
+            produced: self.kernel_count(counter::PRODUCED),
+            lost: self.lost(),
+            filtered: self.kernel_count(counter::FILTERED),
+            not_tcp: self.kernel_count(counter::NOT_TCP),
             received: self.received,
             undecodable: self.undecodable,
             missed: self.recursion_misses(),
         }
     }
 
+    /// Events that found the ring buffer full: one map lookup, cheap enough
+    /// for every drain tick.
+    pub fn lost(&self) -> u64 {
+        self.kernel_count(counter::LOST)
+    }
+
+    fn kernel_count(&self, index: u32) -> u64 {
+        self.counters
+            .get(&index, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
     /// Runs of our programs that the kernel skipped (recursion guard), from
-    /// each program's fdinfo: the kernel's own count, not an estimate.
-    fn recursion_misses(&self) -> u64 {
-        self.ebpf
+    /// each program's fdinfo: the kernel's own count, not an estimate. A
+    /// file read per program: not for every drain tick.
+    pub fn recursion_misses(&self) -> u64 {
+        let loaded: u64 = self
+            .ebpf
             .programs()
             .filter_map(|(_, program)| program.fd().ok())
-            .filter_map(|fd| {
-                let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
-                let info = std::fs::read_to_string(path).ok()?;
-                info.lines()
-                    .find_map(|l| l.strip_prefix("recursion_misses:"))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            })
-            .sum()
+            .map(program_misses)
+            .sum();
+        loaded + self.detached_misses
     }
+}
+
+/// A loaded program's `recursion_misses`, from its fdinfo.
+fn program_misses(fd: &aya::programs::ProgramFd) -> u64 {
+    let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("recursion_misses:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn attach(ebpf: &mut Ebpf, tp: &kernel::Tracepoint) -> Result<(), LoadError> {

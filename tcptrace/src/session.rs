@@ -170,7 +170,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         let mut result = drain(&mut tracer, &mut pipeline);
         if woke && result.is_ok() {
             let now = monotonic_ns();
-            if loss.check(&tracer.counters()) {
+            if loss.check(&tracer, false) {
                 pipeline.note_loss(now);
             }
             result = pipeline.tick(now);
@@ -185,7 +185,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     // produced == received + lost holds exactly.
     tracer.detach();
     let mut final_result = drain(&mut tracer, &mut pipeline);
-    if loss.check(&tracer.counters()) {
+    if loss.check(&tracer, true) {
         pipeline.note_loss(monotonic_ns());
     }
     if final_result.is_ok() {
@@ -229,28 +229,37 @@ async fn sleep_until_deadline(deadline: Option<Instant>) {
 /// Says on stderr, at most once a second, that events were lost.
 #[derive(Default)]
 struct LossReporter {
-    seen_lost: u64,
-    reported_lost: u64,
+    seen: u64,
+    reported: u64,
+    /// Runs the kernel skipped, as last read, and when.
+    missed: u64,
+    missed_read: Option<std::time::Instant>,
     last_report: Option<std::time::Instant>,
 }
 
 impl LossReporter {
-    /// True when new losses appeared since the last check.
-    fn check(&mut self, counters: &Counters) -> bool {
-        let gaps = counters.gaps();
-        let new_losses = gaps > self.seen_lost;
-        self.seen_lost = gaps;
-        let due = self
-            .last_report
-            .is_none_or(|t| t.elapsed() >= LOSS_REPORT_INTERVAL);
-        if gaps > self.reported_lost && due {
+    /// True when new losses appeared since the last check. Ring-buffer
+    /// losses are read every time; skipped runs (a file read per program)
+    /// at most once a second, unless `fresh`.
+    fn check(&mut self, tracer: &Tracer, fresh: bool) -> bool {
+        let elapsed =
+            |t: Option<std::time::Instant>| t.is_none_or(|t| t.elapsed() >= LOSS_REPORT_INTERVAL);
+        if fresh || elapsed(self.missed_read) {
+            self.missed = tracer.recursion_misses();
+            self.missed_read = Some(std::time::Instant::now());
+        }
+        let lost = tracer.lost();
+        let gaps = lost + self.missed;
+        let new_losses = gaps > self.seen;
+        self.seen = gaps;
+        if gaps > self.reported && elapsed(self.last_report) {
             eprintln!(
-                "tcptrace: events lost so far: {} (ring buffer full; --ring-size raises it), \
+                "tcptrace: events lost so far: {lost} (ring buffer full; --ring-size raises it), \
                  {} (skipped by the kernel: a softirq interrupted a BPF program); \
                  affected sockets are marked incomplete",
-                counters.lost, counters.missed
+                self.missed
             );
-            self.reported_lost = gaps;
+            self.reported = gaps;
             self.last_report = Some(std::time::Instant::now());
         }
         new_losses
