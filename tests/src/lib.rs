@@ -144,18 +144,28 @@ impl Trace {
         }
     }
 
-    /// Waits for the finished life of the socket whose local port is `port`
-    /// and whose remote port is `remote_port`.
+    /// Waits for the finished life of the socket whose local port is `local`
+    /// and whose remote port is `remote`.
     pub fn wait_life(&mut self, local: u16, remote: u16) -> (SocketLife, Verdict) {
-        self.wait_for(
+        self.wait_life_where(
             &format!("the socket :{local} → :{remote} to finish"),
-            |r| touches(r, local) || touches(r, remote),
-            |t| {
-                t.lives
-                    .iter()
-                    .find(|(life, _)| life.local.port() == local && life.remote.port() == remote)
-                    .cloned()
-            },
+            &[local, remote],
+            |life| life.local.port() == local && life.remote.port() == remote,
+        )
+    }
+
+    /// Waits for the first finished life that `pick` selects; on failure,
+    /// shows the events that touched `ports`.
+    pub fn wait_life_where(
+        &mut self,
+        what: &str,
+        ports: &[u16],
+        pick: impl Fn(&SocketLife) -> bool,
+    ) -> (SocketLife, Verdict) {
+        self.wait_for(
+            what,
+            |r| ports.iter().any(|&p| touches(r, p)),
+            |t| t.lives.iter().find(|(life, _)| pick(life)).cloned(),
         )
     }
 

@@ -238,20 +238,6 @@ fn path(life: &SocketLife) -> Vec<(S, S)> {
     life.steps.iter().map(|s| (s.old, s.new)).collect()
 }
 
-/// A life the tracker finished that `pick` selects.
-fn wait_life_where(
-    trace: &mut Trace,
-    port: u16,
-    what: &str,
-    pick: impl Fn(&SocketLife) -> bool,
-) -> (SocketLife, Verdict) {
-    trace.wait_for(
-        what,
-        |r| tcptrace_tests::touches(r, port),
-        |t| t.lives.iter().find(|(life, _)| pick(life)).cloned(),
-    )
-}
-
 /// What every complete, established life must show.
 fn assert_complete(life: &SocketLife, verdict: &Verdict, role: Role) {
     assert_eq!(life.role, role, "{life:#?}");
@@ -673,7 +659,7 @@ fn refused(ip: IpAddr) {
     let err = TcpStream::connect(target).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
 
-    let (c, cv) = wait_life_where(&mut trace, port, "the refused client to finish", |l| {
+    let (c, cv) = trace.wait_life_where("the refused client to finish", &[port], |l| {
         l.role == Role::Client && l.remote == target
     });
     assert!(cv.incomplete.is_empty(), "{cv:#?}");
@@ -706,7 +692,7 @@ fn refused(ip: IpAddr) {
     assert_ne!(c.local.port(), 0, "{c:#?}");
 
     // The host's answer to the SYN: an RST sent with no socket.
-    let (r, rv) = wait_life_where(&mut trace, port, "the socketless RST", |l| {
+    let (r, rv) = trace.wait_life_where("the socketless RST", &[port], |l| {
         l.socketless && l.local == target
     });
     assert_eq!(r.remote, c.local, "the RST went to another client: {r:#?}");
@@ -930,7 +916,7 @@ fn handshake_timeout(ip: IpAddr) {
         );
         // Freed by the failed connect, in this process: its Destroy ends the
         // life even if its transition to CLOSE escaped the tracer.
-        let life = wait_life_where(&mut trace, port, "the unanswered client to finish", |l| {
+        let life = trace.wait_life_where("the unanswered client to finish", &[port], |l| {
             l.role == Role::Client && l.remote == target
         });
         whole(&trace, vec![life])
