@@ -9,8 +9,31 @@
 /// Length of a task's `comm`, as in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
-/// A field that the running kernel's tracepoint does not have.
+/// A field the running kernel does not have, or that lies outside what the
+/// kernel program reads (see [`SockOffsets`]).
 pub const ABSENT: u16 = u16::MAX;
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`; BPF's
+/// UAPI mirrors them as `BPF_TCP_*`, so they are stable across versions).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// Address families and the protocol number, as in the UAPI headers.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
 
 /// What produced an [`Event`]; stored as a `u8` so that no kernel value can be
 /// an invalid Rust enum.
@@ -47,6 +70,8 @@ pub mod flag {
     pub const GROUP_DEAD: u8 = 1 << 4;
     /// [`super::Event::value`] holds the tracepoint's `reason` field.
     pub const REASON_VALID: u8 = 1 << 5;
+    /// [`super::Event::seg_flags`] holds the answered segment's TCP flags.
+    pub const SEGMENT_VALID: u8 = 1 << 6;
 }
 
 /// A task as the kernel program sees it.
@@ -88,15 +113,17 @@ pub struct Event {
     pub family: u16,
     pub sport: u16,
     pub dport: u16,
-    pub _pad: u16,
+    /// TCP flags of the segment a socketless reset answers
+    /// ([`flag::SEGMENT_VALID`]).
+    pub seg_flags: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     /// Kind-specific: reset reason, signal number, exit code, retransmit error.
     pub value: u32,
     /// Bytes received but not read by the application, on a close.
     pub unread: u32,
-    /// Kind-specific: the socket cookie; for a signal, the pid it was sent
-    /// to in the low half and signal_generate's `result` in the high half.
+    /// Kind-specific: the socket cookie (0 when the kernel has not assigned
+    /// one); for a signal, the process it was sent to.
     pub aux: u64,
     /// The task on the CPU when the event fired (the signal's sender, for
     /// [`kind::SIGNAL`]).
@@ -105,96 +132,123 @@ pub struct Event {
     pub owner: Task,
 }
 
-/// Where a tracepoint keeps each field, as offsets into its record;
-/// [`ABSENT`] for a field this kernel's tracepoint does not have.
+/// An argument a raw tracepoint does not have (see [`ArgPos`]).
+pub const NO_ARG: u8 = u8::MAX;
+
+/// Where a raw tracepoint passes each argument the kernel program reads:
+/// indices into its `TP_PROTO` arguments, as the loader found them in the
+/// running kernel's BTF (`btf_trace_<name>`), or [`NO_ARG`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SockFields {
-    pub skaddr: u16,
-    pub oldstate: u16,
-    pub newstate: u16,
-    /// `state` of reset/retransmit tracepoints (an `int`).
-    pub state: u16,
-    pub protocol: u16,
-    pub family: u16,
-    pub sport: u16,
-    pub dport: u16,
-    pub saddr: u16,
-    pub daddr: u16,
-    pub saddr_v6: u16,
-    pub daddr_v6: u16,
-    /// `saddr`/`daddr` are `struct sockaddr_in6`-sized sockaddrs that carry
-    /// family and port (tcp_send_reset since Linux 6.10): byte offsets of
-    /// both, else [`ABSENT`].
-    pub saddr_sockaddr: u16,
-    pub daddr_sockaddr: u16,
-    pub reason: u16,
-    pub cookie: u16,
-    pub err: u16,
-    /// Bytes of the record to copy in one read (the end of its last
-    /// field), at most [`RECORD_MAX`]; 0 when the tracepoint is absent.
-    pub record_len: u16,
+pub struct ArgPos {
+    /// `struct sock *`.
+    pub sk: u8,
+    /// `struct sk_buff *`.
+    pub skb: u8,
+    /// `struct request_sock *` (its head is a `struct sock_common`).
+    pub req: u8,
+    /// `struct task_struct *`.
+    pub task: u8,
+    /// First integer argument: oldstate, reset reason, retransmit error,
+    /// signal number, or process_exit's `group_dead`.
+    pub int0: u8,
+    /// Second integer argument: newstate, or signal_generate's `result`.
+    pub int1: u8,
+    /// How many arguments the tracepoint has: the program never reads past
+    /// them (the kernel refuses to attach a program that might).
+    pub nargs: u8,
+    pub _pad: u8,
 }
 
-/// Largest tracepoint record the kernel program copies (one helper call per
-/// event instead of one per field).
-pub const RECORD_MAX: usize = 128;
-
-impl SockFields {
-    pub const NONE: SockFields = SockFields {
-        skaddr: ABSENT,
-        oldstate: ABSENT,
-        newstate: ABSENT,
-        state: ABSENT,
-        protocol: ABSENT,
-        family: ABSENT,
-        sport: ABSENT,
-        dport: ABSENT,
-        saddr: ABSENT,
-        daddr: ABSENT,
-        saddr_v6: ABSENT,
-        daddr_v6: ABSENT,
-        saddr_sockaddr: ABSENT,
-        daddr_sockaddr: ABSENT,
-        reason: ABSENT,
-        cookie: ABSENT,
-        err: ABSENT,
-        record_len: 0,
+impl ArgPos {
+    pub const NONE: ArgPos = ArgPos {
+        sk: NO_ARG,
+        skb: NO_ARG,
+        req: NO_ARG,
+        task: NO_ARG,
+        int0: NO_ARG,
+        int1: NO_ARG,
+        nargs: 0,
+        _pad: 0,
     };
 }
 
-/// Offsets into the `sched:sched_process_exit` record.
+/// Bytes of `struct sock_common` the kernel program copies with one read:
+/// addresses, ports, family, state, netns and cookie all sit in its head.
+pub const SOCK_HEAD_BYTES: usize = 96;
+
+/// Offsets of `struct sock` fields, from the running kernel's BTF. The head
+/// fields are offsets into the first [`SOCK_HEAD_BYTES`] bytes, each aligned
+/// to its size; any that is not is [`ABSENT`] and reads as zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExitFields {
-    pub group_dead: u16,
-    /// As [`SockFields::record_len`].
-    pub record_len: u16,
-    pub _pad: [u16; 2],
+pub struct SockOffsets {
+    /// `skc_daddr` / `skc_rcv_saddr` (IPv4, network order).
+    pub daddr: u16,
+    pub saddr: u16,
+    /// `skc_dport` (network order) / `skc_num` (host order).
+    pub dport: u16,
+    pub num: u16,
+    pub family: u16,
+    /// `skc_state` (a byte).
+    pub state: u16,
+    pub v6_daddr: u16,
+    pub v6_saddr: u16,
+    /// `skc_cookie` (0 until something asked the kernel for it).
+    pub cookie: u16,
+    /// `sk_protocol` (a u16, outside the head: its own read).
+    pub protocol: u16,
+    /// `inet_sock::inet_sport` (network order): the local port, kept after
+    /// a closing socket gives its `skc_num` back (0 when unknown).
+    pub inet_sport: u16,
+    pub _pad: u16,
+    /// `struct tcp_sock::rcv_nxt` / `copied_seq`: unread bytes at close.
+    pub tcp_rcv_nxt: u32,
+    pub tcp_copied_seq: u32,
 }
 
-/// Offsets into the `signal:signal_generate` record.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SignalFields {
-    pub sig: u16,
-    pub pid: u16,
-    pub result: u16,
-    /// As [`SockFields::record_len`].
-    pub record_len: u16,
+impl SockOffsets {
+    pub const NONE: SockOffsets = SockOffsets {
+        daddr: ABSENT,
+        saddr: ABSENT,
+        dport: ABSENT,
+        num: ABSENT,
+        family: ABSENT,
+        state: ABSENT,
+        v6_daddr: ABSENT,
+        v6_saddr: ABSENT,
+        cookie: ABSENT,
+        protocol: ABSENT,
+        inet_sport: 0,
+        _pad: 0,
+        tcp_rcv_nxt: 0,
+        tcp_copied_seq: 0,
+    };
 }
 
-/// Offsets of kernel struct fields, from the running kernel's BTF; 0 when
-/// unknown (no BTF), in which case the kernel program leaves them out.
+/// Offsets of `struct sk_buff` fields (a reset sent with no full socket
+/// takes its addresses from the segment it answers); 0 when unknown.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StructOffsets {
-    /// `struct tcp_sock::rcv_nxt`.
-    pub tcp_rcv_nxt: u32,
-    /// `struct tcp_sock::copied_seq`.
-    pub tcp_copied_seq: u32,
-    /// `struct task_struct::exit_code`.
-    pub task_exit_code: u32,
+pub struct SkbOffsets {
+    pub head: u16,
+    pub data: u16,
+    pub network_header: u16,
+    pub _pad: u16,
+}
+
+/// Offsets of `struct task_struct` and signal-handler fields; 0 when unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub exit_code: u32,
+    pub tgid: u32,
+    /// `task_struct::sighand`.
+    pub sighand: u32,
+    /// `sighand_struct::action[0].sa.sa_handler`, and the size of one
+    /// `struct k_sigaction` (the array's stride).
+    pub sa_handler: u32,
+    pub sigaction_size: u32,
     pub _pad: u32,
 }
 
@@ -229,50 +283,58 @@ pub struct Filter {
     pub comm: [u8; COMM_LEN],
 }
 
-/// Everything the kernel program is told at load time (global `CONFIG`).
+/// Everything the kernel program is told at load time (global `CONFIG`, in
+/// read-only data: the verifier sees these values as constants and prunes
+/// the branches a kernel or a set of filters does not need).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
-    pub set_state: SockFields,
-    pub send_reset: SockFields,
-    pub receive_reset: SockFields,
-    pub retransmit_skb: SockFields,
-    pub retransmit_synack: SockFields,
-    pub destroy_sock: SockFields,
-    pub process_exit: ExitFields,
-    pub signal: SignalFields,
-    pub offsets: StructOffsets,
+    pub set_state: ArgPos,
+    pub send_reset: ArgPos,
+    pub receive_reset: ArgPos,
+    pub retransmit_skb: ArgPos,
+    pub retransmit_synack: ArgPos,
+    pub destroy_sock: ArgPos,
+    pub process_exit: ArgPos,
+    pub signal: ArgPos,
+    pub sock: SockOffsets,
+    pub skb: SkbOffsets,
+    pub task: TaskOffsets,
     pub filter: Filter,
     /// Signals (bit n = signal n) worth reporting: those that kill by default.
     pub signal_mask: u64,
     /// Bytes waiting in the ring buffer past which a submit wakes the reader;
     /// below it, the reader drains on its timer.
     pub wakeup_bytes: u64,
+    /// Events between two checks of that backlog, per CPU: fewer than the
+    /// wakeup threshold holds, so that a small ring still wakes its reader.
+    pub query_every: u32,
+    pub _pad: u32,
 }
 
 impl Config {
     pub const EMPTY: Config = Config {
-        set_state: SockFields::NONE,
-        send_reset: SockFields::NONE,
-        receive_reset: SockFields::NONE,
-        retransmit_skb: SockFields::NONE,
-        retransmit_synack: SockFields::NONE,
-        destroy_sock: SockFields::NONE,
-        process_exit: ExitFields {
-            group_dead: ABSENT,
-            record_len: 0,
-            _pad: [0; 2],
+        set_state: ArgPos::NONE,
+        send_reset: ArgPos::NONE,
+        receive_reset: ArgPos::NONE,
+        retransmit_skb: ArgPos::NONE,
+        retransmit_synack: ArgPos::NONE,
+        destroy_sock: ArgPos::NONE,
+        process_exit: ArgPos::NONE,
+        signal: ArgPos::NONE,
+        sock: SockOffsets::NONE,
+        skb: SkbOffsets {
+            head: 0,
+            data: 0,
+            network_header: 0,
+            _pad: 0,
         },
-        signal: SignalFields {
-            sig: ABSENT,
-            pid: ABSENT,
-            result: ABSENT,
-            record_len: 0,
-        },
-        offsets: StructOffsets {
-            tcp_rcv_nxt: 0,
-            tcp_copied_seq: 0,
-            task_exit_code: 0,
+        task: TaskOffsets {
+            exit_code: 0,
+            tgid: 0,
+            sighand: 0,
+            sa_handler: 0,
+            sigaction_size: 0,
             _pad: 0,
         },
         filter: Filter {
@@ -287,6 +349,8 @@ impl Config {
         },
         signal_mask: 0,
         wakeup_bytes: 0,
+        query_every: 1,
+        _pad: 0,
     };
 }
 
@@ -310,8 +374,9 @@ pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 // byte, with no implicit padding (it would reach the kernel uninitialised).
 const _: () = assert!(core::mem::size_of::<Task>() == 32);
 const _: () = assert!(core::mem::size_of::<Event>() == 144);
-const _: () = assert!(core::mem::size_of::<SockFields>() == 36);
-const _: () = assert!(core::mem::size_of::<Config>() == 304);
+const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 192);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -1,41 +1,49 @@
 //! tcptrace's kernel side: small and dumb on purpose.
 //!
-//! Each program copies the fields of one tracepoint into an [`Event`] reserved
-//! in the ring buffer, stamps the on-CPU task and the socket's owner, applies
-//! the user's filters, and submits. Every offset comes from [`CONFIG`], which
-//! the loader fills in from the running kernel's format files and BTF; all
-//! interpretation happens in userspace.
+//! Raw tracepoint programs: the kernel hands each one the tracepoint's own
+//! arguments (`struct sock *`, states, ...), so it pays for no trace-record
+//! formatting, and each program has its own recursion guard instead of the
+//! one every classic tracepoint program on a CPU shares. Each program reads
+//! the fields it needs from the kernel's structs at offsets the loader took
+//! from the running kernel's BTF ([`CONFIG`]), applies the user's filters and
+//! submits one [`Event`]. All interpretation happens in userspace.
+//!
+//! Cost discipline (every helper call is a retpoline and an SRSO-safe return
+//! on these machines): no struct is zeroed or copied with `memset`/`memcpy`
+//! (aya's fallbacks are byte loops; `cargo xtask test` checks the object has
+//! none), and each helper call below says why it is there.
 // Host builds (clippy, check) see an ordinary binary; the real one is built
 // for bpfel-unknown-none by tcptrace's build.rs.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod read;
+
 use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf,
-    },
-    macros::{map, tracepoint},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, raw_tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use tcptrace_common::{
-    ABSENT, COMM_LEN, Config, DEFAULT_RING_BYTES, Event, RECORD_MAX, SockFields, Task, counter,
-    filter, flag, kind,
+    ABSENT, ArgPos, Config, DEFAULT_RING_BYTES, Event, IPPROTO_TCP, NO_ARG, Task, counter, filter,
+    flag, kind, tcp_state,
 };
 
-const AF_INET6: u16 = 10;
-const IPPROTO_TCP: u16 = 6;
-const TCP_CLOSE: u8 = 7;
-const TCP_SYN_SENT: u8 = 2;
-const TCP_LISTEN: u8 = 10;
-const TCP_SYN_RECV: u8 = 3;
-// bpf_ringbuf_{submit,reserve} flags and bpf_ringbuf_query's BPF_RB_AVAIL_DATA.
+use core::{
+    mem::{MaybeUninit, size_of},
+    ptr::addr_of_mut,
+};
+
+use crate::read::{SockHead, read_kernel};
+
+// bpf_ringbuf_output flags and bpf_ringbuf_query's BPF_RB_AVAIL_DATA.
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
+/// signal_generate's `result` for a signal that was delivered.
+const TRACE_SIGNAL_DELIVERED: i32 = 0;
+const SIGKILL: i32 = 9;
 
 /// Filled in by the loader (`EbpfLoader::set_global`) before loading.
 #[unsafe(no_mangle)]
@@ -72,227 +80,248 @@ static IN_SOFTIRQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[inline(always)]
 fn config() -> &'static Config {
     // SAFETY: CONFIG is written once by the loader before load; the volatile
-    // read stops the compiler from folding the defaults in.
+    // read stops the compiler from folding the defaults in. The map is
+    // frozen read-only, so the verifier still sees every value as a constant.
     unsafe { core::ptr::read_volatile(&&CONFIG) }
 }
 
 #[inline(always)]
 fn count(index: u32) {
+    // Array lookups are inlined by the verifier: no helper call.
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, only this CPU writes it.
         unsafe { *slot += 1 };
     }
 }
 
-/// A tracepoint record copied with one helper call: field reads are then
-/// plain loads instead of one bpf_probe_read each.
-struct RecordCopy {
-    bytes: [u8; RECORD_MAX],
-}
+/// The most arguments any program reads (signal_generate's fifth).
+const MAX_ARGS: usize = 5;
 
-impl RecordCopy {
+/// A raw tracepoint's arguments, copied with constant-offset loads (the
+/// verifier refuses a context load at a computed offset). Loads past the
+/// tracepoint's own count (`nargs`, from BTF) are never made: the verifier
+/// sees `nargs` as a constant and drops them, and the kernel refuses to
+/// attach a program that reads past the last argument.
+struct Args([u64; MAX_ARGS]);
+
+impl Args {
     #[inline(always)]
-    fn of(ctx: &TracePointContext, len: u16) -> Option<RecordCopy> {
-        let mut copy = RecordCopy {
-            bytes: [0; RECORD_MAX],
-        };
-        let len = (len as usize).min(RECORD_MAX);
-        let dst = copy.bytes.get_mut(..len)?;
-        // SAFETY: ctx points at the tracepoint's record of at least `len`
-        // bytes (the loader took len from its format); the read is checked.
-        unsafe { bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, dst).ok()? };
-        Some(copy)
+    fn of(ctx: &RawTracePointContext, pos: &ArgPos) -> Args {
+        let n = pos.nargs as usize;
+        let at = |i: usize| if i < n { ctx.arg::<u64>(i) } else { 0 };
+        Args([at(0), at(1), at(2), at(3), at(4)])
     }
 
+    /// Argument `index` (a position from BTF, also a constant to the
+    /// verifier), or 0 for [`NO_ARG`].
     #[inline(always)]
-    fn get<T: Copy>(&self, offset: u16) -> Option<T> {
-        let start = offset as usize;
-        let bytes = self.bytes.get(start..start + core::mem::size_of::<T>())?;
-        // SAFETY: in bounds (checked above); T is plain data read unaligned.
-        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+    fn get(&self, index: u8) -> u64 {
+        self.0.get(index as usize).copied().unwrap_or(0)
     }
-}
-
-#[inline(always)]
-fn cgroup_id() -> u64 {
-    // SAFETY: plain helper call, valid in tracepoint programs.
-    unsafe { bpf_get_current_cgroup_id() }
 }
 
 #[inline(always)]
 fn in_softirq() -> bool {
-    IN_SOFTIRQ.get(0).map(|depth| *depth != 0).unwrap_or(false)
+    IN_SOFTIRQ.get(0).is_some_and(|depth| *depth != 0)
 }
 
 /// Does a task pass the user's process filters?
 #[inline(always)]
-fn task_matches(filter: &tcptrace_common::Filter, task: &Task) -> bool {
-    if filter.flags & filter::PID != 0 {
-        // SAFETY: read-only lookup of a plain value.
-        if unsafe { PID_FILTER.get(task.tgid) }.is_none() {
-            return false;
-        }
-    }
-    if filter.flags & filter::COMM != 0 && task.comm != filter.comm {
+fn task_matches(f: &tcptrace_common::Filter, task: &Task) -> bool {
+    // SAFETY: read-only lookup of a plain value.
+    if f.flags & filter::PID != 0 && unsafe { PID_FILTER.get(task.tgid) }.is_none() {
         return false;
     }
-    if filter.flags & filter::CGROUP != 0 && task.cgroup_id != filter.cgroup_id {
+    if f.flags & filter::COMM != 0 && task.comm != f.comm {
+        return false;
+    }
+    if f.flags & filter::CGROUP != 0 && task.cgroup_id != f.cgroup_id {
         return false;
     }
     true
 }
 
-/// The on-CPU task, with its cgroup id when the cgroup filter needs it.
 #[inline(always)]
-fn context_for_filter(filter: &tcptrace_common::Filter, task: &Task) -> Task {
-    let mut task = *task;
-    if filter.flags & filter::CGROUP != 0 && task.cgroup_id == 0 {
-        task.cgroup_id = cgroup_id();
-    }
-    task
+fn process_filter_on(f: &tcptrace_common::Filter) -> bool {
+    f.flags & (filter::PID | filter::COMM | filter::CGROUP) != 0
 }
 
+/// The cgroup id, read only when the cgroup filter or an owner needs it.
 #[inline(always)]
-fn process_filter_on(filter: &tcptrace_common::Filter) -> bool {
-    filter.flags & (filter::PID | filter::COMM | filter::CGROUP) != 0
+fn cgroup_id() -> u64 {
+    // SAFETY: plain helper call, valid in tracing programs.
+    unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() }
+}
+
+/// Family and port filters (the verifier drops this whole function when no
+/// filter is on: the flags are constants to it).
+#[inline(always)]
+fn endpoints_pass(e: &Event) -> bool {
+    let f = &config().filter;
+    if f.flags & filter::FAMILY != 0 && e.family != f.family {
+        return false;
+    }
+    if f.flags & filter::PORT != 0 && e.sport != f.port && e.dport != f.port {
+        return false;
+    }
+    if f.flags & filter::LPORT != 0 && e.sport != f.lport {
+        return false;
+    }
+    if f.flags & filter::RPORT != 0 && e.dport != f.rport {
+        return false;
+    }
+    true
 }
 
 /// Process filters judge the socket's owner when it is known; otherwise the
 /// task that caused the event, when it ran in process context.
 #[inline(always)]
-fn socket_event_passes(event: &Event) -> bool {
-    let filter = &config().filter;
-    if filter.flags & filter::FAMILY != 0 && event.family != filter.family {
-        return false;
-    }
-    if filter.flags & (filter::PORT | filter::LPORT | filter::RPORT) != 0 {
-        // Each port filter that is on must hold.
-        if filter.flags & filter::PORT != 0
-            && event.sport != filter.port
-            && event.dport != filter.port
-        {
-            return false;
-        }
-        if filter.flags & filter::LPORT != 0 && event.sport != filter.lport {
-            return false;
-        }
-        if filter.flags & filter::RPORT != 0 && event.dport != filter.rport {
-            return false;
-        }
-    }
-    if !process_filter_on(filter) {
+fn process_passes(e: &mut Event) -> bool {
+    let f = &config().filter;
+    if !process_filter_on(f) {
         return true;
     }
-    if event.flags & flag::OWNER_KNOWN != 0 {
-        task_matches(filter, &event.owner)
-    } else {
-        event.flags & flag::SOFTIRQ == 0
-            && task_matches(filter, &context_for_filter(filter, &event.context))
+    if e.flags & flag::OWNER_KNOWN != 0 {
+        return task_matches(f, &e.owner);
     }
+    if e.flags & flag::SOFTIRQ != 0 {
+        return false;
+    }
+    if f.flags & filter::CGROUP != 0 && e.context.cgroup_id == 0 {
+        e.context.cgroup_id = cgroup_id();
+    }
+    task_matches(f, &e.context)
 }
 
-/// Reads family, ports and addresses, in either layout the kernel uses.
+/// An event with its common part filled in and the rest zero. Built in
+/// place field by field, byte arrays as 8-byte words: a struct literal's
+/// `[0; 16]` or `..Default::default()` compiles to a byte-loop memset.
+///
+/// Helper calls: `bpf_ktime_get_ns` (the event's time: nothing else gives
+/// it), `bpf_get_current_pid_tgid` (who is on the CPU), and in process
+/// context only `bpf_get_current_comm` (its name; in softirq the on-CPU task
+/// is a bystander).
 #[inline(always)]
-fn read_endpoints(rec: &RecordCopy, fields: &SockFields, event: &mut Event) {
-    if fields.saddr_sockaddr != ABSENT {
-        // struct sockaddr_in / sockaddr_in6: family, then the port in
-        // network order, then the address (at 4 for v4, 8 for v6).
-        let family: u16 = rec.get(fields.saddr_sockaddr).unwrap_or(0);
-        event.family = family;
-        let sport: u16 = rec.get(fields.saddr_sockaddr + 2).unwrap_or(0);
-        let dport: u16 = rec.get(fields.daddr_sockaddr + 2).unwrap_or(0);
-        event.sport = u16::from_be(sport);
-        event.dport = u16::from_be(dport);
-        if family == AF_INET6 {
-            event.saddr = rec.get(fields.saddr_sockaddr + 8).unwrap_or([0; 16]);
-            event.daddr = rec.get(fields.daddr_sockaddr + 8).unwrap_or([0; 16]);
+fn new_event(event_kind: u8, skaddr: u64) -> Event {
+    let softirq = in_softirq();
+    let mut slot = MaybeUninit::<Event>::uninit();
+    let e = slot.as_mut_ptr();
+    // SAFETY: every field of the #[repr(C)] Event (which has no padding) is
+    // written below before assume_init; the casts keep 8-byte alignment.
+    unsafe {
+        addr_of_mut!((*e).ts_ns).write(bpf_ktime_get_ns());
+        addr_of_mut!((*e).skaddr).write(skaddr);
+        // kind, oldstate, newstate, flags: one 4-byte store.
+        let flags = if softirq { flag::SOFTIRQ } else { 0 };
+        addr_of_mut!((*e).kind)
+            .cast::<u32>()
+            .write(u32::from_le_bytes([event_kind, 0, 0, flags]));
+        // Inlined by the verifier on x86-64: no helper call.
+        addr_of_mut!((*e).cpu).write(aya_ebpf::helpers::bpf_get_smp_processor_id());
+        // family, sport, dport, seg_flags.
+        zero8(addr_of_mut!((*e).family).cast());
+        zero16(addr_of_mut!((*e).saddr));
+        zero16(addr_of_mut!((*e).daddr));
+        // value, unread.
+        zero8(addr_of_mut!((*e).value).cast());
+        zero8(addr_of_mut!((*e).aux));
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let context = addr_of_mut!((*e).context);
+        addr_of_mut!((*context).pid).write(pid_tgid as u32);
+        addr_of_mut!((*context).tgid).write((pid_tgid >> 32) as u32);
+        // Filled in only where needed (owners, the cgroup filter).
+        zero8(addr_of_mut!((*context).cgroup_id));
+        if softirq {
+            zero16(addr_of_mut!((*context).comm));
         } else {
-            let s: [u8; 4] = rec.get(fields.saddr_sockaddr + 4).unwrap_or([0; 4]);
-            let d: [u8; 4] = rec.get(fields.daddr_sockaddr + 4).unwrap_or([0; 4]);
-            event.saddr[..4].copy_from_slice(&s);
-            event.daddr[..4].copy_from_slice(&d);
+            read::current_comm_into(addr_of_mut!((*context).comm));
         }
-        return;
-    }
-    event.family = rec.get(fields.family).unwrap_or(0);
-    event.sport = rec.get(fields.sport).unwrap_or(0);
-    event.dport = rec.get(fields.dport).unwrap_or(0);
-    if event.family == AF_INET6 {
-        event.saddr = rec.get(fields.saddr_v6).unwrap_or([0; 16]);
-        event.daddr = rec.get(fields.daddr_v6).unwrap_or([0; 16]);
-    } else {
-        let s: [u8; 4] = rec.get(fields.saddr).unwrap_or([0; 4]);
-        let d: [u8; 4] = rec.get(fields.daddr).unwrap_or([0; 4]);
-        event.saddr[..4].copy_from_slice(&s);
-        event.daddr[..4].copy_from_slice(&d);
+        let owner = addr_of_mut!((*e).owner);
+        zero8(addr_of_mut!((*owner).pid).cast());
+        zero8(addr_of_mut!((*owner).cgroup_id));
+        zero16(addr_of_mut!((*owner).comm));
+        slot.assume_init()
     }
 }
 
-/// Events between two backlog checks, per CPU.
-const QUERY_EVERY: u32 = 32;
+/// Zeroes 8 bytes with one store. Volatile, so that LLVM cannot merge
+/// neighbouring zero stores into a `memset` call: the BPF backend has no
+/// inline memset, and the fallback is a byte loop.
+///
+/// # Safety
+/// `dst` is valid for writes and 8-byte aligned.
+#[inline(always)]
+unsafe fn zero8(dst: *mut u64) {
+    unsafe { dst.write_volatile(0) };
+}
 
-/// Copies the event (built on the stack: 144 bytes, well inside the 512-byte
-/// stack) into the ring with one helper call.
+/// Zeroes a 16-byte array with two 8-byte stores.
+///
+/// # Safety
+/// `dst` is valid for writes and 8-byte aligned (every such array in
+/// [`Event`] and [`Task`] is).
+#[inline(always)]
+unsafe fn zero16(dst: *mut [u8; 16]) {
+    let words = dst.cast::<u64>();
+    unsafe {
+        zero8(words);
+        zero8(words.add(1));
+    }
+}
+
+/// Events between two backlog checks, per CPU (at least 1).
+#[inline(always)]
+fn backlog_check_due() -> bool {
+    let Some(countdown) = QUERY_COUNTDOWN.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU slot, only this CPU writes it.
+    unsafe {
+        if *countdown == 0 {
+            *countdown = config().query_every.saturating_sub(1);
+            true
+        } else {
+            *countdown -= 1;
+            false
+        }
+    }
+}
+
+/// One helper call per event (`bpf_ringbuf_output`), plus a backlog query
+/// every `query_every` events: waking the reader per event costs more than
+/// the event itself, so it is woken only when a backlog builds and its
+/// timer drains the rest.
 #[inline(always)]
 fn submit(event: &Event) {
     count(counter::PRODUCED);
-    // Waking the reader per event costs more than the event itself: wake it
-    // only when a backlog builds (its timer drains the rest). Even the
-    // backlog check is a helper call, so it runs every QUERY_EVERY events.
     let mut wake = BPF_RB_NO_WAKEUP;
-    if let Some(countdown) = QUERY_COUNTDOWN.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, only this CPU writes it.
-        unsafe {
-            if *countdown == 0 {
-                *countdown = QUERY_EVERY - 1;
-                if EVENTS.query(BPF_RB_AVAIL_DATA) >= config().wakeup_bytes {
-                    wake = BPF_RB_FORCE_WAKEUP;
-                }
-            } else {
-                *countdown -= 1;
-            }
-        }
+    if backlog_check_due() && EVENTS.query(BPF_RB_AVAIL_DATA) >= config().wakeup_bytes {
+        wake = BPF_RB_FORCE_WAKEUP;
     }
     if EVENTS.output::<Event>(event, wake).is_err() {
         count(counter::LOST);
     }
 }
 
-/// The event's common part. The on-CPU task's name is read only in process
-/// context: in softirq that task is a bystander, and every helper call
-/// counts at hundreds of thousands of events a second.
-#[inline(always)]
-fn base_event(event_kind: u8) -> Event {
-    let softirq = in_softirq();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let mut event = Event {
-        kind: event_kind,
-        // SAFETY: plain helper calls.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        cpu: unsafe { bpf_get_smp_processor_id() },
-        context: Task {
-            pid: pid_tgid as u32,
-            tgid: (pid_tgid >> 32) as u32,
-            // Filled in only where needed (owners, the cgroup filter).
-            cgroup_id: 0,
-            comm: [0; COMM_LEN],
-        },
-        ..Event::default()
-    };
-    if softirq {
-        event.flags |= flag::SOFTIRQ;
-    } else {
-        event.context.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    }
-    event
-}
-
 #[inline(always)]
 fn attach_owner(event: &mut Event) {
+    // A hash lookup: the verifier turns it into a direct call, no retpoline.
     // SAFETY: read-only lookup; the value is copied out at once.
     if let Some(owner) = unsafe { OWNERS.get(event.skaddr) } {
-        event.owner = *owner;
+        copy_task(owner, &mut event.owner);
         event.flags |= flag::OWNER_KNOWN;
+    }
+}
+
+/// Copies a [`Task`] as four 8-byte words: a struct assignment from a map
+/// value can compile to a `memmove` call, a byte loop.
+#[inline(always)]
+fn copy_task(src: &Task, dst: &mut Task) {
+    let from = core::ptr::from_ref(src).cast::<u64>();
+    let to = core::ptr::from_mut(dst).cast::<u64>();
+    for i in 0..size_of::<Task>() / 8 {
+        // SAFETY: both are whole, 8-byte-aligned Tasks (32 bytes).
+        unsafe { to.add(i).write_volatile(from.add(i).read()) };
     }
 }
 
@@ -306,15 +335,18 @@ fn listener_key(family: u16, port: u16) -> u32 {
 fn track_owner(event: &mut Event) {
     let (old, new) = (event.oldstate, event.newstate);
     let process_context = event.flags & flag::SOFTIRQ == 0;
-    if old == TCP_CLOSE && (new == TCP_SYN_SENT || new == TCP_LISTEN) && process_context {
+    if old == tcp_state::CLOSE
+        && (new == tcp_state::SYN_SENT || new == tcp_state::LISTEN)
+        && process_context
+    {
         // connect() and listen() run in the caller's context.
         event.context.cgroup_id = cgroup_id();
         let _ = OWNERS.insert(event.skaddr, event.context, 0);
-        if new == TCP_LISTEN {
+        if new == tcp_state::LISTEN {
             let key = listener_key(event.family, event.sport);
             let _ = LISTENERS.insert(key, event.context, 0);
         }
-    } else if old == TCP_LISTEN && new == TCP_SYN_RECV {
+    } else if old == tcp_state::LISTEN && new == tcp_state::SYN_RECV {
         // A child socket: it belongs to whoever owns the listening port.
         let key = listener_key(event.family, event.sport);
         // SAFETY: read-only lookup; the value is copied out at once.
@@ -326,186 +358,198 @@ fn track_owner(event: &mut Event) {
             // an earlier socket at this address left, never misattribute.
             let _ = OWNERS.remove(event.skaddr);
         }
-    } else if old == TCP_LISTEN && new == TCP_CLOSE {
+    } else if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
         let key = listener_key(event.family, event.sport);
         let _ = LISTENERS.remove(key);
     }
     attach_owner(event);
 }
 
-/// Bytes received but not yet read: `rcv_nxt - copied_seq` of the tcp_sock,
-/// at offsets the loader read from BTF (0 = unknown, left out).
+/// Bytes received but not yet read: `rcv_nxt - copied_seq` of the tcp_sock.
+/// Two reads, only on a transition to CLOSE (the one place it matters).
 #[inline(always)]
-fn read_unread(event: &mut Event) {
-    let offsets = &config().offsets;
-    if offsets.tcp_rcv_nxt == 0 || offsets.tcp_copied_seq == 0 || event.skaddr == 0 {
+fn read_unread(sk: u64, event: &mut Event) {
+    let o = &config().sock;
+    if o.tcp_rcv_nxt == 0 || o.tcp_copied_seq == 0 {
         return;
     }
-    let base = event.skaddr as *const u8;
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    let rcv_nxt = unsafe {
-        bpf_probe_read_kernel(base.wrapping_add(offsets.tcp_rcv_nxt as usize) as *const u32)
-    };
-    let copied = unsafe {
-        bpf_probe_read_kernel(base.wrapping_add(offsets.tcp_copied_seq as usize) as *const u32)
-    };
-    if let (Ok(rcv_nxt), Ok(copied)) = (rcv_nxt, copied) {
+    let rcv_nxt = read_kernel::<u32>(sk + u64::from(o.tcp_rcv_nxt));
+    let copied = read_kernel::<u32>(sk + u64::from(o.tcp_copied_seq));
+    if let (Some(rcv_nxt), Some(copied)) = (rcv_nxt, copied) {
         event.unread = rcv_nxt.wrapping_sub(copied);
         event.flags |= flag::UNREAD_VALID;
     }
 }
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let fields = &config().set_state;
-    let Some(rec) = RecordCopy::of(&ctx, fields.record_len) else {
-        return 0;
-    };
-    if rec.get::<u16>(fields.protocol) != Some(IPPROTO_TCP) {
+/// Filters and submits a socket event.
+#[inline(always)]
+fn finish_sock_event(event: &mut Event) {
+    if endpoints_pass(event) && process_passes(event) {
+        submit(event);
+    } else {
+        count(counter::FILTERED);
+    }
+}
+
+/// `inet_sock_set_state(sk, oldstate, newstate)`: the hot path. Helper
+/// calls: one read of the socket's head (tuple, family), one of
+/// `sk_protocol` (MPTCP and SCTP fire this tracepoint too), the event's
+/// common part, an owner lookup, the output; two more reads on CLOSE.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    let pos = &config().set_state;
+    let args = Args::of(&ctx, pos);
+    let sk = args.get(pos.sk);
+    let o = &config().sock;
+    if o.protocol != ABSENT && read_kernel::<u16>(sk + u64::from(o.protocol)) != Some(IPPROTO_TCP) {
         count(counter::NOT_TCP);
         return 0;
     }
-    let mut event = base_event(kind::STATE);
-    event.skaddr = rec.get::<u64>(fields.skaddr).unwrap_or(0);
-    event.oldstate = rec.get::<i32>(fields.oldstate).unwrap_or(0) as u8;
-    event.newstate = rec.get::<i32>(fields.newstate).unwrap_or(0) as u8;
-    read_endpoints(&rec, fields, &mut event);
-    track_owner(&mut event);
-    if event.newstate == TCP_CLOSE {
-        read_unread(&mut event);
-    }
-    if socket_event_passes(&event) {
-        submit(&event);
-    } else {
-        count(counter::FILTERED);
-    }
-    0
-}
-
-/// The reset, retransmit and destroy tracepoints share one shape.
-#[inline(always)]
-fn sock_event(ctx: &TracePointContext, fields: &SockFields, event_kind: u8) -> u32 {
-    let Some(rec) = RecordCopy::of(ctx, fields.record_len) else {
+    let Some(head) = SockHead::read(sk) else {
         return 0;
     };
-    let mut event = base_event(event_kind);
-    event.skaddr = rec.get::<u64>(fields.skaddr).unwrap_or(0);
-    if let Some(state) = rec.get::<i32>(fields.state) {
-        event.newstate = state as u8;
+    let mut event = new_event(kind::STATE, sk);
+    event.oldstate = args.get(pos.int0) as u8;
+    event.newstate = args.get(pos.int1) as u8;
+    head.fill_endpoints(sk, &mut event);
+    event.aux = head.cookie();
+    track_owner(&mut event);
+    if event.newstate == tcp_state::CLOSE {
+        read_unread(sk, &mut event);
     }
-    if let Some(reason) = rec.get::<u32>(fields.reason) {
-        event.value = reason;
-        event.flags |= flag::REASON_VALID;
-    } else if let Some(err) = rec.get::<i32>(fields.err) {
-        event.value = err as u32;
-    }
-    if let Some(cookie) = rec.get::<u64>(fields.cookie) {
-        event.aux = cookie;
-    }
-    read_endpoints(&rec, fields, &mut event);
-    // OWNERS is an LRU: entries of destroyed sockets age out, and a reused
-    // address gets a fresh owner when its new life starts (track_owner).
-    attach_owner(&mut event);
-    if socket_event_passes(&event) {
-        submit(&event);
-    } else {
-        count(counter::FILTERED);
-    }
+    finish_sock_event(&mut event);
     0
 }
 
-#[tracepoint]
-pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+/// The reset, retransmit and destroy tracepoints: a socket (and its state),
+/// an integer argument where the tracepoint has one.
+#[inline(always)]
+fn sock_event(ctx: &RawTracePointContext, pos: &ArgPos, event_kind: u8) -> i32 {
+    let args = Args::of(ctx, pos);
+    let sk = args.get(pos.sk);
+    let mut event = new_event(event_kind, sk);
+    // A SYN/ACK retransmit describes the request socket, whose head is a
+    // sock_common too; skaddr stays the listener's.
+    let tuple_of = if pos.req != NO_ARG {
+        args.get(pos.req)
+    } else {
+        sk
+    };
+    if tuple_of != 0 {
+        let Some(head) = SockHead::read(tuple_of) else {
+            return 0;
+        };
+        head.fill_endpoints(tuple_of, &mut event);
+        event.newstate = head.state();
+        event.aux = head.cookie();
+    }
+    if pos.int0 != NO_ARG {
+        event.value = args.get(pos.int0) as u32;
+        if event_kind == kind::SEND_RESET {
+            event.flags |= flag::REASON_VALID;
+        }
+    }
+    if event_kind == kind::SEND_RESET && pos.skb != NO_ARG {
+        read::reset_without_full_socket(args.get(pos.skb), &mut event);
+    }
+    attach_owner(&mut event);
+    finish_sock_event(&mut event);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
     sock_event(&ctx, &config().send_reset, kind::SEND_RESET)
 }
 
-#[tracepoint]
-pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
     sock_event(&ctx, &config().receive_reset, kind::RECEIVE_RESET)
 }
 
-#[tracepoint]
-pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
     sock_event(&ctx, &config().retransmit_skb, kind::RETRANSMIT_SKB)
 }
 
-#[tracepoint]
-pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack(ctx: RawTracePointContext) -> i32 {
     sock_event(&ctx, &config().retransmit_synack, kind::RETRANSMIT_SYNACK)
 }
 
-#[tracepoint]
-pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
     sock_event(&ctx, &config().destroy_sock, kind::DESTROY_SOCK)
 }
 
 /// A task exits: its sockets are closed after this, in its own context.
-#[tracepoint]
-pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    let config = config();
-    let mut event = base_event(kind::PROCESS_EXIT);
-    if process_filter_on(&config.filter)
-        && !task_matches(
-            &config.filter,
-            &context_for_filter(&config.filter, &event.context),
-        )
-    {
-        count(counter::FILTERED);
-        return 0;
-    }
-    let Some(rec) = RecordCopy::of(&ctx, config.process_exit.record_len) else {
-        return 0;
-    };
-    if rec.get::<u8>(config.process_exit.group_dead).unwrap_or(0) != 0 {
-        event.flags |= flag::GROUP_DEAD;
-    }
-    if config.offsets.task_exit_code != 0 {
-        // SAFETY: plain helper call; the read is checked by the kernel.
-        let task = unsafe { bpf_get_current_task() } as *const u8;
-        let code = unsafe {
-            bpf_probe_read_kernel(
-                task.wrapping_add(config.offsets.task_exit_code as usize) as *const i32
-            )
-        };
-        if let Ok(code) = code {
-            event.value = code as u32;
-            event.flags |= flag::EXIT_CODE_VALID;
+/// One record per task exit (bounded by how fast tasks can be created).
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    let cfg = config();
+    let pos = &cfg.process_exit;
+    let args = Args::of(&ctx, pos);
+    let mut event = new_event(kind::PROCESS_EXIT, 0);
+    if process_filter_on(&cfg.filter) {
+        if cfg.filter.flags & filter::CGROUP != 0 {
+            event.context.cgroup_id = cgroup_id();
         }
-    }
-    submit(&event);
-    0
-}
-
-/// A signal that kills by default is generated: remember who sent it.
-#[tracepoint]
-pub fn signal_generate(ctx: TracePointContext) -> u32 {
-    let config = config();
-    let Some(rec) = RecordCopy::of(&ctx, config.signal.record_len) else {
-        return 0;
-    };
-    let sig = rec.get::<i32>(config.signal.sig).unwrap_or(0);
-    if !(1..64).contains(&sig) || config.signal_mask & (1u64 << sig) == 0 {
-        return 0;
-    }
-    let target = rec.get::<i32>(config.signal.pid).unwrap_or(0) as u32;
-    if config.filter.flags & filter::PID != 0 {
-        // SAFETY: read-only lookup of a plain value.
-        if unsafe { PID_FILTER.get(target) }.is_none() {
+        if !task_matches(&cfg.filter, &event.context) {
             count(counter::FILTERED);
             return 0;
         }
     }
-    let mut event = base_event(kind::SIGNAL);
-    event.value = sig as u32;
-    // `result` 0 means delivered; others mean ignored, already pending, ...
-    let result = rec.get::<i32>(config.signal.result).unwrap_or(0) as u32;
-    event.aux = (target as u64) | ((result as u64) << 32);
+    if pos.int0 != NO_ARG && args.get(pos.int0) as u8 != 0 {
+        event.flags |= flag::GROUP_DEAD;
+    }
+    let task = args.get(pos.task);
+    if cfg.task.exit_code != 0
+        && let Some(code) = read_kernel::<i32>(task + u64::from(cfg.task.exit_code))
+    {
+        event.value = code as u32;
+        event.flags |= flag::EXIT_CODE_VALID;
+    }
     submit(&event);
     0
 }
 
-#[tracepoint]
-pub fn softirq_entry(_ctx: TracePointContext) -> u32 {
+/// A signal that will kill its target is generated: remember who sent it.
+/// Only signals that were delivered, kill by default and meet no handler
+/// are submitted, so no process can make tcptrace write more than one
+/// record per process it kills.
+#[raw_tracepoint(tracepoint = "signal_generate")]
+pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
+    let cfg = config();
+    let pos = &cfg.signal;
+    let args = Args::of(&ctx, pos);
+    let sig = args.get(pos.int0) as i32;
+    if !(1..64).contains(&sig) || cfg.signal_mask & (1u64 << sig) == 0 {
+        return 0;
+    }
+    if args.get(pos.int1) as i32 != TRACE_SIGNAL_DELIVERED {
+        return 0;
+    }
+    let task = args.get(pos.task);
+    if sig != SIGKILL && read::has_handler(task, sig, &cfg.task) {
+        return 0;
+    }
+    let Some(target) = read_kernel::<u32>(task + u64::from(cfg.task.tgid)) else {
+        return 0;
+    };
+    // SAFETY: read-only lookup of a plain value.
+    if cfg.filter.flags & filter::PID != 0 && unsafe { PID_FILTER.get(target) }.is_none() {
+        count(counter::FILTERED);
+        return 0;
+    }
+    let mut event = new_event(kind::SIGNAL, 0);
+    event.value = sig as u32;
+    event.aux = u64::from(target);
+    submit(&event);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "softirq_entry")]
+pub fn softirq_entry(_ctx: RawTracePointContext) -> i32 {
     if let Some(depth) = IN_SOFTIRQ.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, only this CPU writes it.
         unsafe { *depth = 1 };
@@ -513,8 +557,8 @@ pub fn softirq_entry(_ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn softirq_exit(_ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "softirq_exit")]
+pub fn softirq_exit(_ctx: RawTracePointContext) -> i32 {
     if let Some(depth) = IN_SOFTIRQ.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, only this CPU writes it.
         unsafe { *depth = 0 };

@@ -356,6 +356,9 @@ pub enum Record {
         sock: SockInfo,
         state: Option<TcpState>,
         reason: Option<ResetReason>,
+        /// TCP flags of the segment this RST answers, when it was sent
+        /// without a full socket (`SYN` = a refused connection attempt).
+        segment_flags: Option<u8>,
     },
     /// `tcp:tcp_receive_reset`: the peer's RST reached this socket.
     ReceiveReset {
@@ -500,6 +503,7 @@ impl Decoder {
                     code: e.value,
                     name: self.reasons.name(e.value).map(str::to_owned),
                 }),
+                segment_flags: (e.flags & flag::SEGMENT_VALID != 0).then_some(e.seg_flags as u8),
             },
             kind::RECEIVE_RESET => Record::ReceiveReset { sock: sock() },
             kind::RETRANSMIT_SKB => Record::Retransmit {
@@ -519,7 +523,8 @@ impl Decoder {
                 sig: e.value,
                 target_pid: e.aux as u32,
                 sender: *context.on_cpu(),
-                delivered: (e.aux >> 32) == 0,
+                // The kernel program submits only delivered signals.
+                delivered: true,
             },
             other => return Err(DecodeError::Kind(other)),
         })

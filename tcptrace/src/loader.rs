@@ -1,28 +1,32 @@
 //! Loads tcptrace's kernel program, attaches it, and reads its ring buffer.
 //!
-//! Start-up order matters for clear errors: privileges first, then tracefs,
-//! then the kernel's layout, then the load (where the verifier speaks).
+//! Start-up order matters for clear errors: privileges first, then the
+//! kernel's layout (its BTF), then the load (where the verifier speaks).
+//! Raw tracepoints need no tracefs: nothing is mounted or read there.
 
-use std::{
-    os::fd::{AsFd, AsRawFd, OwnedFd},
-    path::{Path, PathBuf},
-};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, RawTracePoint},
 };
-use tcptrace_common::{Config, Filter, counter};
+use tcptrace_common::{Config, Event, Filter, counter};
 
 use crate::{
     counters::Counters,
     decode::{Decoder, Record},
-    kernel::{self, Btf, KernelLayout, TRACEFS},
+    kernel::{self, KernelLayout},
 };
 
 /// The kernel object, built by build.rs (aya-build) from tcptrace-ebpf.
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
+
+/// The kernel object this binary loads (empty when built with
+/// AYA_BUILD_SKIP), for checks of what the kernel will run.
+pub fn kernel_object() -> &'static [u8] {
+    KERNEL_OBJECT
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -32,11 +36,6 @@ pub enum LoadError {
          run it as root (`cargo xtask run` does)"
     )]
     NotPrivileged,
-    #[error(
-        "tracefs is not mounted at {TRACEFS} and mounting it failed: {0}; \
-         mount it with `mount -t tracefs tracefs {TRACEFS}`"
-    )]
-    Tracefs(std::io::Error),
     #[error(transparent)]
     Layout(#[from] kernel::LayoutError),
     #[error(
@@ -90,31 +89,6 @@ pub fn has_bpf_privileges() -> bool {
     };
     let has = |cap: u32| eff & (1u64 << cap) != 0;
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
-}
-
-/// Mounts tracefs when it is missing (it is, on a fresh machine): aya and the
-/// format files both need it.
-pub fn ensure_tracefs() -> Result<PathBuf, LoadError> {
-    let root = Path::new(TRACEFS);
-    if root.join("events").is_dir() {
-        return Ok(root.to_owned());
-    }
-    let src = c"tracefs";
-    let target = c"/sys/kernel/tracing";
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            src.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(LoadError::Tracefs(std::io::Error::last_os_error()));
-    }
-    Ok(root.to_owned())
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Newer ones do
@@ -187,21 +161,18 @@ impl Tracer {
             return Err(LoadError::NoKernelObject);
         }
         raise_memlock();
-        let tracefs = ensure_tracefs()?;
-        // Parsed, used for a few offsets and dropped before the load.
-        let layout = {
-            let btf = Btf::from_sys_fs().ok().flatten();
-            KernelLayout::read(&tracefs, btf.as_ref())?
-        };
+        // BTF is parsed, used for offsets and argument positions, and
+        // dropped before the load.
+        let layout = KernelLayout::read_running()?;
         release_freed_memory();
         let mut config: Config = layout.config;
         config.filter = opts.filter;
         if !opts.pids.is_empty() {
             config.filter.flags |= tcptrace_common::filter::PID;
         }
-        // Wake the reader once an eighth of the ring is waiting; below that
-        // its timer drains, which is far cheaper than a wakeup per event.
-        config.wakeup_bytes = u64::from(opts.ring_bytes / 8);
+        let (wakeup_bytes, query_every) = wakeup_policy(opts.ring_bytes);
+        config.wakeup_bytes = wakeup_bytes;
+        config.query_every = query_every;
 
         // Rust eBPF carries no CO-RE relocations, so aya needs no kernel BTF.
         // EbpfLoader::new has parsed it already; dropping it here frees those
@@ -226,9 +197,13 @@ impl Tracer {
         }
 
         // softirq tracking first, so that the first socket events already
-        // know their context.
+        // know their context. Nothing is attached before every program has
+        // loaded, so a verifier rejection leaves nothing behind.
         let mut order: Vec<_> = layout.present.clone();
         order.sort_by_key(|tp| tp.group != "irq");
+        for tp in &order {
+            load(&mut ebpf, tp)?;
+        }
         for tp in &order {
             attach(&mut ebpf, tp)?;
         }
@@ -288,7 +263,7 @@ impl Tracer {
     /// [`Tracer::drain`] once more afterwards to make the counters add up.
     pub fn detach(&mut self) {
         for (name, program) in self.ebpf.programs_mut() {
-            if let aya::programs::Program::TracePoint(tp) = program {
+            if let aya::programs::Program::RawTracePoint(tp) = program {
                 // Its last count, read while its fd is still open.
                 self.detached_misses += tp.fd().map_or(0, program_misses);
                 if let Err(e) = tp.unload() {
@@ -351,12 +326,30 @@ fn program_misses(fd: &aya::programs::ProgramFd) -> u64 {
         .unwrap_or(0)
 }
 
-fn attach(ebpf: &mut Ebpf, tp: &kernel::Tracepoint) -> Result<(), LoadError> {
-    let program: &mut TracePoint = ebpf
+/// When the kernel program wakes the reader: once an eighth of the ring is
+/// waiting (below that the reader's timer drains, far cheaper than a wakeup
+/// per event), checked every `query_every` events — never fewer than the
+/// threshold holds, so that even a 4 KiB ring wakes its reader in time.
+pub fn wakeup_policy(ring_bytes: u32) -> (u64, u32) {
+    // Each ring entry: the event plus the ring's 8-byte header.
+    const ENTRY: u32 = (core::mem::size_of::<Event>() + 8) as u32;
+    let wakeup_bytes = ring_bytes / 8;
+    let query_every = (wakeup_bytes / ENTRY / 2).clamp(1, 32);
+    (u64::from(wakeup_bytes), query_every)
+}
+
+fn raw_tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    tp: &kernel::Tracepoint,
+) -> Result<&'a mut RawTracePoint, LoadError> {
+    Ok(ebpf
         .program_mut(tp.program)
         .ok_or(LoadError::MissingProgram(tp.program))?
-        .try_into()?;
-    program.load().map_err(|e| match e {
+        .try_into()?)
+}
+
+fn load(ebpf: &mut Ebpf, tp: &kernel::Tracepoint) -> Result<(), LoadError> {
+    raw_tracepoint(ebpf, tp)?.load().map_err(|e| match e {
         ProgramError::LoadError {
             io_error,
             verifier_log,
@@ -366,13 +359,39 @@ fn attach(ebpf: &mut Ebpf, tp: &kernel::Tracepoint) -> Result<(), LoadError> {
             log: verifier_log.to_string(),
         },
         other => LoadError::Program(other),
-    })?;
-    program
-        .attach(tp.group, tp.name)
+    })
+}
+
+fn attach(ebpf: &mut Ebpf, tp: &kernel::Tracepoint) -> Result<(), LoadError> {
+    raw_tracepoint(ebpf, tp)?
+        .attach(tp.name)
         .map_err(|source| LoadError::Attach {
             group: tp.group,
             name: tp.name,
             source,
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_ring_size_wakes_its_reader_before_it_fills() {
+        for shift in 12..=30 {
+            let ring = 1u32 << shift;
+            let (wakeup, every) = wakeup_policy(ring);
+            let entry = (core::mem::size_of::<Event>() + 8) as u64;
+            // Between two checks at most `every` entries arrive: the check
+            // that sees the threshold crossed comes before the ring is full.
+            assert!(
+                wakeup + u64::from(every) * entry < u64::from(ring),
+                "{ring}"
+            );
+            assert!((1..=32).contains(&every));
+        }
+        assert_eq!(wakeup_policy(4096).1, 1);
+        assert_eq!(wakeup_policy(4 << 20).1, 32);
+    }
 }

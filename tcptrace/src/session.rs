@@ -116,14 +116,20 @@ impl<W: Write> Pipeline<W> {
 pub async fn run(args: &Args) -> anyhow::Result<()> {
     let trace = args.trace_options()?;
     let mut tracer = Tracer::start(&trace).context("starting the tracer")?;
-    for tp in &tracer.layout().missing {
+    for missing in &tracer.layout().missing {
+        let tp = &missing.tracepoint;
+        let why = if missing.unexpected_args {
+            "has arguments tcptrace does not know".to_owned()
+        } else {
+            format!("is missing (Linux {})", tp.since)
+        };
         eprintln!(
-            "tcptrace: note: this kernel has no {}:{} tracepoint (Linux {}): no {}",
-            tp.group, tp.name, tp.since, tp.purpose
+            "tcptrace: note: this kernel's {}:{} tracepoint {why}: no {}",
+            tp.group, tp.name, tp.purpose
         );
     }
-    if tracer.layout().btf_missing {
-        eprintln!("tcptrace: note: no kernel BTF: unread bytes and exit codes are left out");
+    for field in &tracer.layout().missing_fields {
+        eprintln!("tcptrace: note: this kernel's BTF lacks a field: no {field}");
     }
 
     let stdout = io::stdout();

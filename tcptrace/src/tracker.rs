@@ -828,6 +828,7 @@ impl Tracker {
                 sock,
                 state,
                 reason,
+                ..
             } => self.on_send_reset(sock, *state, reason, &mut out),
             Record::ReceiveReset { sock } => self.on_receive_reset(sock, &mut out),
             Record::Retransmit { sock, state } => self.on_retransmit(sock, *state, &mut out),

@@ -42,6 +42,16 @@ struct TypeEntry {
     target: u32,
 }
 
+/// A raw tracepoint argument's type, as far as tcptrace cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArgType {
+    /// A pointer to `struct <name>`.
+    StructPtr(String),
+    /// An integer, enum or bool.
+    Integer,
+    Other,
+}
+
 /// Struct and union layouts of a BTF blob. Names stay in the blob's string
 /// section and are compared in place: vmlinux has ~100k types, and building
 /// strings for all of them costs megabytes the tracer keeps for its lifetime.
@@ -141,17 +151,38 @@ impl Btf {
     /// Byte offset of `member` in `struct name`, looking through anonymous
     /// structs and unions. `None` when absent or a bitfield.
     pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
-        // The first struct of that name with members (not a forward decl).
-        let id = self.types.iter().position(|t| {
-            u32::from(t.kind) == KIND_STRUCT
-                && t.vlen > 0
-                && self.name(t.name_off) == name.as_bytes()
-        })?;
-        let bits = self.find_member(id as u32, member.as_bytes(), 0)?;
-        (bits % 8 == 0).then_some(bits / 8)
+        self.member(name, member).map(|(offset, _)| offset)
     }
 
-    fn find_member(&self, id: u32, member: &[u8], depth: u32) -> Option<u32> {
+    /// The first type of `kind` named `name` (structs: one with members,
+    /// not a forward declaration).
+    fn find(&self, kind: u32, name: &str) -> Option<u32> {
+        self.types
+            .iter()
+            .position(|t| {
+                u32::from(t.kind) == kind
+                    && (kind != KIND_STRUCT || t.vlen > 0)
+                    && self.name(t.name_off) == name.as_bytes()
+            })
+            .map(|id| id as u32)
+    }
+
+    /// Size in bytes of `struct name`.
+    pub fn struct_size(&self, name: &str) -> Option<u32> {
+        let id = self.find(KIND_STRUCT, name)?;
+        Some(self.types[id as usize].target)
+    }
+
+    /// Byte offset and size of `member` in `struct name` (looking through
+    /// anonymous structs and unions); `None` when absent or a bitfield.
+    pub fn member(&self, name: &str, member: &str) -> Option<(u32, u32)> {
+        let id = self.find(KIND_STRUCT, name)?;
+        let (bits, type_id) = self.find_member_typed(id, member.as_bytes(), 0)?;
+        let size = self.size_of(type_id)?;
+        (bits % 8 == 0).then_some((bits / 8, size))
+    }
+
+    fn find_member_typed(&self, id: u32, member: &[u8], depth: u32) -> Option<(u32, u32)> {
         let ty = *self.types.get(id as usize)?;
         if !matches!(u32::from(ty.kind), KIND_STRUCT | KIND_UNION) {
             return None;
@@ -160,25 +191,102 @@ impl Btf {
             let at = ty.members_at as usize + i * 12;
             let name_off = u32_at(&self.bytes, at).ok()?;
             let type_id = u32_at(&self.bytes, at + 4).ok()?;
-            let raw_offset = u32_at(&self.bytes, at + 8).ok()?;
-            // With kind_flag the top byte is a bitfield size.
-            let bit_offset = if ty.kind_flag {
-                raw_offset & 0x00ff_ffff
+            let raw = u32_at(&self.bytes, at + 8).ok()?;
+            let (bit_offset, bitfield) = if ty.kind_flag {
+                (raw & 0x00ff_ffff, raw >> 24 != 0)
             } else {
-                raw_offset
+                (raw, false)
             };
             let name = self.name(name_off);
             if name == member {
-                return Some(bit_offset);
+                return (!bitfield).then_some((bit_offset, type_id));
             }
             if name.is_empty()
                 && depth < 8
-                && let Some(off) = self.find_member(self.resolve(type_id), member, depth + 1)
+                && let Some((off, t)) =
+                    self.find_member_typed(self.resolve(type_id), member, depth + 1)
             {
-                return Some(bit_offset + off);
+                return Some((bit_offset + off, t));
             }
         }
         None
+    }
+
+    /// Size in bytes of a type (ints, pointers, enums, structs, arrays).
+    fn size_of(&self, id: u32) -> Option<u32> {
+        let id = self.resolve(id);
+        let t = self.types.get(id as usize)?;
+        match u32::from(t.kind) {
+            KIND_INT | KIND_ENUM | KIND_ENUM64 | KIND_STRUCT | KIND_UNION => Some(t.target),
+            2 => Some(8), // pointer (64-bit kernels only)
+            KIND_ARRAY => {
+                let at = t.members_at as usize;
+                let elem = u32_at(&self.bytes, at).ok()?;
+                let count = u32_at(&self.bytes, at + 8).ok()?;
+                Some(self.size_of(elem)?.checked_mul(count)?)
+            }
+            _ => None,
+        }
+    }
+
+    /// The arguments of raw tracepoint `name` (its `TP_PROTO`), from the
+    /// kernel's `btf_trace_<name>` typedef: a pointer to a function whose
+    /// first parameter is the tracepoint's private data, then the rest.
+    /// `None` when this kernel has no such tracepoint.
+    pub fn tracepoint_args(&self, name: &str) -> Option<Vec<ArgType>> {
+        let typedef = self.find(KIND_TYPEDEF, &format!("btf_trace_{name}"))?;
+        let ptr = self
+            .types
+            .get(self.types[typedef as usize].target as usize)?;
+        let proto = self.types.get(ptr.target as usize)?;
+        if u32::from(proto.kind) != KIND_FUNC_PROTO || proto.vlen == 0 {
+            return None;
+        }
+        let mut args = Vec::with_capacity(usize::from(proto.vlen));
+        for i in 1..usize::from(proto.vlen) {
+            let type_id = u32_at(&self.bytes, proto.members_at as usize + i * 8 + 4).ok()?;
+            args.push(self.arg_type(type_id));
+        }
+        Some(args)
+    }
+
+    fn arg_type(&self, id: u32) -> ArgType {
+        let id = self.resolve(id);
+        let Some(t) = self.types.get(id as usize) else {
+            return ArgType::Other;
+        };
+        match u32::from(t.kind) {
+            KIND_INT | KIND_ENUM | KIND_ENUM64 => ArgType::Integer,
+            2 => {
+                let pointee = self.resolve(t.target);
+                match self.types.get(pointee as usize) {
+                    Some(p) if u32::from(p.kind) == KIND_STRUCT => ArgType::StructPtr(
+                        String::from_utf8_lossy(self.name(p.name_off)).into_owned(),
+                    ),
+                    _ => ArgType::Other,
+                }
+            }
+            _ => ArgType::Other,
+        }
+    }
+
+    /// The enumerators of `enum name`, by value.
+    pub fn enum_values(&self, name: &str) -> Vec<(u32, String)> {
+        let Some(id) = self.find(KIND_ENUM, name) else {
+            return Vec::new();
+        };
+        let t = self.types[id as usize];
+        (0..usize::from(t.vlen))
+            .filter_map(|i| {
+                let at = t.members_at as usize + i * 8;
+                let name_off = u32_at(&self.bytes, at).ok()?;
+                let value = u32_at(&self.bytes, at + 4).ok()?;
+                Some((
+                    value,
+                    String::from_utf8_lossy(self.name(name_off)).into_owned(),
+                ))
+            })
+            .collect()
     }
 
     /// Follows typedef/const/volatile/restrict/type-tag to the real type.

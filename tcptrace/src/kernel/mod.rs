@@ -1,23 +1,69 @@
-//! Everything that depends on the running kernel's version lives here:
-//! tracepoint layouts (format files), RST reason names (print fmt), struct
-//! offsets (BTF), and which tracepoints exist. A new kernel means one place
-//! to look.
+//! Everything that depends on the running kernel's version lives here, and
+//! all of it is read from the kernel's own BTF (`/sys/kernel/btf/vmlinux`):
+//! which tracepoints exist and where each passes its arguments
+//! (`btf_trace_<name>`), struct offsets (`struct sock`, `sk_buff`,
+//! `task_struct`), and RST reason names (`enum sk_rst_reason`). A new kernel
+//! means one place to look. The event orders this kernel produces per TCP
+//! path are written down in `docs/kernel-behaviour.md`.
 
 pub mod btf;
-pub mod format;
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
+use std::collections::BTreeMap;
+
+use tcptrace_common::{
+    ABSENT, ArgPos, Config, NO_ARG, SOCK_HEAD_BYTES, SkbOffsets, SockOffsets, TaskOffsets,
 };
 
-use tcptrace_common::{Config, ExitFields, SignalFields, SockFields, StructOffsets};
+pub use self::btf::{ArgType, Btf};
 
-pub use self::{btf::Btf, format::Format};
+/// Where the kernel publishes its BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Where tracefs is mounted (it is not, on a fresh machine: see
-/// [`crate::loader::ensure_tracefs`]).
-pub const TRACEFS: &str = "/sys/kernel/tracing";
+/// The most arguments the kernel program's `arg()` reaches (0..=4).
+const MAX_ARG: u8 = 4;
+
+/// What a raw tracepoint argument is, to find it by type in `TP_PROTO`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// The first pointer to `struct <name>`.
+    Ptr(&'static str),
+    /// The n-th integer-like argument (int, enum, bool).
+    Int(u8),
+}
+
+/// Which argument fills which [`ArgPos`] slot; `required` ones must exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Sk,
+    Skb,
+    Req,
+    Task,
+    Int0,
+    Int1,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ArgSpec {
+    slot: Slot,
+    role: Role,
+    required: bool,
+}
+
+const fn need(slot: Slot, role: Role) -> ArgSpec {
+    ArgSpec {
+        slot,
+        role,
+        required: true,
+    }
+}
+
+const fn may(slot: Slot, role: Role) -> ArgSpec {
+    ArgSpec {
+        slot,
+        role,
+        required: false,
+    }
+}
 
 /// A tracepoint tcptrace can use, and what is lost without it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +78,10 @@ pub struct Tracepoint {
     pub required: bool,
     /// What the output lacks without it.
     pub purpose: &'static str,
+    args: &'static [ArgSpec],
 }
+
+const SK: Role = Role::Ptr("sock");
 
 pub const TRACEPOINTS: &[Tracepoint] = &[
     Tracepoint {
@@ -42,6 +91,11 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "4.16",
         required: true,
         purpose: "TCP state transitions",
+        args: &[
+            need(Slot::Sk, SK),
+            need(Slot::Int0, Role::Int(0)),
+            need(Slot::Int1, Role::Int(1)),
+        ],
     },
     Tracepoint {
         group: "tcp",
@@ -50,6 +104,11 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "4.15 (reason since 6.10)",
         required: false,
         purpose: "resets sent, with the kernel's reason",
+        args: &[
+            need(Slot::Sk, SK),
+            may(Slot::Skb, Role::Ptr("sk_buff")),
+            may(Slot::Int0, Role::Int(0)),
+        ],
     },
     Tracepoint {
         group: "tcp",
@@ -58,6 +117,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "4.15",
         required: false,
         purpose: "resets received",
+        args: &[need(Slot::Sk, SK)],
     },
     Tracepoint {
         group: "tcp",
@@ -66,6 +126,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "4.15",
         required: false,
         purpose: "SYN retransmissions (handshake timeouts)",
+        args: &[need(Slot::Sk, SK), may(Slot::Int0, Role::Int(0))],
     },
     Tracepoint {
         group: "tcp",
@@ -74,6 +135,10 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "4.15",
         required: false,
         purpose: "SYN/ACK retransmissions",
+        args: &[
+            need(Slot::Sk, SK),
+            need(Slot::Req, Role::Ptr("request_sock")),
+        ],
     },
     Tracepoint {
         group: "tcp",
@@ -82,6 +147,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "4.15",
         required: false,
         purpose: "the end of a socket's life",
+        args: &[need(Slot::Sk, SK)],
     },
     Tracepoint {
         group: "sched",
@@ -90,6 +156,10 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "2.6.32",
         required: false,
         purpose: "closes caused by a process exiting",
+        args: &[
+            need(Slot::Task, Role::Ptr("task_struct")),
+            may(Slot::Int0, Role::Int(0)),
+        ],
     },
     Tracepoint {
         group: "signal",
@@ -98,6 +168,13 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "3.2",
         required: false,
         purpose: "which signal killed a process, and who sent it",
+        // (int sig, struct kernel_siginfo *, struct task_struct *, int group,
+        // int result): the signal is the first integer, the result the third.
+        args: &[
+            need(Slot::Int0, Role::Int(0)),
+            need(Slot::Task, Role::Ptr("task_struct")),
+            need(Slot::Int1, Role::Int(2)),
+        ],
     },
     Tracepoint {
         group: "irq",
@@ -106,6 +183,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "2.6.32",
         required: false,
         purpose: "telling softirq from process context",
+        args: &[],
     },
     Tracepoint {
         group: "irq",
@@ -114,10 +192,11 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "2.6.32",
         required: false,
         purpose: "telling softirq from process context",
+        args: &[],
     },
 ];
 
-/// RST reason names as the running kernel prints them.
+/// RST reason names as the running kernel names them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResetReasons(BTreeMap<u32, String>);
 
@@ -133,25 +212,55 @@ impl ResetReasons {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// `enum sk_rst_reason` without its `SK_RST_REASON_` prefix, the names
+    /// the tracepoint itself prints.
+    fn from_btf(btf: &Btf) -> ResetReasons {
+        ResetReasons(
+            btf.enum_values("sk_rst_reason")
+                .into_iter()
+                .map(|(value, name)| {
+                    let short = name.strip_prefix("SK_RST_REASON_").unwrap_or(&name);
+                    (value, short.to_owned())
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A tracepoint this kernel lacks, or whose arguments tcptrace does not
+/// recognise, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Missing {
+    pub tracepoint: Tracepoint,
+    /// Present, but its `TP_PROTO` is not what tcptrace knows.
+    pub unexpected_args: bool,
 }
 
 /// What the running kernel looks like to tcptrace.
 #[derive(Clone, Debug)]
 pub struct KernelLayout {
-    /// Tracepoint layouts and offsets for the kernel program.
+    /// Argument positions and offsets for the kernel program.
     pub config: Config,
     pub reasons: ResetReasons,
     /// Optional tracepoints this kernel lacks, with what is lost.
-    pub missing: Vec<Tracepoint>,
+    pub missing: Vec<Missing>,
     /// Present tracepoints (attach these).
     pub present: Vec<Tracepoint>,
-    /// Struct offsets could not be read (no BTF): unread bytes and exit codes
-    /// are left out.
-    pub btf_missing: bool,
+    /// Optional struct fields not found: unread bytes, exit codes and the
+    /// signal-handler check are left out.
+    pub missing_fields: Vec<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
+    #[error(
+        "this kernel publishes no BTF at {VMLINUX_BTF} (it needs CONFIG_DEBUG_INFO_BTF=y, \
+         Linux 5.5 or later): tcptrace reads every struct offset and tracepoint argument from it"
+    )]
+    NoBtf,
+    #[error("reading {VMLINUX_BTF}: {0}")]
+    Read(std::io::Error),
     #[error(
         "this kernel has no {group}:{name} tracepoint (added in Linux {since}); \
          tcptrace needs it for {purpose}"
@@ -162,70 +271,140 @@ pub enum LayoutError {
         since: &'static str,
         purpose: &'static str,
     },
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
+    #[error(
+        "the {group}:{name} tracepoint's arguments on this kernel are not ones tcptrace \
+         knows ({found}); tcptrace needs it for {purpose}"
+    )]
+    UnexpectedArgs {
+        group: &'static str,
+        name: &'static str,
+        found: String,
+        purpose: &'static str,
     },
-    #[error("parsing {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: format::FormatError,
-    },
-    #[error("{tracepoint}: field `{field}` is missing or has an unexpected size")]
-    Field {
-        tracepoint: &'static str,
-        field: &'static str,
-    },
+    #[error("struct {0} has no usable field `{1}` in this kernel's BTF")]
+    Field(&'static str, &'static str),
 }
 
-fn absent_or(offset: Option<u16>) -> u16 {
-    offset.unwrap_or(tcptrace_common::ABSENT)
+/// Finds each argument of `tp` by its type in the kernel's `TP_PROTO`.
+fn arg_positions(tp: &Tracepoint, args: &[ArgType]) -> Option<ArgPos> {
+    let mut pos = ArgPos::NONE;
+    pos.nargs = u8::try_from(args.len()).unwrap_or(u8::MAX);
+    for spec in tp.args {
+        let found = match spec.role {
+            Role::Ptr(name) => args
+                .iter()
+                .position(|a| matches!(a, ArgType::StructPtr(n) if n == name)),
+            Role::Int(nth) => args
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| **a == ArgType::Integer)
+                .nth(usize::from(nth))
+                .map(|(i, _)| i),
+        };
+        let index = match found.and_then(|i| u8::try_from(i).ok()) {
+            Some(i) if i <= MAX_ARG => i,
+            _ if spec.required => return None,
+            _ => NO_ARG,
+        };
+        match spec.slot {
+            Slot::Sk => pos.sk = index,
+            Slot::Skb => pos.skb = index,
+            Slot::Req => pos.req = index,
+            Slot::Task => pos.task = index,
+            Slot::Int0 => pos.int0 = index,
+            Slot::Int1 => pos.int1 = index,
+        }
+    }
+    Some(pos)
 }
 
-/// Offsets of the fields tcptrace reads from any socket tracepoint; fields
-/// this kernel's layout lacks stay [`tcptrace_common::ABSENT`], and so do
-/// fields past the [`tcptrace_common::RECORD_MAX`] bytes the kernel program
-/// copies (a bigger future layout loses annotations, never correctness).
-pub fn sock_fields(format: &Format) -> SockFields {
-    let at = |name: &str, size: u16| copied_field(format, name, size);
-    let mut f = SockFields::NONE;
-    f.skaddr = at("skaddr", 8);
-    f.oldstate = at("oldstate", 4);
-    f.newstate = at("newstate", 4);
-    f.state = at("state", 4);
-    f.protocol = at("protocol", 2);
-    f.family = at("family", 2);
-    f.sport = at("sport", 2);
-    f.dport = at("dport", 2);
-    f.saddr = at("saddr", 4);
-    f.daddr = at("daddr", 4);
-    f.saddr_v6 = at("saddr_v6", 16);
-    f.daddr_v6 = at("daddr_v6", 16);
-    // Since 6.10 tcp_send_reset carries sockaddrs (sizeof sockaddr_in6 = 28).
-    f.saddr_sockaddr = at("saddr", 28);
-    f.daddr_sockaddr = at("daddr", 28);
-    f.reason = at("reason", 4);
-    f.cookie = at("sock_cookie", 8);
-    f.err = at("err", 4);
-    f.record_len = copied_len(format);
-    f
+fn describe(args: &[ArgType]) -> String {
+    let names: Vec<String> = args
+        .iter()
+        .map(|a| match a {
+            ArgType::StructPtr(n) => format!("struct {n} *"),
+            ArgType::Integer => "int".to_owned(),
+            ArgType::Other => "?".to_owned(),
+        })
+        .collect();
+    names.join(", ")
 }
 
-/// Offset of a field the kernel program can read from its copy of the
-/// record: present with this size and within the first RECORD_MAX bytes.
-fn copied_field(format: &Format, name: &str, size: u16) -> u16 {
-    let max = tcptrace_common::RECORD_MAX;
-    absent_or(
-        format
-            .offset(name, size)
-            .filter(|&off| usize::from(off) + usize::from(size) <= max),
-    )
+/// The head fields of `struct sock_common`, as offsets the kernel program can
+/// load from its copy: inside [`SOCK_HEAD_BYTES`] and aligned to their size.
+fn head_field(btf: &Btf, member: &str, size: u32) -> Option<u16> {
+    let (offset, actual) = btf.member("sock_common", member)?;
+    let fits = offset + size <= SOCK_HEAD_BYTES as u32;
+    let aligned = offset % size.min(8) == 0;
+    (actual == size && fits && aligned).then_some(offset as u16)
 }
 
-/// How many bytes of the record the kernel program copies.
-fn copied_len(format: &Format) -> u16 {
-    format.record_len().min(tcptrace_common::RECORD_MAX as u16)
+fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
+    let required = |member: &'static str, size: u32| {
+        head_field(btf, member, size).ok_or(LayoutError::Field("sock_common", member))
+    };
+    let optional = |member: &str, size: u32| head_field(btf, member, size).unwrap_or(ABSENT);
+    let mut o = SockOffsets::NONE;
+    o.daddr = required("skc_daddr", 4)?;
+    o.saddr = required("skc_rcv_saddr", 4)?;
+    o.dport = required("skc_dport", 2)?;
+    o.num = required("skc_num", 2)?;
+    o.family = required("skc_family", 2)?;
+    o.state = required("skc_state", 1)?;
+    o.v6_daddr = optional("skc_v6_daddr", 16);
+    o.v6_saddr = optional("skc_v6_rcv_saddr", 16);
+    o.cookie = optional("skc_cookie", 8);
+    // A bitfield before Linux 5.6: then the kernel program skips the check.
+    o.protocol = btf
+        .member("sock", "sk_protocol")
+        .filter(|&(_, size)| size == 2)
+        .and_then(|(offset, _)| u16::try_from(offset).ok())
+        .unwrap_or(ABSENT);
+    o.inet_sport = btf
+        .member("inet_sock", "inet_sport")
+        .filter(|&(_, size)| size == 2)
+        .and_then(|(offset, _)| u16::try_from(offset).ok())
+        .unwrap_or(0);
+    let tcp = |member: &str| btf.member_offset("tcp_sock", member).unwrap_or(0);
+    o.tcp_rcv_nxt = tcp("rcv_nxt");
+    o.tcp_copied_seq = tcp("copied_seq");
+    Ok(o)
+}
+
+fn skb_offsets(btf: &Btf) -> SkbOffsets {
+    let at = |member: &str, size: u32| {
+        btf.member("sk_buff", member)
+            .filter(|&(_, s)| s == size)
+            .and_then(|(offset, _)| u16::try_from(offset).ok())
+            .unwrap_or(0)
+    };
+    SkbOffsets {
+        head: at("head", 8),
+        data: at("data", 8),
+        network_header: at("network_header", 2),
+        _pad: 0,
+    }
+}
+
+fn task_offsets(btf: &Btf) -> TaskOffsets {
+    let at = |st: &str, member: &str| btf.member_offset(st, member).unwrap_or(0);
+    // sighand->action[sig - 1].sa.sa_handler
+    let handler = btf
+        .member("sighand_struct", "action")
+        .zip(btf.member_offset("k_sigaction", "sa"))
+        .zip(btf.member_offset("sigaction", "sa_handler"));
+    let (sa_handler, sigaction_size) = match (handler, btf.struct_size("k_sigaction")) {
+        (Some((((action, _), sa), h)), Some(size)) => (action + sa + h, size),
+        _ => (0, 0),
+    };
+    TaskOffsets {
+        exit_code: at("task_struct", "exit_code"),
+        tgid: at("task_struct", "tgid"),
+        sighand: at("task_struct", "sighand"),
+        sa_handler,
+        sigaction_size,
+        _pad: 0,
+    }
 }
 
 /// Signals whose default action ends the process (term or core dump).
@@ -255,203 +434,85 @@ pub fn default_fatal_signals() -> u64 {
 }
 
 impl KernelLayout {
-    /// Reads the running kernel: format files under `tracefs`, and BTF.
-    pub fn read(tracefs: &Path, btf: Option<&Btf>) -> Result<KernelLayout, LayoutError> {
-        let mut formats = BTreeMap::new();
+    /// Reads the running kernel's BTF.
+    pub fn read_running() -> Result<KernelLayout, LayoutError> {
+        let btf = Btf::from_sys_fs()
+            .map_err(LayoutError::Read)?
+            .ok_or(LayoutError::NoBtf)?;
+        KernelLayout::from_btf(&btf)
+    }
+
+    pub fn from_btf(btf: &Btf) -> Result<KernelLayout, LayoutError> {
+        let mut config = Config::EMPTY;
         let mut missing = Vec::new();
         let mut present = Vec::new();
         for tp in TRACEPOINTS {
-            let path = tracefs
-                .join("events")
-                .join(tp.group)
-                .join(tp.name)
-                .join("format");
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    let format = Format::parse(&text)
-                        .map_err(|source| LayoutError::Parse { path, source })?;
-                    formats.insert(tp.name, format);
-                    present.push(*tp);
+            let args = btf.tracepoint_args(tp.name);
+            let positions = args.as_deref().map(|a| arg_positions(tp, a));
+            let pos = match (positions, &args) {
+                (Some(Some(pos)), _) => pos,
+                (_, Some(found)) if tp.required => {
+                    return Err(LayoutError::UnexpectedArgs {
+                        group: tp.group,
+                        name: tp.name,
+                        found: describe(found),
+                        purpose: tp.purpose,
+                    });
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    if tp.required {
-                        return Err(LayoutError::MissingTracepoint {
-                            group: tp.group,
-                            name: tp.name,
-                            since: tp.since,
-                            purpose: tp.purpose,
-                        });
-                    }
-                    missing.push(*tp);
+                (_, None) if tp.required => {
+                    return Err(LayoutError::MissingTracepoint {
+                        group: tp.group,
+                        name: tp.name,
+                        since: tp.since,
+                        purpose: tp.purpose,
+                    });
                 }
-                Err(source) => return Err(LayoutError::Read { path, source }),
-            }
-        }
-        Self::from_formats(&formats, btf, present, missing)
-    }
-
-    /// Builds the layout from parsed format files (keyed by tracepoint name).
-    pub fn from_formats(
-        formats: &BTreeMap<&str, Format>,
-        btf: Option<&Btf>,
-        present: Vec<Tracepoint>,
-        missing: Vec<Tracepoint>,
-    ) -> Result<KernelLayout, LayoutError> {
-        let mut config = Config::EMPTY;
-        let sock = |name: &str| {
-            formats
-                .get(name)
-                .map(sock_fields)
-                .unwrap_or(SockFields::NONE)
-        };
-        config.set_state = sock("inet_sock_set_state");
-        for (field, offset) in [
-            ("skaddr", config.set_state.skaddr),
-            ("oldstate", config.set_state.oldstate),
-            ("newstate", config.set_state.newstate),
-            ("protocol", config.set_state.protocol),
-            ("family", config.set_state.family),
-            ("sport", config.set_state.sport),
-            ("dport", config.set_state.dport),
-        ] {
-            if offset == tcptrace_common::ABSENT {
-                return Err(LayoutError::Field {
-                    tracepoint: "inet_sock_set_state",
-                    field,
-                });
-            }
-        }
-        config.send_reset = sock("tcp_send_reset");
-        config.receive_reset = sock("tcp_receive_reset");
-        config.retransmit_skb = sock("tcp_retransmit_skb");
-        config.retransmit_synack = sock("tcp_retransmit_synack");
-        config.destroy_sock = sock("tcp_destroy_sock");
-        if let Some(f) = formats.get("sched_process_exit") {
-            config.process_exit = ExitFields {
-                group_dead: copied_field(f, "group_dead", 1),
-                record_len: copied_len(f),
-                _pad: [0; 2],
+                (_, found) => {
+                    missing.push(Missing {
+                        tracepoint: *tp,
+                        unexpected_args: found.is_some(),
+                    });
+                    continue;
+                }
             };
+            match tp.name {
+                "inet_sock_set_state" => config.set_state = pos,
+                "tcp_send_reset" => config.send_reset = pos,
+                "tcp_receive_reset" => config.receive_reset = pos,
+                "tcp_retransmit_skb" => config.retransmit_skb = pos,
+                "tcp_retransmit_synack" => config.retransmit_synack = pos,
+                "tcp_destroy_sock" => config.destroy_sock = pos,
+                "sched_process_exit" => config.process_exit = pos,
+                "signal_generate" => config.signal = pos,
+                _ => {}
+            }
+            present.push(*tp);
         }
-        if let Some(f) = formats.get("signal_generate") {
-            config.signal = SignalFields {
-                sig: copied_field(f, "sig", 4),
-                pid: copied_field(f, "pid", 4),
-                result: copied_field(f, "result", 4),
-                record_len: copied_len(f),
-            };
-        }
+        config.sock = sock_offsets(btf)?;
+        config.skb = skb_offsets(btf);
+        config.task = task_offsets(btf);
         config.signal_mask = default_fatal_signals();
-        let offsets = btf.map(|btf| StructOffsets {
-            tcp_rcv_nxt: btf.member_offset("tcp_sock", "rcv_nxt").unwrap_or(0),
-            tcp_copied_seq: btf.member_offset("tcp_sock", "copied_seq").unwrap_or(0),
-            task_exit_code: btf.member_offset("task_struct", "exit_code").unwrap_or(0),
-            _pad: 0,
-        });
-        config.offsets = offsets.unwrap_or_default();
-        let reasons = formats
-            .get("tcp_send_reset")
-            .map(|f| ResetReasons(f.symbols("reason")))
-            .unwrap_or_default();
+        let mut missing_fields = Vec::new();
+        if config.sock.tcp_rcv_nxt == 0 || config.sock.tcp_copied_seq == 0 {
+            missing_fields.push("unread bytes at close (tcp_sock.rcv_nxt/copied_seq)");
+        }
+        if config.task.exit_code == 0 {
+            missing_fields.push("exit codes (task_struct.exit_code)");
+        }
+        if config.task.tgid == 0 {
+            // Without the target's tgid a signal cannot be attributed.
+            config.signal = ArgPos::NONE;
+            missing_fields.push("signal senders (task_struct.tgid)");
+        }
         Ok(KernelLayout {
             config,
-            reasons,
+            reasons: ResetReasons::from_btf(btf),
             missing,
             present,
-            btf_missing: btf.is_none(),
+            missing_fields,
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fixture(name: &str) -> Format {
-        let text = match name {
-            "inet_sock_set_state" => include_str!("fixtures/6.18/inet_sock_set_state.format"),
-            "tcp_send_reset" => include_str!("fixtures/6.18/tcp_send_reset.format"),
-            "tcp_receive_reset" => include_str!("fixtures/6.18/tcp_receive_reset.format"),
-            "sched_process_exit" => include_str!("fixtures/6.18/sched_process_exit.format"),
-            "signal_generate" => include_str!("fixtures/6.18/signal_generate.format"),
-            "old_send_reset" => include_str!("fixtures/5.15/tcp_send_reset.format"),
-            _ => unreachable!(),
-        };
-        Format::parse(text).unwrap()
-    }
-
-    #[test]
-    fn builds_the_config_for_this_kernel() {
-        let mut formats = BTreeMap::new();
-        for name in [
-            "inet_sock_set_state",
-            "tcp_send_reset",
-            "tcp_receive_reset",
-            "sched_process_exit",
-            "signal_generate",
-        ] {
-            formats.insert(name, fixture(name));
-        }
-        let layout = KernelLayout::from_formats(&formats, None, vec![], vec![]).unwrap();
-        let c = layout.config;
-        assert_eq!((c.set_state.skaddr, c.set_state.protocol), (8, 30));
-        assert_eq!((c.set_state.record_len, c.send_reset.record_len), (72, 88));
-        assert_eq!(c.set_state.daddr_v6, 56);
-        // 6.18's send_reset: sockaddrs, a reason, no split ports.
-        assert_eq!(c.send_reset.saddr_sockaddr, 32);
-        assert_eq!(c.send_reset.daddr_sockaddr, 60);
-        assert_eq!(c.send_reset.reason, 28);
-        assert_eq!(c.send_reset.sport, tcptrace_common::ABSENT);
-        assert_eq!(c.receive_reset.cookie, 64);
-        assert_eq!(
-            (c.process_exit.group_dead, c.process_exit.record_len),
-            (32, 33)
-        );
-        assert_eq!((c.signal.sig, c.signal.pid, c.signal.result), (8, 36, 44));
-        assert_eq!(c.signal.record_len, 48);
-        assert_eq!(layout.reasons.name(11), Some("TCP_ABORT_ON_CLOSE"));
-        assert!(layout.btf_missing);
-        assert_eq!(c.offsets, StructOffsets::default());
-        assert_ne!(c.signal_mask & (1 << libc::SIGKILL), 0);
-        assert_eq!(c.signal_mask & (1 << libc::SIGCHLD), 0);
-    }
-
-    #[test]
-    fn an_older_send_reset_degrades_to_no_reason() {
-        let mut formats = BTreeMap::new();
-        formats.insert("inet_sock_set_state", fixture("inet_sock_set_state"));
-        formats.insert("tcp_send_reset", fixture("old_send_reset"));
-        let layout = KernelLayout::from_formats(&formats, None, vec![], vec![]).unwrap();
-        assert_eq!(layout.config.send_reset.reason, tcptrace_common::ABSENT);
-        assert_eq!(
-            layout.config.send_reset.saddr_sockaddr,
-            tcptrace_common::ABSENT
-        );
-        assert_eq!(layout.config.send_reset.sport, 28);
-        assert!(layout.reasons.is_empty());
-    }
-
-    #[test]
-    fn a_set_state_without_protocol_is_refused() {
-        let text = include_str!("fixtures/6.18/inet_sock_set_state.format")
-            .replace("offset:30;\tsize:2;", "offset:30;\tsize:4;");
-        let mut formats = BTreeMap::new();
-        formats.insert("inet_sock_set_state", Format::parse(&text).unwrap());
-        let err = KernelLayout::from_formats(&formats, None, vec![], vec![]).unwrap_err();
-        assert!(err.to_string().contains("`protocol`"), "{err}");
-    }
-
-    #[test]
-    fn a_missing_required_tracepoint_names_its_kernel_version() {
-        let dir =
-            std::env::temp_dir().join(format!("tcptrace-empty-tracefs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let err = KernelLayout::read(&dir, None).unwrap_err();
-        assert!(
-            err.to_string().contains("sock:inet_sock_set_state"),
-            "{err}"
-        );
-        assert!(err.to_string().contains("4.16"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

@@ -24,10 +24,12 @@
 //!  "owner": {"pid": 2251, "tgid": 2251, "comm": "python3", "cgroup_id": 4242} | null,
 //!  "old": "CLOSE", "new": "SYN_SENT", "unread": null}
 //! {"type": "event", "event": "send_reset", ...sock fields..., "state": "CLOSE" | null,
-//!  "reason": {"code": 11, "name": "TCP_ABORT_ON_CLOSE" | null} | null}
+//!  "reason": {"code": 11, "name": "TCP_ABORT_ON_CLOSE" | null} | null,
+//!  "segment_flags": 2 | null}   (TCP flags of the answered segment, no full socket)
 //! {"type": "event", "event": "receive_reset" | "retransmit" | "retransmit_syn_ack" | "destroy", ...}
 //! {"type": "event", "event": "process_exit", "ts_ns", "task": {...}, "exit_code": 9 | null, "group_dead": true}
 //! {"type": "event", "event": "signal", "ts_ns", "sig": 9, "target_pid": 4311, "sender": {...}, "delivered": true}
+//!   (only signals that kill their target are reported: delivered is always true)
 //! ```
 //!
 //! State changes are `"type": "transition"`; every other record is
@@ -111,6 +113,7 @@ pub(crate) fn push_record_line(out: &mut String, record: &Record) {
             sock,
             state,
             reason,
+            segment_flags,
         } => {
             out.push_str(r#","event":"send_reset""#);
             push_sock_fields(out, sock);
@@ -118,6 +121,8 @@ pub(crate) fn push_record_line(out: &mut String, record: &Record) {
             push_opt_state(out, *state);
             out.push_str(r#","reason":"#);
             push_opt_reset_reason(out, reason.as_ref());
+            out.push_str(r#","segment_flags":"#);
+            push_opt_u64(out, segment_flags.map(u64::from));
         }
         Record::ReceiveReset { sock } => {
             out.push_str(r#","event":"receive_reset""#);

@@ -115,6 +115,7 @@ impl S {
                 code,
                 name: Some(name.to_owned()),
             }),
+            segment_flags: None,
         }
     }
 

@@ -1,0 +1,184 @@
+//! Reads from kernel memory at offsets the loader took from BTF. Each read
+//! is one `bpf_probe_read_kernel` helper call into uninitialised stack
+//! memory (nothing is zeroed first), and fields are then plain loads.
+
+use core::mem::{MaybeUninit, size_of};
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
+use tcptrace_common::{
+    AF_INET, AF_INET6, COMM_LEN, Event, SOCK_HEAD_BYTES, TaskOffsets, flag, tcp_state,
+};
+
+use crate::config;
+
+/// One value of type `T` at kernel address `addr`.
+#[inline(always)]
+pub fn read_kernel<T>(addr: u64) -> Option<T> {
+    // SAFETY: the helper checks the address and fails cleanly.
+    unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
+}
+
+/// The on-CPU task's name, written by the helper straight into `dst` (an
+/// `[u8; 16]` return value would be copied byte by byte).
+///
+/// # Safety
+/// `dst` is valid for writes.
+#[inline(always)]
+pub unsafe fn current_comm_into(dst: *mut [u8; COMM_LEN]) {
+    // SAFETY: the helper writes exactly COMM_LEN bytes (NUL-padded), or
+    // zeroes them on failure.
+    unsafe { generated::bpf_get_current_comm(dst.cast(), COMM_LEN as u32) };
+}
+
+/// The head of a `struct sock_common`: tuple, family, state and cookie.
+pub struct SockHead {
+    words: [u64; SOCK_HEAD_BYTES / 8],
+}
+
+impl SockHead {
+    /// One helper call for every field the socket events need.
+    #[inline(always)]
+    pub fn read(sk: u64) -> Option<SockHead> {
+        let mut head = MaybeUninit::<SockHead>::uninit();
+        // SAFETY: the helper checks `sk` and writes SOCK_HEAD_BYTES bytes of
+        // our stack, or fails (then nothing is read from it).
+        let rc = unsafe {
+            generated::bpf_probe_read_kernel(
+                head.as_mut_ptr().cast(),
+                SOCK_HEAD_BYTES as u32,
+                sk as *const core::ffi::c_void,
+            )
+        };
+        // SAFETY: fully written by the successful read.
+        (rc == 0).then(|| unsafe { head.assume_init() })
+    }
+
+    /// The field at `offset` (from BTF, aligned to `T` by the loader), or
+    /// zero for a field outside the head ([`tcptrace_common::ABSENT`]).
+    #[inline(always)]
+    fn get<T: Copy + Default>(&self, offset: u16) -> T {
+        let offset = usize::from(offset);
+        if offset + size_of::<T>() > SOCK_HEAD_BYTES {
+            return T::default();
+        }
+        // SAFETY: in bounds (checked above) and aligned (the loader admits
+        // only offsets aligned to the field's size).
+        unsafe { core::ptr::read(self.words.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+    }
+
+    #[inline(always)]
+    pub fn state(&self) -> u8 {
+        self.get::<u8>(config().sock.state)
+    }
+
+    #[inline(always)]
+    pub fn cookie(&self) -> u64 {
+        self.get::<u64>(config().sock.cookie)
+    }
+
+    /// Family, ports (host order) and addresses (network order) of the
+    /// socket at `sk` whose head this is.
+    #[inline(always)]
+    pub fn fill_endpoints(&self, sk: u64, event: &mut Event) {
+        let o = &config().sock;
+        event.family = self.get::<u16>(o.family);
+        event.sport = self.get::<u16>(o.num);
+        if event.sport == 0 && o.inet_sport != 0 {
+            // A socket going to CLOSE has already given its port back
+            // (skc_num is 0); inet_sport still names it. One more read,
+            // on closes (and on connect, where the port is not chosen yet).
+            event.sport =
+                u16::from_be(read_kernel::<u16>(sk + u64::from(o.inet_sport)).unwrap_or(0));
+        }
+        event.dport = u16::from_be(self.get::<u16>(o.dport));
+        let (saddr, daddr) = if event.family == AF_INET6 {
+            (
+                self.get::<[u32; 4]>(o.v6_saddr),
+                self.get::<[u32; 4]>(o.v6_daddr),
+            )
+        } else {
+            (
+                [self.get::<u32>(o.saddr), 0, 0, 0],
+                [self.get::<u32>(o.daddr), 0, 0, 0],
+            )
+        };
+        put_addr(&mut event.saddr, saddr);
+        put_addr(&mut event.daddr, daddr);
+    }
+}
+
+/// Stores an address as four 4-byte words (a `[u8; 16]` assignment would
+/// be a byte loop).
+#[inline(always)]
+fn put_addr(dst: &mut [u8; 16], words: [u32; 4]) {
+    // SAFETY: Event's address arrays sit at 8-byte-aligned offsets of an
+    // 8-byte-aligned struct; same size, every bit pattern valid.
+    unsafe { core::ptr::from_mut(dst).cast::<[u32; 4]>().write(words) };
+}
+
+/// A reset sent without a full socket (none at all, a request or a
+/// TIME_WAIT socket) takes its tuple from the segment it answers, reversed
+/// so that "local" is this host, and records that segment's TCP flags: only
+/// a SYN answered this way is a refused connection. Up to four reads, on a
+/// rare event.
+#[inline(always)]
+pub fn reset_without_full_socket(skb: u64, event: &mut Event) {
+    let full = event.skaddr != 0
+        && event.newstate != tcp_state::TIME_WAIT
+        && event.newstate != tcp_state::NEW_SYN_RECV;
+    let o = &config().skb;
+    if full || skb == 0 || o.head == 0 || o.data == 0 || o.network_header == 0 {
+        return;
+    }
+    let (Some(head), Some(data), Some(network)) = (
+        read_kernel::<u64>(skb + u64::from(o.head)),
+        read_kernel::<u64>(skb + u64::from(o.data)),
+        read_kernel::<u16>(skb + u64::from(o.network_header)),
+    ) else {
+        return;
+    };
+    // The TCP header's first 16 bytes: ports, sequence numbers, flags.
+    let Some(tcp) = read_kernel::<[u32; 4]>(data) else {
+        return;
+    };
+    let ip = head + u64::from(network);
+    // The IPv6 header is the longer of the two: read its first 40 bytes
+    // (an IPv4 header with options is longer than 20, never shorter).
+    let Some(iph) = read_kernel::<[u32; 10]>(ip) else {
+        return;
+    };
+    let version = (iph[0] & 0xf0) >> 4;
+    let (local, remote) = if version == 6 {
+        event.family = AF_INET6;
+        (
+            [iph[6], iph[7], iph[8], iph[9]],
+            [iph[2], iph[3], iph[4], iph[5]],
+        )
+    } else {
+        event.family = AF_INET;
+        ([iph[4], 0, 0, 0], [iph[3], 0, 0, 0])
+    };
+    put_addr(&mut event.saddr, local);
+    put_addr(&mut event.daddr, remote);
+    // Little-endian words: source port in the low half of word 0 (network
+    // order), destination in the high half; flags are byte 13.
+    event.dport = u16::from_be(tcp[0] as u16);
+    event.sport = u16::from_be((tcp[0] >> 16) as u16);
+    event.seg_flags = ((tcp[3] >> 8) & 0xff) as u16;
+    event.flags |= flag::SEGMENT_VALID;
+}
+
+/// Does the task have a handler (or SIG_IGN) for `sig`? Then the signal
+/// will not kill it. Unknown offsets or failed reads say no: report it.
+#[inline(always)]
+pub fn has_handler(task: u64, sig: i32, o: &TaskOffsets) -> bool {
+    if o.sighand == 0 || o.sigaction_size == 0 {
+        return false;
+    }
+    let Some(sighand) = read_kernel::<u64>(task + u64::from(o.sighand)) else {
+        return false;
+    };
+    let slot = u64::from(o.sa_handler) + (sig as u64 - 1) * u64::from(o.sigaction_size);
+    // SIG_DFL is 0.
+    read_kernel::<u64>(sighand + slot).is_some_and(|handler| handler != 0)
+}

@@ -1,0 +1,107 @@
+use super::*;
+
+fn spec(name: &str) -> &'static Tracepoint {
+    TRACEPOINTS.iter().find(|tp| tp.name == name).unwrap()
+}
+
+fn ptr(name: &str) -> ArgType {
+    ArgType::StructPtr(name.to_owned())
+}
+
+#[test]
+fn arguments_are_found_by_type_not_by_position() {
+    // 6.10+: (sk, skb, reason).
+    let now = [ptr("sock"), ptr("sk_buff"), ArgType::Integer];
+    let pos = arg_positions(spec("tcp_send_reset"), &now).unwrap();
+    assert_eq!((pos.sk, pos.skb, pos.int0), (0, 1, 2));
+    // 5.x: (sk, skb), no reason: the reason slot is simply absent.
+    let older = [ptr("sock"), ptr("sk_buff")];
+    let pos = arg_positions(spec("tcp_send_reset"), &older).unwrap();
+    assert_eq!((pos.sk, pos.skb, pos.int0), (0, 1, NO_ARG));
+    // signal_generate: the signal is the first integer, result the third.
+    let signal = [
+        ArgType::Integer,
+        ptr("kernel_siginfo"),
+        ptr("task_struct"),
+        ArgType::Integer,
+        ArgType::Integer,
+    ];
+    let pos = arg_positions(spec("signal_generate"), &signal).unwrap();
+    assert_eq!((pos.int0, pos.task, pos.int1), (0, 2, 4));
+}
+
+#[test]
+fn a_prototype_without_a_required_argument_is_not_used() {
+    let odd = [ptr("inet_sock"), ArgType::Integer, ArgType::Integer];
+    assert_eq!(arg_positions(spec("inet_sock_set_state"), &odd), None);
+    // Past the fifth argument the kernel program cannot reach it.
+    let far = [
+        ArgType::Other,
+        ArgType::Other,
+        ArgType::Other,
+        ArgType::Other,
+        ArgType::Other,
+        ptr("sock"),
+    ];
+    assert_eq!(arg_positions(spec("tcp_destroy_sock"), &far), None);
+    assert_eq!(
+        describe(&[ptr("sock"), ArgType::Integer, ArgType::Other]),
+        "struct sock *, int, ?"
+    );
+}
+
+/// The running kernel's own BTF: every tracepoint tcptrace uses is there,
+/// with the arguments and offsets the kernel program relies on.
+#[test]
+fn the_running_kernel_is_read_from_its_btf() {
+    let Some(btf) = Btf::from_sys_fs().expect("the kernel's BTF parses") else {
+        return; // a kernel without BTF: nothing to check here
+    };
+    let layout = KernelLayout::from_btf(&btf).unwrap();
+    let c = layout.config;
+    assert_eq!(
+        (c.set_state.sk, c.set_state.int0, c.set_state.int1),
+        (0, 1, 2)
+    );
+    assert_ne!(c.sock.family, ABSENT);
+    assert_ne!(c.sock.v6_saddr, ABSENT);
+    for offset in [c.sock.daddr, c.sock.saddr, c.sock.dport, c.sock.num] {
+        assert!(usize::from(offset) < SOCK_HEAD_BYTES, "{offset}");
+    }
+    assert_eq!(c.sock.v6_daddr % 4, 0);
+    assert_ne!(c.sock.protocol, ABSENT);
+    assert!(c.sock.inet_sport > 0);
+    assert!(c.sock.tcp_rcv_nxt > 0 && c.sock.tcp_copied_seq > 0);
+    assert!(c.task.exit_code > 0 && c.task.tgid > 0 && c.task.sighand > 0);
+    assert!(c.task.sigaction_size >= 24, "{:?}", c.task);
+    assert!(c.skb.head > 0 && c.skb.data > 0 && c.skb.network_header > 0);
+    assert!(layout.missing.is_empty(), "{:?}", layout.missing);
+    assert!(
+        layout.missing_fields.is_empty(),
+        "{:?}",
+        layout.missing_fields
+    );
+    if c.send_reset.int0 != NO_ARG {
+        assert_eq!(layout.reasons.name(1), Some("NO_SOCKET"));
+        assert_eq!(layout.reasons.name(11), Some("TCP_ABORT_ON_CLOSE"));
+    }
+}
+
+#[test]
+fn btf_member_sizes_and_struct_sizes() {
+    let Some(btf) = Btf::from_sys_fs().expect("the kernel's BTF parses") else {
+        return;
+    };
+    assert_eq!(
+        btf.member("sock_common", "skc_family").map(|m| m.1),
+        Some(2)
+    );
+    assert_eq!(
+        btf.member("sock_common", "skc_v6_daddr").map(|m| m.1),
+        Some(16)
+    );
+    // skc_reuse is a bitfield: not something a load can read.
+    assert_eq!(btf.member("sock_common", "skc_reuse"), None);
+    assert!(btf.struct_size("sock_common").unwrap() >= SOCK_HEAD_BYTES as u32);
+    assert_eq!(btf.tracepoint_args("no_such_tracepoint"), None);
+}
