@@ -457,7 +457,9 @@ fn try_run(ctx: &Ctx, run: &mut Run) -> Result<()> {
             }
             let ready_s = started.elapsed().as_secs_f64();
             let cpu0 = proc::cpu_seconds(p.pid())?;
-            let bpf0 = proc::bpf_stats(p.pid())?;
+            let mut bpf0 = proc::bpf_stats(p.pid())?;
+            // Names are looked up (bpftool) before the measured window.
+            bpf0.name_programs();
             Some((p, ready_s, cpu0, bpf0))
         }
     };
@@ -468,7 +470,7 @@ fn try_run(ctx: &Ctx, run: &mut Run) -> Result<()> {
         if let Some(e) = p.poll()? {
             bail!("{} exited during the churn ({})", run.config, e.how);
         }
-        let bpf = proc::bpf_stats(p.pid())?.since(bpf0);
+        let bpf = proc::bpf_stats(p.pid())?.since(&bpf0);
         let rss_after_kib = proc::rss_kib(p.pid())?;
         let (exit, killed) = p.stop(Duration::from_secs(ctx.args.stop_timeout))?;
         let stderr = fs::read_to_string(&err_path).unwrap_or_default();
