@@ -162,6 +162,8 @@ pub struct Summary {
     pub received: Option<u64>,
     pub lost: Option<u64>,
     pub filtered: Option<u64>,
+    /// Program runs the kernel skipped, as tcptrace itself counted them.
+    pub missed: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,8 +181,13 @@ pub struct TracerOut {
     pub exit: String,
     /// It ignored SIGINT for --stop-timeout and was killed.
     pub killed: bool,
-    /// BPF program statistics over the churn.
+    /// BPF program statistics over the churn, per program and summed.
     pub bpf: BpfStats,
+    /// BPF run time per event over the churn: for tcptrace, the run time of
+    /// all its programs over the events they produced; for bpftrace, its
+    /// program's run time over its runs (each run is an event).
+    pub bpf_ns_per_event: Option<f64>,
+    pub bpf_basis: &'static str,
     /// Events the CPU figure is divided by, and where the number came from.
     pub events: Option<u64>,
     pub events_basis: &'static str,
@@ -498,6 +505,7 @@ fn try_run(ctx: &Ctx, run: &mut Run) -> Result<()> {
             (_, _, Some(n)) => (Some(n), "@c"),
             _ => (None, "none"),
         };
+        let (bpf_ns_per_event, bpf_basis) = bpf_per_event(run.config, &bpf, summary.as_ref());
         // Keep the start of the first repetition's output as a sample; the
         // rest (up to hundreds of MiB a run) only fills the disk.
         if run.rep == 0 {
@@ -516,6 +524,8 @@ fn try_run(ctx: &Ctx, run: &mut Run) -> Result<()> {
             exit: exit.how.clone(),
             killed,
             bpf,
+            bpf_ns_per_event,
+            bpf_basis,
             events,
             events_basis,
             summary,
@@ -551,6 +561,28 @@ fn try_run(ctx: &Ctx, run: &mut Run) -> Result<()> {
         }
     }
 }
+
+/// BPF ns per event and what it was divided by (see [`TracerOut`]).
+fn bpf_per_event(
+    config: Config,
+    bpf: &BpfStats,
+    summary: Option<&Summary>,
+) -> (Option<f64>, &'static str) {
+    let per = |n: u64| (n > 0).then(|| bpf.run_time_ns as f64 / n as f64);
+    if config.is_tcptrace() {
+        match summary.and_then(|s| s.produced) {
+            Some(n) => (per(n), BASIS_PRODUCED),
+            None => (None, "no produced count"),
+        }
+    } else {
+        (per(bpf.run_cnt), BASIS_RUNS)
+    }
+}
+
+/// The basis of tcptrace's BPF ns / event.
+pub const BASIS_PRODUCED: &str = "all programs' run time / events produced";
+/// The basis of bpftrace's.
+pub const BASIS_RUNS: &str = "run time / runs (each run is an event)";
 
 fn create(path: &Path) -> Result<File> {
     File::create(path).with_context(|| format!("creating {}", path.display()))
@@ -738,10 +770,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (s.produced, s.received, s.lost, s.filtered),
-            (Some(10), Some(9), Some(1), Some(0))
+            (s.produced, s.received, s.lost, s.filtered, s.missed),
+            (Some(10), Some(9), Some(1), Some(0), None)
         );
+        let s = parse_summary(
+            "tcptrace-summary {\"produced\":41,\"lost\":0,\"received\":41,\"filtered\":0,\
+             \"not_tcp\":0,\"undecodable\":0,\"missed\":4}",
+        )
+        .unwrap();
+        assert_eq!((s.produced, s.missed), (Some(41), Some(4)));
         assert!(parse_summary("nothing here").is_none());
+    }
+
+    #[test]
+    fn bpf_ns_per_event_bases() {
+        let bpf = BpfStats {
+            programs: 3,
+            run_cnt: 1000,
+            run_time_ns: 50_000,
+            ..BpfStats::default()
+        };
+        let produced = Summary {
+            produced: Some(100),
+            ..Summary::default()
+        };
+        // tcptrace: every program's time over the events it produced, not
+        // over the (far more numerous) runs.
+        assert_eq!(
+            bpf_per_event(Config::Tcptrace, &bpf, Some(&produced)),
+            (Some(500.0), BASIS_PRODUCED)
+        );
+        assert_eq!(bpf_per_event(Config::TcptraceJson, &bpf, None).0, None);
+        assert_eq!(
+            bpf_per_event(Config::BpftraceCount, &bpf, None),
+            (Some(50.0), BASIS_RUNS)
+        );
     }
 
     #[test]

@@ -66,8 +66,14 @@ pub struct Group {
     pub ratio_max: Option<f64>,
     /// Tracer CPU seconds (attach to exit) per million events, median.
     pub cpu_s_per_mevent: Option<f64>,
-    /// BPF run time per program invocation, median.
+    /// BPF run time per event, median (see `TracerOut::bpf_ns_per_event`).
     pub bpf_ns_per_event: Option<f64>,
+    pub bpf_basis: Option<&'static str>,
+    /// Program runs the kernel skipped (recursion_misses), summed over the
+    /// runs' measured windows and the tracer's programs.
+    pub missed: Option<u64>,
+    /// The tracer's programs, summed over the runs.
+    pub programs: Vec<ProgRow>,
     /// Largest peak RSS of the tracer over the runs.
     pub peak_rss_mib: Option<f64>,
     /// Largest RSS right after the churn (steady state) over the runs.
@@ -81,6 +87,53 @@ pub struct Group {
     pub filtered: Option<u64>,
     pub bpftrace_lost: Option<u64>,
     pub errors: Vec<String>,
+}
+
+/// One BPF program of a tracer, summed over the runs of a group (matched by
+/// name: ids change from run to run).
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgRow {
+    pub name: String,
+    /// Runs that had this program.
+    pub reps: usize,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+    pub recursion_misses: u64,
+}
+
+impl ProgRow {
+    pub fn ns_per_run(&self) -> Option<f64> {
+        (self.run_cnt > 0).then(|| self.run_time_ns as f64 / self.run_cnt as f64)
+    }
+}
+
+/// Sums the tracers' programs over `runs`, by name, in the order of the
+/// first run that had them (that is, by program id).
+pub fn programs<'a>(stats: impl IntoIterator<Item = &'a crate::proc::BpfStats>) -> Vec<ProgRow> {
+    let mut rows: Vec<ProgRow> = Vec::new();
+    for st in stats {
+        for p in &st.progs {
+            let at = match rows.iter().position(|r| r.name == p.name) {
+                Some(i) => i,
+                None => {
+                    rows.push(ProgRow {
+                        name: p.name.clone(),
+                        reps: 0,
+                        run_cnt: 0,
+                        run_time_ns: 0,
+                        recursion_misses: 0,
+                    });
+                    rows.len() - 1
+                }
+            };
+            let r = &mut rows[at];
+            r.reps += 1;
+            r.run_cnt += p.run_cnt;
+            r.run_time_ns += p.run_time_ns;
+            r.recursion_misses += p.recursion_misses;
+        }
+    }
+    rows
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -176,11 +229,7 @@ fn group(mode: Mode, config: Config, runs: &[Run], none_median: Option<f64>) -> 
                 .map(|e| t.cpu_s / e as f64 * 1e6)
         })
         .collect();
-    let bpf: Vec<f64> = tracers
-        .iter()
-        .filter(|t| t.bpf.run_cnt > 0)
-        .map(|t| t.bpf.run_time_ns as f64 / t.bpf.run_cnt as f64)
-        .collect();
+    let bpf: Vec<f64> = tracers.iter().filter_map(|t| t.bpf_ns_per_event).collect();
     let summary = |f: fn(&crate::bench::Summary) -> Option<u64>| {
         if config.is_tcptrace() {
             sum_all(&ok, |r| r.tracer.as_ref()?.summary.as_ref().and_then(f))
@@ -207,6 +256,9 @@ fn group(mode: Mode, config: Config, runs: &[Run], none_median: Option<f64>) -> 
         ratio_max: ratios.iter().copied().reduce(f64::max),
         cpu_s_per_mevent: median(cpu),
         bpf_ns_per_event: median(bpf),
+        bpf_basis: tracers.first().map(|t| t.bpf_basis),
+        missed: (!tracers.is_empty()).then(|| tracers.iter().map(|t| t.bpf.recursion_misses).sum()),
+        programs: programs(tracers.iter().map(|t| &t.bpf)),
         peak_rss_mib: tracers
             .iter()
             .map(|t| t.maxrss_kib as f64 / 1024.0)
@@ -326,7 +378,15 @@ fn targets(groups: &[Group], args: &BenchArgs) -> Vec<Target> {
             }),
         },
         Target {
-            name: "BPF run time, ns per event",
+            name: "runs skipped by the kernel (recursion_misses), churn",
+            goal: "0",
+            cells: per(&|m, c, col| {
+                let v = g(m, c).and_then(|g| g.missed).map(|v| v as f64);
+                cell(col, v, |v| format!("{v:.0}"), |v| v == 0.0)
+            }),
+        },
+        Target {
+            name: "BPF run time, ns per event produced",
             goal: "<= 150",
             cells: per(&|m, c, col| {
                 let v = g(m, c).and_then(|g| g.bpf_ns_per_event);
@@ -401,10 +461,10 @@ impl Report {
             let _ = writeln!(
                 s,
                 "| config | runs ok | conn/s median | ratio to none: median [min, max] | \
-                 tracer CPU s / M events | BPF ns / event | peak RSS MiB | RSS after churn MiB | \
-                 events / run (basis) | produced / received / lost / filtered |"
+                 tracer CPU s / M events | BPF ns / event (basis) | missed runs | peak RSS MiB | \
+                 RSS after churn MiB | events / run (basis) | produced / received / lost / filtered |"
             );
-            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
             for g in self.groups.iter().filter(|g| g.mode == mode) {
                 let ratio = match (g.ratio_median, g.ratio_min, g.ratio_max) {
                     (Some(a), Some(b), Some(c)) => format!("{a:.3} [{b:.3}, {c:.3}]"),
@@ -433,16 +493,20 @@ impl Report {
                 } else {
                     "-".into()
                 };
+                let bpf = g
+                    .bpf_ns_per_event
+                    .map(|v| format!("{v:.0} ({})", g.bpf_basis.unwrap_or("?")));
                 let _ = writeln!(
                     s,
-                    "| {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     g.config,
                     g.ok,
                     g.runs,
                     g.rate_median.map_or("n/a".into(), |r| format!("{r:.0}")),
                     ratio,
                     or_dash(g.cpu_s_per_mevent.map(|v| format!("{v:.3}"))),
-                    or_dash(g.bpf_ns_per_event.map(|v| format!("{v:.0}"))),
+                    or_dash(bpf),
+                    or_dash(g.missed.map(|v| v.to_string())),
                     or_dash(g.peak_rss_mib.map(|v| format!("{v:.1}"))),
                     or_dash(g.rss_after_mib.map(|v| format!("{v:.1}"))),
                     or_dash(events),
@@ -450,6 +514,18 @@ impl Report {
                 );
             }
             let _ = writeln!(s);
+            for g in self
+                .groups
+                .iter()
+                .filter(|g| g.mode == mode && g.config.is_tcptrace())
+            {
+                programs_table(
+                    &mut s,
+                    &format!("{mode} {}: tcptrace's BPF programs", g.config),
+                    g.ok,
+                    &g.programs,
+                );
+            }
         }
 
         let _ = writeln!(s, "### Targets\n");
@@ -536,9 +612,15 @@ impl Report {
             "Ratio: a run's conn/s over the median conn/s of `none` in the same mode. Tracer CPU: \
              user+system seconds of the tracer process from the moment it reported being attached \
              until it exited (churn plus final drain), per million events; events are tcptrace's \
-             `received` count, else the BPF programs' run_cnt. BPF ns / event: run_time_ns / \
-             run_cnt over the churn, summed over the tracer's programs (/proc/<pid>/fdinfo, \
-             kernel.bpf_stats_enabled=1). Peak RSS: ru_maxrss from wait4 (bpftrace's includes \
+             `received` count, else the BPF programs' run_cnt. BPF ns / event: for tcptrace, the \
+             run_time_ns of all its programs over the churn divided by the events its programs \
+             produced (`produced` in its `tcptrace-summary` line), so programs that run without \
+             producing an event (on every softirq) count in full; for bpftrace, its program's \
+             run_time_ns / run_cnt (each run is an event). Run times come from \
+             /proc/<pid>/fdinfo with kernel.bpf_stats_enabled=1. Missed runs: the \
+             recursion_misses of the tracer's programs over the churn, summed (runs the kernel \
+             skipped because a BPF program was already running on that CPU; for tcptrace, \
+             events that never existed). Peak RSS: ru_maxrss from wait4 (bpftrace's includes \
              compiling its program; tcptrace's includes aya parsing the kernel's BTF once at \
              load). RSS after churn: VmRSS just before the tracer is stopped (the ring buffer's \
              pages count twice: the kernel maps its data area twice)."
@@ -571,6 +653,32 @@ impl Report {
             self.markdown()
         )
     }
+}
+
+/// A tracer's programs, summed over `runs` runs (names via bpftool).
+fn programs_table(s: &mut String, title: &str, runs: usize, rows: &[ProgRow]) {
+    let _ = writeln!(s, "{title} (sums over {runs} runs)\n");
+    if rows.is_empty() {
+        let _ = writeln!(s, "No program statistics.\n");
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "| program | runs | ns / run | run time ms | recursion misses |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {} |",
+            r.name,
+            r.run_cnt,
+            r.ns_per_run().map_or("n/a".into(), |v| format!("{v:.0}")),
+            r.run_time_ns as f64 / 1e6,
+            r.recursion_misses
+        );
+    }
+    let _ = writeln!(s);
 }
 
 fn short(e: &str) -> String {
@@ -606,12 +714,11 @@ pub fn run_line(r: &Run, reps: u32) -> String {
             t.cpu_s,
             t.maxrss_kib as f64 / 1024.0
         );
-        if t.bpf.run_cnt > 0 {
+        if let Some(ns) = t.bpf_ns_per_event {
             let _ = write!(
                 s,
-                ", bpf {:.0} ns/ev over {} runs",
-                t.bpf.run_time_ns as f64 / t.bpf.run_cnt as f64,
-                t.bpf.run_cnt
+                ", bpf {ns:.0} ns/ev ({} runs, {} missed)",
+                t.bpf.run_cnt, t.bpf.recursion_misses
             );
         }
         match (&t.summary, r.config.is_tcptrace()) {
@@ -668,6 +775,60 @@ mod tests {
         assert_eq!(median(vec![]), None);
         assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+
+    fn prog(id: u64, name: &str, cnt: u64, ns: u64, miss: u64) -> crate::proc::ProgStats {
+        crate::proc::ProgStats {
+            id,
+            name: name.into(),
+            run_cnt: cnt,
+            run_time_ns: ns,
+            recursion_misses: miss,
+        }
+    }
+
+    #[test]
+    fn programs_sum_by_name_across_runs() {
+        use crate::proc::BpfStats;
+        let a = BpfStats {
+            progs: vec![
+                prog(3, "state", 10, 1000, 0),
+                prog(4, "softirq", 100, 2000, 1),
+            ],
+            ..BpfStats::default()
+        };
+        // The next run loaded the same programs under new ids, plus one.
+        let b = BpfStats {
+            progs: vec![
+                prog(7, "state", 20, 3000, 0),
+                prog(8, "softirq", 300, 4000, 2),
+                prog(9, "exit", 0, 0, 0),
+            ],
+            ..BpfStats::default()
+        };
+        let rows = programs([&a, &b]);
+        let got: Vec<(&str, usize, u64, u64, u64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.reps,
+                    r.run_cnt,
+                    r.run_time_ns,
+                    r.recursion_misses,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("state", 2, 30, 4000, 0),
+                ("softirq", 2, 400, 6000, 3),
+                ("exit", 1, 0, 0, 0)
+            ]
+        );
+        assert_eq!(rows[1].ns_per_run(), Some(15.0));
+        assert_eq!(rows[2].ns_per_run(), None);
     }
 
     #[test]
