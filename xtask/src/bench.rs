@@ -1,14 +1,20 @@
-//! `cargo xtask bench`: tracer overhead under connection churn.
+//! `cargo xtask bench`: what tracing costs, in scenarios.
 //!
-//! For each mode (workload pinned to CPU 0, or every CPU busy), runs the
-//! configurations interleaved (A B C D E A B C D E …): no tracer, tcptrace to a
-//! file (text and --json), and bpftrace printing or counting the same
-//! tracepoint. Each run starts the tracer, waits until it has attached, runs
-//! the `churn` workload, stops the tracer with SIGINT and collects
-//! connections/s, the tracer's CPU time, peak RSS, BPF run time per event and
-//! tcptrace's own event counters. Then it searches for the highest churn rate
-//! tcptrace follows without losing events. Every wait is bounded and every
-//! child is killed if anything fails.
+//! - churn: for each mode (workload pinned to CPU 0, or every CPU busy), runs
+//!   the configurations interleaved (A B C D E A B C D E …): no tracer,
+//!   tcptrace to a file (text and --json), and bpftrace printing or counting
+//!   the same tracepoint. Each run starts the tracer, waits until it has
+//!   attached, runs the `churn` workload, stops the tracer with SIGINT and
+//!   collects connections/s, the tracer's CPU time, peak RSS, the BPF
+//!   programs' run time and skipped runs (per program) and tcptrace's own
+//!   event counters. Then it searches for the highest churn rate tcptrace
+//!   follows without losing events.
+//! - bulk: the `bulk` workload (long-lived loopback streams at full speed)
+//!   with and without tcptrace, interleaved: the throughput ratio is what
+//!   tcptrace's programs that fire on every softirq cost traffic it has
+//!   nothing to report about.
+//!
+//! Every wait is bounded and every child is killed if anything fails.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -27,28 +33,47 @@ use crate::util::{self, command, run};
 
 #[derive(clap::Args, Debug, Clone, Serialize)]
 pub struct BenchArgs {
-    /// Repetitions of every configuration in every mode (interleaved).
+    /// Scenarios to run, comma-separated (all by default).
+    #[arg(long, value_delimiter = ',', default_values_t = Scenario::ALL)]
+    pub scenarios: Vec<Scenario>,
+    /// Repetitions of every configuration in every mode (interleaved); also
+    /// the bulk scenario's repetitions.
     #[arg(long, default_value_t = 5)]
     pub reps: u32,
     /// Seconds of churn per run.
     #[arg(long, default_value_t = 4.0)]
     pub seconds: f64,
-    /// Configurations to run, comma-separated.
+    /// Configurations to run in the churn, comma-separated.
     #[arg(long, alias = "only", value_delimiter = ',', default_values_t = Config::ALL)]
     pub configs: Vec<Config>,
-    /// Modes to run, comma-separated.
+    /// Modes to run the churn in, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [Mode::Pinned, Mode::Saturated])]
     pub modes: Vec<Mode>,
-    /// Listening ports the workload rotates over (spreads TIME_WAIT).
+    /// Listening ports the churn rotates over (spreads TIME_WAIT).
     #[arg(long, default_value_t = 32)]
     pub ports: u16,
-    /// First listening port (keep below the ephemeral range, 32768).
+    /// First listening port of the churn (keep below the ephemeral range,
+    /// 32768).
     #[arg(long, default_value_t = 24000)]
     pub base_port: u16,
     /// Most client threads the drop-free ceiling search tries (1, 2, 4, …);
     /// 0 skips the search. It runs only when `tcptrace` is among --configs.
     #[arg(long, default_value_t = 16)]
     pub ceiling_max_clients: u32,
+    /// Seconds of transfer per bulk run (none and tcptrace, --reps each).
+    #[arg(long, default_value_t = 4.0)]
+    pub bulk_seconds: f64,
+    /// TCP streams the bulk workload runs at once.
+    #[arg(long, default_value_t = 1)]
+    pub bulk_connections: u32,
+    /// Let the bulk workload use every CPU (by default it is pinned to CPU 0,
+    /// sender, receiver and their softirqs together, so that any per-softirq
+    /// cost comes straight out of the throughput; the tracer stays free).
+    #[arg(long)]
+    pub bulk_unpinned: bool,
+    /// Listening port of the bulk workload.
+    #[arg(long, default_value_t = 23990)]
+    pub bulk_port: u16,
     /// Seconds to wait for a tracer to report that it has attached.
     #[arg(long, default_value_t = 30)]
     pub ready_timeout: u64,
@@ -61,6 +86,38 @@ pub struct BenchArgs {
     /// Use the binaries already in target/release (no cargo build).
     #[arg(long)]
     pub no_build: bool,
+    /// Benchmark this tcptrace binary instead of target/release/tcptrace
+    /// (which is then not built).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub tcptrace: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Connection churn in every --modes x --configs, then the drop-free
+    /// ceiling search.
+    Churn,
+    /// Loopback throughput with and without tcptrace (--bulk-*): what its
+    /// programs that run on every softirq cost.
+    Bulk,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 2] = [Scenario::Churn, Scenario::Bulk];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Churn => "churn",
+            Scenario::Bulk => "bulk",
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -155,6 +212,18 @@ pub struct ChurnOut {
     pub accepted: u64,
 }
 
+/// bulk's JSON line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BulkOut {
+    /// Bytes received between the common start and the deadline.
+    pub bytes: f64,
+    pub seconds: f64,
+    /// Bytes per second.
+    pub rate: f64,
+    pub connections: u32,
+    pub errors: u64,
+}
+
 /// tcptrace's `tcptrace-summary {json}` line on stderr at exit.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
@@ -201,6 +270,8 @@ pub struct TracerOut {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
+    pub scenario: Scenario,
+    /// The churn's mode, "ceiling", or the scenario's name.
     pub mode: String,
     pub config: Config,
     pub rep: u32,
@@ -208,20 +279,55 @@ pub struct Run {
     pub pinned: bool,
     pub error: Option<String>,
     pub churn: Option<ChurnOut>,
+    pub bulk: Option<BulkOut>,
     pub tracer: Option<TracerOut>,
 }
 
 impl Run {
-    pub fn ok(&self) -> bool {
-        self.error.is_none() && self.churn.is_some()
+    pub(crate) fn new(scenario: Scenario, mode: &str, config: Config, rep: u32) -> Self {
+        Self {
+            scenario,
+            mode: mode.to_owned(),
+            config,
+            rep,
+            clients: 0,
+            pinned: false,
+            error: None,
+            churn: None,
+            bulk: None,
+            tracer: None,
+        }
     }
 
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+            && match self.scenario {
+                Scenario::Churn => self.churn.is_some(),
+                Scenario::Bulk => self.bulk.is_some(),
+            }
+    }
+
+    /// Connections/s of a churn, bytes/s of a bulk run.
     pub fn rate(&self) -> Option<f64> {
-        self.churn.as_ref().filter(|_| self.ok()).map(|c| c.rate)
+        if !self.ok() {
+            return None;
+        }
+        match self.scenario {
+            Scenario::Churn => self.churn.as_ref().map(|c| c.rate),
+            Scenario::Bulk => self.bulk.as_ref().map(|b| b.rate),
+        }
     }
 
     pub fn lost(&self) -> Option<u64> {
         self.tracer.as_ref()?.summary.as_ref()?.lost
+    }
+
+    /// Seconds the workload ran: the window the BPF statistics cover.
+    pub fn workload_seconds(&self) -> Option<f64> {
+        match self.scenario {
+            Scenario::Churn => self.churn.as_ref().map(|c| c.seconds),
+            Scenario::Bulk => self.bulk.as_ref().map(|b| b.seconds),
+        }
     }
 }
 
@@ -246,6 +352,7 @@ struct Ctx {
     dir: PathBuf,
     tcptrace: PathBuf,
     churn: PathBuf,
+    bulk: PathBuf,
 }
 
 const TCPTRACE_READY: &str = "tracing";
@@ -261,20 +368,37 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if args.reps == 0 || args.seconds.is_nan() || args.seconds <= 0.0 {
         bail!("--reps and --seconds must be positive");
     }
-    if args.configs.is_empty() || args.modes.is_empty() {
+    if !(args.bulk_seconds.is_finite() && args.bulk_seconds > 0.0) || args.bulk_connections == 0 {
+        bail!("--bulk-seconds and --bulk-connections must be positive");
+    }
+    if args.scenarios.is_empty() {
+        bail!("--scenarios must name at least one scenario");
+    }
+    let scenarios = args.scenarios.clone();
+    let wants = |s: Scenario| scenarios.contains(&s);
+    if wants(Scenario::Churn) && (args.configs.is_empty() || args.modes.is_empty()) {
         bail!("--configs and --modes must name at least one entry");
     }
     crate::setup::setup()?;
 
     let root = util::repo_root();
     let release = util::target_dir().join("release");
-    let wants_tcptrace = args.configs.iter().any(|c| c.is_tcptrace());
+    let churn_tcptrace = wants(Scenario::Churn) && args.configs.iter().any(|c| c.is_tcptrace());
+    let wants_tcptrace = churn_tcptrace || wants(Scenario::Bulk);
+    let bins: Vec<&str> = [(Scenario::Churn, "churn"), (Scenario::Bulk, "bulk")]
+        .into_iter()
+        .filter(|&(s, _)| wants(s))
+        .map(|(_, b)| b)
+        .collect();
     if !args.no_build {
-        println!("bench: building churn (release)");
-        run(command(util::cargo())?
-            .args(["build", "--release", "--package", "xtask", "--bin", "churn"])
-            .current_dir(&root))?;
-        if wants_tcptrace {
+        println!("bench: building {} (release)", bins.join(", "));
+        let mut cmd = command(util::cargo())?;
+        cmd.args(["build", "--release", "--package", "xtask"]);
+        for b in &bins {
+            cmd.args(["--bin", b]);
+        }
+        run(cmd.current_dir(&root))?;
+        if wants_tcptrace && args.tcptrace.is_none() {
             println!("bench: building tcptrace (release)");
             run(command(util::cargo())?
                 .args(["build", "--release", "--package", "tcptrace"])
@@ -283,11 +407,19 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let ctx = Ctx {
         dir: util::target_dir().join("bench"),
-        tcptrace: release.join("tcptrace"),
+        tcptrace: args
+            .tcptrace
+            .clone()
+            .unwrap_or_else(|| release.join("tcptrace")),
         churn: release.join("churn"),
+        bulk: release.join("bulk"),
         args,
     };
-    for (bin, needed) in [(&ctx.churn, true), (&ctx.tcptrace, wants_tcptrace)] {
+    for (bin, needed) in [
+        (&ctx.churn, wants(Scenario::Churn)),
+        (&ctx.bulk, wants(Scenario::Bulk)),
+        (&ctx.tcptrace, wants_tcptrace),
+    ] {
         if needed && !bin.is_file() {
             bail!(
                 "{} is missing (build it, or drop --no-build)",
@@ -316,42 +448,67 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let started = Instant::now();
 
     let a = &ctx.args;
-    let total = a.modes.len() * a.configs.len() * a.reps as usize;
-    println!(
-        "bench: {total} runs ({} modes x {} configs x {} reps, {} s of churn each), interleaved",
-        a.modes.len(),
-        a.configs.len(),
-        a.reps,
-        a.seconds
-    );
     let mut runs = Vec::new();
-    for &mode in &a.modes {
+    let mut ceiling_result = None;
+    if wants(Scenario::Churn) {
+        let total = a.modes.len() * a.configs.len() * a.reps as usize;
+        println!(
+            "bench: churn: {total} runs ({} modes x {} configs x {} reps, {} s of churn each), \
+             interleaved",
+            a.modes.len(),
+            a.configs.len(),
+            a.reps,
+            a.seconds
+        );
+        for &mode in &a.modes {
+            for rep in 0..a.reps {
+                for &config in &a.configs {
+                    proc::check_interrupted()?;
+                    let r = run_churn(
+                        &ctx,
+                        mode.name(),
+                        mode == Mode::Pinned,
+                        mode.clients(),
+                        config,
+                        rep,
+                    );
+                    proc::check_interrupted()?;
+                    println!("  {}", report::run_line(&r, a.reps));
+                    runs.push(r);
+                }
+            }
+        }
+        if a.configs.contains(&Config::Tcptrace) && a.ceiling_max_clients > 0 {
+            ceiling_result = Some(ceiling(&ctx)?);
+        }
+    }
+    if wants(Scenario::Bulk) {
+        println!(
+            "bench: bulk: {} runs (none and tcptrace x {} reps, {} s each, {} connection(s), {}), \
+             interleaved",
+            2 * a.reps,
+            a.reps,
+            a.bulk_seconds,
+            a.bulk_connections,
+            if a.bulk_unpinned {
+                "unpinned"
+            } else {
+                "pinned to CPU 0"
+            }
+        );
         for rep in 0..a.reps {
-            for &config in &a.configs {
+            for config in BULK_CONFIGS {
                 proc::check_interrupted()?;
-                let r = run_one(
-                    &ctx,
-                    mode.name(),
-                    mode == Mode::Pinned,
-                    mode.clients(),
-                    config,
-                    rep,
-                );
+                let r = run_bulk(&ctx, config, rep);
                 proc::check_interrupted()?;
                 println!("  {}", report::run_line(&r, a.reps));
                 runs.push(r);
             }
         }
     }
-
-    let ceiling = if a.configs.contains(&Config::Tcptrace) && a.ceiling_max_clients > 0 {
-        Some(ceiling(&ctx)?)
-    } else {
-        None
-    };
     drop(stats);
 
-    let report = report::Report::new(&ctx.args, runs, ceiling, started.elapsed(), load);
+    let report = report::Report::new(&ctx.args, runs, ceiling_result, started.elapsed(), load);
     let md = report.markdown();
     println!("\n{md}");
     fs::write(ctx.dir.join("results.md"), &md).context("writing results.md")?;
@@ -370,6 +527,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The bulk scenario's configurations, in their interleaved order.
+pub const BULK_CONFIGS: [Config; 2] = [Config::None, Config::Tcptrace];
+
 fn ceiling(ctx: &Ctx) -> Result<Ceiling> {
     println!("bench: drop-free ceiling of tcptrace (workload unpinned, more clients each step)");
     let mut steps = Vec::new();
@@ -384,7 +544,7 @@ fn ceiling(ctx: &Ctx) -> Result<Ceiling> {
             );
         }
         proc::check_interrupted()?;
-        let r = run_one(ctx, "ceiling", false, clients, Config::Tcptrace, 0);
+        let r = run_churn(ctx, "ceiling", false, clients, Config::Tcptrace, 0);
         proc::check_interrupted()?;
         println!("  {}", report::run_line(&r, 0));
         let step = CeilingStep {
@@ -419,136 +579,33 @@ fn ceiling(ctx: &Ctx) -> Result<Ceiling> {
     })
 }
 
-fn run_one(ctx: &Ctx, mode: &str, pinned: bool, clients: u32, config: Config, rep: u32) -> Run {
-    let mut run = Run {
-        mode: mode.to_owned(),
-        config,
-        rep,
-        clients,
-        pinned,
-        error: None,
-        churn: None,
-        tracer: None,
-    };
-    if let Err(e) = try_run(ctx, &mut run) {
+fn run_churn(ctx: &Ctx, mode: &str, pinned: bool, clients: u32, config: Config, rep: u32) -> Run {
+    let mut run = Run::new(Scenario::Churn, mode, config, rep);
+    run.clients = clients;
+    run.pinned = pinned;
+    if let Err(e) = try_churn(ctx, &mut run) {
         run.error = Some(format!("{e:#}"));
     }
     run
 }
 
-fn try_run(ctx: &Ctx, run: &mut Run) -> Result<()> {
-    let stem = ctx.dir.join("runs").join(format!(
+/// Where a run's files go: `<stem>.out`, `<stem>.err`, ….
+fn stem(ctx: &Ctx, run: &Run) -> PathBuf {
+    ctx.dir.join("runs").join(format!(
         "{}-{}-r{}-c{}",
         run.mode, run.config, run.rep, run.clients
-    ));
-    let file = |ext: &str| -> PathBuf { stem.with_extension(ext) };
-    let (out_path, err_path) = (file("out"), file("err"));
+    ))
+}
 
-    let mut tracer = match tracer_command(ctx, run.config)? {
-        None => None,
-        Some(mut cmd) => {
-            cmd.stdin(Stdio::null())
-                .stdout(create(&out_path)?)
-                .stderr(create(&err_path)?);
-            let started = Instant::now();
-            let mut p = Proc::spawn(&mut cmd, run.config.name())?;
-            let marker = if run.config.is_tcptrace() {
-                TCPTRACE_READY
-            } else {
-                BPFTRACE_READY
-            };
-            wait_ready(&mut p, marker, &out_path, &err_path, ctx.args.ready_timeout)?;
-            if run.config.is_bpftrace() {
-                // bpftrace says "Attaching" just before it attaches.
-                thread::sleep(BPFTRACE_SETTLE);
-            }
-            let ready_s = started.elapsed().as_secs_f64();
-            let cpu0 = proc::cpu_seconds(p.pid())?;
-            let mut bpf0 = proc::bpf_stats(p.pid())?;
-            // Names are looked up (bpftool) before the measured window.
-            bpf0.name_programs();
-            Some((p, ready_s, cpu0, bpf0))
-        }
-    };
-
-    let workload = churn(ctx, run, &file("churn"))?;
-
-    if let Some((mut p, ready_s, cpu0, bpf0)) = tracer.take() {
-        if let Some(e) = p.poll()? {
-            bail!("{} exited during the churn ({})", run.config, e.how);
-        }
-        let bpf = proc::bpf_stats(p.pid())?.since(&bpf0);
-        let rss_after_kib = proc::rss_kib(p.pid())?;
-        let (exit, killed) = p.stop(Duration::from_secs(ctx.args.stop_timeout))?;
-        let stderr = fs::read_to_string(&err_path).unwrap_or_default();
-        let stdout_bytes = fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
-        let summary = parse_summary(&stderr);
-        let (bpftrace_lost, bpftrace_count) = if run.config.is_bpftrace() {
-            let stdout = if run.config == Config::BpftraceCount {
-                fs::read_to_string(&out_path).unwrap_or_default()
-            } else {
-                String::new()
-            };
-            (parse_bpftrace_lost(&stderr, &stdout), parse_count(&stdout))
-        } else {
-            (None, None)
-        };
-        let (events, events_basis) = match (&summary, bpf.run_cnt, bpftrace_count) {
-            (
-                Some(Summary {
-                    received: Some(n), ..
-                }),
-                _,
-                _,
-            ) => (Some(*n), "received"),
-            (_, n, _) if n > 0 => (Some(n), "bpf run_cnt"),
-            (_, _, Some(n)) => (Some(n), "@c"),
-            _ => (None, "none"),
-        };
-        let (bpf_ns_per_event, bpf_basis) = bpf_per_event(run.config, &bpf, summary.as_ref());
-        // Keep the start of the first repetition's output as a sample; the
-        // rest (up to hundreds of MiB a run) only fills the disk.
-        if run.rep == 0 {
-            if let Ok(f) = File::options().write(true).open(&out_path) {
-                let _ = f.set_len(stdout_bytes.min(SAMPLE_BYTES));
-            }
-        } else {
-            let _ = fs::remove_file(&out_path);
-        }
-        run.tracer = Some(TracerOut {
-            ready_s,
-            cpu_s: (exit.cpu_s - cpu0).max(0.0),
-            cpu_total_s: exit.cpu_s,
-            maxrss_kib: exit.maxrss_kib,
-            rss_after_kib,
-            exit: exit.how.clone(),
-            killed,
-            bpf,
-            bpf_ns_per_event,
-            bpf_basis,
-            events,
-            events_basis,
-            summary,
-            bpftrace_lost,
-            bpftrace_count,
-            output_bytes: stdout_bytes,
-        });
-        let sigint_exit = exit.success() || exit.code == Some(130) || exit.how == "signal 2";
-        if killed {
-            bail!(
-                "{} did not exit within {} s of SIGINT",
-                run.config,
-                ctx.args.stop_timeout
-            );
-        }
-        if !sigint_exit {
-            bail!(
-                "{} ended with {} (see {})",
-                run.config,
-                exit.how,
-                err_path.display()
-            );
-        }
+fn try_churn(ctx: &Ctx, run: &mut Run) -> Result<()> {
+    let stem = stem(ctx, run);
+    let tracer = start_tracer(ctx, run.config, &stem)?;
+    let workload = churn(ctx, run, &stem.with_extension("churn"))?;
+    if let Some(t) = tracer {
+        let out = t.out_path.clone();
+        let stopped = stop_tracer(ctx, t, run, "the churn");
+        keep_sample(&out, run.rep);
+        stopped?;
     }
     match workload {
         Ok(c) => {
@@ -559,6 +616,186 @@ fn try_run(ctx: &Ctx, run: &mut Run) -> Result<()> {
             run.churn = c;
             Err(e)
         }
+    }
+}
+
+fn run_bulk(ctx: &Ctx, config: Config, rep: u32) -> Run {
+    let mut run = Run::new(Scenario::Bulk, "bulk", config, rep);
+    run.clients = ctx.args.bulk_connections;
+    run.pinned = !ctx.args.bulk_unpinned;
+    if let Err(e) = try_bulk(ctx, &mut run) {
+        run.error = Some(format!("{e:#}"));
+    }
+    run
+}
+
+fn try_bulk(ctx: &Ctx, run: &mut Run) -> Result<()> {
+    let a = &ctx.args;
+    let stem = stem(ctx, run);
+    let tracer = start_tracer(ctx, run.config, &stem)?;
+    let mut cmd = pinned_command(&ctx.bulk, run.pinned)?;
+    cmd.args(["--seconds", &a.bulk_seconds.to_string()])
+        .args(["--connections", &a.bulk_connections.to_string()])
+        .args(["--port", &a.bulk_port.to_string()]);
+    let limit = Duration::from_secs_f64(a.bulk_seconds + 30.0);
+    let workload: WorkResult<BulkOut> = workload(cmd, "bulk", &stem.with_extension("bulk"), limit)?;
+    if let Some(t) = tracer {
+        let out = t.out_path.clone();
+        let stopped = stop_tracer(ctx, t, run, "the bulk transfer");
+        keep_sample(&out, run.rep);
+        stopped?;
+    }
+    match workload {
+        Ok(b) => {
+            run.bulk = Some(b);
+            Ok(())
+        }
+        Err((b, e)) => {
+            run.bulk = b;
+            Err(e)
+        }
+    }
+}
+
+/// A tracer that has attached, with its readings at the start of the
+/// measured window.
+struct Tracing {
+    proc: Proc,
+    ready_s: f64,
+    cpu0: f64,
+    bpf0: BpfStats,
+    out_path: PathBuf,
+    err_path: PathBuf,
+}
+
+/// Starts the configuration's tracer (None for `none`) writing to
+/// `<stem>.out` and `<stem>.err`, and waits until it has attached.
+fn start_tracer(ctx: &Ctx, config: Config, stem: &Path) -> Result<Option<Tracing>> {
+    let Some(mut cmd) = tracer_command(ctx, config)? else {
+        return Ok(None);
+    };
+    let (out_path, err_path) = (stem.with_extension("out"), stem.with_extension("err"));
+    cmd.stdin(Stdio::null())
+        .stdout(create(&out_path)?)
+        .stderr(create(&err_path)?);
+    let started = Instant::now();
+    let mut p = Proc::spawn(&mut cmd, config.name())?;
+    let marker = if config.is_tcptrace() {
+        TCPTRACE_READY
+    } else {
+        BPFTRACE_READY
+    };
+    wait_ready(&mut p, marker, &out_path, &err_path, ctx.args.ready_timeout)?;
+    if config.is_bpftrace() {
+        // bpftrace says "Attaching" just before it attaches.
+        thread::sleep(BPFTRACE_SETTLE);
+    }
+    let ready_s = started.elapsed().as_secs_f64();
+    let cpu0 = proc::cpu_seconds(p.pid())?;
+    let mut bpf0 = proc::bpf_stats(p.pid())?;
+    // Names are looked up (bpftool) before the measured window.
+    bpf0.name_programs();
+    Ok(Some(Tracing {
+        proc: p,
+        ready_s,
+        cpu0,
+        bpf0,
+        out_path,
+        err_path,
+    }))
+}
+
+/// Ends the measured window, stops the tracer with SIGINT and records what
+/// it did in `run.tracer`; fails when it died during `what`, had to be
+/// killed or ended badly (after recording what it could).
+fn stop_tracer(ctx: &Ctx, t: Tracing, run: &mut Run, what: &str) -> Result<()> {
+    let Tracing {
+        proc: mut p,
+        ready_s,
+        cpu0,
+        bpf0,
+        out_path,
+        err_path,
+    } = t;
+    if let Some(e) = p.poll()? {
+        bail!("{} exited during {what} ({})", run.config, e.how);
+    }
+    let bpf = proc::bpf_stats(p.pid())?.since(&bpf0);
+    let rss_after_kib = proc::rss_kib(p.pid())?;
+    let (exit, killed) = p.stop(Duration::from_secs(ctx.args.stop_timeout))?;
+    let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+    let stdout_bytes = fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
+    let summary = parse_summary(&stderr);
+    let (bpftrace_lost, bpftrace_count) = if run.config.is_bpftrace() {
+        let stdout = if run.config == Config::BpftraceCount {
+            fs::read_to_string(&out_path).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        (parse_bpftrace_lost(&stderr, &stdout), parse_count(&stdout))
+    } else {
+        (None, None)
+    };
+    let (events, events_basis) = match (&summary, bpf.run_cnt, bpftrace_count) {
+        (
+            Some(Summary {
+                received: Some(n), ..
+            }),
+            _,
+            _,
+        ) => (Some(*n), "received"),
+        (_, n, _) if n > 0 => (Some(n), "bpf run_cnt"),
+        (_, _, Some(n)) => (Some(n), "@c"),
+        _ => (None, "none"),
+    };
+    let (bpf_ns_per_event, bpf_basis) = bpf_per_event(run.config, &bpf, summary.as_ref());
+    run.tracer = Some(TracerOut {
+        ready_s,
+        cpu_s: (exit.cpu_s - cpu0).max(0.0),
+        cpu_total_s: exit.cpu_s,
+        maxrss_kib: exit.maxrss_kib,
+        rss_after_kib,
+        exit: exit.how.clone(),
+        killed,
+        bpf,
+        bpf_ns_per_event,
+        bpf_basis,
+        events,
+        events_basis,
+        summary,
+        bpftrace_lost,
+        bpftrace_count,
+        output_bytes: stdout_bytes,
+    });
+    let sigint_exit = exit.success() || exit.code == Some(130) || exit.how == "signal 2";
+    if killed {
+        bail!(
+            "{} did not exit within {} s of SIGINT",
+            run.config,
+            ctx.args.stop_timeout
+        );
+    }
+    if !sigint_exit {
+        bail!(
+            "{} ended with {} (see {})",
+            run.config,
+            exit.how,
+            err_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Keeps the start of the first repetition's output as a sample; the rest
+/// (up to hundreds of MiB a run) only fills the disk.
+fn keep_sample(out_path: &Path, rep: u32) {
+    if rep == 0 {
+        let len = fs::metadata(out_path).map(|m| m.len()).unwrap_or(0);
+        if let Ok(f) = File::options().write(true).open(out_path) {
+            let _ = f.set_len(len.min(SAMPLE_BYTES));
+        }
+    } else {
+        let _ = fs::remove_file(out_path);
     }
 }
 
@@ -659,28 +896,48 @@ fn tail(text: &str, lines: usize) -> String {
     }
 }
 
-type ChurnResult = std::result::Result<ChurnOut, (Option<ChurnOut>, anyhow::Error)>;
+/// A workload that ran: its JSON line, or why it failed (with the line if
+/// it printed one).
+type WorkResult<T> = std::result::Result<T, (Option<T>, anyhow::Error)>;
 
-/// Runs the workload. The outer error is for failures of the harness; the
-/// inner one for a workload that ran but failed (with its numbers if any).
-fn churn(ctx: &Ctx, run: &Run, json_path: &Path) -> Result<ChurnResult> {
-    let a = &ctx.args;
-    let mut cmd = if run.pinned {
+/// `program`, under `taskset -c 0` when pinned.
+fn pinned_command(program: &Path, pinned: bool) -> Result<Command> {
+    Ok(if pinned {
         let mut c = command("taskset")?;
-        c.args(["-c", "0"]).arg(&ctx.churn);
+        c.args(["-c", "0"]).arg(program);
         c
     } else {
-        command(&ctx.churn)?
-    };
+        command(program)?
+    })
+}
+
+/// Runs the churn workload for `run`.
+fn churn(ctx: &Ctx, run: &Run, json_path: &Path) -> Result<WorkResult<ChurnOut>> {
+    let a = &ctx.args;
+    let mut cmd = pinned_command(&ctx.churn, run.pinned)?;
     cmd.args(["--seconds", &a.seconds.to_string()])
         .args(["--ports", &a.ports.to_string()])
         .args(["--base-port", &a.base_port.to_string()])
-        .args(["--clients", &run.clients.to_string()])
-        .stdin(Stdio::null())
-        .stdout(create(json_path)?)
-        .stderr(create(&json_path.with_extension("churn-err"))?);
-    let mut p = Proc::spawn(&mut cmd, "churn")?;
+        .args(["--clients", &run.clients.to_string()]);
     let limit = Duration::from_secs_f64(a.seconds + 30.0);
+    workload(cmd, "churn", json_path, limit)
+}
+
+/// Runs a workload that prints one JSON line (stdout to `json_path`, stderr
+/// next to it) for at most `limit`. The outer error is for failures of the
+/// harness; the inner one for a workload that ran but failed (with its
+/// numbers if any).
+fn workload<T: serde::de::DeserializeOwned>(
+    mut cmd: Command,
+    name: &str,
+    json_path: &Path,
+    limit: Duration,
+) -> Result<WorkResult<T>> {
+    let err_path = json_path.with_extension(format!("{name}-err"));
+    cmd.stdin(Stdio::null())
+        .stdout(create(json_path)?)
+        .stderr(create(&err_path)?);
+    let mut p = Proc::spawn(&mut cmd, name)?;
     let deadline = Instant::now() + limit;
     let exit = loop {
         proc::check_interrupted()?;
@@ -688,13 +945,13 @@ fn churn(ctx: &Ctx, run: &Run, json_path: &Path) -> Result<ChurnResult> {
             break e.clone();
         }
         if Instant::now() >= deadline {
-            bail!("churn did not finish within {} s", limit.as_secs());
+            bail!("{name} did not finish within {} s", limit.as_secs());
         }
         thread::sleep(Duration::from_millis(10));
     };
     let text = fs::read_to_string(json_path).unwrap_or_default();
-    let stderr = fs::read_to_string(json_path.with_extension("churn-err")).unwrap_or_default();
-    let parsed: Option<ChurnOut> = text
+    let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+    let parsed: Option<T> = text
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str(l.trim()).ok());
@@ -706,7 +963,7 @@ fn churn(ctx: &Ctx, run: &Run, json_path: &Path) -> Result<ChurnResult> {
             } else {
                 format!("ended with {}", exit.how)
             };
-            Err((c, anyhow::anyhow!("churn {why}: {}", tail(&stderr, 3))))
+            Err((c, anyhow::anyhow!("{name} {why}: {}", tail(&stderr, 3))))
         }
     })
 }

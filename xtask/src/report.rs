@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::bench::{BenchArgs, Ceiling, Config, Mode, Run};
+use crate::bench::{BULK_CONFIGS, BenchArgs, Ceiling, Config, Mode, Run, Scenario};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -53,10 +53,11 @@ impl Machine {
     }
 }
 
-/// Summary of the runs of one configuration in one mode.
+/// Summary of the runs of one configuration in one mode (a churn mode, or
+/// a scenario's name).
 #[derive(Debug, Clone, Serialize)]
 pub struct Group {
-    pub mode: Mode,
+    pub mode: String,
     pub config: Config,
     pub runs: usize,
     pub ok: usize,
@@ -74,6 +75,10 @@ pub struct Group {
     pub missed: Option<u64>,
     /// The tracer's programs, summed over the runs.
     pub programs: Vec<ProgRow>,
+    /// Runs of all the tracer's programs per second of workload, median.
+    pub bpf_runs_per_s: Option<f64>,
+    /// Their run time in ms per second of workload, median.
+    pub bpf_ms_per_s: Option<f64>,
     /// Largest peak RSS of the tracer over the runs.
     pub peak_rss_mib: Option<f64>,
     /// Largest RSS right after the churn (steady state) over the runs.
@@ -182,8 +187,14 @@ pub struct Report {
     pub machine: Machine,
     pub params: BenchArgs,
     pub elapsed_s: f64,
+    /// The churn's groups, mode by mode.
     pub groups: Vec<Group>,
+    /// The bulk scenario's groups (none, tcptrace).
+    pub bulk: Vec<Group>,
+    /// The churn's targets, one column per mode and tcptrace configuration.
     pub targets: Vec<Target>,
+    /// The other scenarios' targets, one value each.
+    pub scenario_targets: Vec<Target>,
     pub ceiling: Option<Ceiling>,
     pub runs: Vec<Run>,
 }
@@ -209,10 +220,10 @@ fn sum_all(runs: &[&Run], f: impl Fn(&Run) -> Option<u64>) -> Option<u64> {
     runs.iter().map(|r| f(r)).sum()
 }
 
-fn group(mode: Mode, config: Config, runs: &[Run], none_median: Option<f64>) -> Group {
+fn group(mode: &str, config: Config, runs: &[Run], none_median: Option<f64>) -> Group {
     let all: Vec<&Run> = runs
         .iter()
-        .filter(|r| r.mode == mode.name() && r.config == config)
+        .filter(|r| r.mode == mode && r.config == config)
         .collect();
     let ok: Vec<&Run> = all.iter().copied().filter(|r| r.ok()).collect();
     let rates: Vec<f64> = ok.iter().filter_map(|r| r.rate()).collect();
@@ -230,6 +241,16 @@ fn group(mode: Mode, config: Config, runs: &[Run], none_median: Option<f64>) -> 
         })
         .collect();
     let bpf: Vec<f64> = tracers.iter().filter_map(|t| t.bpf_ns_per_event).collect();
+    // Per second of workload: the window the BPF statistics cover.
+    let per_s = |f: fn(&crate::bench::TracerOut) -> f64| -> Option<f64> {
+        median(
+            ok.iter()
+                .filter_map(|r| Some((r.tracer.as_ref()?, r.workload_seconds()?)))
+                .filter(|(_, secs)| *secs > 0.0)
+                .map(|(t, secs)| f(t) / secs)
+                .collect(),
+        )
+    };
     let summary = |f: fn(&crate::bench::Summary) -> Option<u64>| {
         if config.is_tcptrace() {
             sum_all(&ok, |r| r.tracer.as_ref()?.summary.as_ref().and_then(f))
@@ -246,7 +267,7 @@ fn group(mode: Mode, config: Config, runs: &[Run], none_median: Option<f64>) -> 
         }
     }
     Group {
-        mode,
+        mode: mode.to_owned(),
         config,
         runs: all.len(),
         ok: ok.len(),
@@ -259,6 +280,8 @@ fn group(mode: Mode, config: Config, runs: &[Run], none_median: Option<f64>) -> 
         bpf_basis: tracers.first().map(|t| t.bpf_basis),
         missed: (!tracers.is_empty()).then(|| tracers.iter().map(|t| t.bpf.recursion_misses).sum()),
         programs: programs(tracers.iter().map(|t| &t.bpf)),
+        bpf_runs_per_s: per_s(|t| t.bpf.run_cnt as f64),
+        bpf_ms_per_s: per_s(|t| t.bpf.run_time_ns as f64 / 1e6),
         peak_rss_mib: tracers
             .iter()
             .map(|t| t.maxrss_kib as f64 / 1024.0)
@@ -288,8 +311,23 @@ fn group(mode: Mode, config: Config, runs: &[Run], none_median: Option<f64>) -> 
     }
 }
 
-fn find(groups: &[Group], mode: Mode, config: Config) -> Option<&Group> {
+fn find<'a>(groups: &'a [Group], mode: &str, config: Config) -> Option<&'a Group> {
     groups.iter().find(|g| g.mode == mode && g.config == config)
+}
+
+/// The groups of `mode` (a churn mode or a scenario), each compared with
+/// the median rate of `none` in it.
+fn groups_of(mode: &str, configs: &[Config], runs: &[Run]) -> Vec<Group> {
+    let none = median(
+        runs.iter()
+            .filter(|r| r.mode == mode && r.config == Config::None)
+            .filter_map(|r| r.rate())
+            .collect(),
+    );
+    configs
+        .iter()
+        .map(|&c| group(mode, c, runs, none))
+        .collect()
 }
 
 fn cell(
@@ -315,6 +353,9 @@ fn cell(
 }
 
 fn targets(groups: &[Group], args: &BenchArgs) -> Vec<Target> {
+    if !args.scenarios.contains(&Scenario::Churn) {
+        return Vec::new();
+    }
     let columns: Vec<(Mode, Config)> = args
         .modes
         .iter()
@@ -329,7 +370,7 @@ fn targets(groups: &[Group], args: &BenchArgs) -> Vec<Target> {
     let per = |f: &dyn Fn(Mode, Config, String) -> Cell| -> Vec<Cell> {
         columns.iter().map(|&(m, c)| f(m, c, label(m, c))).collect()
     };
-    let g = |m, c| find(groups, m, c);
+    let g = |m: Mode, c| find(groups, m.name(), c);
 
     vec![
         Target {
@@ -404,6 +445,31 @@ fn targets(groups: &[Group], args: &BenchArgs) -> Vec<Target> {
     ]
 }
 
+/// Targets of the scenarios other than the churn: one value each.
+fn scenario_targets(bulk: &[Group], args: &BenchArgs) -> Vec<Target> {
+    let mut out = Vec::new();
+    if args.scenarios.contains(&Scenario::Bulk) {
+        let g = find(bulk, "bulk", Config::Tcptrace);
+        let (ratio, lo, hi) = g.map_or((None, None, None), |g| {
+            (g.ratio_median, g.ratio_min, g.ratio_max)
+        });
+        out.push(Target {
+            name: "bulk throughput ratio, tcptrace writing to a file",
+            goal: ">= 0.99",
+            cells: vec![cell(
+                "bulk".into(),
+                ratio,
+                |v| match (lo, hi) {
+                    (Some(lo), Some(hi)) => format!("{v:.3} [{lo:.3}, {hi:.3}]"),
+                    _ => format!("{v:.3}"),
+                },
+                |v| v >= 0.99,
+            )],
+        });
+    }
+    out
+}
+
 impl Report {
     pub fn new(
         args: &BenchArgs,
@@ -413,24 +479,26 @@ impl Report {
         load_before: Option<f64>,
     ) -> Self {
         let mut groups = Vec::new();
-        for &mode in &args.modes {
-            let none = median(
-                runs.iter()
-                    .filter(|r| r.mode == mode.name() && r.config == Config::None)
-                    .filter_map(|r| r.rate())
-                    .collect(),
-            );
-            for &config in &args.configs {
-                groups.push(group(mode, config, &runs, none));
+        if args.scenarios.contains(&Scenario::Churn) {
+            for &mode in &args.modes {
+                groups.extend(groups_of(mode.name(), &args.configs, &runs));
             }
         }
+        let bulk = if args.scenarios.contains(&Scenario::Bulk) {
+            groups_of("bulk", &BULK_CONFIGS, &runs)
+        } else {
+            Vec::new()
+        };
         let targets = targets(&groups, args);
+        let scenario_targets = scenario_targets(&bulk, args);
         Self {
             machine: Machine::read(load_before),
             params: args.clone(),
             elapsed_s: elapsed.as_secs_f64(),
             groups,
+            bulk,
             targets,
+            scenario_targets,
             ceiling,
             runs,
         }
@@ -442,21 +510,28 @@ impl Report {
         let p = &self.params;
         let m = &self.machine;
         let _ = writeln!(s, "## Results\n");
+        let names: Vec<&str> = p.scenarios.iter().map(|s| s.name()).collect();
         let _ = writeln!(
             s,
-            "{}; Linux {}, {} CPUs ({}). {} reps x {} s of churn per configuration and mode, \
-             interleaved; {} listening ports; took {:.0} s; load average before: {}.\n",
+            "{}; Linux {}, {} CPUs ({}). Scenarios: {}; took {:.0} s; load average before: {}.\n",
             m.date,
             m.kernel,
             m.cpus,
             m.cpu_model,
-            p.reps,
-            p.seconds,
-            p.ports,
+            names.join(", "),
             self.elapsed_s,
             m.load_before.map_or("n/a".into(), |l| format!("{l:.2}"))
         );
-        for &mode in &p.modes {
+        let churn = p.scenarios.contains(&Scenario::Churn);
+        if churn {
+            let _ = writeln!(
+                s,
+                "Churn: {} reps x {} s per configuration and mode, interleaved; {} listening \
+                 ports.\n",
+                p.reps, p.seconds, p.ports
+            );
+        }
+        for &mode in p.modes.iter().filter(|_| churn) {
             let _ = writeln!(s, "### {mode}: {}\n", mode.describe());
             let _ = writeln!(
                 s,
@@ -465,7 +540,7 @@ impl Report {
                  RSS after churn MiB | events / run (basis) | produced / received / lost / filtered |"
             );
             let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
-            for g in self.groups.iter().filter(|g| g.mode == mode) {
+            for g in self.groups.iter().filter(|g| g.mode == mode.name()) {
                 let ratio = match (g.ratio_median, g.ratio_min, g.ratio_max) {
                     (Some(a), Some(b), Some(c)) => format!("{a:.3} [{b:.3}, {c:.3}]"),
                     _ => "n/a".into(),
@@ -517,7 +592,7 @@ impl Report {
             for g in self
                 .groups
                 .iter()
-                .filter(|g| g.mode == mode && g.config.is_tcptrace())
+                .filter(|g| g.mode == mode.name() && g.config.is_tcptrace())
             {
                 programs_table(
                     &mut s,
@@ -528,13 +603,18 @@ impl Report {
             }
         }
 
+        if p.scenarios.contains(&Scenario::Bulk) {
+            self.bulk_section(&mut s);
+        }
+
         let _ = writeln!(s, "### Targets\n");
-        if self.targets.first().is_none_or(|t| t.cells.is_empty()) {
+        if churn && self.targets.first().is_none_or(|t| t.cells.is_empty()) {
             let _ = writeln!(
                 s,
-                "No tcptrace configuration was run, so no target was measured.\n"
+                "No tcptrace configuration was run in the churn, so no churn target was \
+                 measured.\n"
             );
-        } else {
+        } else if churn {
             let cols: Vec<&str> = self.targets[0]
                 .cells
                 .iter()
@@ -552,6 +632,21 @@ impl Report {
                     })
                     .collect();
                 let _ = writeln!(s, "| {} | {} | {} |", t.name, t.goal, cells.join(" | "));
+            }
+            let _ = writeln!(s);
+        }
+
+        if !self.scenario_targets.is_empty() {
+            let _ = writeln!(s, "| target | goal | value |");
+            let _ = writeln!(s, "|---|---|---|");
+            for t in &self.scenario_targets {
+                for c in &t.cells {
+                    let value = match c.status {
+                        Status::NotMeasured => "n/a".into(),
+                        st => format!("{} {st}", c.text),
+                    };
+                    let _ = writeln!(s, "| {} | {} | {value} |", t.name, t.goal);
+                }
             }
             let _ = writeln!(s);
         }
@@ -588,6 +683,7 @@ impl Report {
         let failed: Vec<&Group> = self
             .groups
             .iter()
+            .chain(&self.bulk)
             .filter(|g| !g.errors.is_empty())
             .collect();
         if !failed.is_empty() {
@@ -609,7 +705,8 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "Ratio: a run's conn/s over the median conn/s of `none` in the same mode. Tracer CPU: \
+            "Ratio: a run's conn/s (bulk: bytes/s) over the median of `none` in the same mode \
+             or scenario. Tracer CPU: \
              user+system seconds of the tracer process from the moment it reported being attached \
              until it exited (churn plus final drain), per million events; events are tcptrace's \
              `received` count, else the BPF programs' run_cnt. BPF ns / event: for tcptrace, the \
@@ -620,7 +717,9 @@ impl Report {
              /proc/<pid>/fdinfo with kernel.bpf_stats_enabled=1. Missed runs: the \
              recursion_misses of the tracer's programs over the churn, summed (runs the kernel \
              skipped because a BPF program was already running on that CPU; for tcptrace, \
-             events that never existed). Peak RSS: ru_maxrss from wait4 (bpftrace's includes \
+             events that never existed). Bulk: BPF runs / s and run time ms / s are those of all \
+             of tcptrace's programs per second of transfer (medians over the reps). Program \
+             tables: sums over the reps, programs named by the kernel (bpftool). Peak RSS: ru_maxrss from wait4 (bpftrace's includes \
              compiling its program; tcptrace's includes aya parsing the kernel's BTF once at \
              load). RSS after churn: VmRSS just before the tracer is stopped (the ring buffer's \
              pages count twice: the kernel maps its data area twice)."
@@ -628,20 +727,90 @@ impl Report {
         s
     }
 
+    fn bulk_section(&self, s: &mut String) {
+        let p = &self.params;
+        let _ = writeln!(
+            s,
+            "### bulk: {} loopback stream(s) at full speed, {}\n",
+            p.bulk_connections,
+            if p.bulk_unpinned {
+                "unpinned"
+            } else {
+                "pinned to CPU 0 (sender, receiver and their softirqs); tracer free"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "{} reps x {} s, none and tcptrace (default view, to a file) interleaved. Almost no \
+             socket changes state, so what tcptrace costs here is its programs that run on \
+             every softirq.\n",
+            p.reps, p.bulk_seconds
+        );
+        let _ = writeln!(
+            s,
+            "| config | runs ok | MB/s median | ratio to none: median [min, max] | \
+             BPF runs / s | BPF run time ms / s | missed runs | produced / lost |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        for g in &self.bulk {
+            let tracer = g.config != Config::None;
+            let or_dash = |v: Option<String>| match v {
+                Some(v) => v,
+                None if tracer => "n/a".into(),
+                None => "-".into(),
+            };
+            let ratio = match (g.ratio_median, g.ratio_min, g.ratio_max) {
+                (Some(a), Some(b), Some(c)) => format!("{a:.3} [{b:.3}, {c:.3}]"),
+                _ => "n/a".into(),
+            };
+            let counts = if tracer {
+                let f = |v: Option<u64>| v.map_or("n/a".into(), |v| v.to_string());
+                format!("{} / {}", f(g.produced), f(g.lost))
+            } else {
+                "-".into()
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {}/{} | {} | {ratio} | {} | {} | {} | {counts} |",
+                g.config,
+                g.ok,
+                g.runs,
+                g.rate_median
+                    .map_or("n/a".into(), |r| format!("{:.0}", r / 1e6)),
+                or_dash(g.bpf_runs_per_s.map(|v| format!("{v:.0}"))),
+                or_dash(g.bpf_ms_per_s.map(|v| format!("{v:.2}"))),
+                or_dash(g.missed.map(|v| v.to_string())),
+            );
+        }
+        let _ = writeln!(s);
+        for g in self.bulk.iter().filter(|g| g.config.is_tcptrace()) {
+            programs_table(
+                s,
+                "bulk: tcptrace's BPF programs during the transfer",
+                g.ok,
+                &g.programs,
+            );
+        }
+    }
+
     /// The whole BENCHMARKS.md.
     pub fn benchmarks_md(&self) -> String {
         let m = &self.machine;
         format!(
             "# Benchmarks\n\n\
-             What tracing costs a TCP connection-churn workload, measured by `cargo xtask bench` \
-             (a few minutes; root). The workload (`xtask/src/bin/churn.rs`) opens, uses and \
-             closes loopback connections as fast as it can; each configuration runs it once per \
-             repetition, interleaved, while the tracer writes to a file. Raw numbers: \
+             What tracing costs, measured by `cargo xtask bench` (a few minutes; root). The \
+             churn workload (`xtask/src/bin/churn.rs`) opens, uses and closes loopback \
+             connections as fast as it can; each configuration runs it once per repetition, \
+             interleaved, while the tracer writes to a file. The bulk workload \
+             (`xtask/src/bin/bulk.rs`) streams bytes over loopback as fast as it can, with and \
+             without tcptrace, which is what tcptrace's programs that run on every softirq \
+             cost traffic it has nothing to report about. Raw numbers: \
              `target/bench/results.json`; this file is rewritten by every run.\n\n\
-             Flags: `--reps N`, `--seconds S`, `--configs none,tcptrace,tcptrace-json,\
-             bpftrace-print,bpftrace-count`, `--modes pinned,saturated`, \
-             `--ceiling-max-clients K`, `--ports N`, `--base-port P`, `--ready-timeout S`, \
-             `--stop-timeout S`, `--no-build`, `--no-benchmarks-md` (see \
+             Flags: `--scenarios churn,bulk`, `--reps N`, `--seconds S`, \
+             `--configs none,tcptrace,tcptrace-json,bpftrace-print,bpftrace-count`, \
+             `--modes pinned,saturated`, `--ceiling-max-clients K`, `--ports N`, `--base-port P`, \
+             `--bulk-seconds S`, `--bulk-connections C`, `--bulk-unpinned`, `--bulk-port P`, \
+             `--ready-timeout S`, `--stop-timeout S`, `--no-build`, `--no-benchmarks-md` (see \
              `cargo xtask bench --help`). Unpinned runs vary by 10-20% between repetitions on \
              a 2-CPU VM; compare medians, and run on an otherwise idle machine.\n\n\
              ## Machine\n\n\
@@ -704,6 +873,15 @@ pub fn run_line(r: &Run, reps: u32) -> String {
             s,
             "{:.0} conn/s ({} conns, {} errors)",
             c.rate, c.connections, c.errors
+        );
+    }
+    if let Some(b) = &r.bulk {
+        let _ = write!(
+            s,
+            "{:.0} MB/s ({} connection(s), {} errors)",
+            b.rate / 1e6,
+            b.connections,
+            b.errors
         );
     }
     if let Some(t) = &r.tracer {
@@ -829,6 +1007,155 @@ mod tests {
         );
         assert_eq!(rows[1].ns_per_run(), Some(15.0));
         assert_eq!(rows[2].ns_per_run(), None);
+    }
+
+    fn args(argv: &[&str]) -> BenchArgs {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let mut all = vec!["bench"];
+        all.extend_from_slice(argv);
+        Cli::parse_from(all).bench
+    }
+
+    fn tracer(progs: Vec<crate::proc::ProgStats>, produced: u64) -> crate::bench::TracerOut {
+        let bpf = crate::proc::BpfStats {
+            programs: progs.len() as u64,
+            run_cnt: progs.iter().map(|p| p.run_cnt).sum(),
+            run_time_ns: progs.iter().map(|p| p.run_time_ns).sum(),
+            recursion_misses: progs.iter().map(|p| p.recursion_misses).sum(),
+            progs,
+        };
+        crate::bench::TracerOut {
+            ready_s: 0.5,
+            cpu_s: 0.1,
+            cpu_total_s: 0.2,
+            maxrss_kib: 10240,
+            rss_after_kib: 8192,
+            exit: "exit 0".into(),
+            killed: false,
+            bpf_ns_per_event: Some(bpf.run_time_ns as f64 / produced as f64),
+            bpf_basis: crate::bench::BASIS_PRODUCED,
+            bpf,
+            events: Some(produced),
+            events_basis: "received",
+            summary: Some(crate::bench::Summary {
+                produced: Some(produced),
+                received: Some(produced),
+                lost: Some(0),
+                filtered: Some(0),
+                missed: Some(0),
+            }),
+            bpftrace_lost: None,
+            bpftrace_count: None,
+            output_bytes: 1000,
+        }
+    }
+
+    fn churn_run(mode: Mode, config: Config, rate: f64) -> Run {
+        let mut r = Run::new(Scenario::Churn, mode.name(), config, 0);
+        r.churn = Some(crate::bench::ChurnOut {
+            connections: rate as u64 * 2,
+            seconds: 2.0,
+            rate,
+            errors: 0,
+            accepted: rate as u64 * 2,
+        });
+        if config != Config::None {
+            r.tracer = Some(tracer(
+                vec![
+                    prog(1, "inet_sock_set_state", 4000, 800_000, 0),
+                    prog(2, "softirq_entry", 100_000, 2_000_000, 2),
+                ],
+                4000,
+            ));
+        }
+        r
+    }
+
+    fn bulk_run(config: Config, rate: f64) -> Run {
+        let mut r = Run::new(Scenario::Bulk, "bulk", config, 0);
+        r.bulk = Some(crate::bench::BulkOut {
+            bytes: rate * 2.0,
+            seconds: 2.0,
+            rate,
+            connections: 1,
+            errors: 0,
+        });
+        if config != Config::None {
+            r.tracer = Some(tracer(
+                vec![prog(2, "softirq_entry", 50_000, 500_000, 0)],
+                0,
+            ));
+        }
+        r
+    }
+
+    #[test]
+    fn report_shows_every_figure_with_its_target() {
+        let a = args(&[
+            "--modes",
+            "pinned",
+            "--configs",
+            "none,tcptrace",
+            "--scenarios",
+            "churn,bulk",
+        ]);
+        let runs = vec![
+            churn_run(Mode::Pinned, Config::None, 10_000.0),
+            churn_run(Mode::Pinned, Config::Tcptrace, 9_000.0),
+            bulk_run(Config::None, 4e9),
+            bulk_run(Config::Tcptrace, 3.98e9),
+        ];
+        let r = Report::new(&a, runs, None, Duration::from_secs(3), None);
+        let md = r.markdown();
+        // (0.8 + 2.0) ms over 4000 produced events.
+        assert!(
+            md.contains(&format!("| 700 ({}) | 2 |", crate::bench::BASIS_PRODUCED)),
+            "{md}"
+        );
+        assert!(
+            md.contains("| softirq_entry | 100000 | 20 | 2.0 | 2 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("runs skipped by the kernel (recursion_misses), churn | 0 | 2 MISS |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("BPF run time, ns per event produced | <= 150 | 700 MISS |"),
+            "{md}"
+        );
+        assert!(md.contains("| bulk throughput ratio, tcptrace writing to a file | >= 0.99 | 0.995 [0.995, 0.995] PASS |"), "{md}");
+        assert!(
+            md.contains(
+                "| tcptrace | 1/1 | 3980 | 0.995 [0.995, 0.995] | 25000 | 0.25 | 0 | 0 / 0 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("bulk: tcptrace's BPF programs during the transfer"),
+            "{md}"
+        );
+
+        // Only the bulk: no churn table, no churn targets.
+        let a = args(&["--scenarios", "bulk"]);
+        let r = Report::new(
+            &a,
+            vec![bulk_run(Config::None, 4e9)],
+            None,
+            Duration::ZERO,
+            None,
+        );
+        let md = r.markdown();
+        assert!(!md.contains("### pinned"), "{md}");
+        assert!(
+            md.contains("bulk throughput ratio, tcptrace writing to a file | >= 0.99 | n/a |"),
+            "{md}"
+        );
     }
 
     #[test]
