@@ -13,6 +13,11 @@
 //!   with and without tcptrace, interleaved: the throughput ratio is what
 //!   tcptrace's programs that fire on every softirq cost traffic it has
 //!   nothing to report about.
+//! - massclose: under `tcptrace --json`, the `massclose` workload SIGKILLs a
+//!   child holding many loopback connections; once every socket of it is
+//!   gone, tcptrace is stopped, and its JSON says how many of those sockets
+//!   it still thought open. With the runs the kernel skipped (against the
+//!   events produced), that is what a burst of closes costs its accuracy.
 //!
 //! Every wait is bounded and every child is killed if anything fails.
 
@@ -74,6 +79,22 @@ pub struct BenchArgs {
     /// Listening port of the bulk workload.
     #[arg(long, default_value_t = 23990)]
     pub bulk_port: u16,
+    /// Connections the mass-close child opens before it is SIGKILLed (each
+    /// needs a file descriptor on both sides; RLIMIT_NOFILE is raised, and
+    /// the connections are split over several children and listeners when
+    /// the hard limit is lower).
+    #[arg(long, default_value_t = 20000)]
+    pub massclose_conns: u32,
+    /// Mass-close runs, each under its own tcptrace --json (0 skips them).
+    #[arg(long, default_value_t = 1)]
+    pub massclose_runs: u32,
+    /// First listening port of the mass close (one port per shard).
+    #[arg(long, default_value_t = 23900)]
+    pub massclose_port: u16,
+    /// Seconds each phase of a mass close may take (connecting, closing,
+    /// the sockets disappearing from /proc/net/tcp).
+    #[arg(long, default_value_t = 60)]
+    pub massclose_timeout: u64,
     /// Seconds to wait for a tracer to report that it has attached.
     #[arg(long, default_value_t = 30)]
     pub ready_timeout: u64,
@@ -101,15 +122,19 @@ pub enum Scenario {
     /// Loopback throughput with and without tcptrace (--bulk-*): what its
     /// programs that run on every softirq cost.
     Bulk,
+    /// A child holding many connections SIGKILLed under tcptrace --json
+    /// (--massclose-*): runs skipped, sockets wrongly left open.
+    Massclose,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 2] = [Scenario::Churn, Scenario::Bulk];
+    const ALL: [Scenario; 3] = [Scenario::Churn, Scenario::Bulk, Scenario::Massclose];
 
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Churn => "churn",
             Scenario::Bulk => "bulk",
+            Scenario::Massclose => "massclose",
         }
     }
 }
@@ -224,6 +249,52 @@ pub struct BulkOut {
     pub errors: u64,
 }
 
+/// massclose's JSON line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MasscloseOut {
+    pub connections: u64,
+    pub shards: u32,
+    /// The listening ports: every socket of the scenario has one at an end.
+    pub ports: Vec<u16>,
+    pub killed_pids: Vec<u32>,
+    /// Connections where the killed side had bytes unread (it sends RST).
+    pub unread_in_killed: u64,
+    /// Connections where the listening side had bytes unread.
+    pub unread_in_listener: u64,
+    pub nofile: u64,
+    pub connect_s: f64,
+    pub kill_s: f64,
+    pub close_s: f64,
+}
+
+/// What a mass-close run found.
+#[derive(Debug, Clone, Serialize)]
+pub struct MassClose {
+    pub out: MasscloseOut,
+    /// Seconds from massclose's exit until no socket on its ports was left
+    /// but TIME_WAIT ones; None if some were still there at the timeout.
+    pub gone_after_s: Option<f64>,
+    /// Sockets on its ports still there (TIME_WAIT aside) when tcptrace was
+    /// stopped.
+    pub left: u64,
+    /// What tcptrace's JSON said about the sockets on those ports.
+    pub sockets: SocketCounts,
+}
+
+/// Socket lines of tcptrace's JSON that have one of the scenario's ports at
+/// either end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SocketCounts {
+    pub reported: u64,
+    /// Reported still open when tcptrace stopped (`"still_open": true`, or
+    /// a verdict whose close is `still_open`).
+    pub still_open: u64,
+    /// Of those, sockets that were no longer there (the target: 0).
+    pub still_open_gone: u64,
+    /// Reported with a non-empty `incomplete` list.
+    pub incomplete: u64,
+}
+
 /// tcptrace's `tcptrace-summary {json}` line on stderr at exit.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
@@ -280,6 +351,7 @@ pub struct Run {
     pub error: Option<String>,
     pub churn: Option<ChurnOut>,
     pub bulk: Option<BulkOut>,
+    pub massclose: Option<MassClose>,
     pub tracer: Option<TracerOut>,
 }
 
@@ -295,6 +367,7 @@ impl Run {
             error: None,
             churn: None,
             bulk: None,
+            massclose: None,
             tracer: None,
         }
     }
@@ -304,6 +377,7 @@ impl Run {
             && match self.scenario {
                 Scenario::Churn => self.churn.is_some(),
                 Scenario::Bulk => self.bulk.is_some(),
+                Scenario::Massclose => self.massclose.is_some(),
             }
     }
 
@@ -315,6 +389,7 @@ impl Run {
         match self.scenario {
             Scenario::Churn => self.churn.as_ref().map(|c| c.rate),
             Scenario::Bulk => self.bulk.as_ref().map(|b| b.rate),
+            Scenario::Massclose => None,
         }
     }
 
@@ -327,6 +402,7 @@ impl Run {
         match self.scenario {
             Scenario::Churn => self.churn.as_ref().map(|c| c.seconds),
             Scenario::Bulk => self.bulk.as_ref().map(|b| b.seconds),
+            Scenario::Massclose => None,
         }
     }
 }
@@ -353,6 +429,7 @@ struct Ctx {
     tcptrace: PathBuf,
     churn: PathBuf,
     bulk: PathBuf,
+    massclose: PathBuf,
 }
 
 const TCPTRACE_READY: &str = "tracing";
@@ -371,6 +448,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if !(args.bulk_seconds.is_finite() && args.bulk_seconds > 0.0) || args.bulk_connections == 0 {
         bail!("--bulk-seconds and --bulk-connections must be positive");
     }
+    if args.massclose_conns == 0 || args.massclose_timeout == 0 {
+        bail!("--massclose-conns and --massclose-timeout must be positive");
+    }
     if args.scenarios.is_empty() {
         bail!("--scenarios must name at least one scenario");
     }
@@ -384,12 +464,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let root = util::repo_root();
     let release = util::target_dir().join("release");
     let churn_tcptrace = wants(Scenario::Churn) && args.configs.iter().any(|c| c.is_tcptrace());
-    let wants_tcptrace = churn_tcptrace || wants(Scenario::Bulk);
-    let bins: Vec<&str> = [(Scenario::Churn, "churn"), (Scenario::Bulk, "bulk")]
-        .into_iter()
-        .filter(|&(s, _)| wants(s))
-        .map(|(_, b)| b)
-        .collect();
+    let wants_tcptrace = churn_tcptrace || wants(Scenario::Bulk) || wants(Scenario::Massclose);
+    let bins: Vec<&str> = [
+        (Scenario::Churn, "churn"),
+        (Scenario::Bulk, "bulk"),
+        (Scenario::Massclose, "massclose"),
+    ]
+    .into_iter()
+    .filter(|&(s, _)| wants(s))
+    .map(|(_, b)| b)
+    .collect();
     if !args.no_build {
         println!("bench: building {} (release)", bins.join(", "));
         let mut cmd = command(util::cargo())?;
@@ -413,11 +497,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             .unwrap_or_else(|| release.join("tcptrace")),
         churn: release.join("churn"),
         bulk: release.join("bulk"),
+        massclose: release.join("massclose"),
         args,
     };
     for (bin, needed) in [
         (&ctx.churn, wants(Scenario::Churn)),
         (&ctx.bulk, wants(Scenario::Bulk)),
+        (&ctx.massclose, wants(Scenario::Massclose)),
         (&ctx.tcptrace, wants_tcptrace),
     ] {
         if needed && !bin.is_file() {
@@ -504,6 +590,19 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 println!("  {}", report::run_line(&r, a.reps));
                 runs.push(r);
             }
+        }
+    }
+    if wants(Scenario::Massclose) && a.massclose_runs > 0 {
+        println!(
+            "bench: massclose: {} run(s), {} connections SIGKILLed under tcptrace --json",
+            a.massclose_runs, a.massclose_conns
+        );
+        for rep in 0..a.massclose_runs {
+            proc::check_interrupted()?;
+            let r = run_massclose(&ctx, rep);
+            proc::check_interrupted()?;
+            println!("  {}", report::run_line(&r, a.massclose_runs));
+            runs.push(r);
         }
     }
     drop(stats);
@@ -655,6 +754,141 @@ fn try_bulk(ctx: &Ctx, run: &mut Run) -> Result<()> {
             Err(e)
         }
     }
+}
+
+fn run_massclose(ctx: &Ctx, rep: u32) -> Run {
+    let mut run = Run::new(Scenario::Massclose, "massclose", Config::TcptraceJson, rep);
+    run.clients = ctx.args.massclose_conns;
+    if let Err(e) = try_massclose(ctx, &mut run) {
+        run.error = Some(format!("{e:#}"));
+    }
+    run
+}
+
+fn try_massclose(ctx: &Ctx, run: &mut Run) -> Result<()> {
+    let a = &ctx.args;
+    let stem = stem(ctx, run);
+    let tracer = start_tracer(ctx, run.config, &stem)?.context("massclose needs tcptrace")?;
+    let mut cmd = command(&ctx.massclose)?;
+    cmd.args(["--conns", &a.massclose_conns.to_string()])
+        .args(["--port", &a.massclose_port.to_string()])
+        .args(["--timeout", &a.massclose_timeout.to_string()]);
+    // Connecting, closing, and the coordinator's own waits.
+    let limit = Duration::from_secs(3 * a.massclose_timeout + 30);
+    let workload: WorkResult<MasscloseOut> =
+        workload(cmd, "massclose", &stem.with_extension("massclose"), limit)?;
+    let out_path = tracer.out_path.clone();
+    let out = match workload {
+        Ok(o) => o,
+        Err((_, e)) => {
+            let _ = stop_tracer(ctx, tracer, run, "the mass close");
+            keep_sample(&out_path, run.rep);
+            return Err(e);
+        }
+    };
+
+    // tcptrace is stopped only once every socket of the scenario is gone,
+    // so that any it reports still open is wrong.
+    let waited = Instant::now();
+    let deadline = waited + Duration::from_secs(a.massclose_timeout);
+    let left = loop {
+        proc::check_interrupted()?;
+        let left: Vec<proc::NetSock> = proc::tcp_sockets()?
+            .into_iter()
+            .filter(|s| s.state != proc::TCP_TIME_WAIT)
+            .filter(|s| out.ports.contains(&s.local_port) || out.ports.contains(&s.remote_port))
+            .collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            break left;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let gone_after_s = left.is_empty().then(|| waited.elapsed().as_secs_f64());
+
+    let stopped = stop_tracer(ctx, tracer, run, "the mass close");
+    let present: Vec<(u16, u16)> = left.iter().map(|s| (s.local_port, s.remote_port)).collect();
+    let scanned = File::open(&out_path)
+        .with_context(|| format!("reading {}", out_path.display()))
+        .map(|f| scan_sockets(std::io::BufReader::new(f), &out.ports, &present));
+    keep_sample(&out_path, run.rep);
+    stopped?;
+    run.massclose = Some(MassClose {
+        out,
+        gone_after_s,
+        left: left.len() as u64,
+        sockets: scanned?,
+    });
+    Ok(())
+}
+
+/// The parts of a `{"type":"socket",…}` line of tcptrace's JSON that the
+/// mass close looks at (schema: tcptrace/src/render/json.rs).
+#[derive(Deserialize)]
+struct SocketLine {
+    socket: SocketPart,
+    verdict: VerdictPart,
+}
+
+#[derive(Deserialize)]
+struct SocketPart {
+    local: String,
+    remote: String,
+    #[serde(default)]
+    still_open: bool,
+}
+
+#[derive(Deserialize)]
+struct VerdictPart {
+    close: ClosePart,
+    #[serde(default)]
+    incomplete: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ClosePart {
+    kind: String,
+}
+
+/// The port of "127.0.0.1:23900" or "[::1]:23900".
+fn addr_port(addr: &str) -> Option<u16> {
+    addr.rsplit_once(':')?.1.parse().ok()
+}
+
+/// Counts the socket lines of tcptrace's JSON with one of `ports` at either
+/// end; a socket reported still open counts as gone unless its
+/// (local, remote) ports are among `present`.
+fn scan_sockets(
+    text: impl std::io::BufRead,
+    ports: &[u16],
+    present: &[(u16, u16)],
+) -> SocketCounts {
+    let mut c = SocketCounts::default();
+    for line in text.lines() {
+        let Ok(line) = line else { break };
+        if !line.starts_with(r#"{"type":"socket""#) {
+            continue;
+        }
+        let Ok(l) = serde_json::from_str::<SocketLine>(&line) else {
+            continue;
+        };
+        let (Some(lp), Some(rp)) = (addr_port(&l.socket.local), addr_port(&l.socket.remote)) else {
+            continue;
+        };
+        if !ports.contains(&lp) && !ports.contains(&rp) {
+            continue;
+        }
+        c.reported += 1;
+        if !l.verdict.incomplete.is_empty() {
+            c.incomplete += 1;
+        }
+        if l.socket.still_open || l.verdict.close.kind == "still_open" {
+            c.still_open += 1;
+            if !present.contains(&(lp, rp)) {
+                c.still_open_gone += 1;
+            }
+        }
+    }
+    c
 }
 
 /// A tracer that has attached, with its readings at the start of the
@@ -1062,6 +1296,54 @@ mod tests {
             bpf_per_event(Config::BpftraceCount, &bpf, None),
             (Some(50.0), BASIS_RUNS)
         );
+    }
+
+    #[test]
+    fn massclose_json_counts() {
+        // Lines as tcptrace/src/render/json.rs writes them, cut down to the
+        // fields read here plus a few neighbours.
+        let open = |local: &str, remote: &str, still: bool, close: &str, inc: &str| {
+            format!(
+                r#"{{"type":"socket","socket":{{"skaddr":"0xffff1","family":"ipv4","local":"{local}","remote":"{remote}","role":"client","steps":[],"still_open":{still},"events_lost":false}},"verdict":{{"open":{{"kind":"active","established":true,"handshake_ns":1}},"close":{{"kind":"{close}","state":"ESTABLISHED"}},"incomplete":[{inc}],"summary":"x","attribution":null}}}}"#
+            )
+        };
+        let text = [
+            // The killed child's side, closed properly.
+            open(
+                "127.0.0.1:40000",
+                "127.0.0.1:23900",
+                false,
+                "reset_sent",
+                "",
+            ),
+            // Gone, but reported still open: counted.
+            open("127.0.0.1:40001", "127.0.0.1:23900", true, "still_open", ""),
+            // The listening side, still there when tcptrace stopped: not.
+            open(
+                "127.0.0.1:23901",
+                "127.0.0.1:40002",
+                true,
+                "still_open",
+                r#""gap""#,
+            ),
+            // Someone else's socket.
+            open("127.0.0.1:5555", "127.0.0.1:6666", true, "still_open", ""),
+            r#"{"type":"transition","skaddr_hex":"0x1","event":"state"}"#.to_owned(),
+            "not json".to_owned(),
+        ]
+        .join("\n");
+        let c = scan_sockets(text.as_bytes(), &[23900, 23901], &[(23901, 40002)]);
+        assert_eq!(
+            c,
+            SocketCounts {
+                reported: 3,
+                still_open: 2,
+                still_open_gone: 1,
+                incomplete: 1,
+            }
+        );
+        assert_eq!(addr_port("[::1]:23900"), Some(23900));
+        assert_eq!(addr_port("nonsense"), None);
     }
 
     #[test]

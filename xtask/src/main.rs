@@ -60,7 +60,7 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Measure what tracing costs: connection churn, bulk traffic (a few minutes).
+    /// Measure what tracing costs: connection churn, bulk traffic, mass close (minutes).
     Bench(bench::BenchArgs),
 }
 

@@ -336,6 +336,52 @@ pub fn parse_bpftool_name(json: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_owned())
 }
 
+/// A TCP socket as /proc/net/tcp and /proc/net/tcp6 list it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetSock {
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// The kernel's state number (1 ESTABLISHED … 6 TIME_WAIT … 10 LISTEN).
+    pub state: u8,
+}
+
+/// TIME_WAIT in /proc/net/tcp: a timewait sock, no longer a full socket.
+pub const TCP_TIME_WAIT: u8 = 6;
+
+/// The sockets of one /proc/net/tcp{,6} text (the header line skipped).
+pub fn parse_proc_net_tcp(text: &str) -> Vec<NetSock> {
+    let port =
+        |field: &str| -> Option<u16> { u16::from_str_radix(field.rsplit_once(':')?.1, 16).ok() };
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let _slot = f.next().filter(|s| s.ends_with(':'))?;
+            let local_port = port(f.next()?)?;
+            let remote_port = port(f.next()?)?;
+            let state = u8::from_str_radix(f.next()?, 16).ok()?;
+            Some(NetSock {
+                local_port,
+                remote_port,
+                state,
+            })
+        })
+        .collect()
+}
+
+/// Every TCP socket (IPv4 and IPv6) of this network namespace.
+pub fn tcp_sockets() -> Result<Vec<NetSock>> {
+    let mut out = Vec::new();
+    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        match fs::read_to_string(path) {
+            Ok(text) => out.extend(parse_proc_net_tcp(&text)),
+            // No IPv6 in this kernel.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.ends_with('6') => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {path}")),
+        }
+    }
+    Ok(out)
+}
+
 /// Sets a sysctl under /proc/sys and restores the old value on drop.
 pub struct SysctlGuard {
     path: String,
@@ -386,6 +432,39 @@ mod tests {
         let old = parse_prog_fdinfo("prog_id:\t7\nrun_time_ns:\t5\nrun_cnt:\t1\n").unwrap();
         assert_eq!(old.recursion_misses, 0);
         assert!(parse_prog_fdinfo("map_type:\t27\nmap_id:\t3\n").is_none());
+    }
+
+    #[test]
+    fn proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:5D5C 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:8A3E 0100007F:5D5C 01 00000000:00000000 00:00000000 00000000     0        0 31338 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:8A40 0100007F:5D5C 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0000000000000000
+";
+        assert_eq!(
+            parse_proc_net_tcp(text),
+            [
+                NetSock {
+                    local_port: 23900,
+                    remote_port: 0,
+                    state: 10
+                },
+                NetSock {
+                    local_port: 35390,
+                    remote_port: 23900,
+                    state: 1
+                },
+                NetSock {
+                    local_port: 35392,
+                    remote_port: 23900,
+                    state: TCP_TIME_WAIT
+                },
+            ]
+        );
+        let v6 = "  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000001000000:5D5C 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4 1 0 100 0 0 10 0
+";
+        assert_eq!(parse_proc_net_tcp(v6)[0].local_port, 23900);
     }
 
     #[test]

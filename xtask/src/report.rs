@@ -191,6 +191,8 @@ pub struct Report {
     pub groups: Vec<Group>,
     /// The bulk scenario's groups (none, tcptrace).
     pub bulk: Vec<Group>,
+    /// The mass close's group (tcptrace-json), if it ran.
+    pub massclose: Vec<Group>,
     /// The churn's targets, one column per mode and tcptrace configuration.
     pub targets: Vec<Target>,
     /// The other scenarios' targets, one value each.
@@ -470,6 +472,65 @@ fn scenario_targets(bulk: &[Group], args: &BenchArgs) -> Vec<Target> {
     out
 }
 
+/// The mass close's sums over its successful runs.
+#[derive(Debug, Clone, Copy, Default)]
+struct MassSums {
+    runs: usize,
+    produced: u64,
+    missed: u64,
+    reported: u64,
+    still_open_gone: u64,
+}
+
+fn mass_sums(runs: &[Run]) -> MassSums {
+    let mut m = MassSums::default();
+    for r in runs
+        .iter()
+        .filter(|r| r.scenario == Scenario::Massclose && r.ok())
+    {
+        let (Some(mc), Some(t)) = (&r.massclose, &r.tracer) else {
+            continue;
+        };
+        let Some(produced) = t.summary.as_ref().and_then(|s| s.produced) else {
+            continue;
+        };
+        m.runs += 1;
+        m.produced += produced;
+        m.missed += t.bpf.recursion_misses;
+        m.reported += mc.sockets.reported;
+        m.still_open_gone += mc.sockets.still_open_gone;
+    }
+    m
+}
+
+fn massclose_targets(runs: &[Run]) -> Vec<Target> {
+    let m = mass_sums(runs);
+    let measured = m.runs > 0;
+    let pct = (measured && m.produced > 0).then(|| m.missed as f64 * 100.0 / m.produced as f64);
+    vec![
+        Target {
+            name: "mass close: runs skipped by the kernel, % of events produced",
+            goal: "<= 0.1 %",
+            cells: vec![cell(
+                "massclose".into(),
+                pct,
+                |v| format!("{v:.3} % ({} of {})", m.missed, m.produced),
+                |v| v <= 0.1,
+            )],
+        },
+        Target {
+            name: "mass close: sockets gone but reported still open",
+            goal: "0",
+            cells: vec![cell(
+                "massclose".into(),
+                measured.then_some(m.still_open_gone as f64),
+                |v| format!("{v:.0} (of {} reported)", m.reported),
+                |v| v == 0.0,
+            )],
+        },
+    ]
+}
+
 impl Report {
     pub fn new(
         args: &BenchArgs,
@@ -489,14 +550,24 @@ impl Report {
         } else {
             Vec::new()
         };
+        let massclose = if args.scenarios.contains(&Scenario::Massclose) && args.massclose_runs > 0
+        {
+            groups_of("massclose", &[Config::TcptraceJson], &runs)
+        } else {
+            Vec::new()
+        };
         let targets = targets(&groups, args);
-        let scenario_targets = scenario_targets(&bulk, args);
+        let mut scenario_targets = scenario_targets(&bulk, args);
+        if !massclose.is_empty() {
+            scenario_targets.extend(massclose_targets(&runs));
+        }
         Self {
             machine: Machine::read(load_before),
             params: args.clone(),
             elapsed_s: elapsed.as_secs_f64(),
             groups,
             bulk,
+            massclose,
             targets,
             scenario_targets,
             ceiling,
@@ -606,6 +677,9 @@ impl Report {
         if p.scenarios.contains(&Scenario::Bulk) {
             self.bulk_section(&mut s);
         }
+        if !self.massclose.is_empty() {
+            self.massclose_section(&mut s);
+        }
 
         let _ = writeln!(s, "### Targets\n");
         if churn && self.targets.first().is_none_or(|t| t.cells.is_empty()) {
@@ -684,6 +758,7 @@ impl Report {
             .groups
             .iter()
             .chain(&self.bulk)
+            .chain(&self.massclose)
             .filter(|g| !g.errors.is_empty())
             .collect();
         if !failed.is_empty() {
@@ -718,7 +793,12 @@ impl Report {
              recursion_misses of the tracer's programs over the churn, summed (runs the kernel \
              skipped because a BPF program was already running on that CPU; for tcptrace, \
              events that never existed). Bulk: BPF runs / s and run time ms / s are those of all \
-             of tcptrace's programs per second of transfer (medians over the reps). Program \
+             of tcptrace's programs per second of transfer (medians over the reps). Mass close: \
+             runs skipped are the recursion_misses of tcptrace's programs from attach until every \
+             socket was gone; \
+             a socket on the scenario's ports counts as gone but reported still open when \
+             tcptrace's JSON says `still_open` and /proc/net/tcp no longer listed it (TIME_WAIT \
+             aside) when tcptrace was stopped. Program \
              tables: sums over the reps, programs named by the kernel (bpftool). Peak RSS: ru_maxrss from wait4 (bpftrace's includes \
              compiling its program; tcptrace's includes aya parsing the kernel's BTF once at \
              load). RSS after churn: VmRSS just before the tracer is stopped (the ring buffer's \
@@ -793,6 +873,79 @@ impl Report {
         }
     }
 
+    fn massclose_section(&self, s: &mut String) {
+        let p = &self.params;
+        let _ = writeln!(
+            s,
+            "### massclose: a child holding {} loopback connections SIGKILLed under tcptrace \
+             --json\n",
+            p.massclose_conns
+        );
+        let _ = writeln!(
+            s,
+            "The child's sockets close all at once as it dies (FIN, or RST where bytes were left \
+             unread), then the listening side closes its own; tcptrace is stopped once no socket \
+             on the scenario's ports is left (TIME_WAIT aside). Expected socket reports: both \
+             ends of every connection plus one per listener.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| run | connections (shards) | unread: killed / listening side | events produced | \
+             lost | runs skipped by the kernel | skipped % of produced | sockets reported \
+             (expected) | still open at exit | of them gone | incomplete | all gone after |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in self
+            .runs
+            .iter()
+            .filter(|r| r.scenario == Scenario::Massclose)
+        {
+            let (Some(mc), Some(t), true) = (&r.massclose, &r.tracer, r.ok()) else {
+                let why = r.error.as_deref().map_or("no result".into(), short);
+                let _ = writeln!(s, "| {} | failed: {why} |{}", r.rep + 1, " |".repeat(10));
+                continue;
+            };
+            let o = &mc.out;
+            let f = |v: Option<u64>| v.map_or("n/a".into(), |v| v.to_string());
+            let sm = t.summary.as_ref();
+            let produced = sm.and_then(|x| x.produced);
+            let missed = t.bpf.recursion_misses;
+            let pct = produced.filter(|&n| n > 0).map_or("n/a".into(), |n| {
+                format!("{:.3} %", missed as f64 * 100.0 / n as f64)
+            });
+            let gone = match mc.gone_after_s {
+                Some(secs) => format!("{secs:.2} s"),
+                None => format!("no: {} left", mc.left),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} ({}) | {} / {} | {} | {} | {missed} | {pct} | {} ({}) | {} | {} | {} | \
+                 {gone} |",
+                r.rep + 1,
+                o.connections,
+                o.shards,
+                o.unread_in_killed,
+                o.unread_in_listener,
+                f(produced),
+                f(sm.and_then(|x| x.lost)),
+                mc.sockets.reported,
+                2 * o.connections + u64::from(o.shards),
+                mc.sockets.still_open,
+                mc.sockets.still_open_gone,
+                mc.sockets.incomplete,
+            );
+        }
+        let _ = writeln!(s);
+        for g in &self.massclose {
+            programs_table(
+                s,
+                "massclose: tcptrace's BPF programs, from attach until every socket was gone",
+                g.ok,
+                &g.programs,
+            );
+        }
+    }
+
     /// The whole BENCHMARKS.md.
     pub fn benchmarks_md(&self) -> String {
         let m = &self.machine;
@@ -804,12 +957,17 @@ impl Report {
              interleaved, while the tracer writes to a file. The bulk workload \
              (`xtask/src/bin/bulk.rs`) streams bytes over loopback as fast as it can, with and \
              without tcptrace, which is what tcptrace's programs that run on every softirq \
-             cost traffic it has nothing to report about. Raw numbers: \
+             cost traffic it has nothing to report about. The mass close \
+             (`xtask/src/bin/massclose.rs`) SIGKILLs a child holding thousands of connections \
+             under `tcptrace --json`: the runs the kernel skipped and the sockets tcptrace \
+             wrongly thought open say what a burst of closes costs its accuracy. Raw numbers: \
              `target/bench/results.json`; this file is rewritten by every run.\n\n\
-             Flags: `--scenarios churn,bulk`, `--reps N`, `--seconds S`, \
+             Flags: `--scenarios churn,bulk,massclose`, `--reps N`, `--seconds S`, \
              `--configs none,tcptrace,tcptrace-json,bpftrace-print,bpftrace-count`, \
              `--modes pinned,saturated`, `--ceiling-max-clients K`, `--ports N`, `--base-port P`, \
              `--bulk-seconds S`, `--bulk-connections C`, `--bulk-unpinned`, `--bulk-port P`, \
+             `--massclose-conns N`, `--massclose-runs R`, `--massclose-port P`, \
+             `--massclose-timeout S`, \
              `--ready-timeout S`, `--stop-timeout S`, `--no-build`, `--no-benchmarks-md` (see \
              `cargo xtask bench --help`). Unpinned runs vary by 10-20% between repetitions on \
              a 2-CPU VM; compare medians, and run on an otherwise idle machine.\n\n\
@@ -873,6 +1031,18 @@ pub fn run_line(r: &Run, reps: u32) -> String {
             s,
             "{:.0} conn/s ({} conns, {} errors)",
             c.rate, c.connections, c.errors
+        );
+    }
+    if let Some(m) = &r.massclose {
+        let _ = write!(
+            s,
+            "{} conns in {} shard(s), {} socket reports, {} still open ({} gone), {} left",
+            m.out.connections,
+            m.out.shards,
+            m.sockets.reported,
+            m.sockets.still_open,
+            m.sockets.still_open_gone,
+            m.left
         );
     }
     if let Some(b) = &r.bulk {
@@ -1138,6 +1308,67 @@ mod tests {
         );
         assert!(
             md.contains("bulk: tcptrace's BPF programs during the transfer"),
+            "{md}"
+        );
+
+        // The mass close: skipped runs against events produced, and sockets
+        // reported still open although gone.
+        let a = args(&["--scenarios", "massclose", "--massclose-conns", "100"]);
+        let mut ok = Run::new(Scenario::Massclose, "massclose", Config::TcptraceJson, 0);
+        let mut t = tracer(vec![prog(1, "inet_sock_set_state", 900, 900_000, 1)], 1000);
+        t.summary.as_mut().unwrap().lost = Some(5);
+        ok.tracer = Some(t);
+        ok.massclose = Some(crate::bench::MassClose {
+            out: crate::bench::MasscloseOut {
+                connections: 100,
+                shards: 1,
+                ports: vec![23900],
+                killed_pids: vec![42],
+                unread_in_killed: 25,
+                unread_in_listener: 25,
+                nofile: 20000,
+                connect_s: 0.1,
+                kill_s: 0.01,
+                close_s: 0.02,
+            },
+            gone_after_s: Some(0.05),
+            left: 0,
+            sockets: crate::bench::SocketCounts {
+                reported: 201,
+                still_open: 3,
+                still_open_gone: 3,
+                incomplete: 4,
+            },
+        });
+        let mut failed = Run::new(Scenario::Massclose, "massclose", Config::TcptraceJson, 1);
+        failed.error = Some("massclose ended with exit 1: boom".into());
+        let r = Report::new(&a, vec![ok, failed], None, Duration::ZERO, None);
+        let md = r.markdown();
+        assert!(
+            md.contains(
+                "| 1 | 100 (1) | 25 / 25 | 1000 | 5 | 1 | 0.100 % | 201 (201) | 3 | 3 | 4 | 0.05 s |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 2 | failed: massclose ended with exit 1: boom | | | | | | | | | | |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| mass close: runs skipped by the kernel, % of events produced | <= 0.1 % | \
+                 0.100 % (1 of 1000) PASS |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| mass close: sockets gone but reported still open | 0 | 3 (of 201 reported) MISS |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("- massclose tcptrace-json (1 of 2 failed)"),
             "{md}"
         );
 
