@@ -245,7 +245,7 @@ impl BpfStats {
 
     /// The counts accumulated since `earlier`, program by program (a program
     /// absent from `earlier` counts from zero). Names come from `earlier`
-    /// when this reading has none of its own.
+    /// when this reading has none of its own, else `id N`.
     pub fn since(&self, earlier: &BpfStats) -> BpfStats {
         let progs = self
             .progs
@@ -256,10 +256,11 @@ impl BpfStats {
                 let before = before.unwrap_or(&zero);
                 ProgStats {
                     id: p.id,
-                    name: if p.name.is_empty() {
-                        before.name.clone()
-                    } else {
-                        p.name.clone()
+                    name: match (p.name.is_empty(), before.name.is_empty()) {
+                        (false, _) => p.name.clone(),
+                        (true, false) => before.name.clone(),
+                        // Loaded during the window: never named.
+                        (true, true) => format!("id {}", p.id),
                     },
                     run_cnt: p.run_cnt.saturating_sub(before.run_cnt),
                     run_time_ns: p.run_time_ns.saturating_sub(before.run_time_ns),
@@ -501,7 +502,7 @@ mod tests {
         assert_eq!(d.programs, 3);
         assert_eq!((d.run_cnt, d.run_time_ns, d.recursion_misses), (7, 80, 3));
         let names: Vec<&str> = d.progs.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["a", "b", ""]);
-        assert_eq!(d.progs[2], prog(12, "", 2, 20, 0));
+        assert_eq!(names, ["a", "b", "id 12"]);
+        assert_eq!(d.progs[2], prog(12, "id 12", 2, 20, 0));
     }
 }
