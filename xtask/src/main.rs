@@ -5,7 +5,7 @@
 //! - `build [--release]`: setup, then build tcptrace (and its eBPF object).
 //! - `run [--debug] -- ARGS`: setup, build, then exec tcptrace with ARGS.
 //! - `test [-- ARGS]`: setup, then every unit and integration test.
-//! - `bench`: tracer overhead under connection churn (see bench.rs).
+//! - `bench`: what tracing costs, scenario by scenario (see bench.rs).
 
 mod bench;
 mod elf;
@@ -60,7 +60,7 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Measure tracing overhead under TCP connection churn (a few minutes).
+    /// Measure what tracing costs: connection churn, bulk traffic, mass close (minutes).
     Bench(bench::BenchArgs),
 }
 

@@ -203,30 +203,106 @@ pub fn rss_kib(pid: i32) -> Result<u64> {
         .context("no VmRSS in /proc/<pid>/status")
 }
 
-/// Run-time statistics of the BPF programs a process holds open (the kernel
-/// counts only while `kernel.bpf_stats_enabled` is 1).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+/// Run-time statistics of one BPF program (the kernel counts run_cnt and
+/// run_time_ns only while `kernel.bpf_stats_enabled` is 1; recursion_misses
+/// always).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProgStats {
+    pub id: u64,
+    /// The program's name as the kernel keeps it (from `bpftool prog show`),
+    /// else `prog<N>`, N its rank by id among the process's programs.
+    pub name: String,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+    /// Runs the kernel skipped because a BPF program was already running on
+    /// that CPU (its per-CPU recursion guard).
+    pub recursion_misses: u64,
+}
+
+/// Run-time statistics of the BPF programs a process holds open: the sums
+/// and every program.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BpfStats {
     pub programs: u64,
     pub run_cnt: u64,
     pub run_time_ns: u64,
+    pub recursion_misses: u64,
+    /// One entry per program, by id.
+    pub progs: Vec<ProgStats>,
 }
 
 impl BpfStats {
-    pub fn since(self, earlier: BpfStats) -> BpfStats {
-        BpfStats {
-            programs: self.programs,
-            run_cnt: self.run_cnt.saturating_sub(earlier.run_cnt),
-            run_time_ns: self.run_time_ns.saturating_sub(earlier.run_time_ns),
+    fn from_progs(mut progs: Vec<ProgStats>) -> Self {
+        progs.sort_by_key(|p| p.id);
+        Self {
+            programs: progs.len() as u64,
+            run_cnt: progs.iter().map(|p| p.run_cnt).sum(),
+            run_time_ns: progs.iter().map(|p| p.run_time_ns).sum(),
+            recursion_misses: progs.iter().map(|p| p.recursion_misses).sum(),
+            progs,
+        }
+    }
+
+    /// The counts accumulated since `earlier`, program by program (a program
+    /// absent from `earlier` counts from zero). Names come from `earlier`
+    /// when this reading has none of its own, else `id N`.
+    pub fn since(&self, earlier: &BpfStats) -> BpfStats {
+        let progs = self
+            .progs
+            .iter()
+            .map(|p| {
+                let before = earlier.progs.iter().find(|e| e.id == p.id);
+                let zero = ProgStats::default();
+                let before = before.unwrap_or(&zero);
+                ProgStats {
+                    id: p.id,
+                    name: match (p.name.is_empty(), before.name.is_empty()) {
+                        (false, _) => p.name.clone(),
+                        (true, false) => before.name.clone(),
+                        // Loaded during the window: never named.
+                        (true, true) => format!("id {}", p.id),
+                    },
+                    run_cnt: p.run_cnt.saturating_sub(before.run_cnt),
+                    run_time_ns: p.run_time_ns.saturating_sub(before.run_time_ns),
+                    recursion_misses: p.recursion_misses.saturating_sub(before.recursion_misses),
+                }
+            })
+            .collect();
+        BpfStats::from_progs(progs)
+    }
+
+    /// Fills in every program's name: the kernel's (via bpftool), else
+    /// `prog<N>` by rank of id, so that runs of the same binary line up.
+    pub fn name_programs(&mut self) {
+        for (rank, p) in self.progs.iter_mut().enumerate() {
+            if p.name.is_empty() {
+                p.name = prog_name(p.id).unwrap_or_else(|| format!("prog{rank}"));
+            }
         }
     }
 }
 
-/// Sums `run_cnt`/`run_time_ns` from /proc/<pid>/fdinfo over the process's
-/// BPF program fds, each program counted once.
+/// One BPF program fd's /proc/<pid>/fdinfo, or None without a `prog_id`.
+pub fn parse_prog_fdinfo(info: &str) -> Option<ProgStats> {
+    let field = |name: &str| -> Option<u64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some(ProgStats {
+        id: field("prog_id")?,
+        name: String::new(),
+        run_cnt: field("run_cnt").unwrap_or(0),
+        run_time_ns: field("run_time_ns").unwrap_or(0),
+        recursion_misses: field("recursion_misses").unwrap_or(0),
+    })
+}
+
+/// Reads /proc/<pid>/fdinfo of every BPF program fd the process holds, each
+/// program counted once (names left empty: see [`BpfStats::name_programs`]).
 pub fn bpf_stats(pid: i32) -> Result<BpfStats> {
     let dir = format!("/proc/{pid}/fd");
-    let mut progs: HashMap<u64, (u64, u64)> = HashMap::new();
+    let mut progs: HashMap<u64, ProgStats> = HashMap::new();
     for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
         let Ok(entry) = entry else { continue };
         let Ok(target) = fs::read_link(entry.path()) else {
@@ -240,27 +316,71 @@ pub fn bpf_stats(pid: i32) -> Result<BpfStats> {
         let Ok(info) = fs::read_to_string(&info_path) else {
             continue; // closed meanwhile
         };
-        let field = |name: &str| -> Option<u64> {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse().ok())
-        };
-        let id = field("prog_id:").unwrap_or(u64::MAX - progs.len() as u64);
-        let cnt = field("run_cnt:").unwrap_or(0);
-        let ns = field("run_time_ns:").unwrap_or(0);
-        progs.insert(id, (cnt, ns));
+        if let Some(p) = parse_prog_fdinfo(&info) {
+            progs.insert(p.id, p);
+        }
     }
-    Ok(progs.values().fold(
-        BpfStats {
-            programs: progs.len() as u64,
-            ..BpfStats::default()
-        },
-        |acc, (cnt, ns)| BpfStats {
-            run_cnt: acc.run_cnt + cnt,
-            run_time_ns: acc.run_time_ns + ns,
-            ..acc
-        },
-    ))
+    Ok(BpfStats::from_progs(progs.into_values().collect()))
+}
+
+/// A program's name from `bpftool prog show id N -j`, if bpftool is there.
+fn prog_name(id: u64) -> Option<String> {
+    let mut cmd = crate::util::command("bpftool").ok()?;
+    cmd.args(["prog", "show", "id", &id.to_string(), "-j"]);
+    parse_bpftool_name(&crate::util::output(&mut cmd).ok()?)
+}
+
+/// The `name` of `bpftool prog show id N -j`'s object.
+pub fn parse_bpftool_name(json: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(json.trim()).ok()?;
+    let name = v.get("name")?.as_str()?;
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// A TCP socket as /proc/net/tcp and /proc/net/tcp6 list it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetSock {
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// The kernel's state number (1 ESTABLISHED … 6 TIME_WAIT … 10 LISTEN).
+    pub state: u8,
+}
+
+/// TIME_WAIT in /proc/net/tcp: a timewait sock, no longer a full socket.
+pub const TCP_TIME_WAIT: u8 = 6;
+
+/// The sockets of one /proc/net/tcp{,6} text (the header line skipped).
+pub fn parse_proc_net_tcp(text: &str) -> Vec<NetSock> {
+    let port =
+        |field: &str| -> Option<u16> { u16::from_str_radix(field.rsplit_once(':')?.1, 16).ok() };
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let _slot = f.next().filter(|s| s.ends_with(':'))?;
+            let local_port = port(f.next()?)?;
+            let remote_port = port(f.next()?)?;
+            let state = u8::from_str_radix(f.next()?, 16).ok()?;
+            Some(NetSock {
+                local_port,
+                remote_port,
+                state,
+            })
+        })
+        .collect()
+}
+
+/// Every TCP socket (IPv4 and IPv6) of this network namespace.
+pub fn tcp_sockets() -> Result<Vec<NetSock>> {
+    let mut out = Vec::new();
+    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        match fs::read_to_string(path) {
+            Ok(text) => out.extend(parse_proc_net_tcp(&text)),
+            // No IPv6 in this kernel.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.ends_with('6') => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {path}")),
+        }
+    }
+    Ok(out)
 }
 
 /// Sets a sysctl under /proc/sys and restores the old value on drop.
@@ -289,5 +409,100 @@ impl Drop for SysctlGuard {
                 self.path, self.old
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FDINFO: &str = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1044\nprog_type:\t5\n\
+                          prog_jited:\t1\nprog_tag:\tabeae1bfbe44fa22\nmemlock:\t4096\n\
+                          prog_id:\t22\nrun_time_ns:\t168101\nrun_cnt:\t273\n\
+                          recursion_misses:\t2\nverified_insns:\t11\n";
+
+    #[test]
+    fn fdinfo_of_a_program() {
+        let p = parse_prog_fdinfo(FDINFO).unwrap();
+        assert_eq!(
+            (p.id, p.run_cnt, p.run_time_ns, p.recursion_misses),
+            (22, 273, 168101, 2)
+        );
+        assert!(p.name.is_empty());
+        // Older kernels print no recursion_misses; a map's fdinfo no prog_id.
+        let old = parse_prog_fdinfo("prog_id:\t7\nrun_time_ns:\t5\nrun_cnt:\t1\n").unwrap();
+        assert_eq!(old.recursion_misses, 0);
+        assert!(parse_prog_fdinfo("map_type:\t27\nmap_id:\t3\n").is_none());
+    }
+
+    #[test]
+    fn proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:5D5C 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:8A3E 0100007F:5D5C 01 00000000:00000000 00:00000000 00000000     0        0 31338 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:8A40 0100007F:5D5C 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0000000000000000
+";
+        assert_eq!(
+            parse_proc_net_tcp(text),
+            [
+                NetSock {
+                    local_port: 23900,
+                    remote_port: 0,
+                    state: 10
+                },
+                NetSock {
+                    local_port: 35390,
+                    remote_port: 23900,
+                    state: 1
+                },
+                NetSock {
+                    local_port: 35392,
+                    remote_port: 23900,
+                    state: TCP_TIME_WAIT
+                },
+            ]
+        );
+        let v6 = "  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000001000000:5D5C 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4 1 0 100 0 0 10 0
+";
+        assert_eq!(parse_proc_net_tcp(v6)[0].local_port, 23900);
+    }
+
+    #[test]
+    fn bpftool_name() {
+        let json =
+            r#"{"id":22,"type":"tracepoint","name":"softirq_entry","tag":"ab","run_cnt":297}"#;
+        assert_eq!(parse_bpftool_name(json).as_deref(), Some("softirq_entry"));
+        assert_eq!(parse_bpftool_name(r#"{"id":1,"name":""}"#), None);
+        assert_eq!(
+            parse_bpftool_name("Error: get by id (5): No such file"),
+            None
+        );
+    }
+
+    fn prog(id: u64, name: &str, cnt: u64, ns: u64, miss: u64) -> ProgStats {
+        ProgStats {
+            id,
+            name: name.into(),
+            run_cnt: cnt,
+            run_time_ns: ns,
+            recursion_misses: miss,
+        }
+    }
+
+    #[test]
+    fn stats_since_match_programs_by_id() {
+        let before = BpfStats::from_progs(vec![prog(9, "b", 5, 50, 1), prog(3, "a", 10, 100, 0)]);
+        let after = BpfStats::from_progs(vec![
+            prog(3, "", 15, 160, 0),
+            prog(9, "", 5, 50, 4),
+            prog(12, "", 2, 20, 0),
+        ]);
+        let d = after.since(&before);
+        assert_eq!(d.programs, 3);
+        assert_eq!((d.run_cnt, d.run_time_ns, d.recursion_misses), (7, 80, 3));
+        let names: Vec<&str> = d.progs.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "id 12"]);
+        assert_eq!(d.progs[2], prog(12, "id 12", 2, 20, 0));
     }
 }
