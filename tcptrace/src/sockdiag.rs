@@ -1,5 +1,6 @@
 //! The kernel's own list of TCP sockets, from socket diagnostics over
-//! netlink (`NETLINK_SOCK_DIAG`, `SOCK_DIAG_BY_FAMILY` with inet_diag).
+//! netlink (`NETLINK_SOCK_DIAG`, `SOCK_DIAG_BY_FAMILY` with inet_diag), and
+//! the processes that hold them, from `/proc/<pid>/fd`.
 //!
 //! Plain data in, plain data out, and no dependency on the rest of tcptrace:
 //! reconciling the tracker's view at exit, the start-up snapshot of every
@@ -9,14 +10,19 @@
 //!   calling thread's network namespace.
 //! - [`tcp_sockets_all_netns`]: the same for every network namespace on the
 //!   host, each socket tagged with its namespace's inode.
+//! - [`socket_owners`] / [`scan_socket_owners`]: socket inode → the
+//!   processes (and their fds) that hold it.
 //!
 //! Everything here is synchronous and blocking (one dump of 20k sockets takes
 //! milliseconds); call it from `spawn_blocking` inside an async runtime.
 
 mod netlink;
 mod netns;
+mod owners;
 
 use std::{io, net::IpAddr, path::PathBuf};
+
+pub use owners::{Owner, OwnerScan, scan_socket_owners, socket_owners};
 
 /// `AF_INET`, as found in [`DiagSocket::family`].
 pub const AF_INET: u16 = libc::AF_INET as u16;
