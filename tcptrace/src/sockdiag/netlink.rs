@@ -2,17 +2,19 @@
 //!
 //! Message layouts come from `netlink-packet-sock-diag` (request and
 //! `inet_diag_msg`) and `netlink-packet-core` (framing, `NLMSG_DONE`,
-//! `NLMSG_ERROR`); the socket from `netlink-sys`. What is ours: walking a
+//! `NLMSG_ERROR`, attributes); the socket from `netlink-sys`. What is ours: walking a
 //! multipart reply batch by batch until `NLMSG_DONE`, and turning every
 //! framing or decoding problem into an error rather than a panic.
 
-use std::{io, num::NonZeroI32, os::fd::AsRawFd, time::Duration};
+use std::{io, os::fd::AsRawFd, time::Duration};
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    DecodeError, DoneBuffer, Emitable, ErrorBuffer, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE,
+    NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
+    NlasIterator, Parseable,
 };
 use netlink_packet_sock_diag::{
-    SockDiagMessage,
+    SOCK_DIAG_BY_FAMILY, SockDiagMessage,
     constants::IPPROTO_TCP,
     inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
 };
@@ -205,6 +207,11 @@ fn errno_of(code: i32) -> Result<i32, DiagError> {
 
 /// Parses one received datagram of the dump for `seq`, appending the
 /// sockets it holds to `out`.
+///
+/// Framing and the fixed `inet_diag_msg` come from the crates' buffer types;
+/// the attributes after it are checked for framing but not decoded (none are
+/// requested, and decoding them all, as `NetlinkMessage::deserialize` would,
+/// costs two allocations per socket: several times the kernel's own time).
 pub(super) fn parse_batch(
     mut buf: &[u8],
     seq: u32,
@@ -212,49 +219,55 @@ pub(super) fn parse_batch(
     netns_inode: u64,
     out: &mut Vec<DiagSocket>,
 ) -> Result<Batch, DiagError> {
+    let malformed = |e: DecodeError| DiagError::Malformed(e.to_string());
     while !buf.is_empty() {
-        let message = NetlinkMessage::<SockDiagMessage>::deserialize(buf)
-            .map_err(|e| DiagError::Malformed(e.to_string()))?;
-        // deserialize checked 16 <= length <= buf.len().
-        let len = message.header.length as usize;
-        if message.header.sequence_number != seq {
+        // Checks 16 <= length <= buf.len().
+        let message = NetlinkBuffer::new_checked(buf).map_err(malformed)?;
+        if message.sequence_number() != seq {
             return Err(DiagError::Malformed(format!(
                 "a reply to request {} while reading request {seq}",
-                message.header.sequence_number
+                message.sequence_number()
             )));
         }
-        match message.payload {
-            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                out.push(to_socket(&response.header, netns_inode)?);
+        let payload = message.payload();
+        match message.message_type() {
+            SOCK_DIAG_BY_FAMILY => {
+                let header = InetResponseHeader::parse(payload).map_err(malformed)?;
+                let attributes = payload.get(header.buffer_len()..).unwrap_or_default();
+                for attribute in NlasIterator::new(attributes) {
+                    attribute.map_err(malformed)?;
+                }
+                out.push(to_socket(&header, netns_inode)?);
             }
-            NetlinkPayload::InnerMessage(other) => {
-                return Err(DiagError::Malformed(format!(
-                    "not an inet_diag reply: {other:?}"
-                )));
-            }
-            NetlinkPayload::Done(done) => {
+            NLMSG_DONE => {
+                let code = DoneBuffer::new_checked(payload).map_err(malformed)?.code();
                 // A dump that failed part-way ends with a negative errno.
-                if done.code != 0 {
-                    return Err(kernel_error(family, errno_of(done.code)?));
+                if code != 0 {
+                    return Err(kernel_error(family, errno_of(code)?));
                 }
                 return Ok(Batch::Done);
             }
-            NetlinkPayload::Error(error) => match error.code.map(NonZeroI32::get) {
-                // An acknowledgement; a dump is not acknowledged, but an
-                // ACK is harmless.
-                None => {}
-                Some(code) => return Err(kernel_error(family, errno_of(code)?)),
-            },
-            NetlinkPayload::Noop => {}
-            NetlinkPayload::Overrun(_) => {
-                return Err(DiagError::Malformed("NLMSG_OVERRUN".into()));
+            NLMSG_ERROR => {
+                let error = ErrorBuffer::new_checked(payload).map_err(malformed)?;
+                // None: an acknowledgement. A dump is not acknowledged, but
+                // an ACK is harmless.
+                if let Some(code) = error.code() {
+                    return Err(kernel_error(family, errno_of(code.get())?));
+                }
             }
-            // The enum is non_exhaustive.
-            _ => return Err(DiagError::Malformed("unknown netlink payload".into())),
+            NLMSG_NOOP => {}
+            NLMSG_OVERRUN => return Err(DiagError::Malformed("NLMSG_OVERRUN".into())),
+            other => {
+                return Err(DiagError::Malformed(format!(
+                    "message type {other} in an inet_diag dump"
+                )));
+            }
         }
         // Messages are 4-byte aligned within a datagram; the last one may
         // come without its padding.
-        let next = len.next_multiple_of(4).min(buf.len());
+        let next = (message.length() as usize)
+            .next_multiple_of(4)
+            .min(buf.len());
         buf = &buf[next..];
     }
     Ok(Batch::More)

@@ -281,6 +281,15 @@ fn a_length_field_below_the_header_is_malformed() {
 }
 
 #[test]
+fn short_done_and_error_messages_are_malformed() {
+    for kind in [NLMSG_DONE, NLMSG_ERROR] {
+        for len in [0, 2, 3] {
+            malformed(&nlmsg(kind, SEQ, &[0xff; 3][..len]));
+        }
+    }
+}
+
+#[test]
 fn a_short_inet_diag_msg_is_malformed() {
     let full = diag(&v4(), &[]);
     for keep in [0, 1, 2, 40, 71] {
