@@ -301,6 +301,49 @@ fn lists_established_and_time_wait_sockets_of_a_crowd() {
     }
 }
 
+/// A pending connection (the server's final ACK dropped by a firewall) is a
+/// NEW_SYN_RECV request minisock: listed, in SYN_RECV, with inode 0.
+#[test]
+fn lists_a_pending_connection_as_a_syn_recv_minisock() {
+    require_root();
+    let ns = Netns::new("synrecv");
+    let listener = ns.enter(|| TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = listener.local_addr().unwrap().port();
+    ns.nft(&format!(
+        "add table inet tt; \
+         add chain inet tt in {{ type filter hook input priority 0; }}; \
+         add rule inet tt in tcp dport {port} tcp flags & (syn | ack) == ack drop"
+    ));
+    // The client gets the SYN-ACK and is established; the server never
+    // sees the ACK.
+    let client = ns.enter(move || TcpStream::connect(("127.0.0.1", port)).unwrap());
+    let cport = client.local_addr().unwrap().port();
+    let deadline = Instant::now() + tcptrace_tests::DEADLINE;
+    let (pending, client_end) = loop {
+        let all = ns.enter(|| tcp_sockets().unwrap());
+        let pick = |pick: &dyn Fn(&DiagSocket) -> bool| all.iter().find(|s| pick(s)).cloned();
+        let pending = pick(&|s| s.sport == port && s.dport == cport);
+        let client_end = pick(&|s| s.sport == cport && s.dport == port);
+        if let (Some(p), Some(c)) = (&pending, &client_end) {
+            break (p.clone(), c.clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending connection :{port} ← :{cport} among {all:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(pending.state, state::SYN_RECV, "{pending:?}");
+    assert_eq!(
+        pending.inode, 0,
+        "a request minisock has no inode: {pending:?}"
+    );
+    assert_ne!(pending.cookie, 0, "{pending:?}");
+    assert_eq!(client_end.state, state::ESTABLISHED, "{client_end:?}");
+    assert_ne!(client_end.inode, 0, "{client_end:?}");
+    drop((client, listener));
+}
+
 /// Times a dump of ~20k sockets and the owner scan; prints, asserts
 /// nothing about speed. As root (these tests load no eBPF):
 /// `AYA_BUILD_SKIP=1 cargo test -p tcptrace-tests --test sockdiag -- --ignored --nocapture`
