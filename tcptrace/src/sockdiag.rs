@@ -13,8 +13,9 @@
 //! - [`socket_owners`] / [`scan_socket_owners`]: socket inode → the
 //!   processes (and their fds) that hold it.
 //!
-//! Everything here is synchronous and blocking (one dump of 20k sockets takes
-//! milliseconds); call it from `spawn_blocking` inside an async runtime.
+//! Everything here is synchronous and blocking (a dump of 20k sockets takes
+//! tens of milliseconds, as does the owner scan of as many descriptors);
+//! call it from `spawn_blocking` inside an async runtime.
 
 mod netlink;
 mod netns;

@@ -30,8 +30,8 @@ const RECV_BUF: usize = 64 << 10;
 /// A kernel that stops answering mid-dump must not hang the tracer's exit.
 const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Every TCP state, the minisocks' included (the kernel also reports
-/// `NEW_SYN_RECV` requests when asked for `SYN_RECV`; all bits asks for both).
+/// Every state bit, NEW_SYN_RECV's (12) included, which `StateFlags` does
+/// not name: pending connections are listed (as SYN_RECV, inode 0).
 const ALL_STATES: u32 = u32::MAX;
 
 /// Every TCP socket of both families in the calling thread's namespace,
