@@ -14,4 +14,5 @@ pub mod kernel;
 pub mod loader;
 pub mod render;
 pub mod session;
+pub mod sockdiag;
 pub mod tracker;
