@@ -300,7 +300,7 @@ fn replay_with<W: Write>(
             next_tick = e.ts_ns + 20_000_000;
         }
     }
-    p.finish().expect("write");
+    p.finish(None).expect("write");
 }
 
 fn main() -> io::Result<()> {

@@ -17,7 +17,9 @@
 //!          | {"kind": "handshake_timeout", "syn_retransmits": 3}
 //!          | {"kind": "handshake_failed"} | {"kind": "aborted"}
 //!          | {"kind": "stopped_listening"}
-//!          | {"kind": "still_open", "state": "ESTABLISHED" | null} | {"kind": "unknown"},
+//!          | {"kind": "still_open", "state": "ESTABLISHED" | null}
+//!          | {"kind": "closed_unseen", "state": "FIN_WAIT1" | null}  // gone at exit
+//!          | {"kind": "unknown"},
 //!   "incomplete": ["started_mid_life" | "evicted" | "events_lost", ...],
 //!   "summary": "active open (3-way) · active close (4-way)",
 //!   "attribution": "closed by python3[2251] → FIN" | null
@@ -126,6 +128,11 @@ pub enum Close {
     StillOpen {
         state: Option<TcpState>,
     },
+    /// Gone from the kernel at exit, its closing transitions unseen; the
+    /// last state tcptrace saw.
+    ClosedUnseen {
+        state: Option<TcpState>,
+    },
     Unknown,
 }
 
@@ -196,6 +203,7 @@ impl Close {
             Close::Aborted => "aborted",
             Close::StoppedListening => "stopped_listening",
             Close::StillOpen { .. } => "still_open",
+            Close::ClosedUnseen { .. } => "closed_unseen",
             Close::Unknown => "unknown",
         }
     }
@@ -252,6 +260,11 @@ impl Close {
                 out.push_str("still open (");
                 out.push_str(state(s));
                 return out.push(')');
+            }
+            Close::ClosedUnseen { state: s } => {
+                out.push_str("closed, its close unseen (last seen in ");
+                out.push_str(state(s));
+                return out.push_str("; gone from the kernel at exit)");
             }
             Close::Unknown => "close not seen",
         };
@@ -382,7 +395,7 @@ pub fn classify(life: &SocketLife) -> Verdict {
         (life.started_mid_life, Incomplete::StartedMidLife),
         (life.evicted, Incomplete::Evicted),
         (life.events_lost, Incomplete::EventsLost),
-        (life.gap, Incomplete::Gap),
+        (life.gap || life.gone_unseen, Incomplete::Gap),
     ]
     .into_iter()
     .filter_map(|(on, what)| on.then_some(what))
@@ -523,6 +536,7 @@ fn close_of(life: &SocketLife) -> Close {
     };
     match () {
         _ if !closed && life.still_open => Close::StillOpen { state: life.state },
+        _ if !closed && life.gone_unseen => Close::ClosedUnseen { state: life.state },
         _ if !closed => Close::Unknown,
         _ if went(Some(FinWait1), Closing) => Close::Simultaneous,
         _ if went(None, FinWait1) => Close::Active {

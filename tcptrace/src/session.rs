@@ -2,7 +2,9 @@
 //! render, driven by the ring buffer's readiness and a short drain timer.
 
 use std::{
+    collections::HashSet,
     io::{self, Write},
+    net::SocketAddr,
     time::Duration,
 };
 
@@ -20,6 +22,7 @@ use crate::{
     decode::Record,
     loader::Tracer,
     render::{RenderOptions, Renderer, Summary},
+    sockdiag,
     tracker::{SocketLife, Tracker, TrackerOptions},
 };
 
@@ -90,9 +93,11 @@ impl<W: Write> Pipeline<W> {
         self.last_loss_ns = Some(now_ns);
     }
 
-    /// At exit: sockets still open are reported as such.
-    pub fn finish(&mut self) -> io::Result<()> {
-        for life in self.tracker.finish() {
+    /// At exit: sockets still open are reported as such, unless `alive`
+    /// (the kernel's own sockets, when they could be listed) says they are
+    /// gone: those closed unseen.
+    pub fn finish(&mut self, alive: Option<&HashSet<(SocketAddr, SocketAddr)>>) -> io::Result<()> {
+        for life in self.tracker.finish_against(alive) {
             self.finished(life)?;
         }
         self.renderer.flush()
@@ -105,6 +110,11 @@ impl<W: Write> Pipeline<W> {
         let verdict = classify(&life);
         self.summary.add(&life, &verdict);
         self.renderer.socket(&life, &verdict)
+    }
+
+    /// Does the tracker believe any socket is still open?
+    pub fn has_open_lives(&self) -> bool {
+        self.tracker.stats().tracked > 0
     }
 
     pub fn write_summary(&self, out: &mut dyn Write, counters: &Counters) -> io::Result<()> {
@@ -195,7 +205,8 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         pipeline.note_loss(monotonic_ns());
     }
     if final_result.is_ok() {
-        final_result = pipeline.finish();
+        let alive = pipeline.has_open_lives().then(kernel_sockets).flatten();
+        final_result = pipeline.finish(alive.as_ref());
     }
     let counters = tracer.counters();
     if !args.no_summary {
@@ -223,6 +234,32 @@ fn drain<W: Write>(tracer: &mut Tracer, pipeline: &mut Pipeline<W>) -> io::Resul
         }
     });
     result
+}
+
+/// The local and remote address of every TCP socket the kernel has, in
+/// every network namespace (or this one, when others cannot be entered):
+/// what decides, at exit, whether a socket tcptrace believes open is gone.
+fn kernel_sockets() -> Option<HashSet<(SocketAddr, SocketAddr)>> {
+    let sockets = sockdiag::tcp_sockets_all_netns()
+        .or_else(|e| {
+            log::debug!("listing sockets in every network namespace: {e}");
+            sockdiag::tcp_sockets()
+        })
+        .map_err(|e| {
+            eprintln!("tcptrace: note: cannot list the kernel's sockets ({e}): open sockets are reported as such unchecked");
+        })
+        .ok()?;
+    Some(
+        sockets
+            .iter()
+            .map(|s| {
+                (
+                    SocketAddr::new(s.src, s.sport),
+                    SocketAddr::new(s.dst, s.dport),
+                )
+            })
+            .collect(),
+    )
 }
 
 async fn sleep_until_deadline(deadline: Option<Instant>) {

@@ -42,7 +42,9 @@
 //!   "unread": 13 | null,               // bytes never read, from the →CLOSE
 //!   "peer_reset": <resets_sent item> | null, // the socketless RST that refused this connect
 //!   "socketless": false, "destroyed": false,
-//!   "started_mid_life": false, "evicted": false, "still_open": false, "events_lost": false,
+//!   "started_mid_life": false, "evicted": false, "still_open": false,
+//!   "gone_unseen": false,               // open as far as seen, gone from the kernel at exit
+//!   "events_lost": false,
 //!   "gap": false                        // a transition never reached tcptrace
 //! }
 //! ```
@@ -51,7 +53,7 @@
 //! States use the kernel's names (`"SYN_SENT"`); offsets are ns from `start_ns`.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     fmt::Display,
     hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
     net::SocketAddr,
@@ -260,6 +262,9 @@ pub struct SocketLife {
     pub evicted: bool,
     /// Still open when tracing stopped.
     pub still_open: bool,
+    /// Not closed as far as tcptrace saw, but gone from the kernel when
+    /// tracing stopped: its closing transitions never reached tcptrace.
+    pub gone_unseen: bool,
     /// Set by the session when the ring buffer lost events during this life.
     pub events_lost: bool,
     /// A transition did not start where the previous one ended: the kernel
@@ -305,6 +310,7 @@ impl SocketLife {
             started_mid_life: false,
             evicted: false,
             still_open: false,
+            gone_unseen: false,
             events_lost: false,
             gap: false,
         }
@@ -874,6 +880,19 @@ impl Tracker {
 
     /// Reports every life left, oldest first; open ones are marked `still_open`.
     pub fn finish(&mut self) -> Vec<SocketLife> {
+        self.finish_against(None)
+    }
+
+    /// Lives that tcptrace believes open at exit, checked against the
+    /// kernel's own list of sockets (`alive`: local and remote address of
+    /// each, from socket diagnostics): one the kernel no longer has was
+    /// closed, its closing transitions unseen, and is marked `gone_unseen`
+    /// instead of `still_open`. With `None` (no list) every open life is
+    /// reported still open.
+    pub fn finish_against(
+        &mut self,
+        alive: Option<&HashSet<(SocketAddr, SocketAddr)>>,
+    ) -> Vec<SocketLife> {
         let mut skaddrs: Vec<(u64, u64)> = self
             .lives
             .iter()
@@ -884,7 +903,10 @@ impl Tracker {
             .into_iter()
             .filter_map(|(_, sk)| self.take(sk))
             .map(|mut t| {
-                t.life.still_open = t.life.state != Some(TcpState::Close);
+                let open = t.life.state != Some(TcpState::Close);
+                let gone = alive.is_some_and(|a| !a.contains(&(t.life.local, t.life.remote)));
+                t.life.still_open = open && !gone;
+                t.life.gone_unseen = open && gone;
                 finalize(t)
             })
             .collect()

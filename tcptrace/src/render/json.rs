@@ -274,6 +274,8 @@ fn push_life(out: &mut String, l: &SocketLife) {
     push_bool(out, l.evicted);
     out.push_str(r#","still_open":"#);
     push_bool(out, l.still_open);
+    out.push_str(r#","gone_unseen":"#);
+    push_bool(out, l.gone_unseen);
     out.push_str(r#","events_lost":"#);
     push_bool(out, l.events_lost);
     out.push_str(r#","gap":"#);
@@ -406,7 +408,9 @@ fn push_verdict(out: &mut String, v: &Verdict) {
                 None => out.push_str("null"),
             }
         }
-        Close::ResetReceived { state } | Close::StillOpen { state } => {
+        Close::ResetReceived { state }
+        | Close::StillOpen { state }
+        | Close::ClosedUnseen { state } => {
             out.push_str(r#","state":"#);
             push_opt_state(out, *state);
         }

@@ -681,6 +681,9 @@ fn direct_json_matches_serde() {
         Close::StillOpen {
             state: Some(TcpState::Closing),
         },
+        Close::ClosedUnseen {
+            state: Some(TcpState::FinWait1),
+        },
         Close::Unknown,
     ];
     let life = &lives[0];

@@ -685,3 +685,42 @@ fn a_transition_that_does_not_follow_marks_a_gap() {
             .contains(&crate::classify::Incomplete::Gap)
     );
 }
+
+#[test]
+fn at_exit_a_socket_the_kernel_no_longer_has_is_closed_unseen_not_still_open() {
+    use std::collections::HashSet;
+    let c = client();
+    // The kernel skipped its FIN_WAIT1→FIN_WAIT2→CLOSE: tcptrace last saw
+    // FIN_WAIT1.
+    let recs = [
+        c.by(0, &python()).st(7, 2),
+        c.irq(10).st(2, 1),
+        c.by(20, &python()).st(1, 4),
+    ];
+    let open_in_kernel = |alive: Option<&HashSet<_>>| {
+        let mut t = Tracker::new(TrackerOptions::default());
+        for r in &recs {
+            assert!(t.observe(r).is_empty());
+        }
+        let lives = t.finish_against(alive);
+        assert_eq!(lives.len(), 1);
+        lives.into_iter().next().unwrap()
+    };
+    let gone = open_in_kernel(Some(&HashSet::new()));
+    assert!(gone.gone_unseen && !gone.still_open);
+    let v = crate::classify::classify(&gone);
+    assert_eq!(v.close.kind(), "closed_unseen");
+    assert!(
+        v.summary.contains("close unseen (last seen in FIN_WAIT1"),
+        "{}",
+        v.summary
+    );
+    assert!(v.incomplete.contains(&crate::classify::Incomplete::Gap));
+
+    let tuple = (gone.local, gone.remote);
+    let there = open_in_kernel(Some(&HashSet::from([tuple])));
+    assert!(there.still_open && !there.gone_unseen);
+    // No list from the kernel: nothing can be said, it is still open.
+    let unchecked = open_in_kernel(None);
+    assert!(unchecked.still_open && !unchecked.gone_unseen);
+}
