@@ -198,9 +198,12 @@ fn process_passes(e: &mut Event) -> bool {
 /// `[0; 16]` or `..Default::default()` compiles to a byte-loop memset.
 ///
 /// Helper calls: `bpf_ktime_get_ns` (the event's time: nothing else gives
-/// it), `bpf_get_current_pid_tgid` (who is on the CPU), and in process
-/// context only `bpf_get_current_comm` (its name; in softirq the on-CPU task
-/// is a bystander).
+/// it), `bpf_get_current_pid_tgid` (who is on the CPU), and
+/// `bpf_get_current_comm` (its name) only for state changes, resets sent,
+/// exits and signals in process context: those name who connected,
+/// listened, closed, aborted or killed. In softirq the on-CPU task is a
+/// bystander, and for resets received, retransmits and destroys (one per
+/// socket) the context's name is never shown.
 #[inline(always)]
 fn new_event(event_kind: u8, skaddr: u64) -> Event {
     let softirq = in_softirq();
@@ -231,7 +234,11 @@ fn new_event(event_kind: u8, skaddr: u64) -> Event {
         addr_of_mut!((*context).tgid).write((pid_tgid >> 32) as u32);
         // Filled in only where needed (owners, the cgroup filter).
         zero8(addr_of_mut!((*context).cgroup_id));
-        if softirq {
+        let names_someone = matches!(
+            event_kind,
+            kind::STATE | kind::SEND_RESET | kind::PROCESS_EXIT | kind::SIGNAL
+        );
+        if softirq || !names_someone {
             zero16(addr_of_mut!((*context).comm));
         } else {
             read::current_comm_into(addr_of_mut!((*context).comm));
