@@ -193,9 +193,10 @@ fn process_passes(e: &mut Event) -> bool {
     task_matches(f, &e.context)
 }
 
-/// An event with its common part filled in and the rest zero. Built in
-/// place field by field, byte arrays as 8-byte words: a struct literal's
-/// `[0; 16]` or `..Default::default()` compiles to a byte-loop memset.
+/// An event with its common part filled in and the rest zero, built in
+/// the caller's stack slot and never moved: field by field, byte arrays as
+/// 8-byte words. A struct literal's `[0; 16]`, `..Default::default()` or a
+/// returned-by-value Event compiles to a byte-loop memset or memcpy.
 ///
 /// Helper calls: `bpf_ktime_get_ns` (the event's time: nothing else gives
 /// it), `bpf_get_current_pid_tgid` (who is on the CPU), and
@@ -205,9 +206,8 @@ fn process_passes(e: &mut Event) -> bool {
 /// bystander, and for resets received, retransmits and destroys (one per
 /// socket) the context's name is never shown.
 #[inline(always)]
-fn new_event(event_kind: u8, skaddr: u64) -> Event {
+fn new_event(slot: &mut MaybeUninit<Event>, event_kind: u8, skaddr: u64) -> &mut Event {
     let softirq = in_softirq();
-    let mut slot = MaybeUninit::<Event>::uninit();
     let e = slot.as_mut_ptr();
     // SAFETY: every field of the #[repr(C)] Event (which has no padding) is
     // written below before assume_init; the casts keep 8-byte alignment.
@@ -247,7 +247,7 @@ fn new_event(event_kind: u8, skaddr: u64) -> Event {
         zero8(addr_of_mut!((*owner).pid).cast());
         zero8(addr_of_mut!((*owner).cgroup_id));
         zero16(addr_of_mut!((*owner).comm));
-        slot.assume_init()
+        slot.assume_init_mut()
     }
 }
 
@@ -415,16 +415,17 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let Some(head) = SockHead::read(sk) else {
         return 0;
     };
-    let mut event = new_event(kind::STATE, sk);
+    let mut slot = MaybeUninit::uninit();
+    let event = new_event(&mut slot, kind::STATE, sk);
     event.oldstate = args.get(pos.int0) as u8;
     event.newstate = args.get(pos.int1) as u8;
-    head.fill_endpoints(sk, &mut event);
+    head.fill_endpoints(sk, event);
     event.aux = head.cookie();
-    track_owner(&mut event);
+    track_owner(event);
     if event.newstate == tcp_state::CLOSE {
-        read_unread(sk, &mut event);
+        read_unread(sk, event);
     }
-    finish_sock_event(&mut event);
+    finish_sock_event(event);
     0
 }
 
@@ -434,7 +435,8 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
 fn sock_event(ctx: &RawTracePointContext, pos: &ArgPos, event_kind: u8) -> i32 {
     let args = Args::of(ctx, pos);
     let sk = args.get(pos.sk);
-    let mut event = new_event(event_kind, sk);
+    let mut slot = MaybeUninit::uninit();
+    let event = new_event(&mut slot, event_kind, sk);
     // A SYN/ACK retransmit describes the request socket, whose head is a
     // sock_common too; skaddr stays the listener's.
     let tuple_of = if pos.req != NO_ARG {
@@ -446,7 +448,7 @@ fn sock_event(ctx: &RawTracePointContext, pos: &ArgPos, event_kind: u8) -> i32 {
         let Some(head) = SockHead::read(tuple_of) else {
             return 0;
         };
-        head.fill_endpoints(tuple_of, &mut event);
+        head.fill_endpoints(tuple_of, event);
         event.newstate = head.state();
         event.aux = head.cookie();
     }
@@ -457,10 +459,10 @@ fn sock_event(ctx: &RawTracePointContext, pos: &ArgPos, event_kind: u8) -> i32 {
         }
     }
     if event_kind == kind::SEND_RESET && pos.skb != NO_ARG {
-        read::reset_without_full_socket(args.get(pos.skb), &mut event);
+        read::reset_without_full_socket(args.get(pos.skb), event);
     }
-    attach_owner(&mut event);
-    finish_sock_event(&mut event);
+    attach_owner(event);
+    finish_sock_event(event);
     0
 }
 
@@ -496,7 +498,8 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let cfg = config();
     let pos = &cfg.process_exit;
     let args = Args::of(&ctx, pos);
-    let mut event = new_event(kind::PROCESS_EXIT, 0);
+    let mut slot = MaybeUninit::uninit();
+    let event = new_event(&mut slot, kind::PROCESS_EXIT, 0);
     if process_filter_on(&cfg.filter) {
         if cfg.filter.flags & filter::CGROUP != 0 {
             event.context.cgroup_id = cgroup_id();
@@ -516,7 +519,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
         event.value = code as u32;
         event.flags |= flag::EXIT_CODE_VALID;
     }
-    submit(&event);
+    submit(event);
     0
 }
 
@@ -548,10 +551,11 @@ pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
         count(counter::FILTERED);
         return 0;
     }
-    let mut event = new_event(kind::SIGNAL, 0);
+    let mut slot = MaybeUninit::uninit();
+    let event = new_event(&mut slot, kind::SIGNAL, 0);
     event.value = sig as u32;
     event.aux = u64::from(target);
-    submit(&event);
+    submit(event);
     0
 }
 
