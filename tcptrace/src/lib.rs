@@ -12,6 +12,7 @@ pub mod counters;
 pub mod decode;
 pub mod kernel;
 pub mod loader;
+pub mod output;
 pub mod render;
 pub mod session;
 pub mod sockdiag;

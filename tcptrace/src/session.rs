@@ -21,6 +21,7 @@ use crate::{
     counters::Counters,
     decode::Record,
     loader::Tracer,
+    output::OutputQueue,
     render::{RenderOptions, Renderer, Summary},
     sockdiag,
     tracker::{SocketLife, Tracker, TrackerOptions},
@@ -29,6 +30,9 @@ use crate::{
 /// Without a wakeup per event, the reader drains on this timer (the kernel
 /// wakes it early only when a backlog builds).
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How long a stalled reader of stdout gets, at exit, to take the rest.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 /// Lost-event warnings are rate-limited to one a second.
 const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -117,6 +121,11 @@ impl<W: Write> Pipeline<W> {
         self.tracker.stats().tracked > 0
     }
 
+    /// The renderers' output.
+    pub fn output(&mut self) -> &mut W {
+        self.renderer.output()
+    }
+
     pub fn write_summary(&self, out: &mut dyn Write, counters: &Counters) -> io::Result<()> {
         self.summary.write(out, counters, &self.tracker.stats())
     }
@@ -151,18 +160,27 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         wide: args.wide,
         wall_offset_ns: wall_offset_ns(),
     };
-    let out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    // Rendering never waits for stdout's reader: see output.rs.
+    let out = OutputQueue::stdout().context("starting the output thread")?;
     let mut pipeline = Pipeline::new(args.tracker_options(), render, out);
 
     let ring_fd = tracer.ring_fd().context("duplicating the ring buffer fd")?;
     // SAFETY: we own this fd; it stays open for the AsyncFd's lifetime.
     let ready = unsafe { AsyncFd::register_with_interest(ring_fd, Interest::READABLE) }
         .context("watching the ring buffer")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let on = |kind: SignalKind, name: &str| {
+        signal(kind).with_context(|| format!("installing the {name} handler"))
+    };
+    // INT, TERM, HUP and QUIT all stop cleanly (summary, open sockets);
+    // USR1 prints the summary so far and goes on.
+    let mut sigint = on(SignalKind::interrupt(), "SIGINT")?;
+    let mut sigterm = on(SignalKind::terminate(), "SIGTERM")?;
+    let mut sighup = on(SignalKind::hangup(), "SIGHUP")?;
+    let mut sigquit = on(SignalKind::quit(), "SIGQUIT")?;
+    let mut sigusr1 = on(SignalKind::user_defined1(), "SIGUSR1")?;
     let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
     drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let deadline = args.duration().map(|d| Instant::now() + d);
+    let deadline = args.duration().and_then(|d| Instant::now().checked_add(d));
     let mut loss = LossReporter::default();
 
     eprintln!(
@@ -176,6 +194,17 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         let woke = tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
+            _ = sigquit.recv() => break,
+            _ = sigusr1.recv() => {
+                if !args.no_summary {
+                    let counters = tracer.counters();
+                    let mut err = io::stderr().lock();
+                    let _ = writeln!(err, "tcptrace: SIGUSR1: the summary so far");
+                    let _ = pipeline.write_summary(&mut err, &counters);
+                }
+                false
+            }
             _ = sleep_until_deadline(deadline) => break,
             guard = ready.readable() => {
                 guard.context("waiting on the ring buffer")?.clear_ready();
@@ -183,6 +212,10 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
             }
             _ = drain_timer.tick() => true,
         };
+        if pipeline.output().closed() {
+            // The reader went away (`| head`): a normal way to stop.
+            break;
+        }
         let mut result = drain(&mut tracer, &mut pipeline);
         if woke && result.is_ok() {
             let now = monotonic_ns();
@@ -208,16 +241,28 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         let alive = pipeline.has_open_lives().then(kernel_sockets).flatten();
         final_result = pipeline.finish(alive.as_ref());
     }
+    // A stalled reader gets a second to take the rest; then it is given up.
+    let output = pipeline.output().finish(OUTPUT_GRACE);
     let counters = tracer.counters();
     if !args.no_summary {
         let mut err = io::stderr().lock();
         pipeline.write_summary(&mut err, &counters)?;
-        writeln!(
-            err,
-            "tcptrace-summary {}",
-            serde_json::to_string(&counters)?
-        )?;
+        if output.dropped_lines > 0 || output.dropped_bytes > 0 {
+            writeln!(
+                err,
+                "  output:     {} lines ({} bytes) dropped: the reader of stdout did not keep up \
+                 (blocked for {:.1} s); the ring buffer was drained all along",
+                output.dropped_lines,
+                output.dropped_bytes,
+                output.blocked_ms as f64 / 1000.0
+            )?;
+        }
+        // The counters, and what became of the output.
+        let mut line = serde_json::to_value(counters)?;
+        line["output"] = serde_json::to_value(output)?;
+        writeln!(err, "tcptrace-summary {line}")?;
     }
+    let output_error = output_error.or(pipeline.output().take_error());
     match output_error.or(final_result.err()) {
         // A closed pipe (`| head`) is a normal way to stop reading.
         Some(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),

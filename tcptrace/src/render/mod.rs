@@ -106,6 +106,11 @@ impl<W: Write> Renderer<W> {
     }
 
     /// The writer back (tests read what was rendered).
+    /// The output, e.g. to ask an [`crate::output::OutputQueue`] how it fares.
+    pub fn output(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     pub fn into_inner(self) -> W {
         self.out
     }
