@@ -367,6 +367,10 @@ pub mod counter {
     pub const COUNT: u32 = 4;
 }
 
+/// The smallest ring: a busy CPU makes a hundred events (a few connections'
+/// worth) before the reader can be scheduled, and a smaller ring loses them.
+pub const MIN_RING_BYTES: u32 = 16 << 10;
+
 /// Ring buffer size used when the user does not choose one.
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 

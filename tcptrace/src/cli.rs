@@ -1,10 +1,15 @@
 //! Command-line flags, and their validation into loader and render options.
 //! Bad values are refused here, before anything is loaded into the kernel.
 
-use std::{os::unix::fs::MetadataExt, path::PathBuf, time::Duration};
+use std::{
+    ffi::OsString,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Parser, ValueEnum};
-use tcptrace_common::{COMM_LEN, Filter, filter};
+use tcptrace_common::{COMM_LEN, Filter, MIN_RING_BYTES, filter};
 
 use crate::{
     decode::{AF_INET, AF_INET6},
@@ -47,29 +52,30 @@ pub struct Args {
     #[arg(short = 'w', long)]
     pub wide: bool,
 
-    /// Stop after this many seconds.
-    #[arg(long, value_name = "SECS")]
+    /// Stop after this many seconds (1 to 31536000, a year).
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true, value_parser = parse_duration)]
     pub duration: Option<u64>,
 
     /// Only sockets owned by (or events caused by) this process id; repeatable.
-    #[arg(long, value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "PID", allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Vec<u32>,
 
     /// Only sockets owned by processes with this name (first 15 bytes, as
-    /// the kernel keeps it).
-    #[arg(long, value_name = "NAME")]
-    pub comm: Option<String>,
+    /// the kernel keeps it; any bytes, UTF-8 or not, e.g. $'\xff\xfe').
+    #[arg(long, value_name = "NAME", value_parser = clap::value_parser!(OsString))]
+    pub comm: Option<OsString>,
 
     /// Only sockets with this port at either end.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
 
     /// Only sockets with this local port.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(u16).range(1..))]
     pub lport: Option<u16>,
 
     /// Only sockets with this remote port.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(u16).range(1..))]
     pub rport: Option<u16>,
 
     /// Only IPv4.
@@ -85,14 +91,16 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
 
-    /// Ring buffer size in bytes (a power of two). Larger absorbs bigger
-    /// bursts without losing events.
+    /// Ring buffer size in bytes: a power of two from 16384 to 1073741824
+    /// (1 GiB). Larger absorbs bigger bursts without losing events; it is
+    /// resident memory, mapped into tcptrace twice. Below 16 KiB a busy CPU
+    /// fills it before the reader is scheduled.
     #[arg(long, value_name = "BYTES", default_value_t = tcptrace_common::DEFAULT_RING_BYTES,
-          value_parser = parse_ring_size)]
+          allow_hyphen_values = true, value_parser = parse_ring_size)]
     pub ring_size: u32,
 
     /// Most sockets tracked at once; the oldest is evicted (and marked) past it.
-    #[arg(long, value_name = "N", default_value_t = 65536,
+    #[arg(long, value_name = "N", default_value_t = 65536, allow_hyphen_values = true,
           value_parser = clap::value_parser!(u64).range(16..=4_194_304))]
     pub max_sockets: u64,
 
@@ -105,16 +113,29 @@ pub struct Args {
     pub no_summary: bool,
 }
 
+/// The largest ring: beyond it a burst is better absorbed by reading faster.
+pub const MAX_RING_BYTES: u32 = 1 << 30;
+/// A year: longer is a typo, and would overflow the deadline arithmetic.
+pub const MAX_DURATION_SECS: u64 = 365 * 24 * 3600;
+
 fn parse_ring_size(s: &str) -> Result<u32, String> {
-    let n: u32 = s
+    let wanted = "a power of two from 16384 to 1073741824 bytes (e.g. 4194304)";
+    let n: u64 = s
         .parse()
-        .map_err(|_| format!("`{s}` is not a number of bytes"))?;
-    if n < 4096 || !n.is_power_of_two() {
-        return Err(format!(
-            "{n} is not a power of two of at least 4096 (e.g. 4194304)"
-        ));
+        .map_err(|_| format!("`{s}` is not a number of bytes: give {wanted}"))?;
+    match u32::try_from(n) {
+        Ok(n) if (MIN_RING_BYTES..=MAX_RING_BYTES).contains(&n) && n.is_power_of_two() => Ok(n),
+        _ => Err(format!("{n} is out of range: give {wanted}")),
     }
-    Ok(n)
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let wanted = format!("a whole number of seconds from 1 to {MAX_DURATION_SECS}");
+    match s.parse::<u64>() {
+        Ok(n) if (1..=MAX_DURATION_SECS).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("{n} is out of range: give {wanted}")),
+        Err(_) => Err(format!("`{s}` is not {wanted}")),
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -142,7 +163,7 @@ impl Args {
             if comm.is_empty() {
                 return Err(ArgsError::EmptyComm);
             }
-            // The kernel keeps 15 bytes and a NUL.
+            // The kernel keeps 15 bytes and a NUL; names need not be UTF-8.
             let bytes = comm.as_bytes();
             let n = bytes.len().min(COMM_LEN - 1);
             f.comm[..n].copy_from_slice(&bytes[..n]);
@@ -325,6 +346,49 @@ mod tests {
         assert!(parse(&["--ring-size", "x"]).is_err());
         assert_eq!(parse(&["--ring-size", "65536"]).unwrap().ring_size, 65536);
         assert!(parse(&["-4", "-6"]).is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations_are_bounded_with_the_range_in_the_message() {
+        let err = parse(&["--ring-size", "1099511627776"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("out of range") && err.contains("1073741824"),
+            "{err}"
+        );
+        let err = parse(&["--ring-size", "2147483648"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("out of range"), "{err}");
+        let err = parse(&["--ring-size", "-1"]).unwrap_err().to_string();
+        assert!(err.contains("`-1` is not a number of bytes"), "{err}");
+        assert_eq!(parse(&["--ring-size", "16384"]).unwrap().ring_size, 16384);
+        let err = parse(&["--ring-size", "4096"]).unwrap_err().to_string();
+        assert!(err.contains("16384"), "{err}");
+        for bad in ["18446744073709551615", "0", "-5", "1.5"] {
+            let err = parse(&["--duration", bad]).unwrap_err().to_string();
+            assert!(err.contains("31536000"), "{bad}: {err}");
+        }
+        assert_eq!(
+            parse(&["--duration", "31536000"]).unwrap().duration,
+            Some(31536000)
+        );
+        let err = parse(&["--port", "-1"]).unwrap_err().to_string();
+        assert!(
+            err.contains("-1") && !err.contains("unexpected argument"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_kept_as_bytes() {
+        use std::os::unix::ffi::OsStringExt;
+        let name = OsString::from_vec(vec![0xff, b'x', 0xfe]);
+        let args =
+            Args::try_parse_from([OsString::from("tcptrace"), "--comm".into(), name]).unwrap();
+        let o = args.trace_options().unwrap();
+        assert_eq!(&o.filter.comm[..4], &[0xff, b'x', 0xfe, 0]);
     }
 
     #[test]

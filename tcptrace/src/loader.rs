@@ -67,7 +67,7 @@ pub enum LoadError {
     MissingProgram(&'static str),
     #[error("map {0}: {1}")]
     Map(&'static str, aya::maps::MapError),
-    #[error("--ring-size {0}: must be a power of two and at least 4096 bytes")]
+    #[error("--ring-size {0}: must be a power of two from 16384 to 1073741824 bytes")]
     RingSize(u32),
 }
 
@@ -118,7 +118,7 @@ fn release_freed_memory() {
 /// What to load: filters and sizes, all validated by the CLI.
 #[derive(Clone, Debug)]
 pub struct TraceOptions {
-    /// Ring buffer size in bytes: a power of two, ≥ 4096.
+    /// Ring buffer size in bytes: a power of two, at least MIN_RING_BYTES.
     pub ring_bytes: u32,
     pub filter: Filter,
     /// Process ids (tgids) for `--pid`.
@@ -154,7 +154,7 @@ impl Tracer {
         if !has_bpf_privileges() {
             return Err(LoadError::NotPrivileged);
         }
-        if opts.ring_bytes < 4096 || !opts.ring_bytes.is_power_of_two() {
+        if opts.ring_bytes < tcptrace_common::MIN_RING_BYTES || !opts.ring_bytes.is_power_of_two() {
             return Err(LoadError::RingSize(opts.ring_bytes));
         }
         if KERNEL_OBJECT.is_empty() {
@@ -379,7 +379,7 @@ mod tests {
 
     #[test]
     fn every_ring_size_wakes_its_reader_before_it_fills() {
-        for shift in 12..=30 {
+        for shift in 14..=30 {
             let ring = 1u32 << shift;
             let (wakeup, every) = wakeup_policy(ring);
             let entry = (core::mem::size_of::<Event>() + 8) as u64;
@@ -391,7 +391,7 @@ mod tests {
             );
             assert!((1..=32).contains(&every));
         }
-        assert_eq!(wakeup_policy(4096).1, 1);
+        assert_eq!(wakeup_policy(16384).1, 6);
         assert_eq!(wakeup_policy(4 << 20).1, 32);
     }
 }

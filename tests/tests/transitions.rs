@@ -125,18 +125,18 @@ fn a_refused_connect_goes_syn_sent_to_close() {
 
 #[test]
 fn a_full_ring_buffer_counts_every_lost_event() {
-    // 4 KiB holds about 26 events: a burst of connections without draining
-    // must overflow it.
+    // The smallest ring (16 KiB) holds about a hundred events: a burst of
+    // connections without draining must overflow it.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let mut trace = Trace::start_with(
         TraceOptions {
-            ring_bytes: 4096,
+            ring_bytes: tcptrace_common::MIN_RING_BYTES,
             ..TraceOptions::default()
         },
         &[addr.port()],
     );
-    for _ in 0..100 {
+    for _ in 0..400 {
         let c = TcpStream::connect(addr).unwrap();
         let (s, _) = listener.accept().unwrap();
         drop(c);
