@@ -104,6 +104,9 @@ pub struct TrackerStats {
     pub orphan_resets: u64,
     /// Records that belonged to no life (e.g. a destroy after expiry).
     pub ignored: u64,
+    /// Records of sockets already reported because the table was full
+    /// (evicted while open): counted here, never reported twice.
+    pub after_eviction: u64,
     /// Folded X→X transitions.
     pub self_transitions: u64,
 }
@@ -799,11 +802,18 @@ pub struct Tracker {
     socketless: RecentMap<Tuple, PendingReset>,
     /// SYN/ACK retransmits by request (local, remote), for the child to come.
     synacks: RecentMap<Tuple, u32>,
+    /// Sockets evicted while open (skaddr), so that their later events are
+    /// counted, not started again as new mid-life lives: each socket is
+    /// reported once. Bounded like the table itself.
+    evicted_open: RecentMap<u64, ()>,
     stats: TrackerStats,
 }
 
 impl Tracker {
     pub fn new(opts: TrackerOptions) -> Tracker {
+        // Evicted sockets can outnumber the table many times over (its
+        // point is to be small); a tombstone is a few dozen bytes.
+        let evicted_cap = (4 * opts.max_sockets).max(16 * 1024);
         Tracker {
             opts,
             lives: FastMap::default(),
@@ -814,6 +824,7 @@ impl Tracker {
             procs: ProcessTable::new(),
             socketless: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
             synacks: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
+            evicted_open: RecentMap::new(evicted_cap, None),
             stats: TrackerStats::default(),
         }
     }
@@ -839,6 +850,10 @@ impl Tracker {
             Record::ReceiveReset { sock } => self.on_receive_reset(sock, &mut out),
             Record::Retransmit { sock, state } => self.on_retransmit(sock, *state, &mut out),
             Record::RetransmitSynAck { sock } => self.on_synack_retransmit(sock),
+            Record::Destroy { sock } if self.evicted_open.remove(&sock.skaddr).is_some() => {
+                // The end of a socket reported early (evicted).
+                self.stats.after_eviction += 1;
+            }
             Record::Destroy { sock } => match self.take(sock.skaddr) {
                 Some(mut t) => {
                     t.life.destroyed = true;
@@ -971,6 +986,7 @@ impl Tracker {
                 if t.life.state != Some(TcpState::Close) {
                     t.life.evicted = true;
                     self.stats.evicted += 1;
+                    self.evicted_open.insert(sk, t.life.last_ns, ());
                 }
                 out.push(finalize(t));
             }
@@ -996,6 +1012,11 @@ impl Tracker {
     /// it active and takes what the record knows about the socket.
     fn enter(&mut self, sock: &SockInfo, out: &mut Vec<SocketLife>) {
         if !self.lives.contains_key(&sock.skaddr) {
+            if self.evicted_open.get(&sock.skaddr, sock.ts_ns).is_some() {
+                // Already reported (evicted): count, don't start it again.
+                self.stats.after_eviction += 1;
+                return;
+            }
             let mut life = SocketLife::new(sock);
             life.started_mid_life = true;
             self.insert(life, out);
@@ -1035,6 +1056,8 @@ impl Tracker {
         let unread = unread.and_then(|raw| unread_at_close(old, raw));
         let start = starts_life(old, new);
         if let Some(role) = start {
+            // A new socket at this address: whatever was evicted is gone.
+            self.evicted_open.remove(&sock.skaddr);
             // skaddr reuse: the old life is over.
             if let Some(t) = self.take(sock.skaddr) {
                 out.push(finalize(t));

@@ -78,8 +78,8 @@ impl Summary {
         if c.missed > 0 {
             writeln!(
                 out,
-                "  skipped:    {} tracepoint runs skipped by the kernel (a softirq interrupted a \
-                 BPF program on that CPU); their events never existed",
+                "  skipped:    {} program runs skipped by the kernel (an interrupt re-entered a \
+                 running program on that CPU); their events never existed",
                 c.missed
             )?;
         }
@@ -88,6 +88,14 @@ impl Summary {
             "  sockets:    {} seen, {} evicted (table full), {} tracked at most, {} socketless RSTs",
             tracker.sockets_seen, tracker.evicted, tracker.peak_tracked, tracker.socketless_resets
         )?;
+        if tracker.after_eviction > 0 {
+            writeln!(
+                out,
+                "              {} later events of evicted sockets counted, not reported again \
+                 (--max-sockets raises the table)",
+                tracker.after_eviction
+            )?;
+        }
         writeln!(out, "  opens:      {}", counts(&self.opens))?;
         writeln!(out, "  closes:     {}", counts(&self.closes))?;
         if !self.resets_sent.is_empty() {

@@ -719,7 +719,7 @@ fn summary_names_runs_the_kernel_skipped() {
         .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(
-        text.contains("  skipped:    3 tracepoint runs skipped by the kernel"),
+        text.contains("  skipped:    3 program runs skipped by the kernel"),
         "{text}"
     );
 }

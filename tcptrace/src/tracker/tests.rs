@@ -724,3 +724,33 @@ fn at_exit_a_socket_the_kernel_no_longer_has_is_closed_unseen_not_still_open() {
     let unchecked = open_in_kernel(None);
     assert!(unchecked.still_open && !unchecked.gone_unseen);
 }
+
+#[test]
+fn an_evicted_socket_is_reported_once_and_its_later_events_counted() {
+    let opts = TrackerOptions {
+        max_sockets: 1,
+        linger_ns: 200_000_000,
+    };
+    let mut t = Tracker::new(opts);
+    let py = python();
+    let a = S::new(CLIENT_SK, "127.0.0.1:40000", "127.0.0.1:8099");
+    let b = S::new(CLIENT_SK + 0x1000, "127.0.0.1:40001", "127.0.0.1:8099");
+    assert!(t.observe(&a.by(1, &py).st(7, 2)).is_empty());
+    // b pushes a out while a is still connecting.
+    let out = t.observe(&b.by(2, &py).st(7, 2));
+    assert_eq!(out.len(), 1);
+    assert!(out[0].evicted);
+    // a's later events start no second, mid-life life for a.
+    assert!(t.observe(&a.irq(3).st(2, 1)).is_empty());
+    assert!(t.observe(&a.by(4, &py).st(1, 4)).is_empty());
+    assert!(t.observe(&a.irq(5).destroy()).is_empty());
+    let stats = t.stats();
+    assert_eq!(stats.sockets_seen, 2, "{stats:?}");
+    assert_eq!(stats.after_eviction, 3, "{stats:?}");
+    assert_eq!(stats.evicted, 1);
+    // The address reused by a new socket starts a new life as usual.
+    let out = t.observe(&a.by(6, &py).st(7, 2));
+    assert_eq!(out.len(), 1, "b is evicted by a's new life");
+    assert_eq!(t.stats().sockets_seen, 3);
+    assert_eq!(t.stats().after_eviction, 3);
+}
