@@ -1,0 +1,338 @@
+//! Hostile conditions: a stalled reader, floods from unprivileged users, a
+//! tiny ring, a table too small, odd privileges, silly flags and stray
+//! signals never break tcptrace or its accounting. Each test runs the real
+//! CLI against the real kernel, on its own ports, with bounded waits.
+
+use std::{
+    io::Read,
+    net::{TcpListener, TcpStream},
+    os::unix::process::CommandExt as _,
+    process::{Child, Command, Stdio},
+    sync::mpsc::Receiver,
+    time::{Duration, Instant},
+};
+
+use tcptrace_tests::{lines_of, tcptrace_binary, wait_line};
+
+/// A running tcptrace CLI and its stderr lines.
+struct Cli {
+    child: Child,
+    stderr: Receiver<String>,
+    stderr_lines: Vec<String>,
+}
+
+impl Cli {
+    /// Starts tcptrace with `args` and waits until it is tracing.
+    fn start(args: &[&str], stdout: Stdio) -> Cli {
+        Cli::start_with(Command::new(tcptrace_binary()).args(args).stdout(stdout))
+    }
+
+    fn start_with(cmd: &mut Command) -> Cli {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+        let stderr = lines_of(child.stderr.take().unwrap());
+        let mut stderr_lines = Vec::new();
+        if !wait_line(&stderr, &mut stderr_lines, |l| l.contains("tracing TCP")) {
+            let _ = child.kill();
+            panic!("tcptrace never said it was tracing: {stderr_lines:#?}");
+        }
+        Cli {
+            child,
+            stderr,
+            stderr_lines,
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits at most `limit` for the exit; panics (after killing it) if it
+    /// takes longer. Returns the exit code and the summary's JSON.
+    fn exit_within(mut self, limit: Duration) -> (Option<i32>, serde_json::Value, Vec<String>) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!(
+                    "tcptrace did not exit within {limit:?}; stderr: {:#?}",
+                    self.stderr_lines
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = self.child.wait();
+        self.stderr_lines.extend(self.stderr.iter());
+        let summary = self
+            .stderr_lines
+            .iter()
+            .find_map(|l| l.strip_prefix("tcptrace-summary "))
+            .unwrap_or_else(|| panic!("no summary line: {:#?}", self.stderr_lines));
+        let summary = serde_json::from_str(summary).unwrap();
+        (status.code(), summary, self.stderr_lines)
+    }
+}
+
+fn n(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no `{key}` in {v}"))
+}
+
+fn assert_balanced(summary: &serde_json::Value) {
+    assert_eq!(
+        n(summary, "produced"),
+        n(summary, "received") + n(summary, "lost"),
+        "events unaccounted for: {summary}"
+    );
+}
+
+/// `count` loopback connections to `listener`, each closed at once; the
+/// server side is accepted and closed on a thread. Bounded in time.
+fn churn(listener: &TcpListener, count: usize, per_second: Option<u32>) {
+    let addr = listener.local_addr().unwrap();
+    let server = listener.try_clone().unwrap();
+    let acceptor = std::thread::spawn(move || {
+        for _ in 0..count {
+            match server.accept() {
+                Ok((s, _)) => drop(s),
+                Err(_) => break,
+            }
+        }
+    });
+    let start = Instant::now();
+    for i in 0..count {
+        if let Some(rate) = per_second {
+            let due = start + Duration::from_secs_f64(i as f64 / f64::from(rate));
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        drop(TcpStream::connect(addr).unwrap());
+        assert!(start.elapsed() < Duration::from_secs(30), "churn too slow");
+    }
+    acceptor.join().unwrap();
+}
+
+fn as_nobody(cmd: &mut Command) -> &mut Command {
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(65534, 65534, 65534) != 0
+                || libc::setresuid(65534, 65534, 65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+#[test]
+fn a_stalled_reader_does_not_stop_the_drain_and_sigterm_ends_it_promptly() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    // stdout is a pipe nobody reads: it fills after 64 KiB.
+    let cli = Cli::start(
+        &["--view", "stream", "--json", "--port", &port],
+        Stdio::piped(),
+    );
+    churn(&listener, 3000, None);
+    std::thread::sleep(Duration::from_millis(300));
+    cli.signal(libc::SIGTERM);
+    let started = Instant::now();
+    let (code, summary, stderr) = cli.exit_within(Duration::from_secs(2));
+    assert_eq!(code, Some(0), "{stderr:#?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_balanced(&summary);
+    assert_eq!(n(&summary, "lost"), 0, "the drain went on: {summary}");
+    let dropped = n(&summary["output"], "dropped_lines");
+    assert!(
+        dropped > 0,
+        "a stalled reader must cost output lines: {summary}"
+    );
+    assert!(
+        stderr.iter().any(|l| l.contains("did not keep up")),
+        "{stderr:#?}"
+    );
+}
+
+#[test]
+fn an_unprivileged_signal_flood_writes_nothing() {
+    let cli = Cli::start(&["--view", "stream", "--json"], Stdio::piped());
+    let mut child = cli.child;
+    let stdout = lines_of(child.stdout.take().unwrap());
+    let cli = Cli {
+        child,
+        stderr: cli.stderr,
+        stderr_lines: cli.stderr_lines,
+    };
+    // As nobody: an ignored SIGUSR1, then a handled one, sent to itself in a
+    // loop for a second each.
+    let script = "import os, signal, time\n\
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)\n\
+        t = time.time()\n\
+        while time.time() - t < 1: os.kill(os.getpid(), signal.SIGUSR1)\n\
+        signal.signal(signal.SIGUSR1, lambda *a: None)\n\
+        t = time.time()\n\
+        while time.time() - t < 1: os.kill(os.getpid(), signal.SIGUSR1)\n\
+        print(os.getpid())\n";
+    let out = as_nobody(Command::new("python3").args(["-c", script]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let flooder: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    cli.signal(libc::SIGINT);
+    let (code, summary, stderr) = cli.exit_within(Duration::from_secs(5));
+    assert_eq!(code, Some(0), "{stderr:#?}");
+    assert_balanced(&summary);
+    let mut signals_to_flooder = 0;
+    let mut lines = 0;
+    for line in stdout.iter() {
+        lines += 1;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["event"] == "signal" && v["target_pid"].as_u64() == Some(flooder) {
+            signals_to_flooder += 1;
+        }
+    }
+    assert_eq!(
+        signals_to_flooder, 0,
+        "signals that could not kill were reported ({lines} lines in all)"
+    );
+}
+
+#[test]
+fn the_smallest_ring_keeps_up_with_a_thousand_connections_a_second() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let cli = Cli::start(
+        &["--ring-size", "16384", "--port", &port, "--json"],
+        Stdio::null(),
+    );
+    churn(&listener, 2000, Some(1000));
+    std::thread::sleep(Duration::from_millis(300));
+    cli.signal(libc::SIGINT);
+    let (code, summary, stderr) = cli.exit_within(Duration::from_secs(5));
+    assert_eq!(code, Some(0), "{stderr:#?}");
+    assert_balanced(&summary);
+    let (produced, lost) = (n(&summary, "produced"), n(&summary, "lost"));
+    assert!(produced >= 2000 * 8, "{summary}");
+    assert!(
+        lost * 100 < produced,
+        "a 16 KiB ring lost {lost} of {produced} events: {summary}"
+    );
+}
+
+#[test]
+fn a_full_table_reports_each_socket_once() {
+    const HELD: usize = 1000;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let cli = Cli::start(
+        &["--max-sockets", "64", "--port", &port, "--json"],
+        Stdio::null(),
+    );
+    // Hold HELD connections open, then close them all.
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..HELD {
+        let c = TcpStream::connect(addr).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        held.push((c, s));
+    }
+    drop(held);
+    std::thread::sleep(Duration::from_millis(500));
+    cli.signal(libc::SIGINT);
+    let (code, summary, stderr) = cli.exit_within(Duration::from_secs(5));
+    assert_eq!(code, Some(0), "{stderr:#?}");
+    assert_balanced(&summary);
+    let seen = stderr
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("sockets:"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no sockets line: {stderr:#?}"));
+    // Both ends of each connection, each exactly once (the listener began
+    // listening before tcptrace started and is still open: no event).
+    assert_eq!(seen, 2 * HELD, "{stderr:#?}");
+}
+
+#[test]
+fn bpf_and_perfmon_capabilities_are_enough_without_root() {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=+bpf,+perfmon",
+        "--ambient-caps=+bpf,+perfmon",
+        "--",
+    ])
+    .arg(tcptrace_binary())
+    .args(["--duration", "1", "--json"]);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("tracing TCP"), "{stderr}");
+    assert!(stderr.contains("tcptrace-summary"), "{stderr}");
+}
+
+#[test]
+fn silly_flags_get_a_clear_error_and_no_panic() {
+    for (args, expect) in [
+        (&["--duration", "18446744073709551615"][..], "31536000"),
+        (&["--duration", "-1"][..], "31536000"),
+        (&["--ring-size", "1099511627776"][..], "1073741824"),
+        (&["--ring-size", "-1"][..], "not a number of bytes"),
+        (&["--max-sockets", "-3"][..], "-3"),
+    ] {
+        let out = Command::new(tcptrace_binary()).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn sighup_and_sigquit_stop_it_cleanly_with_a_summary_and_sigusr1_does_not() {
+    for sig in [libc::SIGHUP, libc::SIGQUIT] {
+        let cli = Cli::start(&["--json"], Stdio::null());
+        cli.signal(sig);
+        let (code, summary, stderr) = cli.exit_within(Duration::from_secs(5));
+        assert_eq!(code, Some(0), "signal {sig}: {stderr:#?}");
+        assert_balanced(&summary);
+    }
+    let mut cli = Cli::start(&["--json"], Stdio::null());
+    cli.signal(libc::SIGUSR1);
+    assert!(
+        wait_line(&cli.stderr, &mut cli.stderr_lines, |l| l
+            .contains("summary so far")),
+        "{:#?}",
+        cli.stderr_lines
+    );
+    assert!(
+        cli.child.try_wait().unwrap().is_none(),
+        "SIGUSR1 stopped it"
+    );
+    cli.signal(libc::SIGINT);
+    let (code, _, stderr) = cli.exit_within(Duration::from_secs(5));
+    assert_eq!(code, Some(0), "{stderr:#?}");
+}
+
+#[test]
+fn a_closed_pipe_ends_it_even_on_a_quiet_host() {
+    // `tcptrace --json | head -1` on a host where nothing happens.
+    let mut cli = Cli::start(&["--json", "--port", "9"], Stdio::piped());
+    let mut stdout = cli.child.stdout.take().unwrap();
+    let mut buf = [0u8; 1];
+    // Nothing to read: close our end as `head` would.
+    let _ = stdout.read(&mut buf[..0]);
+    drop(stdout);
+    let (code, summary, stderr) = cli.exit_within(Duration::from_secs(3));
+    assert_eq!(code, Some(0), "{stderr:#?}");
+    assert_balanced(&summary);
+}
