@@ -364,7 +364,10 @@ pub mod counter {
     pub const FILTERED: u32 = 2;
     /// Non-TCP `inet_sock_set_state` events (MPTCP, SCTP) ignored.
     pub const NOT_TCP: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Events made by `inet_sock_set_state_nested` for runs the kernel
+    /// skipped (each is also one of the programs' `recursion_misses`).
+    pub const RECOVERED: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// The smallest ring: a busy CPU makes a hundred events (a few connections'

@@ -73,6 +73,10 @@ static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static QUERY_COUNTDOWN: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per CPU: non-zero while `inet_sock_set_state` runs on this CPU.
+#[map]
+static SET_STATE_BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Non-zero while this CPU runs a softirq: the on-CPU task is then a bystander.
 #[map]
 static IN_SOFTIRQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
@@ -398,22 +402,55 @@ fn finish_sock_event(event: &mut Event) {
     }
 }
 
-/// `inet_sock_set_state(sk, oldstate, newstate)`: the hot path. Helper
-/// calls: one read of the socket's head (tuple, family), one of
-/// `sk_protocol` (MPTCP and SCTP fire this tracepoint too), the event's
-/// common part, an owner lookup, the output; two more reads on CLOSE.
+/// `inet_sock_set_state(sk, oldstate, newstate)`: the hot path.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    set_state_busy(1);
+    set_state_event(&ctx);
+    set_state_busy(0);
+    0
+}
+
+/// The same tracepoint, for the one event the program above cannot see:
+/// when an interrupt on this CPU lands while `inet_sock_set_state` runs and
+/// its softirq changes another socket's state (a peer on loopback, during
+/// a mass close), the kernel skips the nested run of that program (its
+/// recursion guard). This second program is not running then, sees the
+/// first one busy on its CPU, and makes the event instead; otherwise it
+/// returns at once. Its events are counted, so that skipped runs it made
+/// up for are not reported as lost.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
+    if SET_STATE_BUSY.get(0).is_some_and(|busy| *busy != 0) {
+        count(counter::RECOVERED);
+        set_state_event(&ctx);
+    }
+    0
+}
+
+#[inline(always)]
+fn set_state_busy(value: u32) {
+    if let Some(busy) = SET_STATE_BUSY.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *busy = value };
+    }
+}
+
+/// Helper calls: one read of the socket's head (tuple, family), one of
+/// `sk_protocol` (MPTCP and SCTP fire this tracepoint too), the event's
+/// common part, an owner lookup, the output; two more reads on CLOSE.
+#[inline(always)]
+fn set_state_event(ctx: &RawTracePointContext) {
     let pos = &config().set_state;
-    let args = Args::of(&ctx, pos);
+    let args = Args::of(ctx, pos);
     let sk = args.get(pos.sk);
     let o = &config().sock;
     if o.protocol != ABSENT && read_kernel::<u16>(sk + u64::from(o.protocol)) != Some(IPPROTO_TCP) {
         count(counter::NOT_TCP);
-        return 0;
+        return;
     }
     let Some(head) = SockHead::read(sk) else {
-        return 0;
+        return;
     };
     let mut slot = MaybeUninit::uninit();
     let event = new_event(&mut slot, kind::STATE, sk);
@@ -426,7 +463,6 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         read_unread(sk, event);
     }
     finish_sock_event(event);
-    0
 }
 
 /// The reset, retransmit and destroy tracepoints: a socket (and its state),

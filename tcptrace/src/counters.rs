@@ -17,10 +17,14 @@ pub struct Counters {
     pub not_tcp: u64,
     /// Events userspace could not decode (a kernel/loader mismatch).
     pub undecodable: u64,
-    /// Program runs the kernel skipped because another tracing program was
-    /// already running on that CPU (its per-CPU recursion guard: a softirq
-    /// that interrupts a BPF program). Those events were never produced.
+    /// Program runs the kernel skipped because the same program was already
+    /// running on that CPU (its recursion guard: an interrupt whose softirq
+    /// re-entered it), less those a second program made up for: events
+    /// that were never produced.
     pub missed: u64,
+    /// Skipped runs whose event a second program made instead (see
+    /// `inet_sock_set_state_nested`): nothing was lost there.
+    pub recovered: u64,
 }
 
 impl Counters {

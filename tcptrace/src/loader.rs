@@ -283,6 +283,7 @@ impl Tracer {
             received: self.received,
             undecodable: self.undecodable,
             missed: self.recursion_misses(),
+            recovered: self.kernel_count(counter::RECOVERED),
         }
     }
 
@@ -309,7 +310,8 @@ impl Tracer {
             .filter_map(|(_, program)| program.fd().ok())
             .map(program_misses)
             .sum();
-        loaded + self.detached_misses
+        // Runs whose event the nested program made are not missing.
+        (loaded + self.detached_misses).saturating_sub(self.kernel_count(counter::RECOVERED))
     }
 }
 
@@ -340,36 +342,41 @@ pub fn wakeup_policy(ring_bytes: u32) -> (u64, u32) {
 
 fn raw_tracepoint<'a>(
     ebpf: &'a mut Ebpf,
-    tp: &kernel::Tracepoint,
+    program: &'static str,
 ) -> Result<&'a mut RawTracePoint, LoadError> {
     Ok(ebpf
-        .program_mut(tp.program)
-        .ok_or(LoadError::MissingProgram(tp.program))?
+        .program_mut(program)
+        .ok_or(LoadError::MissingProgram(program))?
         .try_into()?)
 }
 
 fn load(ebpf: &mut Ebpf, tp: &kernel::Tracepoint) -> Result<(), LoadError> {
-    raw_tracepoint(ebpf, tp)?.load().map_err(|e| match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => LoadError::Verifier {
-            program: tp.program.to_owned(),
-            io_error,
-            log: verifier_log.to_string(),
-        },
-        other => LoadError::Program(other),
-    })
+    for program in tp.programs() {
+        raw_tracepoint(ebpf, program)?.load().map_err(|e| match e {
+            ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => LoadError::Verifier {
+                program: program.to_owned(),
+                io_error,
+                log: verifier_log.to_string(),
+            },
+            other => LoadError::Program(other),
+        })?;
+    }
+    Ok(())
 }
 
 fn attach(ebpf: &mut Ebpf, tp: &kernel::Tracepoint) -> Result<(), LoadError> {
-    raw_tracepoint(ebpf, tp)?
-        .attach(tp.name)
-        .map_err(|source| LoadError::Attach {
-            group: tp.group,
-            name: tp.name,
-            source,
-        })?;
+    for program in tp.programs() {
+        raw_tracepoint(ebpf, program)?
+            .attach(tp.name)
+            .map_err(|source| LoadError::Attach {
+                group: tp.group,
+                name: tp.name,
+                source,
+            })?;
+    }
     Ok(())
 }
 

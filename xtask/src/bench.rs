@@ -304,6 +304,18 @@ pub struct Summary {
     pub filtered: Option<u64>,
     /// Program runs the kernel skipped, as tcptrace itself counted them.
     pub missed: Option<u64>,
+    /// Of the runs the kernel skipped, those whose event tcptrace's second
+    /// `inet_sock_set_state` program made instead.
+    pub recovered: Option<u64>,
+}
+
+impl TracerOut {
+    /// Runs the kernel skipped whose events are really missing: every
+    /// program's recursion_misses, less the events tcptrace made up for.
+    pub fn skipped_runs(&self) -> u64 {
+        let recovered = self.summary.as_ref().and_then(|s| s.recovered).unwrap_or(0);
+        self.bpf.recursion_misses.saturating_sub(recovered)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

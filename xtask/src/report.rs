@@ -280,7 +280,7 @@ fn group(mode: &str, config: Config, runs: &[Run], none_median: Option<f64>) -> 
         cpu_s_per_mevent: median(cpu),
         bpf_ns_per_event: median(bpf),
         bpf_basis: tracers.first().map(|t| t.bpf_basis),
-        missed: (!tracers.is_empty()).then(|| tracers.iter().map(|t| t.bpf.recursion_misses).sum()),
+        missed: (!tracers.is_empty()).then(|| tracers.iter().map(|t| t.skipped_runs()).sum()),
         programs: programs(tracers.iter().map(|t| &t.bpf)),
         bpf_runs_per_s: per_s(|t| t.bpf.run_cnt as f64),
         bpf_ms_per_s: per_s(|t| t.bpf.run_time_ns as f64 / 1e6),
@@ -496,7 +496,7 @@ fn mass_sums(runs: &[Run]) -> MassSums {
         };
         m.runs += 1;
         m.produced += produced;
-        m.missed += t.bpf.recursion_misses;
+        m.missed += t.skipped_runs();
         m.reported += mc.sockets.reported;
         m.still_open_gone += mc.sockets.still_open_gone;
     }
@@ -791,11 +791,12 @@ impl Report {
              run_time_ns / run_cnt (each run is an event). Run times come from \
              /proc/<pid>/fdinfo with kernel.bpf_stats_enabled=1. Missed runs: the \
              recursion_misses of the tracer's programs over the churn, summed (runs the kernel \
-             skipped because a BPF program was already running on that CPU; for tcptrace, \
-             events that never existed). Bulk: BPF runs / s and run time ms / s are those of all \
+             skipped because a BPF program was already running on that CPU), less, for \
+             tcptrace, the events its second inet_sock_set_state program made for such runs \
+             (`recovered` in its summary): events that never existed. Bulk: BPF runs / s and run time ms / s are those of all \
              of tcptrace's programs per second of transfer (medians over the reps). Mass close: \
              runs skipped are the recursion_misses of tcptrace's programs from attach until every \
-             socket was gone; \
+             socket was gone, less those it recovered; \
              a socket on the scenario's ports counts as gone but reported still open when \
              tcptrace's JSON says `still_open` and /proc/net/tcp no longer listed it (TIME_WAIT \
              aside) when tcptrace was stopped. Program \
@@ -909,7 +910,7 @@ impl Report {
             let f = |v: Option<u64>| v.map_or("n/a".into(), |v| v.to_string());
             let sm = t.summary.as_ref();
             let produced = sm.and_then(|x| x.produced);
-            let missed = t.bpf.recursion_misses;
+            let missed = t.skipped_runs();
             let pct = produced.filter(|&n| n > 0).map_or("n/a".into(), |n| {
                 format!("{:.3} %", missed as f64 * 100.0 / n as f64)
             });

@@ -78,7 +78,16 @@ pub struct Tracepoint {
     pub required: bool,
     /// What the output lacks without it.
     pub purpose: &'static str,
+    /// More programs attached to the same tracepoint.
+    pub also: &'static [&'static str],
     args: &'static [ArgSpec],
+}
+
+impl Tracepoint {
+    /// Every program attached to this tracepoint.
+    pub fn programs(&self) -> impl Iterator<Item = &'static str> + use<> {
+        std::iter::once(self.program).chain(self.also.iter().copied())
+    }
 }
 
 const SK: Role = Role::Ptr("sock");
@@ -91,6 +100,8 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "4.16",
         required: true,
         purpose: "TCP state transitions",
+        // Makes the events of runs the kernel skips for recursion.
+        also: &["inet_sock_set_state_nested"],
         args: &[
             need(Slot::Sk, SK),
             need(Slot::Int0, Role::Int(0)),
@@ -104,6 +115,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "4.15 (reason since 6.10)",
         required: false,
         purpose: "resets sent, with the kernel's reason",
+        also: &[],
         args: &[
             need(Slot::Sk, SK),
             may(Slot::Skb, Role::Ptr("sk_buff")),
@@ -117,6 +129,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "4.15",
         required: false,
         purpose: "resets received",
+        also: &[],
         args: &[need(Slot::Sk, SK)],
     },
     Tracepoint {
@@ -126,6 +139,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "4.15",
         required: false,
         purpose: "SYN retransmissions (handshake timeouts)",
+        also: &[],
         args: &[need(Slot::Sk, SK), may(Slot::Int0, Role::Int(0))],
     },
     Tracepoint {
@@ -135,6 +149,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "4.15",
         required: false,
         purpose: "SYN/ACK retransmissions",
+        also: &[],
         args: &[
             need(Slot::Sk, SK),
             need(Slot::Req, Role::Ptr("request_sock")),
@@ -147,6 +162,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "4.15",
         required: false,
         purpose: "the end of a socket's life",
+        also: &[],
         args: &[need(Slot::Sk, SK)],
     },
     Tracepoint {
@@ -156,6 +172,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "2.6.32",
         required: false,
         purpose: "closes caused by a process exiting",
+        also: &[],
         args: &[
             need(Slot::Task, Role::Ptr("task_struct")),
             may(Slot::Int0, Role::Int(0)),
@@ -168,6 +185,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "3.2",
         required: false,
         purpose: "which signal killed a process, and who sent it",
+        also: &[],
         // (int sig, struct kernel_siginfo *, struct task_struct *, int group,
         // int result): the signal is the first integer, the result the third.
         args: &[
@@ -183,6 +201,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "2.6.32",
         required: false,
         purpose: "telling softirq from process context",
+        also: &[],
         args: &[],
     },
     Tracepoint {
@@ -192,6 +211,7 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         since: "2.6.32",
         required: false,
         purpose: "telling softirq from process context",
+        also: &[],
         args: &[],
     },
 ];

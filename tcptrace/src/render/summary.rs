@@ -83,6 +83,14 @@ impl Summary {
                 c.missed
             )?;
         }
+        if c.recovered > 0 {
+            writeln!(
+                out,
+                "  recovered:  {} events of runs the kernel skipped (an interrupt re-entered \
+                 inet_sock_set_state), made by its second program: nothing lost",
+                c.recovered
+            )?;
+        }
         writeln!(
             out,
             "  sockets:    {} seen, {} evicted (table full), {} tracked at most, {} socketless RSTs",
