@@ -4,7 +4,13 @@
 //! kernel's layout (its BTF), then the load (where the verifier speaks).
 //! Raw tracepoints need no tracefs: nothing is mounted or read there.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -16,6 +22,7 @@ use tcptrace_common::{Config, Event, Filter, counter};
 use crate::{
     counters::Counters,
     decode::{Decoder, Record},
+    input::LiveInput,
     kernel::{self, KernelLayout},
 };
 
@@ -138,10 +145,12 @@ impl Default for TraceOptions {
 /// A loaded and attached tracer. Dropping it detaches everything.
 pub struct Tracer {
     ebpf: Ebpf,
-    ring: RingBuf<MapData>,
+    /// Until [`Tracer::live_input`] hands it to its reading thread.
+    ring: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     decoder: Decoder,
-    received: u64,
+    /// Records taken from the ring (by whoever reads it).
+    received: Arc<AtomicU64>,
     undecodable: u64,
     /// Skipped runs of the programs already unloaded (their fdinfo is gone).
     detached_misses: u64,
@@ -220,10 +229,10 @@ impl Tracer {
         .map_err(|e| LoadError::Map("COUNTERS", e))?;
         Ok(Tracer {
             ebpf,
-            ring,
+            ring: Some(ring),
             counters,
             decoder: Decoder::new(layout.reasons.clone()),
-            received: 0,
+            received: Arc::new(AtomicU64::new(0)),
             undecodable: 0,
             detached_misses: 0,
             layout,
@@ -235,27 +244,46 @@ impl Tracer {
         &self.layout
     }
 
-    /// A duplicate of the ring buffer's fd, to wait on (epoll, AsyncFd,
-    /// poll): owning it keeps the waiter independent of `&mut self` drains.
-    pub fn ring_fd(&self) -> std::io::Result<OwnedFd> {
-        self.ring.as_fd().try_clone_to_owned()
+    /// Hands the ring buffer to a reading thread of its own (see
+    /// [`LiveInput`]); records then arrive in batches, to [`Tracer::decode`].
+    pub fn live_input(&mut self) -> std::io::Result<LiveInput> {
+        let ring = self
+            .ring
+            .take()
+            .ok_or_else(|| std::io::Error::other("the ring buffer is already being read"))?;
+        LiveInput::start(ring, self.received.clone())
     }
 
-    /// Reads every event waiting in the ring buffer, in order. Returns how
-    /// many were read.
-    pub fn drain(&mut self, mut sink: impl FnMut(Record)) -> usize {
-        let mut n = 0;
-        while let Some(item) = self.ring.next() {
-            n += 1;
-            self.received += 1;
-            match self.decoder.decode_bytes(&item) {
-                Ok(record) => sink(record),
-                Err(e) => {
-                    self.undecodable += 1;
-                    log::debug!("undecodable event: {e}");
-                }
+    /// One raw record from the ring; `None` (counted) when it cannot be
+    /// decoded.
+    pub fn decode(&mut self, bytes: &[u8]) -> Option<Record> {
+        match self.decoder.decode_bytes(bytes) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                self.undecodable += 1;
+                log::debug!("undecodable event: {e}");
+                None
             }
         }
+    }
+
+    /// Reads every event waiting in the ring buffer, in order, on this
+    /// thread (unless [`Tracer::live_input`] took the ring). Returns how
+    /// many were read.
+    pub fn drain(&mut self, mut sink: impl FnMut(Record)) -> usize {
+        let Some(mut ring) = self.ring.take() else {
+            return 0;
+        };
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            n += 1;
+            let record = self.decode(&item);
+            if let Some(record) = record {
+                sink(record);
+            }
+        }
+        self.ring = Some(ring);
+        self.received.fetch_add(n as u64, Ordering::Relaxed);
         n
     }
 
@@ -265,7 +293,9 @@ impl Tracer {
         for (name, program) in self.ebpf.programs_mut() {
             if let aya::programs::Program::RawTracePoint(tp) = program {
                 // Its last count, read while its fd is still open.
-                self.detached_misses += tp.fd().map_or(0, program_misses);
+                if !kernel::is_backup_program(name) {
+                    self.detached_misses += tp.fd().map_or(0, program_misses);
+                }
                 if let Err(e) = tp.unload() {
                     log::debug!("unloading {name}: {e}");
                 }
@@ -280,7 +310,7 @@ impl Tracer {
             lost: self.lost(),
             filtered: self.kernel_count(counter::FILTERED),
             not_tcp: self.kernel_count(counter::NOT_TCP),
-            received: self.received,
+            received: self.received.load(Ordering::Relaxed),
             undecodable: self.undecodable,
             missed: self.recursion_misses(),
             recovered: self.kernel_count(counter::RECOVERED),
@@ -301,16 +331,19 @@ impl Tracer {
     }
 
     /// Runs of our programs that the kernel skipped (recursion guard), from
-    /// each program's fdinfo: the kernel's own count, not an estimate. A
-    /// file read per program: not for every drain tick.
+    /// each program's fdinfo: the kernel's own count, not an estimate, less
+    /// the skipped runs whose event the backup program made. The backup's
+    /// own skipped runs lose nothing by themselves (it only stands in for
+    /// another program, whose skip is counted). A file read per program:
+    /// not for every drain tick.
     pub fn recursion_misses(&self) -> u64 {
         let loaded: u64 = self
             .ebpf
             .programs()
+            .filter(|(name, _)| !kernel::is_backup_program(name))
             .filter_map(|(_, program)| program.fd().ok())
             .map(program_misses)
             .sum();
-        // Runs whose event the nested program made are not missing.
         (loaded + self.detached_misses).saturating_sub(self.kernel_count(counter::RECOVERED))
     }
 }

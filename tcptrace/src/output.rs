@@ -1,16 +1,19 @@
 //! Output that never blocks the drain. Renderers write into an
 //! [`OutputQueue`]; full chunks go through a bounded queue to a writer
-//! thread that owns the real output (stdout). When whoever reads it stalls,
-//! the queue fills and further chunks are dropped whole and counted, while
-//! tcptrace keeps draining the ring buffer and answering signals. A closed
-//! reader (`| head -1`) is noticed even when nothing more is written.
+//! thread that owns the real output (stdout). A slow reader (`| jq`) holds
+//! processing back ([`OutputQueue::backlogged`]): the session stops taking
+//! batches while the input thread goes on emptying the ring into its own
+//! bounded backlog. Nothing is dropped unless the reader stalls past every
+//! buffer: then whole chunks are dropped and counted, while tcptrace keeps
+//! answering signals. A closed reader (`| head -1`) is noticed even when
+//! nothing more is written.
 
 use std::{
     io::{self, Write},
     os::fd::{AsRawFd, RawFd},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
     },
     thread::JoinHandle,
@@ -21,6 +24,9 @@ use std::{
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks the queue holds: 4 MiB of output waiting for a slow reader.
 const QUEUE_CHUNKS: usize = 64;
+/// Past this many chunks waiting, processing pauses: the rest of the queue
+/// is headroom for what one input batch renders.
+const BACKLOG_CHUNKS: usize = QUEUE_CHUNKS / 2;
 /// How often an idle writer checks whether its reader went away.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
 
@@ -38,6 +44,10 @@ pub struct OutputStats {
 #[derive(Default)]
 struct Shared {
     written_bytes: AtomicU64,
+    /// Queued and not yet written: chunks, bytes, lines.
+    pending_chunks: AtomicUsize,
+    pending_bytes: AtomicU64,
+    pending_lines: AtomicU64,
     /// The reader is gone (EPIPE, or the pipe hung up).
     closed: AtomicBool,
     /// Another write error, kept for the exit status.
@@ -91,6 +101,25 @@ impl OutputQueue {
         OutputQueue::new(stdout, Some(fd))
     }
 
+    /// The writer is behind: take no more input until it catches up (the
+    /// time spent so is reported as time blocked).
+    pub fn backlogged(&mut self) -> bool {
+        let behind = self.shared.pending_chunks.load(Ordering::Relaxed) >= BACKLOG_CHUNKS;
+        self.note_blocked(behind);
+        behind
+    }
+
+    fn note_blocked(&mut self, blocked: bool) {
+        match (blocked, self.blocked_since) {
+            (true, None) => self.blocked_since = Some(Instant::now()),
+            (false, Some(since)) => {
+                self.blocked += since.elapsed();
+                self.blocked_since = None;
+            }
+            _ => {}
+        }
+    }
+
     /// The reader went away: time to stop.
     pub fn closed(&self) -> bool {
         self.shared.closed.load(Ordering::Relaxed)
@@ -119,14 +148,16 @@ impl OutputQueue {
         let Some(tx) = &self.tx else {
             return self.drop_chunk(&chunk);
         };
+        let (bytes, lines) = (chunk.len() as u64, count_lines(&chunk));
         match tx.try_send(chunk) {
             Ok(()) => {
-                if let Some(since) = self.blocked_since.take() {
-                    self.blocked += since.elapsed();
-                }
+                let s = &self.shared;
+                s.pending_chunks.fetch_add(1, Ordering::Relaxed);
+                s.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
+                s.pending_lines.fetch_add(lines, Ordering::Relaxed);
             }
             Err(TrySendError::Full(chunk) | TrySendError::Disconnected(chunk)) => {
-                self.blocked_since.get_or_insert_with(Instant::now);
+                self.note_blocked(true);
                 self.drop_chunk(&chunk);
             }
         }
@@ -134,7 +165,7 @@ impl OutputQueue {
 
     fn drop_chunk(&mut self, chunk: &[u8]) {
         self.dropped_bytes += chunk.len() as u64;
-        self.dropped_lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        self.dropped_lines += count_lines(chunk);
     }
 
     /// Queues what is left and waits up to `timeout` for the writer to
@@ -142,10 +173,16 @@ impl OutputQueue {
     pub fn finish(&mut self, timeout: Duration) -> OutputStats {
         self.send_current();
         self.tx = None; // the writer ends once the queue is empty
-        if self.done.recv_timeout(timeout).is_ok()
-            && let Some(writer) = self.writer.take()
-        {
-            let _ = writer.join();
+        if self.done.recv_timeout(timeout).is_ok() {
+            if let Some(writer) = self.writer.take() {
+                let _ = writer.join();
+            }
+        } else {
+            // Stalled: what is still queued will never be written.
+            let s = &self.shared;
+            self.dropped_bytes += s.pending_bytes.swap(0, Ordering::Relaxed);
+            self.dropped_lines += s.pending_lines.swap(0, Ordering::Relaxed);
+            self.note_blocked(false);
         }
         self.stats()
     }
@@ -185,9 +222,13 @@ fn write_chunks<W: Write>(mut out: W, fd: Option<RawFd>, rx: &Receiver<Vec<u8>>,
         let result = out.write_all(&chunk).and_then(|()| out.flush());
         match result {
             Ok(()) => {
+                let len = chunk.len() as u64;
+                shared.written_bytes.fetch_add(len, Ordering::Relaxed);
+                shared.pending_chunks.fetch_sub(1, Ordering::Relaxed);
+                shared.pending_bytes.fetch_sub(len, Ordering::Relaxed);
                 shared
-                    .written_bytes
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    .pending_lines
+                    .fetch_sub(count_lines(&chunk), Ordering::Relaxed);
             }
             Err(e) => {
                 shared.closed.store(true, Ordering::Relaxed);
@@ -200,6 +241,10 @@ fn write_chunks<W: Write>(mut out: W, fd: Option<RawFd>, rx: &Receiver<Vec<u8>>,
             }
         }
     }
+}
+
+fn count_lines(chunk: &[u8]) -> u64 {
+    chunk.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 /// A pipe or socket whose reader closed reports POLLERR or POLLHUP on the
@@ -240,20 +285,27 @@ mod tests {
         let mut q = OutputQueue::new(Stalled(wait, seen.clone()), None).unwrap();
         let line = [b'x'; 1023];
         let start = Instant::now();
-        // Far more than the queue holds: every write returns at once.
-        for _ in 0..(QUEUE_CHUNKS + 8) * CHUNK_BYTES / 1024 {
+        let lines = (QUEUE_CHUNKS + 8) * CHUNK_BYTES / 1024;
+        // Far more than the queue holds: every write returns at once, and
+        // the queue says it is backlogged long before it is full.
+        for i in 0..lines {
             q.write_all(&line).unwrap();
             q.write_all(b"\n").unwrap();
+            if i == (BACKLOG_CHUNKS + 1) * CHUNK_BYTES / 1024 {
+                assert!(q.backlogged());
+            }
         }
         q.flush().unwrap();
         assert!(start.elapsed() < Duration::from_secs(2));
         let stats = q.stats();
         assert!(stats.dropped_lines > 0, "{stats:?}");
         assert_eq!(stats.dropped_bytes, stats.dropped_lines * 1024, "{stats:?}");
-        // finish gives up on the stalled writer after its timeout.
+        // finish gives up on the stalled writer after its timeout, and what
+        // was still queued counts as dropped: nothing was written.
         let start = Instant::now();
-        q.finish(Duration::from_millis(200));
+        let stats = q.finish(Duration::from_millis(200));
         assert!(start.elapsed() < Duration::from_secs(1));
+        assert_eq!(stats.dropped_lines, lines as u64, "{stats:?}");
         drop(go);
     }
 

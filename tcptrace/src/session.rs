@@ -10,7 +10,6 @@ use std::{
 
 use anyhow::Context as _;
 use tokio::{
-    io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
     time::{Instant, MissedTickBehavior},
 };
@@ -20,6 +19,7 @@ use crate::{
     cli::Args,
     counters::Counters,
     decode::Record,
+    input::Batch,
     loader::Tracer,
     output::OutputQueue,
     render::{RenderOptions, Renderer, Summary},
@@ -164,10 +164,8 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let out = OutputQueue::stdout().context("starting the output thread")?;
     let mut pipeline = Pipeline::new(args.tracker_options(), render, out);
 
-    let ring_fd = tracer.ring_fd().context("duplicating the ring buffer fd")?;
-    // SAFETY: we own this fd; it stays open for the AsyncFd's lifetime.
-    let ready = unsafe { AsyncFd::register_with_interest(ring_fd, Interest::READABLE) }
-        .context("watching the ring buffer")?;
+    // The ring is emptied on a thread of its own; batches come here.
+    let mut input = tracer.live_input().context("starting the ring reader")?;
     let on = |kind: SignalKind, name: &str| {
         signal(kind).with_context(|| format!("installing the {name} handler"))
     };
@@ -191,6 +189,9 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
 
     let mut output_error = None;
     loop {
+        // A slow reader of stdout holds processing back; the input thread
+        // goes on emptying the ring meanwhile.
+        let backlogged = pipeline.output().backlogged();
         let woke = tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -206,8 +207,12 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
                 false
             }
             _ = sleep_until_deadline(deadline) => break,
-            guard = ready.readable() => {
-                guard.context("waiting on the ring buffer")?.clear_ready();
+            batch = input.next(), if !backlogged => {
+                let Some(batch) = batch else { break };
+                if let Err(e) = process(&mut tracer, &mut pipeline, &batch) {
+                    output_error = Some(e);
+                    break;
+                }
                 false
             }
             _ = drain_timer.tick() => true,
@@ -216,8 +221,8 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
             // The reader went away (`| head`): a normal way to stop.
             break;
         }
-        let mut result = drain(&mut tracer, &mut pipeline);
-        if woke && result.is_ok() {
+        let mut result = Ok(());
+        if woke {
             let now = monotonic_ns();
             if loss.check(&tracer, false) {
                 pipeline.note_loss(now);
@@ -233,7 +238,13 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     // Detach first so nothing is produced after the last drain: then
     // produced == received + lost holds exactly.
     tracer.detach();
-    let mut final_result = drain(&mut tracer, &mut pipeline);
+    input.stop();
+    let mut final_result = Ok(());
+    while let Some(batch) = input.try_next() {
+        if final_result.is_ok() {
+            final_result = process(&mut tracer, &mut pipeline, &batch);
+        }
+    }
     if loss.check(&tracer, true) {
         pipeline.note_loss(monotonic_ns());
     }
@@ -271,14 +282,18 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     }
 }
 
-fn drain<W: Write>(tracer: &mut Tracer, pipeline: &mut Pipeline<W>) -> io::Result<()> {
-    let mut result = Ok(());
-    tracer.drain(|record| {
-        if result.is_ok() {
-            result = pipeline.record(&record);
+/// Decodes a batch of raw records and feeds them through the pipeline.
+fn process<W: Write>(
+    tracer: &mut Tracer,
+    pipeline: &mut Pipeline<W>,
+    batch: &Batch,
+) -> io::Result<()> {
+    for raw in batch.records() {
+        if let Some(record) = tracer.decode(&raw) {
+            pipeline.record(&record)?;
         }
-    });
-    result
+    }
+    Ok(())
 }
 
 /// The local and remote address of every TCP socket the kernel has, in
