@@ -310,11 +310,16 @@ pub struct Summary {
 }
 
 impl TracerOut {
-    /// Runs the kernel skipped whose events are really missing: every
-    /// program's recursion_misses, less the events tcptrace made up for.
+    /// Runs the kernel skipped whose events are really missing. For
+    /// tcptrace, its own count (the same fdinfo counts, less the skipped
+    /// runs whose event its backup program made, and not counting the
+    /// backup's own skips, which lose nothing); for others, every program's
+    /// recursion_misses.
     pub fn skipped_runs(&self) -> u64 {
-        let recovered = self.summary.as_ref().and_then(|s| s.recovered).unwrap_or(0);
-        self.bpf.recursion_misses.saturating_sub(recovered)
+        match self.summary.as_ref().and_then(|s| s.missed) {
+            Some(missed) => missed,
+            None => self.bpf.recursion_misses,
+        }
     }
 }
 

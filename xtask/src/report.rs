@@ -1200,6 +1200,7 @@ mod tests {
             recursion_misses: progs.iter().map(|p| p.recursion_misses).sum(),
             progs,
         };
+        let misses = bpf.recursion_misses;
         crate::bench::TracerOut {
             ready_s: 0.5,
             cpu_s: 0.1,
@@ -1218,7 +1219,9 @@ mod tests {
                 received: Some(produced),
                 lost: Some(0),
                 filtered: Some(0),
-                missed: Some(0),
+                // tcptrace's own count of skipped runs, net of recovered.
+                missed: Some(misses),
+                recovered: Some(0),
             }),
             bpftrace_lost: None,
             bpftrace_count: None,

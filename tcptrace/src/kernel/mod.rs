@@ -83,6 +83,12 @@ pub struct Tracepoint {
     args: &'static [ArgSpec],
 }
 
+/// Programs that only stand in for another's skipped runs (see
+/// `inet_sock_set_state_nested` in the kernel program).
+pub fn is_backup_program(name: &str) -> bool {
+    TRACEPOINTS.iter().any(|tp| tp.also.contains(&name))
+}
+
 impl Tracepoint {
     /// Every program attached to this tracepoint.
     pub fn programs(&self) -> impl Iterator<Item = &'static str> + use<> {
