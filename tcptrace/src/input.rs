@@ -44,15 +44,17 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Each record's bytes.
-    pub fn records(&self) -> impl Iterator<Item = Bytes> + '_ {
-        let mut rest = self.bytes.clone();
+    /// Each record's bytes (slices of the batch: no copy, no refcount).
+    pub fn records(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut rest: &[u8] = &self.bytes;
         std::iter::from_fn(move || {
             if rest.remaining() < 4 {
                 return None;
             }
             let len = rest.get_u32_le() as usize;
-            (rest.remaining() >= len).then(|| rest.split_to(len))
+            let record = rest.get(..len)?;
+            rest = &rest[len..];
+            Some(record)
         })
     }
 }
@@ -127,6 +129,8 @@ fn read_ring(
                 return true;
             }
             let bytes = buf.split().freeze();
+            // One fresh allocation per batch, not a series of regrowths.
+            buf.reserve(BATCH_BYTES);
             let len = bytes.len();
             backlog.fetch_add(len, Ordering::Relaxed);
             received.fetch_add(std::mem::take(count), Ordering::Relaxed);
@@ -200,7 +204,7 @@ mod tests {
             backlog: backlog.clone(),
             len,
         };
-        let records: Vec<Bytes> = batch.records().collect();
+        let records: Vec<&[u8]> = batch.records().collect();
         assert_eq!(records, [&b"abc"[..], b"", b"0123456789"]);
         drop(batch);
         assert_eq!(backlog.load(Ordering::Relaxed), 0);

@@ -30,6 +30,13 @@ const BACKLOG_CHUNKS: usize = QUEUE_CHUNKS / 2;
 /// How often an idle writer checks whether its reader went away.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
 
+/// Bytes on their way to the writer, with their line count (counted once,
+/// here, for the accounting of a stalled reader).
+struct Chunk {
+    bytes: Vec<u8>,
+    lines: u64,
+}
+
 /// What happened to the output, for the summary.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct OutputStats {
@@ -57,7 +64,7 @@ struct Shared {
 /// The renderers' `Write`: buffers, queues, never blocks.
 pub struct OutputQueue {
     current: Vec<u8>,
-    tx: Option<SyncSender<Vec<u8>>>,
+    tx: Option<SyncSender<Chunk>>,
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
     done: Receiver<()>,
@@ -71,7 +78,7 @@ impl OutputQueue {
     /// Starts the writer thread on `out`; `fd` is watched for a reader that
     /// went away while nothing is being written.
     pub fn new<W: Write + Send + 'static>(out: W, fd: Option<RawFd>) -> io::Result<OutputQueue> {
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_CHUNKS);
+        let (tx, rx) = mpsc::sync_channel::<Chunk>(QUEUE_CHUNKS);
         let (done_tx, done) = mpsc::channel();
         let shared = Arc::new(Shared::default());
         let thread_shared = shared.clone();
@@ -149,7 +156,10 @@ impl OutputQueue {
             return self.drop_chunk(&chunk);
         };
         let (bytes, lines) = (chunk.len() as u64, count_lines(&chunk));
-        match tx.try_send(chunk) {
+        match tx.try_send(Chunk {
+            bytes: chunk,
+            lines,
+        }) {
             Ok(()) => {
                 let s = &self.shared;
                 s.pending_chunks.fetch_add(1, Ordering::Relaxed);
@@ -158,7 +168,8 @@ impl OutputQueue {
             }
             Err(TrySendError::Full(chunk) | TrySendError::Disconnected(chunk)) => {
                 self.note_blocked(true);
-                self.drop_chunk(&chunk);
+                self.dropped_bytes += bytes;
+                self.dropped_lines += chunk.lines;
             }
         }
     }
@@ -190,6 +201,10 @@ impl OutputQueue {
 
 impl Write for OutputQueue {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Hand the chunk on before it would grow (a realloc copies it all).
+        if !self.current.is_empty() && self.current.len() + buf.len() > self.current.capacity() {
+            self.send_current();
+        }
         self.current.extend_from_slice(buf);
         if self.current.len() >= CHUNK_BYTES {
             self.send_current();
@@ -206,7 +221,7 @@ impl Write for OutputQueue {
 
 /// The writer thread: writes chunks in order; when idle, checks whether the
 /// reader is gone.
-fn write_chunks<W: Write>(mut out: W, fd: Option<RawFd>, rx: &Receiver<Vec<u8>>, shared: &Shared) {
+fn write_chunks<W: Write>(mut out: W, fd: Option<RawFd>, rx: &Receiver<Chunk>, shared: &Shared) {
     loop {
         let chunk = match rx.recv_timeout(IDLE_CHECK) {
             Ok(chunk) => chunk,
@@ -219,16 +234,16 @@ fn write_chunks<W: Write>(mut out: W, fd: Option<RawFd>, rx: &Receiver<Vec<u8>>,
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let result = out.write_all(&chunk).and_then(|()| out.flush());
+        let result = out.write_all(&chunk.bytes).and_then(|()| out.flush());
         match result {
             Ok(()) => {
-                let len = chunk.len() as u64;
+                let len = chunk.bytes.len() as u64;
                 shared.written_bytes.fetch_add(len, Ordering::Relaxed);
                 shared.pending_chunks.fetch_sub(1, Ordering::Relaxed);
                 shared.pending_bytes.fetch_sub(len, Ordering::Relaxed);
                 shared
                     .pending_lines
-                    .fetch_sub(count_lines(&chunk), Ordering::Relaxed);
+                    .fetch_sub(chunk.lines, Ordering::Relaxed);
             }
             Err(e) => {
                 shared.closed.store(true, Ordering::Relaxed);
@@ -243,8 +258,10 @@ fn write_chunks<W: Write>(mut out: W, fd: Option<RawFd>, rx: &Receiver<Vec<u8>>,
     }
 }
 
+/// SIMD search (memchr): a byte-by-byte count cost a third of the reader's
+/// CPU on JSON output.
 fn count_lines(chunk: &[u8]) -> u64 {
-    chunk.iter().filter(|&&b| b == b'\n').count() as u64
+    memchr::memchr_iter(b'\n', chunk).count() as u64
 }
 
 /// A pipe or socket whose reader closed reports POLLERR or POLLHUP on the
