@@ -130,6 +130,24 @@ pub struct Event {
     pub context: Task,
     /// The socket's owner, from the kernel's owner map ([`flag::OWNER_KNOWN`]).
     pub owner: Task,
+    /// The socket's network namespace (its inode number, as `lsns` shows
+    /// it), read where a socket's life starts (connect, listen, a child of
+    /// a listener) and whenever the `--netns` filter is on; 0 elsewhere.
+    pub netns: u32,
+    pub _reserved: u32,
+}
+
+/// Key of the listener map: a listening socket's namespace, family, port
+/// and bound address (all zero for a wildcard bind), so that two listeners
+/// on one port in two containers, or on two addresses, stay apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub netns: u32,
+    pub family: u16,
+    pub port: u16,
+    /// Network order; IPv4 in the first word.
+    pub addr: [u32; 4],
 }
 
 /// An argument a raw tracepoint does not have (see [`ArgPos`]).
@@ -201,10 +219,14 @@ pub struct SockOffsets {
     /// `inet_sock::inet_sport` (network order): the local port, kept after
     /// a closing socket gives its `skc_num` back (0 when unknown).
     pub inet_sport: u16,
-    pub _pad: u16,
+    /// `skc_net` (a `struct net *`), in the head.
+    pub net: u16,
     /// `struct tcp_sock::rcv_nxt` / `copied_seq`: unread bytes at close.
     pub tcp_rcv_nxt: u32,
     pub tcp_copied_seq: u32,
+    /// `struct net::ns.inum`: the namespace's inode number (0 = unknown).
+    pub net_inum: u32,
+    pub _pad: u32,
 }
 
 impl SockOffsets {
@@ -220,9 +242,11 @@ impl SockOffsets {
         cookie: ABSENT,
         protocol: ABSENT,
         inet_sport: 0,
-        _pad: 0,
+        net: ABSENT,
         tcp_rcv_nxt: 0,
         tcp_copied_seq: 0,
+        net_inum: 0,
+        _pad: 0,
     };
 }
 
@@ -261,6 +285,7 @@ pub mod filter {
     pub const RPORT: u32 = 1 << 4;
     pub const FAMILY: u32 = 1 << 5;
     pub const CGROUP: u32 = 1 << 6;
+    pub const NETNS: u32 = 1 << 7;
 }
 
 /// Filters applied in the kernel, before an event costs a ring-buffer slot.
@@ -278,7 +303,8 @@ pub struct Filter {
     pub lport: u16,
     /// Remote port ([`filter::RPORT`]).
     pub rport: u16,
-    pub _pad: u32,
+    /// Network namespace inode ([`filter::NETNS`]).
+    pub netns: u32,
     pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
 }
@@ -343,7 +369,7 @@ impl Config {
             port: 0,
             lport: 0,
             rport: 0,
-            _pad: 0,
+            netns: 0,
             cgroup_id: 0,
             comm: [0; COMM_LEN],
         },
@@ -380,10 +406,11 @@ pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 // The loader and the kernel program must agree on these layouts byte for
 // byte, with no implicit padding (it would reach the kernel uninitialised).
 const _: () = assert!(core::mem::size_of::<Task>() == 32);
-const _: () = assert!(core::mem::size_of::<Event>() == 144);
+const _: () = assert!(core::mem::size_of::<Event>() == 152);
+const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 192);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<Config>() == 200);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -391,4 +418,5 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Task {}
+    unsafe impl aya::Pod for super::ListenerKey {}
 }

@@ -26,8 +26,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tcptrace_common::{
-    ABSENT, ArgPos, Config, DEFAULT_RING_BYTES, Event, IPPROTO_TCP, NO_ARG, Task, counter, filter,
-    flag, kind, tcp_state,
+    ABSENT, ArgPos, Config, DEFAULT_RING_BYTES, Event, IPPROTO_TCP, ListenerKey, NO_ARG, Task,
+    counter, filter, flag, kind, tcp_state,
 };
 
 use core::{
@@ -60,10 +60,17 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static OWNERS: LruHashMap<u64, Task> = LruHashMap::with_max_entries(65536, 0);
 
-/// Owner of each listening port (key: family << 16 | port), inherited by the
-/// children the listener accepts.
+/// Owner of each listening socket, by namespace, family, port and bound
+/// address, inherited by the children the listener accepts. Seeded by the
+/// loader with the listeners that existed before tcptrace started.
 #[map]
-static LISTENERS: LruHashMap<u32, Task> = LruHashMap::with_max_entries(4096, 0);
+static LISTENERS: LruHashMap<ListenerKey, Task> = LruHashMap::with_max_entries(8192, 0);
+
+/// Owners of the sockets that existed when tcptrace started, by socket
+/// cookie (the kernel's socket diagnostics assign one to every socket they
+/// list): filled by the loader, moved into OWNERS at a socket's first event.
+#[map]
+static SNAPSHOT_OWNERS: HashMap<u64, Task> = HashMap::with_max_entries(65536, 0);
 
 /// Process ids (tgids) to trace when `filter::PID` is on.
 #[map]
@@ -162,6 +169,9 @@ fn cgroup_id() -> u64 {
 #[inline(always)]
 fn endpoints_pass(e: &Event) -> bool {
     let f = &config().filter;
+    if f.flags & filter::NETNS != 0 && e.netns != f.netns {
+        return false;
+    }
     if f.flags & filter::FAMILY != 0 && e.family != f.family {
         return false;
     }
@@ -251,6 +261,8 @@ fn new_event(slot: &mut MaybeUninit<Event>, event_kind: u8, skaddr: u64) -> &mut
         zero8(addr_of_mut!((*owner).pid).cast());
         zero8(addr_of_mut!((*owner).cgroup_id));
         zero16(addr_of_mut!((*owner).comm));
+        // netns, _reserved.
+        zero8(addr_of_mut!((*e).netns).cast());
         slot.assume_init_mut()
     }
 }
@@ -321,6 +333,19 @@ fn attach_owner(event: &mut Event) {
     if let Some(owner) = unsafe { OWNERS.get(event.skaddr) } {
         copy_task(owner, &mut event.owner);
         event.flags |= flag::OWNER_KNOWN;
+        return;
+    }
+    // A socket older than tcptrace: the start-up snapshot may know it by
+    // its cookie (new sockets have none, so they cost no second lookup).
+    if event.aux == 0 {
+        return;
+    }
+    // SAFETY: read-only lookup; the value is copied out at once.
+    if let Some(owner) = unsafe { SNAPSHOT_OWNERS.get(event.aux) } {
+        copy_task(owner, &mut event.owner);
+        event.flags |= flag::OWNER_KNOWN;
+        let _ = OWNERS.insert(event.skaddr, event.owner, 0);
+        let _ = SNAPSHOT_OWNERS.remove(event.aux);
     }
 }
 
@@ -336,8 +361,30 @@ fn copy_task(src: &Task, dst: &mut Task) {
     }
 }
 
-fn listener_key(family: u16, port: u16) -> u32 {
-    ((family as u32) << 16) | port as u32
+/// The key of a listener at `event`'s namespace, family, local port and
+/// local address (`wildcard`: the any-address bind instead). Built with
+/// volatile word stores: LLVM merges plain zero stores into a memset call.
+#[inline(always)]
+fn listener_key<'a>(
+    slot: &'a mut MaybeUninit<ListenerKey>,
+    event: &Event,
+    wildcard: bool,
+) -> &'a ListenerKey {
+    let k = slot.as_mut_ptr();
+    // SAFETY: every field of the #[repr(C)] key (no padding) is written
+    // before assume_init; Event's address arrays are 8-byte aligned.
+    unsafe {
+        addr_of_mut!((*k).netns).write(event.netns);
+        addr_of_mut!((*k).family).write(event.family);
+        addr_of_mut!((*k).port).write(event.sport);
+        let addr = addr_of_mut!((*k).addr).cast::<u64>();
+        let from = core::ptr::from_ref(&event.saddr).cast::<u64>();
+        for i in 0..2 {
+            addr.add(i)
+                .write_volatile(if wildcard { 0 } else { from.add(i).read() });
+        }
+        slot.assume_init_ref()
+    }
 }
 
 /// Keeps the owner maps current; runs before filtering so that ownership is
@@ -354,24 +401,31 @@ fn track_owner(event: &mut Event) {
         event.context.cgroup_id = cgroup_id();
         let _ = OWNERS.insert(event.skaddr, event.context, 0);
         if new == tcp_state::LISTEN {
-            let key = listener_key(event.family, event.sport);
-            let _ = LISTENERS.insert(key, event.context, 0);
+            // Keyed by its bound address: 0.0.0.0/[::] for a wildcard.
+            let mut key = MaybeUninit::uninit();
+            let _ = LISTENERS.insert(listener_key(&mut key, event, false), event.context, 0);
         }
     } else if old == tcp_state::LISTEN && new == tcp_state::SYN_RECV {
-        // A child socket: it belongs to whoever owns the listening port.
-        let key = listener_key(event.family, event.sport);
-        // SAFETY: read-only lookup; the value is copied out at once.
-        if let Some(owner) = unsafe { LISTENERS.get(key) } {
+        // A child socket: it belongs to whoever owns its listener, the one
+        // bound to the address the SYN came to, else the wildcard one.
+        // SAFETY: read-only lookups; the value is copied out at once.
+        let (mut exact, mut wildcard) = (MaybeUninit::uninit(), MaybeUninit::uninit());
+        let owner = unsafe {
+            LISTENERS
+                .get(listener_key(&mut exact, event, false))
+                .or_else(|| LISTENERS.get(listener_key(&mut wildcard, event, true)))
+        };
+        if let Some(owner) = owner {
             let owner = *owner;
             let _ = OWNERS.insert(event.skaddr, owner, 0);
         } else {
-            // Owner unknown (listener older than the tracer): drop whatever
-            // an earlier socket at this address left, never misattribute.
+            // Owner unknown: drop whatever an earlier socket at this address
+            // left, never misattribute.
             let _ = OWNERS.remove(event.skaddr);
         }
     } else if old == tcp_state::LISTEN && new == tcp_state::CLOSE {
-        let key = listener_key(event.family, event.sport);
-        let _ = LISTENERS.remove(key);
+        let mut key = MaybeUninit::uninit();
+        let _ = LISTENERS.remove(listener_key(&mut key, event, false));
     }
     attach_owner(event);
 }
@@ -458,6 +512,12 @@ fn set_state_event(ctx: &RawTracePointContext) {
     event.newstate = args.get(pos.int1) as u8;
     head.fill_endpoints(sk, event);
     event.aux = head.cookie();
+    let starts = event.oldstate == tcp_state::CLOSE || event.oldstate == tcp_state::LISTEN;
+    if starts || config().filter.flags & filter::NETNS != 0 {
+        // Where a life starts (connect, listen, a listener's child) and for
+        // the netns filter: one more read. Userspace keeps it for the life.
+        event.netns = head.netns();
+    }
     track_owner(event);
     if event.newstate == tcp_state::CLOSE {
         read_unread(sk, event);
@@ -487,6 +547,9 @@ fn sock_event(ctx: &RawTracePointContext, pos: &ArgPos, event_kind: u8) -> i32 {
         head.fill_endpoints(tuple_of, event);
         event.newstate = head.state();
         event.aux = head.cookie();
+        if config().filter.flags & filter::NETNS != 0 {
+            event.netns = head.netns();
+        }
     }
     if pos.int0 != NO_ARG {
         event.value = args.get(pos.int0) as u32;

@@ -76,6 +76,18 @@ impl SockHead {
         self.get::<u64>(config().sock.cookie)
     }
 
+    /// The network namespace's inode number: `skc_net->ns.inum` (one read;
+    /// 0 when unknown).
+    #[inline(always)]
+    pub fn netns(&self) -> u32 {
+        let o = &config().sock;
+        let net = self.get::<u64>(o.net);
+        if net == 0 || o.net_inum == 0 {
+            return 0;
+        }
+        read_kernel::<u32>(net + u64::from(o.net_inum)).unwrap_or(0)
+    }
+
     /// Family, ports (host order) and addresses (network order) of the
     /// socket at `sk` whose head this is.
     #[inline(always)]

@@ -289,6 +289,7 @@ fn replay_with<W: Write>(
         timestamp: name.contains("-ts"),
         wide: name.contains("wide"),
         wall_offset_ns: 1_700_000_000_000_000_000,
+        own_netns: None,
     };
     let mut p = Pipeline::new(TrackerOptions::default(), render, out);
     let mut next_tick = events.first().map_or(0, |e| e.ts_ns);

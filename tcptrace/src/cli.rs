@@ -91,6 +91,16 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
 
+    /// Only sockets in this network namespace: a path (/run/netns/NAME,
+    /// /proc/PID/ns/net) or its inode number (as `lsns -t net` shows).
+    #[arg(long, value_name = "PATH|INODE")]
+    pub netns: Option<OsString>,
+
+    /// Print the TCP sockets open when tracing starts, with the processes
+    /// holding them (like `ss -tp`), before tracing.
+    #[arg(long)]
+    pub snapshot: bool,
+
     /// Ring buffer size in bytes: a power of two from 16384 to 1073741824
     /// (1 GiB). Larger absorbs bigger bursts without losing events; it is
     /// resident memory, mapped into tcptrace twice. Below 16 KiB a busy CPU
@@ -146,6 +156,8 @@ pub enum ArgsError {
     EmptyComm,
     #[error("--pid {0}: no such process")]
     NoSuchPid(u32),
+    #[error("--netns {path}: {why}")]
+    Netns { path: String, why: String },
 }
 
 impl Args {
@@ -189,10 +201,16 @@ impl Args {
             f.cgroup_id = cgroup_id(path)?;
             f.flags |= filter::CGROUP;
         }
+        if let Some(ns) = &self.netns {
+            f.netns = netns_inode(ns)?;
+            f.flags |= filter::NETNS;
+        }
         Ok(TraceOptions {
             ring_bytes: self.ring_size,
             filter: f,
             pids: self.pid.clone(),
+            // The session fills these in from the start-up snapshot.
+            seeds: Default::default(),
         })
     }
 
@@ -229,6 +247,41 @@ pub fn cgroup2_root() -> Option<PathBuf> {
         (fs.split_whitespace().next()? == "cgroup2")
             .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
     })
+}
+
+/// A network namespace's inode: given as a number, or the inode of a
+/// namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`).
+fn netns_inode(arg: &std::ffi::OsStr) -> Result<u32, ArgsError> {
+    let text = arg.to_string_lossy();
+    let err = |why: String| ArgsError::Netns {
+        path: text.clone().into_owned(),
+        why,
+    };
+    if let Ok(n) = text.parse::<u32>() {
+        return if n == 0 {
+            Err(err("not a namespace inode".into()))
+        } else {
+            Ok(n)
+        };
+    }
+    let meta = std::fs::metadata(arg).map_err(|e| err(e.to_string()))?;
+    // nsfs files are what setns(2) takes: check it is one of those.
+    let is_nsfs = nix_statfs_magic(std::path::Path::new(arg)) == Some(NSFS_MAGIC);
+    if !is_nsfs {
+        return Err(err(
+            "not a network-namespace file (try /run/netns/NAME or /proc/PID/ns/net)".into(),
+        ));
+    }
+    u32::try_from(meta.ino()).map_err(|_| err("inode out of range".into()))
+}
+
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+fn nix_statfs_magic(path: &std::path::Path) -> Option<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out pointer.
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type as i64)
 }
 
 /// A cgroup v2 id is the inode number of its directory in the cgroup2
@@ -389,6 +442,27 @@ mod tests {
             Args::try_parse_from([OsString::from("tcptrace"), "--comm".into(), name]).unwrap();
         let o = args.trace_options().unwrap();
         assert_eq!(&o.filter.comm[..4], &[0xff, b'x', 0xfe, 0]);
+    }
+
+    #[test]
+    fn netns_is_a_namespace_file_or_an_inode() {
+        let ours = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let args = parse(&["--netns", "/proc/self/ns/net"]).unwrap();
+        let o = args.trace_options().unwrap();
+        assert_eq!(u64::from(o.filter.netns), ours);
+        assert_ne!(o.filter.flags & filter::NETNS, 0);
+        let o = parse(&["--netns", "4026531840"])
+            .unwrap()
+            .trace_options()
+            .unwrap();
+        assert_eq!(o.filter.netns, 4026531840);
+        for bad in ["/nonexistent/netns", "/tmp", "0"] {
+            let err = parse(&["--netns", bad])
+                .unwrap()
+                .trace_options()
+                .unwrap_err();
+            assert!(err.to_string().contains(bad), "{err}");
+        }
     }
 
     #[test]

@@ -327,6 +327,9 @@ pub struct SockInfo {
     /// The socket's owner, from the kernel's owner map; `None` when unknown
     /// (the socket was opened before tracing began, or its owner was evicted).
     pub owner: Option<Proc>,
+    /// Its network namespace (inode number), where the kernel read it: on
+    /// the event that starts a life, or with the `--netns` filter on.
+    pub netns: Option<u32>,
 }
 
 /// An RST reason: the kernel's number and, when the running kernel names it,
@@ -486,6 +489,7 @@ impl Decoder {
             remote: SocketAddr::new(ip(e.family, &e.daddr), e.dport),
             context,
             owner: (e.flags & flag::OWNER_KNOWN != 0).then(|| Proc::from_task(&e.owner)),
+            netns: (e.netns != 0).then_some(e.netns),
         };
         // Reset and retransmit tracepoints print state 0 as "no socket".
         let state = || TcpState::from_raw(e.newstate);

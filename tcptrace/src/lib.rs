@@ -16,5 +16,6 @@ pub mod loader;
 pub mod output;
 pub mod render;
 pub mod session;
+pub mod snapshot;
 pub mod sockdiag;
 pub mod tracker;

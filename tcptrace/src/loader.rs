@@ -17,13 +17,14 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{ProgramError, RawTracePoint},
 };
-use tcptrace_common::{Config, Event, Filter, counter};
+use tcptrace_common::{Config, Event, Filter, ListenerKey, Task, counter};
 
 use crate::{
     counters::Counters,
     decode::{Decoder, Record},
     input::LiveInput,
     kernel::{self, KernelLayout},
+    snapshot::Seeds,
 };
 
 /// The kernel object, built by build.rs (aya-build) from tcptrace-ebpf.
@@ -130,6 +131,8 @@ pub struct TraceOptions {
     pub filter: Filter,
     /// Process ids (tgids) for `--pid`.
     pub pids: Vec<u32>,
+    /// Owners of what existed at start (see [`crate::snapshot`]).
+    pub seeds: Seeds,
 }
 
 impl Default for TraceOptions {
@@ -138,6 +141,7 @@ impl Default for TraceOptions {
             ring_bytes: tcptrace_common::DEFAULT_RING_BYTES,
             filter: Filter::default(),
             pids: Vec::new(),
+            seeds: Seeds::default(),
         }
     }
 }
@@ -204,6 +208,7 @@ impl Tracer {
                     .map_err(|e| LoadError::Map("PID_FILTER", e))?;
             }
         }
+        seed(&mut ebpf, &opts.seeds)?;
 
         // softirq tracking first, so that the first socket events already
         // know their context. Nothing is attached before every program has
@@ -359,6 +364,37 @@ fn program_misses(fd: &aya::programs::ProgramFd) -> u64 {
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Listeners and sockets that existed at start get their owners before
+/// anything is attached. A full map (more than its entries) leaves the
+/// rest owner-unknown, as before: said in the log, never fatal.
+fn seed(ebpf: &mut Ebpf, seeds: &Seeds) -> Result<(), LoadError> {
+    let map = ebpf
+        .map_mut("LISTENERS")
+        .ok_or(LoadError::MissingMap("LISTENERS"))?;
+    let mut listeners: BpfHashMap<_, ListenerKey, Task> =
+        BpfHashMap::try_from(map).map_err(|e| LoadError::Map("LISTENERS", e))?;
+    for (key, task) in &seeds.listeners {
+        if let Err(e) = listeners.insert(key, task, 0) {
+            log::debug!("seeding a listener: {e}");
+        }
+    }
+    let map = ebpf
+        .map_mut("SNAPSHOT_OWNERS")
+        .ok_or(LoadError::MissingMap("SNAPSHOT_OWNERS"))?;
+    let mut owners: BpfHashMap<_, u64, Task> =
+        BpfHashMap::try_from(map).map_err(|e| LoadError::Map("SNAPSHOT_OWNERS", e))?;
+    let mut full = 0;
+    for (cookie, task) in &seeds.owners {
+        if owners.insert(cookie, task, 0).is_err() {
+            full += 1;
+        }
+    }
+    if full > 0 {
+        log::warn!("{full} sockets open at start left owner-unknown: the snapshot map is full");
+    }
+    Ok(())
 }
 
 /// When the kernel program wakes the reader: once an eighth of the ring is

@@ -14,15 +14,20 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
+use tcptrace_common::filter;
+
 use crate::{
     classify::classify,
     cli::Args,
     counters::Counters,
     decode::Record,
     input::Batch,
+    loader::TraceOptions,
     loader::Tracer,
     output::OutputQueue,
+    render::write_snapshot,
     render::{RenderOptions, Renderer, Summary},
+    snapshot::{Holder, OpenSocket, Snapshot},
     sockdiag,
     tracker::{SocketLife, Tracker, TrackerOptions},
 };
@@ -133,8 +138,30 @@ impl<W: Write> Pipeline<W> {
 
 /// Runs tcptrace as the CLI does, until Ctrl-C, SIGTERM or `--duration`.
 pub async fn run(args: &Args) -> anyhow::Result<()> {
-    let trace = args.trace_options()?;
+    let mut trace = args.trace_options()?;
+    // What existed before tcptrace: owners for services started long ago.
+    let snapshot = match Snapshot::take() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!(
+                "tcptrace: note: cannot list the sockets open at start ({e}): \
+                 those stay owner-unknown"
+            );
+            None
+        }
+    };
+    if let Some(s) = &snapshot {
+        trace.seeds = s.seeds(|h| holder_passes(&trace, h));
+    }
     let mut tracer = Tracer::start(&trace).context("starting the tracer")?;
+    if args.snapshot
+        && let Some(s) = &snapshot
+    {
+        let mut out = io::stdout().lock();
+        write_snapshot(&mut out, s, args.json, |o| open_socket_passes(&trace, o))
+            .context("writing the snapshot")?;
+        out.flush().context("writing the snapshot")?;
+    }
     for missing in &tracer.layout().missing {
         let tp = &missing.tracepoint;
         let why = if missing.unexpected_args {
@@ -159,6 +186,9 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         timestamp: args.timestamp,
         wide: args.wide,
         wall_offset_ns: wall_offset_ns(),
+        own_netns: sockdiag::own_netns_inode()
+            .ok()
+            .and_then(|n| u32::try_from(n).ok()),
     };
     // Rendering never waits for stdout's reader: see output.rs.
     let out = OutputQueue::stdout().context("starting the output thread")?;
@@ -282,6 +312,30 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     }
 }
 
+/// Does a process holding a socket at start pass the process filters? (A
+/// socket held by several is seeded with the one that passes.)
+fn holder_passes(trace: &TraceOptions, h: &Holder) -> bool {
+    let f = &trace.filter;
+    let task = h.task();
+    (f.flags & filter::PID == 0 || trace.pids.contains(&h.pid))
+        && (f.flags & filter::COMM == 0 || task.comm == f.comm)
+        && (f.flags & filter::CGROUP == 0 || h.cgroup_id == f.cgroup_id)
+}
+
+/// The filters, applied to a socket open at start (`--snapshot`): any holder
+/// may pass the process filters.
+fn open_socket_passes(trace: &TraceOptions, o: &OpenSocket) -> bool {
+    let f = &trace.filter;
+    let s = &o.socket;
+    let process_filter = f.flags & (filter::PID | filter::COMM | filter::CGROUP) != 0;
+    (f.flags & filter::FAMILY == 0 || s.family == f.family)
+        && (f.flags & filter::PORT == 0 || s.sport == f.port || s.dport == f.port)
+        && (f.flags & filter::LPORT == 0 || s.sport == f.lport)
+        && (f.flags & filter::RPORT == 0 || s.dport == f.rport)
+        && (f.flags & filter::NETNS == 0 || s.netns_inode == u64::from(f.netns))
+        && (!process_filter || o.holders.iter().any(|h| holder_passes(trace, h)))
+}
+
 /// Decodes a batch of raw records and feeds them through the pipeline.
 fn process<W: Write>(
     tracer: &mut Tracer,
@@ -289,7 +343,7 @@ fn process<W: Write>(
     batch: &Batch,
 ) -> io::Result<()> {
     for raw in batch.records() {
-        if let Some(record) = tracer.decode(&raw) {
+        if let Some(record) = tracer.decode(raw) {
             pipeline.record(&record)?;
         }
     }

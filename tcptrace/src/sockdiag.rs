@@ -147,6 +147,11 @@ pub enum DiagError {
     Worker(String),
 }
 
+/// The inode number of the calling thread's network namespace.
+pub fn own_netns_inode() -> Result<u64, DiagError> {
+    netns::current_inode()
+}
+
 /// Every TCP socket (IPv4 and IPv6, all states, minisocks included) in the
 /// calling thread's network namespace.
 pub fn tcp_sockets() -> Result<Vec<DiagSocket>, DiagError> {
@@ -161,4 +166,20 @@ pub fn tcp_sockets() -> Result<Vec<DiagSocket>, DiagError> {
 /// meanwhile is skipped. Needs CAP_SYS_ADMIN to enter other namespaces.
 pub fn tcp_sockets_all_netns() -> Result<Vec<DiagSocket>, DiagError> {
     netns::across_all(netlink::dump_tcp)
+}
+
+/// Sockets a process can hold: every state but the kernel's mini-sockets
+/// (TIME_WAIT, and pending connections: SYN_RECV / NEW_SYN_RECV). A busy
+/// host has far more of those, and none has an owner.
+pub const HELD_STATES: u32 =
+    !((1 << state::TIME_WAIT) | (1 << state::SYN_RECV) | (1 << state::NEW_SYN_RECV));
+
+/// [`tcp_sockets_all_netns`] for the sockets in [`HELD_STATES`].
+pub fn held_tcp_sockets_all_netns() -> Result<Vec<DiagSocket>, DiagError> {
+    netns::across_all(|ns| netlink::dump_tcp_states(ns, HELD_STATES))
+}
+
+/// [`tcp_sockets`] for the sockets in [`HELD_STATES`].
+pub fn held_tcp_sockets() -> Result<Vec<DiagSocket>, DiagError> {
+    netlink::dump_tcp_states(netns::current_inode()?, HELD_STATES)
 }

@@ -380,6 +380,12 @@ fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
     o.v6_daddr = optional("skc_v6_daddr", 16);
     o.v6_saddr = optional("skc_v6_rcv_saddr", 16);
     o.cookie = optional("skc_cookie", 8);
+    // possible_net_t: a struct net pointer (kernels with network namespaces).
+    o.net = optional("skc_net", 8);
+    o.net_inum = btf
+        .member_offset("net", "ns")
+        .zip(btf.member_offset("ns_common", "inum"))
+        .map_or(0, |(ns, inum)| ns + inum);
     // A bitfield before Linux 5.6: then the kernel program skips the check.
     o.protocol = btf
         .member("sock", "sk_protocol")
@@ -524,6 +530,9 @@ impl KernelLayout {
         }
         if config.task.exit_code == 0 {
             missing_fields.push("exit codes (task_struct.exit_code)");
+        }
+        if config.sock.net == ABSENT || config.sock.net_inum == 0 {
+            missing_fields.push("network namespaces (sock_common.skc_net, net.ns.inum)");
         }
         if config.task.tgid == 0 {
             // Without the target's tgid a signal cannot be attributed.

@@ -184,6 +184,12 @@ fn header(buf: &mut String, life: &SocketLife, opts: &RenderOptions) {
         None => buf.push_str("owner unknown"),
     }
     buf.push_str("  ");
+    // Only a namespace other than tcptrace's own is worth a word.
+    if let Some(ns) = life.netns.filter(|&ns| Some(ns) != opts.own_netns) {
+        buf.push_str("netns ");
+        push_u64(buf, u64::from(ns));
+        buf.push_str("  ");
+    }
     push_ms(buf, life.duration_ns);
     buf.push_str(" ms  ");
     if life.role == Role::Listener {

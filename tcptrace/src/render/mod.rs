@@ -9,6 +9,7 @@
 mod escape;
 pub mod json;
 mod ladder;
+mod snapshot;
 mod stream;
 mod summary;
 
@@ -42,7 +43,11 @@ pub struct RenderOptions {
     pub wide: bool,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC at start, ns: turns event times into wall time.
     pub wall_offset_ns: i128,
+    /// tcptrace's own network namespace: sockets in another one say which.
+    pub own_netns: Option<u32>,
 }
+
+pub use self::snapshot::write_snapshot;
 
 pub struct Renderer<W: Write> {
     out: W,

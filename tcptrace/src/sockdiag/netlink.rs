@@ -32,16 +32,21 @@ const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every state bit, NEW_SYN_RECV's (12) included, which `StateFlags` does
 /// not name: pending connections are listed (as SYN_RECV, inode 0).
-const ALL_STATES: u32 = u32::MAX;
+pub(super) const ALL_STATES: u32 = u32::MAX;
 
 /// Every TCP socket of both families in the calling thread's namespace,
 /// tagged with `netns_inode`.
 pub(super) fn dump_tcp(netns_inode: u64) -> Result<Vec<DiagSocket>, DiagError> {
+    dump_tcp_states(netns_inode, ALL_STATES)
+}
+
+/// The TCP sockets whose state's bit (1 << state) is in `states`.
+pub(super) fn dump_tcp_states(netns_inode: u64, states: u32) -> Result<Vec<DiagSocket>, DiagError> {
     let socket = open()?;
     let mut out = Vec::new();
     let mut buf = Vec::with_capacity(RECV_BUF);
     for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
-        send_request(&socket, seq, family)?;
+        send_request(&socket, seq, family, states)?;
         loop {
             buf.clear();
             let n = loop {
@@ -126,8 +131,9 @@ fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
     }
 }
 
-/// The bytes of a dump request for every TCP socket of `family`.
-pub(super) fn request(seq: u32, family: u16) -> Vec<u8> {
+/// The bytes of a dump request for the TCP sockets of `family` whose state
+/// is in `states`.
+pub(super) fn request(seq: u32, family: u16, states: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = seq;
@@ -142,7 +148,7 @@ pub(super) fn request(seq: u32, family: u16) -> Vec<u8> {
             family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::empty(),
-            states: StateFlags::from_bits_retain(ALL_STATES),
+            states: StateFlags::from_bits_retain(states),
             socket_id,
         })
         .into(),
@@ -153,8 +159,8 @@ pub(super) fn request(seq: u32, family: u16) -> Vec<u8> {
     buf
 }
 
-fn send_request(socket: &Socket, seq: u32, family: u16) -> Result<(), DiagError> {
-    let buf = request(seq, family);
+fn send_request(socket: &Socket, seq: u32, family: u16, states: u32) -> Result<(), DiagError> {
+    let buf = request(seq, family, states);
     let sent = socket.send(&buf, 0).map_err(|source| DiagError::Io {
         what: "sending the socket-dump request",
         source,

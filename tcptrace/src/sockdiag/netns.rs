@@ -78,7 +78,7 @@ fn open_ns(inode: u64, paths: &[PathBuf]) -> Option<File> {
 /// Runs `query(inode)` in every network namespace found, and concatenates
 /// the results. The calling thread's own namespace is queried in place.
 pub(super) fn across_all(
-    query: fn(u64) -> Result<Vec<DiagSocket>, DiagError>,
+    query: impl Fn(u64) -> Result<Vec<DiagSocket>, DiagError> + Copy + Send + 'static,
 ) -> Result<Vec<DiagSocket>, DiagError> {
     let own = current_inode()?;
     let mut out = query(own)?;

@@ -58,6 +58,7 @@ impl S {
             remote: remote.parse().expect("fixture address"),
             context: Context::Softirq { on_cpu: swapper() },
             owner: None,
+            netns: None,
         })
     }
 

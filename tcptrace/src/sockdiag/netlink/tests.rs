@@ -354,7 +354,7 @@ fn cookie_halves() {
 #[test]
 fn request_layout() {
     for (family, af) in [(AF_INET, libc::AF_INET), (AF_INET6, libc::AF_INET6)] {
-        let r = request(3, family);
+        let r = request(3, family, ALL_STATES);
         // nlmsghdr + struct inet_diag_req_v2 (8 + 48 bytes).
         assert_eq!(r.len(), 16 + 56);
         assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 72);

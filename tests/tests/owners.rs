@@ -1,0 +1,259 @@
+//! Production owners: services started before tcptrace, and listeners that
+//! share a port in different network namespaces. Each test runs the real
+//! CLI against real processes and reads its JSON.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tcptrace_tests::{DEADLINE, lines_of, netns::Netns, tcptrace_binary, wait_line};
+
+/// A Python server named `name` (PR_SET_NAME), listening on `port` (0: any),
+/// that accepts connections and closes each when its client does. Prints
+/// its port.
+fn named_server(prefix: &[&str], name: &str, port: u16) -> (KillOnDrop, u16) {
+    let script = format!(
+        "import ctypes, socket, threading\n\
+         ctypes.CDLL(None).prctl(15, b'{name}', 0, 0, 0)\n\
+         l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('127.0.0.1', {port})); l.listen(64)\n\
+         print(l.getsockname()[1], flush=True)\n\
+         def serve(c):\n\
+         \x20   while c.recv(4096): pass\n\
+         \x20   c.close()\n\
+         while True:\n\
+         \x20   c, _ = l.accept()\n\
+         \x20   threading.Thread(target=serve, args=(c,), daemon=True).start()\n"
+    );
+    let (program, pre) = match prefix.split_first() {
+        Some((p, rest)) => (*p, rest.to_vec()),
+        None => ("python3", vec![]),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(&pre);
+    if !prefix.is_empty() {
+        cmd.arg("python3");
+    }
+    let mut child = cmd
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("the server's port");
+    (KillOnDrop(child), port)
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the CLI with `args` (JSON to a file) while `work` runs, then stops it
+/// and returns its JSON lines and summary.
+fn traced(args: &[&str], work: impl FnOnce()) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let path = std::env::temp_dir().join(format!(
+        "tcptrace-owners-{}-{:?}.json",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let mut child = Command::new(tcptrace_binary())
+        .args(args)
+        .arg("--json")
+        .stdout(std::fs::File::create(&path).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = lines_of(child.stderr.take().unwrap());
+    let mut err = Vec::new();
+    if !wait_line(&stderr, &mut err, |l| l.contains("tracing TCP")) {
+        let _ = child.kill();
+        panic!("tcptrace never said it was tracing: {err:#?}");
+    }
+    work();
+    // Lives end 200 ms after their last event (late RSTs): let them.
+    std::thread::sleep(Duration::from_millis(600));
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < DEADLINE, "tcptrace did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    err.extend(stderr.iter());
+    let mut text = String::new();
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let summary = err
+        .iter()
+        .find_map(|l| l.strip_prefix("tcptrace-summary "))
+        .map(|s| serde_json::from_str(s).unwrap())
+        .unwrap_or_else(|| panic!("no summary: {err:#?}"));
+    (lines, summary)
+}
+
+fn port_of(addr: &serde_json::Value) -> u16 {
+    addr.as_str()
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(0)
+}
+
+fn netns_of(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+#[test]
+fn a_server_started_before_tcptrace_owns_its_sockets_from_the_first_event() {
+    let (server, port) = named_server(&[], "tt-old-server", 0);
+    let pid = u64::from(server.0.id());
+    // A connection made before tcptrace starts, kept open.
+    let early = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let args = ["--snapshot", "--view", "both", "--comm", "tt-old-server"];
+    let (lines, summary) = traced(&args, || {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        drop(c);
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    drop(early);
+
+    // --snapshot listed the listener and the early connection, with the pid.
+    let snap: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "snapshot").collect();
+    let held_by_server = |state: &str| {
+        snap.iter().any(|s| {
+            s["state"] == state
+                && port_of(&s["local"]) == port
+                && s["holders"][0]["pid"].as_u64() == Some(pid)
+        })
+    };
+    assert!(held_by_server("LISTEN"), "snapshot: {snap:#?}");
+    assert!(held_by_server("ESTABLISHED"), "snapshot: {snap:#?}");
+
+    // The new connection's server side: all five transitions kept by the
+    // --comm filter (three run in softirq), each with the server as owner.
+    let server_steps: Vec<(String, String)> = lines
+        .iter()
+        .filter(|l| {
+            l["type"] == "transition"
+                && port_of(&l["local"]) == port
+                && l["owner"]["pid"].as_u64() == Some(pid)
+        })
+        .map(|l| {
+            (
+                l["old"].as_str().unwrap().to_owned(),
+                l["new"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for step in [
+        ("LISTEN", "SYN_RECV"),
+        ("SYN_RECV", "ESTABLISHED"),
+        ("ESTABLISHED", "CLOSE_WAIT"),
+        ("CLOSE_WAIT", "LAST_ACK"),
+        ("LAST_ACK", "CLOSE"),
+    ] {
+        assert!(
+            server_steps.contains(&(step.0.into(), step.1.into())),
+            "missing {step:?} owned by the server; got {server_steps:?}; summary {summary}"
+        );
+    }
+    // Its ladder names the owner too.
+    assert!(
+        lines.iter().any(|l| l["type"] == "socket"
+            && port_of(&l["socket"]["local"]) == port
+            && l["socket"]["owner"]["comm"] == "tt-old-server"),
+        "no server-side ladder owned by tt-old-server"
+    );
+    drop(server);
+}
+
+#[test]
+fn two_containers_on_one_port_each_own_their_children_and_netns_filters_one() {
+    let (a, b) = (Netns::new("own-a"), Netns::new("own-b"));
+    let (path_a, path_b) = (
+        format!("/run/netns/{}", a.name),
+        format!("/run/netns/{}", b.name),
+    );
+    let (ino_a, ino_b) = (netns_of(&path_a), netns_of(&path_b));
+    const PORT: u16 = 8080;
+    let connect_in = |ns: &Netns| {
+        ns.enter(|| {
+            let c = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            drop(c);
+        });
+    };
+
+    let mut servers = Vec::new();
+    let (lines, _) = traced(&["--port", "8080"], || {
+        // Started under tcptrace: their listen() is seen with its netns.
+        servers.push(named_server(&["ip", "netns", "exec", &a.name], "tt-ns-a", PORT).0);
+        servers.push(named_server(&["ip", "netns", "exec", &b.name], "tt-ns-b", PORT).0);
+        connect_in(&a);
+        connect_in(&b);
+    });
+    let children: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "socket" && l["socket"]["role"] == "server")
+        .map(|l| &l["socket"])
+        .collect();
+    for (ino, name) in [(ino_a, "tt-ns-a"), (ino_b, "tt-ns-b")] {
+        assert!(
+            children
+                .iter()
+                .any(|c| c["netns"].as_u64() == Some(ino) && c["owner"]["comm"] == name),
+            "no child in netns {ino} owned by {name}: {children:#?}"
+        );
+    }
+    assert!(
+        !children.iter().any(|c| (c["netns"].as_u64() == Some(ino_a)
+            && c["owner"]["comm"] == "tt-ns-b")
+            || (c["netns"].as_u64() == Some(ino_b) && c["owner"]["comm"] == "tt-ns-a")),
+        "a child was given the other namespace's listener: {children:#?}"
+    );
+    drop(servers);
+
+    // --netns keeps one namespace, in the kernel.
+    let mut servers = Vec::new();
+    let (lines, summary) = traced(&["--port", "8080", "--netns", &path_a], || {
+        servers.push(named_server(&["ip", "netns", "exec", &a.name], "tt-ns-a", PORT).0);
+        servers.push(named_server(&["ip", "netns", "exec", &b.name], "tt-ns-b", PORT).0);
+        connect_in(&a);
+        connect_in(&b);
+    });
+    let sockets: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "socket")
+        .map(|l| &l["socket"])
+        .collect();
+    assert!(!sockets.is_empty(), "nothing kept; summary {summary}");
+    assert!(
+        sockets
+            .iter()
+            .all(|s| s["netns"].as_u64().is_none_or(|n| n == ino_a)),
+        "a socket of another namespace passed --netns: {sockets:#?}"
+    );
+    assert!(summary["filtered"].as_u64().unwrap() > 0, "{summary}");
+    drop(servers);
+}
