@@ -19,6 +19,7 @@
 //!          | {"kind": "stopped_listening"}
 //!          | {"kind": "still_open", "state": "ESTABLISHED" | null}
 //!          | {"kind": "closed_unseen", "state": "FIN_WAIT1" | null}  // gone at exit
+//!          | {"kind": "no_socket_reset", "segment_flags": 17}  // RST for a late FIN|ACK
 //!          | {"kind": "unknown"},
 //!   "incomplete": ["started_mid_life" | "evicted" | "events_lost", ...],
 //!   "summary": "active open (3-way) · active close (4-way)",
@@ -128,6 +129,12 @@ pub enum Close {
     StillOpen {
         state: Option<TcpState>,
     },
+    /// An RST sent with no socket for a segment that was not a SYN: a late
+    /// segment of a connection this host no longer has (nothing refused).
+    NoSocketReset {
+        /// The answered segment's TCP flags.
+        segment_flags: u8,
+    },
     /// Gone from the kernel at exit, its closing transitions unseen; the
     /// last state tcptrace saw.
     ClosedUnseen {
@@ -204,6 +211,7 @@ impl Close {
             Close::StoppedListening => "stopped_listening",
             Close::StillOpen { .. } => "still_open",
             Close::ClosedUnseen { .. } => "closed_unseen",
+            Close::NoSocketReset { .. } => "no_socket_reset",
             Close::Unknown => "unknown",
         }
     }
@@ -261,6 +269,12 @@ impl Close {
                 out.push_str(state(s));
                 return out.push(')');
             }
+            Close::NoSocketReset { segment_flags } => {
+                out.push_str("RST sent for a segment (");
+                push_tcp_flags(out, *segment_flags);
+                out.push_str(") of a connection this host no longer has (no socket)");
+                return;
+            }
             Close::ClosedUnseen { state: s } => {
                 out.push_str("closed, its close unseen (last seen in ");
                 out.push_str(state(s));
@@ -269,6 +283,37 @@ impl Close {
             Close::Unknown => "close not seen",
         };
         out.push_str(fixed);
+    }
+}
+
+/// TCP header flag bits.
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// `SYN`, `FIN|ACK`, ...: the names of the set flags, joined by `|`.
+pub fn push_tcp_flags(out: &mut String, flags: u8) {
+    const NAMES: [(u8, &str); 8] = [
+        (0x01, "FIN"),
+        (0x02, "SYN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+        (0x10, "ACK"),
+        (0x20, "URG"),
+        (0x40, "ECE"),
+        (0x80, "CWR"),
+    ];
+    let mut first = true;
+    for (bit, name) in NAMES {
+        if flags & bit != 0 {
+            if !first {
+                out.push('|');
+            }
+            out.push_str(name);
+            first = false;
+        }
+    }
+    if first {
+        out.push_str("no flags");
     }
 }
 
@@ -481,9 +526,18 @@ fn close_of(life: &SocketLife) -> Close {
     use TcpState::{Close as Closed, CloseWait, Closing, FinWait1, Listen, SynSent};
     let sent: Option<&ResetSent> = life.resets_sent.first();
     if life.socketless {
-        return Close::Refused {
-            side: Side::Server,
-            reason: Some(RstReason::from_kernel(sent.and_then(|r| r.reason.as_ref()))),
+        let reason = Some(RstReason::from_kernel(sent.and_then(|r| r.reason.as_ref())));
+        // Only a SYN answered with no socket is a refused connection; a
+        // late FIN or ACK of a connection this host already dropped is not.
+        // (No flags: a kernel that does not say; it was called refused.)
+        return match sent.and_then(|r| r.segment_flags) {
+            Some(flags) if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 => Close::NoSocketReset {
+                segment_flags: flags,
+            },
+            _ => Close::Refused {
+                side: Side::Server,
+                reason,
+            },
         };
     }
     let closed = life.state == Some(Closed);

@@ -42,6 +42,7 @@
 //!   "unread": 13 | null,               // bytes never read, from the →CLOSE
 //!   "peer_reset": <resets_sent item> | null, // the socketless RST that refused this connect
 //!   "socketless": false, "destroyed": false,
+//!   "netns": 4026531840 | null,          // network namespace inode
 //!   "started_mid_life": false, "evicted": false, "still_open": false,
 //!   "gone_unseen": false,               // open as far as seen, gone from the kernel at exit
 //!   "events_lost": false,
@@ -157,6 +158,9 @@ pub struct ResetSent {
     /// `None` before Linux 6.10 (no `reason` field).
     pub reason: Option<ResetReason>,
     pub context: Context,
+    /// TCP flags of the segment answered, for an RST sent without a full
+    /// socket (`None` otherwise): a SYN means a refused connection.
+    pub segment_flags: Option<u8>,
 }
 
 /// An RST from the peer.
@@ -225,6 +229,8 @@ pub struct SocketLife {
     pub role: Role,
     /// The first owner the kernel reported; never guessed from context.
     pub owner: Option<Proc>,
+    /// Network namespace (inode number, as `lsns`/`ip netns identify` show).
+    pub netns: Option<u32>,
     /// Server child: the listening address it was accepted from.
     #[serde(serialize_with = "ser_opt_display")]
     pub listener: Option<SocketAddr>,
@@ -288,6 +294,7 @@ impl SocketLife {
             remote: sock.remote,
             role: Role::Unknown,
             owner: sock.owner,
+            netns: sock.netns,
             listener: None,
             children: 0,
             start_ns: sock.ts_ns,
@@ -344,6 +351,9 @@ impl SocketLife {
     fn absorb(&mut self, sock: &SockInfo) {
         if self.owner.is_none() {
             self.owner = sock.owner;
+        }
+        if self.netns.is_none() {
+            self.netns = sock.netns;
         }
         if self.local.port() == 0 && sock.local.port() != 0 {
             self.local = sock.local;
@@ -781,6 +791,7 @@ struct PendingReset {
     state: Option<TcpState>,
     reason: Option<ResetReason>,
     context: Context,
+    segment_flags: Option<u8>,
 }
 
 type Tuple = (SocketAddr, SocketAddr);
@@ -845,8 +856,8 @@ impl Tracker {
                 sock,
                 state,
                 reason,
-                ..
-            } => self.on_send_reset(sock, *state, reason, &mut out),
+                segment_flags,
+            } => self.on_send_reset(sock, *state, reason, *segment_flags, &mut out),
             Record::ReceiveReset { sock } => self.on_receive_reset(sock, &mut out),
             Record::Retransmit { sock, state } => self.on_retransmit(sock, *state, &mut out),
             Record::RetransmitSynAck { sock } => self.on_synack_retransmit(sock),
@@ -1203,6 +1214,7 @@ impl Tracker {
         sock: &SockInfo,
         state: Option<TcpState>,
         reason: &Option<ResetReason>,
+        segment_flags: Option<u8>,
         out: &mut Vec<SocketLife>,
     ) {
         let pending = PendingReset {
@@ -1210,6 +1222,7 @@ impl Tracker {
             state,
             reason: reason.clone(),
             context: sock.context,
+            segment_flags,
         };
         if sock.skaddr == 0 || !self.lives.contains_key(&sock.skaddr) {
             // Nothing to attach to: report it alone, now.
@@ -1320,6 +1333,7 @@ fn pending_to_sent(life: &SocketLife, r: PendingReset) -> ResetSent {
         state: r.state,
         reason: r.reason,
         context: r.context,
+        segment_flags: r.segment_flags,
     }
 }
 

@@ -195,6 +195,8 @@ fn push_sock_fields(out: &mut String, sock: &SockInfo) {
     push_context(out, &sock.context);
     out.push_str(r#","owner":"#);
     push_opt_proc(out, sock.owner.as_ref());
+    out.push_str(r#","netns":"#);
+    push_opt_u64(out, sock.netns.map(u64::from));
 }
 
 fn push_life(out: &mut String, l: &SocketLife) {
@@ -211,6 +213,8 @@ fn push_life(out: &mut String, l: &SocketLife) {
     out.push_str(l.role.name());
     out.push_str(r#"","owner":"#);
     push_opt_proc(out, l.owner.as_ref());
+    out.push_str(r#","netns":"#);
+    push_opt_u64(out, l.netns.map(u64::from));
     out.push_str(r#","listener":"#);
     match &l.listener {
         Some(a) => {
@@ -304,6 +308,8 @@ fn push_reset_sent(out: &mut String, r: &ResetSent) {
     push_opt_reset_reason(out, r.reason.as_ref());
     out.push_str(r#","context":"#);
     push_context(out, &r.context);
+    out.push_str(r#","segment_flags":"#);
+    push_opt_u64(out, r.segment_flags.map(u64::from));
     out.push('}');
 }
 
@@ -423,6 +429,10 @@ fn push_verdict(out: &mut String, v: &Verdict) {
         Close::HandshakeTimeout { syn_retransmits } => {
             out.push_str(r#","syn_retransmits":"#);
             push_u64(out, u64::from(*syn_retransmits));
+        }
+        Close::NoSocketReset { segment_flags } => {
+            out.push_str(r#","segment_flags":"#);
+            push_u64(out, u64::from(*segment_flags));
         }
         Close::Passive
         | Close::Simultaneous

@@ -754,3 +754,38 @@ fn an_evicted_socket_is_reported_once_and_its_later_events_counted() {
     assert_eq!(t.stats().sockets_seen, 3);
     assert_eq!(t.stats().after_eviction, 3);
 }
+
+#[test]
+fn a_socketless_reset_is_a_refusal_only_when_it_answered_a_syn() {
+    use crate::decode::Record;
+    let server = S::new(0, "127.0.0.1:8099", "127.0.0.1:45000");
+    let verdict_for = |flags: Option<u8>| {
+        let Record::SendReset {
+            sock,
+            state,
+            reason,
+            ..
+        } = server.irq(10).send_reset(None, Some((1, "NO_SOCKET")))
+        else {
+            unreachable!()
+        };
+        let rec = Record::SendReset {
+            sock,
+            state,
+            reason,
+            segment_flags: flags,
+        };
+        let lives = run(&[rec]);
+        assert!(lives[0].socketless);
+        crate::classify::classify(&lives[0])
+    };
+    // A SYN to a closed port: refused.
+    assert_eq!(verdict_for(Some(0x02)).close.kind(), "refused");
+    // A late FIN|ACK of a connection this host already reset: not refused.
+    let late = verdict_for(Some(0x11));
+    assert_eq!(late.close.kind(), "no_socket_reset");
+    assert!(late.summary.contains("FIN|ACK"), "{}", late.summary);
+    assert!(late.summary.contains("no longer has"), "{}", late.summary);
+    // A kernel that does not say: as before.
+    assert_eq!(verdict_for(None).close.kind(), "refused");
+}
