@@ -10,6 +10,7 @@ pub mod classify;
 pub mod cli;
 pub mod counters;
 pub mod decode;
+pub mod errors;
 pub mod input;
 pub mod kernel;
 pub mod loader;

@@ -73,6 +73,8 @@ pub enum LoadError {
     MissingMap(&'static str),
     #[error("kernel program `{0}` is missing from the object")]
     MissingProgram(&'static str),
+    #[error("loading the kernel program")]
+    Descriptors(#[source] std::io::Error),
     #[error("map {0}: {1}")]
     Map(&'static str, aya::maps::MapError),
     #[error("--ring-size {0}: must be a power of two from 16384 to 1073741824 bytes")]
@@ -97,6 +99,22 @@ pub fn has_bpf_privileges() -> bool {
     };
     let has = |cap: u32| eff & (1u64 << cap) != 0;
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+/// Raises the soft limit on open files to the hard limit (allowed without
+/// privileges): every map, program and thread takes a descriptor.
+pub fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with valid pointers.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Newer ones do
@@ -422,6 +440,12 @@ fn raw_tracepoint<'a>(
 fn load(ebpf: &mut Ebpf, tp: &kernel::Tracepoint) -> Result<(), LoadError> {
     for program in tp.programs() {
         raw_tracepoint(ebpf, program)?.load().map_err(|e| match e {
+            // Out of descriptors is not the verifier's verdict.
+            ProgramError::LoadError { io_error, .. }
+                if matches!(io_error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+            {
+                LoadError::Descriptors(io_error)
+            }
             ProgramError::LoadError {
                 io_error,
                 verifier_log,

@@ -5,20 +5,18 @@ use tcptrace::{cli::Args, session};
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // Maps, programs, threads and the namespace listing each take a file
+    // descriptor: make the soft limit what the hard limit allows.
+    tcptrace::loader::raise_nofile();
+    let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tcptrace: error: starting the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(session::run(&args)) {
+        .map_err(|e| anyhow::Error::new(e).context("starting the runtime"))
+        .and_then(|runtime| runtime.block_on(session::run(&args)));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tcptrace: error: {e:#}");
+            eprintln!("tcptrace: error: {}", tcptrace::errors::describe(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -336,3 +336,38 @@ fn a_closed_pipe_ends_it_even_on_a_quiet_host() {
     assert_eq!(code, Some(0), "{stderr:#?}");
     assert_balanced(&summary);
 }
+
+#[test]
+fn too_few_file_descriptors_get_a_clear_message() {
+    for limit in [16u64, 40] {
+        let mut cmd = Command::new(tcptrace_binary());
+        cmd.args(["--duration", "1"]);
+        // SAFETY: only async-signal-safe syscalls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{limit}: {stderr}");
+        assert!(
+            stderr.contains("ran out of file descriptors"),
+            "{limit}: {stderr}"
+        );
+        assert!(stderr.contains("ulimit -n"), "{limit}: {stderr}");
+        assert!(!stderr.contains("verifier"), "{limit}: {stderr}");
+        assert_eq!(
+            stderr.matches("Too many open files").count(),
+            1,
+            "each cause once: {stderr}"
+        );
+    }
+}
