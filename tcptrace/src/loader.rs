@@ -75,8 +75,8 @@ pub enum LoadError {
     MissingProgram(&'static str),
     #[error("loading the kernel program")]
     Descriptors(#[source] std::io::Error),
-    #[error("map {0}: {1}")]
-    Map(&'static str, aya::maps::MapError),
+    #[error("kernel map {0}")]
+    Map(&'static str, #[source] aya::maps::MapError),
     #[error("--ring-size {0}: must be a power of two from 16384 to 1073741824 bytes")]
     RingSize(u32),
 }
