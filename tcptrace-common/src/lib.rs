@@ -175,7 +175,8 @@ pub struct ArgPos {
     /// How many arguments the tracepoint has: the program never reads past
     /// them (the kernel refuses to attach a program that might).
     pub nargs: u8,
-    pub _pad: u8,
+    /// A second `struct task_struct *` (sched_process_fork's child).
+    pub task2: u8,
 }
 
 impl ArgPos {
@@ -187,7 +188,7 @@ impl ArgPos {
         int0: NO_ARG,
         int1: NO_ARG,
         nargs: 0,
-        _pad: 0,
+        task2: NO_ARG,
     };
 }
 
@@ -286,6 +287,8 @@ pub mod filter {
     pub const FAMILY: u32 = 1 << 5;
     pub const CGROUP: u32 = 1 << 6;
     pub const NETNS: u32 = 1 << 7;
+    /// With [`PID`]: processes forked by a kept one are kept too.
+    pub const FOLLOW: u32 = 1 << 8;
 }
 
 /// Filters applied in the kernel, before an event costs a ring-buffer slot.
@@ -323,6 +326,7 @@ pub struct Config {
     pub destroy_sock: ArgPos,
     pub process_exit: ArgPos,
     pub signal: ArgPos,
+    pub process_fork: ArgPos,
     pub sock: SockOffsets,
     pub skb: SkbOffsets,
     pub task: TaskOffsets,
@@ -348,6 +352,7 @@ impl Config {
         destroy_sock: ArgPos::NONE,
         process_exit: ArgPos::NONE,
         signal: ArgPos::NONE,
+        process_fork: ArgPos::NONE,
         sock: SockOffsets::NONE,
         skb: SkbOffsets {
             head: 0,
@@ -410,7 +415,7 @@ const _: () = assert!(core::mem::size_of::<Event>() == 152);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 40);
-const _: () = assert!(core::mem::size_of::<Config>() == 200);
+const _: () = assert!(core::mem::size_of::<Config>() == 208);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -74,7 +74,7 @@ static SNAPSHOT_OWNERS: HashMap<u64, Task> = HashMap::with_max_entries(65536, 0)
 
 /// Process ids (tgids) to trace when `filter::PID` is on.
 #[map]
-static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
 /// Per CPU: events left until the next ring-buffer backlog check.
 #[map]
@@ -655,6 +655,28 @@ pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
     event.value = sig as u32;
     event.aux = u64::from(target);
     submit(event);
+    0
+}
+
+/// `--follow`: a process forked by one the pid filter keeps is kept too
+/// (threads share their process's tgid, already kept). Returns at once
+/// without --follow; a fork costs far more than this program.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let cfg = config();
+    if cfg.filter.flags & filter::FOLLOW == 0 || cfg.task.tgid == 0 {
+        return 0;
+    }
+    let pos = &cfg.process_fork;
+    let args = Args::of(&ctx, pos);
+    let tgid = |task: u64| read_kernel::<u32>(task + u64::from(cfg.task.tgid));
+    let (Some(parent), Some(child)) = (tgid(args.get(pos.task)), tgid(args.get(pos.task2))) else {
+        return 0;
+    };
+    // SAFETY: read-only lookup of a plain value.
+    if parent != child && unsafe { PID_FILTER.get(parent) }.is_some() {
+        let _ = PID_FILTER.insert(child, 1, 0);
+    }
     0
 }
 

@@ -56,10 +56,19 @@ pub struct Args {
     #[arg(long, value_name = "SECS", allow_hyphen_values = true, value_parser = parse_duration)]
     pub duration: Option<u64>,
 
-    /// Only sockets owned by (or events caused by) this process id; repeatable.
+    /// Only sockets owned by (or events caused by) this process; repeatable.
+    /// A thread id stands for its process. Filters on the socket's owner
+    /// (the process that connected or listened), so a pre-fork server's
+    /// master keeps its workers' accepted sockets; --follow adds processes
+    /// forked by it.
     #[arg(long, value_name = "PID", allow_hyphen_values = true,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Vec<u32>,
+
+    /// With --pid: keep the processes they fork too (their children running
+    /// now, and those forked while tracing).
+    #[arg(long, requires = "pid")]
+    pub follow: bool,
 
     /// Only sockets owned by processes with this name (first 15 bytes, as
     /// the kernel keeps it; any bytes, UTF-8 or not, e.g. $'\xff\xfe').
@@ -164,12 +173,18 @@ impl Args {
     /// The kernel-side filters and sizes.
     pub fn trace_options(&self) -> Result<TraceOptions, ArgsError> {
         let mut f = Filter::default();
-        if let Some(&pid) = self
-            .pid
-            .iter()
-            .find(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-        {
-            return Err(ArgsError::NoSuchPid(pid));
+        // A thread id stands for its process (the filter keys on tgids).
+        let mut pids = Vec::new();
+        for &pid in &self.pid {
+            let tgid = crate::procs::tgid_of(pid).ok_or(ArgsError::NoSuchPid(pid))?;
+            if !pids.contains(&tgid) {
+                pids.push(tgid);
+            }
+        }
+        if self.follow {
+            let children = crate::procs::descendants(&pids);
+            pids.extend(children);
+            f.flags |= filter::FOLLOW;
         }
         if let Some(comm) = &self.comm {
             if comm.is_empty() {
@@ -208,7 +223,7 @@ impl Args {
         Ok(TraceOptions {
             ring_bytes: self.ring_size,
             filter: f,
-            pids: self.pid.clone(),
+            pids,
             // The session fills these in from the start-up snapshot.
             seeds: Default::default(),
         })
@@ -463,6 +478,42 @@ mod tests {
                 .unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn a_thread_id_stands_for_its_process() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            // SAFETY: plain syscall.
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        });
+        let tid = rx.recv().unwrap();
+        assert_ne!(tid, std::process::id());
+        let o = parse(&["--pid", &tid.to_string()])
+            .unwrap()
+            .trace_options()
+            .unwrap();
+        assert_eq!(o.pids, vec![std::process::id()]);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn follow_needs_a_pid_and_adds_the_children() {
+        assert!(parse(&["--follow"]).is_err());
+        let me = std::process::id();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let o = parse(&["--pid", &me.to_string(), "--follow"])
+            .unwrap()
+            .trace_options()
+            .unwrap();
+        assert!(o.pids.contains(&me) && o.pids.contains(&child.id()));
+        assert_ne!(o.filter.flags & filter::FOLLOW, 0);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

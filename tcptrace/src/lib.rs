@@ -15,6 +15,7 @@ pub mod input;
 pub mod kernel;
 pub mod loader;
 pub mod output;
+pub mod procs;
 pub mod render;
 pub mod session;
 pub mod snapshot;

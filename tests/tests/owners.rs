@@ -257,3 +257,71 @@ fn two_containers_on_one_port_each_own_their_children_and_netns_filters_one() {
     assert!(summary["filtered"].as_u64().unwrap() > 0, "{summary}");
     drop(servers);
 }
+
+/// A parent that, when told, forks a child which connects to `port`, says
+/// the child's pid and the connection's local port, and closes it.
+fn forking_parent() -> (
+    Child,
+    std::process::ChildStdin,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let script = "import os, socket, sys\n\
+        for line in sys.stdin:\n\
+        \x20   port = int(line)\n\
+        \x20   r, w = os.pipe()\n\
+        \x20   pid = os.fork()\n\
+        \x20   if pid == 0:\n\
+        \x20       c = socket.create_connection(('127.0.0.1', port))\n\
+        \x20       os.write(w, str(c.getsockname()[1]).encode())\n\
+        \x20       c.close(); os._exit(0)\n\
+        \x20   os.waitpid(pid, 0)\n\
+        \x20   print(pid, os.read(r, 16).decode(), flush=True)\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, stdin, lines)
+}
+
+#[test]
+fn follow_keeps_the_sockets_of_processes_forked_while_tracing() {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = std::thread::spawn(move || {
+        for _ in 0..2 {
+            if let Ok((s, _)) = listener.accept() {
+                let mut s = s;
+                let _ = s.read(&mut [0u8; 16]);
+            }
+        }
+    });
+    for follow in [true, false] {
+        let (mut parent, mut stdin, mut lines) = forking_parent();
+        let pid = parent.id().to_string();
+        let mut args = vec!["--pid", pid.as_str(), "--view", "stream"];
+        if follow {
+            args.push("--follow");
+        }
+        let mut child_port = 0u16;
+        let (out, _) = traced(&args, || {
+            writeln!(stdin, "{port}").unwrap();
+            let line = lines.next().unwrap().unwrap();
+            child_port = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        });
+        let _ = parent.kill();
+        let _ = parent.wait();
+        let seen = out
+            .iter()
+            .any(|l| l["type"] == "transition" && port_of(&l["local"]) == child_port);
+        assert_eq!(
+            seen, follow,
+            "the forked child's connection (local port {child_port}) with --follow={follow}"
+        );
+    }
+    acceptor.join().unwrap();
+}

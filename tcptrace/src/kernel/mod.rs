@@ -27,6 +27,8 @@ const MAX_ARG: u8 = 4;
 enum Role {
     /// The first pointer to `struct <name>`.
     Ptr(&'static str),
+    /// The second pointer to `struct <name>`.
+    SecondPtr(&'static str),
     /// The n-th integer-like argument (int, enum, bool).
     Int(u8),
 }
@@ -38,6 +40,7 @@ enum Slot {
     Skb,
     Req,
     Task,
+    Task2,
     Int0,
     Int1,
 }
@@ -201,6 +204,20 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         ],
     },
     Tracepoint {
+        group: "sched",
+        name: "sched_process_fork",
+        program: "sched_process_fork",
+        since: "2.6.32",
+        required: false,
+        purpose: "--follow (processes forked by a --pid one)",
+        also: &[],
+        // (struct task_struct *parent, struct task_struct *child)
+        args: &[
+            need(Slot::Task, Role::Ptr("task_struct")),
+            need(Slot::Task2, Role::SecondPtr("task_struct")),
+        ],
+    },
+    Tracepoint {
         group: "irq",
         name: "softirq_entry",
         program: "softirq_entry",
@@ -320,6 +337,12 @@ fn arg_positions(tp: &Tracepoint, args: &[ArgType]) -> Option<ArgPos> {
             Role::Ptr(name) => args
                 .iter()
                 .position(|a| matches!(a, ArgType::StructPtr(n) if n == name)),
+            Role::SecondPtr(name) => args
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| matches!(a, ArgType::StructPtr(n) if n == name))
+                .nth(1)
+                .map(|(i, _)| i),
             Role::Int(nth) => args
                 .iter()
                 .enumerate()
@@ -337,6 +360,7 @@ fn arg_positions(tp: &Tracepoint, args: &[ArgType]) -> Option<ArgPos> {
             Slot::Skb => pos.skb = index,
             Slot::Req => pos.req = index,
             Slot::Task => pos.task = index,
+            Slot::Task2 => pos.task2 = index,
             Slot::Int0 => pos.int0 = index,
             Slot::Int1 => pos.int1 = index,
         }
@@ -516,6 +540,7 @@ impl KernelLayout {
                 "tcp_destroy_sock" => config.destroy_sock = pos,
                 "sched_process_exit" => config.process_exit = pos,
                 "signal_generate" => config.signal = pos,
+                "sched_process_fork" => config.process_fork = pos,
                 _ => {}
             }
             present.push(*tp);
