@@ -6,6 +6,7 @@
 //! [`loader`] loads and attaches the kernel program, and [`session`] wires the
 //! pipeline together for the CLI and for tests.
 
+pub mod cgroups;
 pub mod classify;
 pub mod cli;
 pub mod counters;

@@ -17,6 +17,7 @@ use tokio::{
 use tcptrace_common::filter;
 
 use crate::{
+    cgroups::CgroupNames,
     classify::classify,
     cli::Args,
     counters::Counters,
@@ -65,6 +66,8 @@ pub fn wall_offset_ns() -> i128 {
 /// Records in, rendered sockets and transitions out; the summary on the side.
 pub struct Pipeline<W: Write> {
     tracker: Tracker,
+    /// The owners' units and containers.
+    cgroups: CgroupNames,
     renderer: Renderer<W>,
     summary: Summary,
     /// Monotonic time of the latest loss: lives that began before it may
@@ -76,6 +79,7 @@ impl<W: Write> Pipeline<W> {
     pub fn new(tracker: TrackerOptions, render: RenderOptions, out: W) -> Self {
         Pipeline {
             tracker: Tracker::new(tracker),
+            cgroups: CgroupNames::new(),
             renderer: Renderer::new(out, render),
             summary: Summary::default(),
             last_loss_ns: None,
@@ -115,6 +119,9 @@ impl<W: Write> Pipeline<W> {
     fn finished(&mut self, mut life: SocketLife) -> io::Result<()> {
         if self.last_loss_ns.is_some_and(|loss| life.start_ns <= loss) {
             life.events_lost = true;
+        }
+        if let Some(owner) = life.owner {
+            life.workload = self.cgroups.resolve(owner.cgroup_id).cloned();
         }
         let verdict = classify(&life);
         self.summary.add(&life, &verdict);

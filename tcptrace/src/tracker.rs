@@ -43,6 +43,7 @@
 //!   "peer_reset": <resets_sent item> | null, // the socketless RST that refused this connect
 //!   "socketless": false, "destroyed": false,
 //!   "netns": 4026531840 | null,          // network namespace inode
+//!   "workload": {"unit": "nginx.service" | null, "container": "<64 hex>" | null} | null,
 //!   "started_mid_life": false, "evicted": false, "still_open": false,
 //!   "gone_unseen": false,               // open as far as seen, gone from the kernel at exit
 //!   "events_lost": false,
@@ -231,6 +232,9 @@ pub struct SocketLife {
     pub owner: Option<Proc>,
     /// Network namespace (inode number, as `lsns`/`ip netns identify` show).
     pub netns: Option<u32>,
+    /// The owner's systemd unit or container, from its cgroup (filled in
+    /// by the session, which knows the host's cgroups).
+    pub workload: Option<crate::cgroups::Workload>,
     /// Server child: the listening address it was accepted from.
     #[serde(serialize_with = "ser_opt_display")]
     pub listener: Option<SocketAddr>,
@@ -295,6 +299,7 @@ impl SocketLife {
             role: Role::Unknown,
             owner: sock.owner,
             netns: sock.netns,
+            workload: None,
             listener: None,
             children: 0,
             start_ns: sock.ts_ns,

@@ -325,3 +325,71 @@ fn follow_keeps_the_sockets_of_processes_forked_while_tracing() {
     }
     acceptor.join().unwrap();
 }
+
+/// Cgroup directories of the test's own under the cgroup2 root, removed
+/// (innermost first) on drop.
+struct Cgroups(Vec<std::path::PathBuf>);
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[test]
+fn a_systemd_unit_and_a_container_are_named_from_the_owners_cgroup() {
+    let root = tcptrace::cli::cgroup2_root().expect("a cgroup v2 mount");
+    let slice = root.join(format!("tt-owners-{}.slice", std::process::id()));
+    let id = "3f2a1b9c0d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a";
+    let unit = slice.join("tt-web.service");
+    let container = slice.join(format!("docker-{id}.scope"));
+    for dir in [&slice, &unit, &container] {
+        std::fs::create_dir(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    }
+    let _cleanup = Cgroups(vec![slice.clone(), unit.clone(), container.clone()]);
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = std::thread::spawn(move || {
+        for _ in 0..2 {
+            if let Ok((mut s, _)) = listener.accept() {
+                let _ = s.read(&mut [0u8; 16]);
+            }
+        }
+    });
+    // A client that moves itself into `cgroup`, connects, says its port.
+    let client_in = |cgroup: &std::path::Path| -> u16 {
+        let script = format!(
+            "import os, socket\n\
+             open('{}/cgroup.procs', 'w').write(str(os.getpid()))\n\
+             c = socket.create_connection(('127.0.0.1', {port}))\n\
+             print(c.getsockname()[1], flush=True)\n\
+             c.close()\n",
+            cgroup.display()
+        );
+        let out = Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let (mut web_port, mut box_port) = (0, 0);
+    let (lines, _) = traced(&["--port", &port.to_string()], || {
+        web_port = client_in(&unit);
+        box_port = client_in(&container);
+    });
+    acceptor.join().unwrap();
+    let workload_of = |local: u16| {
+        lines
+            .iter()
+            .find(|l| l["type"] == "socket" && port_of(&l["socket"]["local"]) == local)
+            .map(|l| l["socket"]["workload"].clone())
+            .unwrap_or_else(|| panic!("no ladder for :{local}"))
+    };
+    assert_eq!(workload_of(web_port)["unit"], "tt-web.service");
+    assert_eq!(workload_of(box_port)["container"], id);
+    assert_eq!(workload_of(box_port)["unit"], serde_json::Value::Null);
+}

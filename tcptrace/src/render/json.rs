@@ -215,6 +215,17 @@ fn push_life(out: &mut String, l: &SocketLife) {
     push_opt_proc(out, l.owner.as_ref());
     out.push_str(r#","netns":"#);
     push_opt_u64(out, l.netns.map(u64::from));
+    out.push_str(r#","workload":"#);
+    match &l.workload {
+        Some(w) => {
+            out.push_str(r#"{"unit":"#);
+            push_opt_str(out, w.unit.as_deref());
+            out.push_str(r#","container":"#);
+            push_opt_str(out, w.container.as_deref());
+            out.push('}');
+        }
+        None => out.push_str("null"),
+    }
     out.push_str(r#","listener":"#);
     match &l.listener {
         Some(a) => {

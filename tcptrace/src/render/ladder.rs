@@ -183,6 +183,20 @@ fn header(buf: &mut String, life: &SocketLife, opts: &RenderOptions) {
         Some(p) => push_proc_label(buf, p),
         None => buf.push_str("owner unknown"),
     }
+    if let Some(w) = &life.workload {
+        // Unit and container names come from cgroup paths anyone can
+        // create: escaped like process names.
+        if let Some(unit) = &w.unit {
+            buf.push_str(" (");
+            escape_into(buf, unit);
+            buf.push(')');
+        }
+        if let Some(id) = &w.container {
+            buf.push_str(" (container ");
+            buf.push_str(&id[..id.len().min(12)]);
+            buf.push(')');
+        }
+    }
     buf.push_str("  ");
     // Only a namespace other than tcptrace's own is worth a word.
     if let Some(ns) = life.netns.filter(|&ns| Some(ns) != opts.own_netns) {
