@@ -130,6 +130,13 @@ pub struct Args {
     /// Don't print the exit summary.
     #[arg(long)]
     pub no_summary: bool,
+
+    /// Run COMMAND (after `--`) and trace only its sockets and its
+    /// children's (it runs in a cgroup of its own; through sudo, as the
+    /// invoking user); stop when it exits, with its exit status. The report
+    /// goes to stderr, so that the command's stdout stays its own.
+    #[arg(last = true, value_name = "COMMAND", conflicts_with_all = ["cgroup", "duration"])]
+    pub command: Vec<OsString>,
 }
 
 /// The largest ring: beyond it a burst is better absorbed by reading faster.
@@ -167,6 +174,8 @@ pub enum ArgsError {
     NoSuchPid(u32),
     #[error("--netns {path}: {why}")]
     Netns { path: String, why: String },
+    #[error("{0}: command not found (not a file in PATH, or not executable)")]
+    CommandNotFound(String),
 }
 
 impl Args {
@@ -216,6 +225,13 @@ impl Args {
             f.cgroup_id = cgroup_id(path)?;
             f.flags |= filter::CGROUP;
         }
+        if let Some(program) = self.command.first()
+            && !command_exists(program)
+        {
+            return Err(ArgsError::CommandNotFound(
+                program.to_string_lossy().into_owned(),
+            ));
+        }
         if let Some(ns) = &self.netns {
             f.netns = netns_inode(ns)?;
             f.flags |= filter::NETNS;
@@ -262,6 +278,20 @@ pub fn cgroup2_root() -> Option<PathBuf> {
         (fs.split_whitespace().next()? == "cgroup2")
             .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
     })
+}
+
+/// Is `program` an executable file (as given, or found in PATH)?
+fn command_exists(program: &std::ffi::OsStr) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let path = std::path::Path::new(program);
+    if program.as_bytes().contains(&b'/') {
+        return executable(path);
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|dirs| std::env::split_paths(&dirs).any(|d| executable(&d.join(program))))
 }
 
 /// A network namespace's inode: given as a number, or the inode of a
@@ -514,6 +544,23 @@ mod tests {
         assert_ne!(o.filter.flags & filter::FOLLOW, 0);
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_command_must_exist_before_anything_is_loaded() {
+        let args = parse(&["--", "sh", "-c", "exit 3"]).unwrap();
+        assert_eq!(args.command.len(), 3);
+        assert!(args.trace_options().is_ok());
+        let err = parse(&["--", "no-such-command-tt"])
+            .unwrap()
+            .trace_options()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no-such-command-tt: command not found"),
+            "{err}"
+        );
+        assert!(parse(&["--duration", "3", "--", "true"]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod cgroups;
 pub mod classify;
 pub mod cli;
+pub mod command;
 pub mod counters;
 pub mod decode;
 pub mod errors;

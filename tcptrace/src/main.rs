@@ -14,7 +14,9 @@ fn main() -> std::process::ExitCode {
         .map_err(|e| anyhow::Error::new(e).context("starting the runtime"))
         .and_then(|runtime| runtime.block_on(session::run(&args)));
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        // With `-- COMMAND`: the command's exit status.
+        Ok(Some(code)) => std::process::ExitCode::from(code),
+        Ok(None) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tcptrace: error: {}", tcptrace::errors::describe(&e));
             std::process::ExitCode::FAILURE

@@ -108,6 +108,14 @@ impl OutputQueue {
         OutputQueue::new(stdout, Some(fd))
     }
 
+    /// On stderr (with `-- COMMAND`, whose stdout stays its own, as strace
+    /// does).
+    pub fn stderr() -> io::Result<OutputQueue> {
+        let stderr = io::stderr();
+        let fd = stderr.as_raw_fd();
+        OutputQueue::new(stderr, Some(fd))
+    }
+
     /// The writer is behind: take no more input until it catches up (the
     /// time spent so is reported as time blocked).
     pub fn backlogged(&mut self) -> bool {

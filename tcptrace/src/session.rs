@@ -20,6 +20,7 @@ use crate::{
     cgroups::CgroupNames,
     classify::classify,
     cli::Args,
+    command::{self, CommandCgroup},
     counters::Counters,
     decode::Record,
     input::Batch,
@@ -36,6 +37,9 @@ use crate::{
 /// Without a wakeup per event, the reader drains on this timer (the kernel
 /// wakes it early only when a backlog builds).
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// After `-- COMMAND` exits: time for its last events (lives linger 200 ms).
+const COMMAND_GRACE: Duration = Duration::from_millis(400);
 
 /// How long a stalled reader of stdout gets, at exit, to take the rest.
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
@@ -144,8 +148,19 @@ impl<W: Write> Pipeline<W> {
 }
 
 /// Runs tcptrace as the CLI does, until Ctrl-C, SIGTERM or `--duration`.
-pub async fn run(args: &Args) -> anyhow::Result<()> {
+/// Runs tcptrace as the CLI does; with a command (`-- COMMAND`), returns
+/// the command's exit code.
+pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
     let mut trace = args.trace_options()?;
+    // `-- COMMAND`: a cgroup of its own, made before anything is loaded.
+    let command_cgroup = if args.command.is_empty() {
+        None
+    } else {
+        let cg = CommandCgroup::create().context("preparing to run the command")?;
+        trace.filter.cgroup_id = cg.id;
+        trace.filter.flags |= filter::CGROUP;
+        Some(cg)
+    };
     // What existed before tcptrace: owners for services started long ago.
     let snapshot = match Snapshot::take() {
         Ok(s) => Some(s),
@@ -185,11 +200,15 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         eprintln!("tcptrace: note: this kernel's BTF lacks a field: no {field}");
     }
 
-    let stdout = io::stdout();
+    let to_terminal = if command_cgroup.is_some() {
+        io::IsTerminal::is_terminal(&io::stderr())
+    } else {
+        io::IsTerminal::is_terminal(&io::stdout())
+    };
     let render = RenderOptions {
         view: args.view,
         json: args.json,
-        color: args.color(io::IsTerminal::is_terminal(&stdout)),
+        color: args.color(to_terminal),
         timestamp: args.timestamp,
         wide: args.wide,
         wall_offset_ns: wall_offset_ns(),
@@ -198,7 +217,13 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
             .and_then(|n| u32::try_from(n).ok()),
     };
     // Rendering never waits for stdout's reader: see output.rs.
-    let out = OutputQueue::stdout().context("starting the output thread")?;
+    // With a command, its stdout stays its own: the report goes to stderr.
+    let out = if command_cgroup.is_some() {
+        OutputQueue::stderr()
+    } else {
+        OutputQueue::stdout()
+    }
+    .context("starting the output thread")?;
     let mut pipeline = Pipeline::new(args.tracker_options(), render, out);
 
     // The ring is emptied on a thread of its own; batches come here.
@@ -217,6 +242,19 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let deadline = args.duration().and_then(|d| Instant::now().checked_add(d));
     let mut loss = LossReporter::default();
+
+    // The command starts once everything is attached.
+    let (command_tx, mut command_done) = tokio::sync::oneshot::channel();
+    let mut command_status = None;
+    if let Some(cg) = &command_cgroup {
+        let mut child = command::spawn(&args.command, cg).context("running the command")?;
+        std::thread::spawn(move || {
+            let _ = command_tx.send(child.wait());
+        });
+    } else {
+        drop(command_tx);
+    }
+    let mut deadline = deadline;
 
     eprintln!(
         "tcptrace: tracing TCP sockets ({} view{}); Ctrl-C to stop",
@@ -244,6 +282,14 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
                 false
             }
             _ = sleep_until_deadline(deadline) => break,
+            status = &mut command_done, if command_status.is_none() && command_cgroup.is_some() => {
+                let status = status.context("waiting for the command")?.context("waiting for the command")?;
+                command_status = Some(command::exit_code(status));
+                // What its sockets did last (a close, late RSTs) still has
+                // to arrive: a short grace, then stop as on Ctrl-C.
+                deadline = Some(Instant::now() + COMMAND_GRACE);
+                false
+            }
             batch = input.next(), if !backlogged => {
                 let Some(batch) = batch else { break };
                 if let Err(e) = process(&mut tracer, &mut pipeline, &batch) {
@@ -311,11 +357,12 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         writeln!(err, "tcptrace-summary {line}")?;
     }
     let output_error = output_error.or(pipeline.output().take_error());
+    drop(command_cgroup);
     match output_error.or(final_result.err()) {
         // A closed pipe (`| head`) is a normal way to stop reading.
-        Some(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Some(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(command_status),
         Some(e) => Err(e).context("writing output"),
-        None => Ok(()),
+        None => Ok(command_status),
     }
 }
 

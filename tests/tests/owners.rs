@@ -393,3 +393,73 @@ fn a_systemd_unit_and_a_container_are_named_from_the_owners_cgroup() {
     assert_eq!(workload_of(box_port)["container"], id);
     assert_eq!(workload_of(box_port)["unit"], serde_json::Value::Null);
 }
+
+#[test]
+fn a_command_run_under_tcptrace_shows_only_its_sockets_and_exits_with_its_status() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let acceptor = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.read(&mut [0u8; 16]);
+        }
+    });
+    let script = format!(
+        "import os, socket, sys\n\
+         print(os.getpid(), flush=True)\n\
+         c = socket.create_connection(('127.0.0.1', {port})); c.close()\n\
+         try: socket.create_connection(('127.0.0.1', {refused}))\n\
+         except ConnectionRefusedError: pass\n\
+         sys.exit(3)\n"
+    );
+    let out = Command::new(tcptrace_binary())
+        .args(["--json", "--", "python3", "-c", &script])
+        .output()
+        .unwrap();
+    acceptor.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "the command's status: {stderr}");
+    // The command's stdout is its own; tcptrace's report is on stderr.
+    let pid: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let sockets: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|v: &serde_json::Value| v["type"] == "socket")
+        .collect();
+    let remote_ports: Vec<u16> = sockets
+        .iter()
+        .map(|s| port_of(&s["socket"]["remote"]))
+        .collect();
+    assert!(remote_ports.contains(&port), "{sockets:#?}");
+    assert!(remote_ports.contains(&refused), "{sockets:#?}");
+    for s in &sockets {
+        assert_eq!(
+            s["socket"]["owner"]["pid"].as_u64(),
+            Some(pid),
+            "not the command's: {s}"
+        );
+    }
+    // The accepting side belongs to the test, not the command: not shown.
+    assert!(
+        !sockets
+            .iter()
+            .any(|s| port_of(&s["socket"]["local"]) == port),
+        "{sockets:#?}"
+    );
+    // A command that does not exist: a clear error before anything loads.
+    let out = Command::new(tcptrace_binary())
+        .args(["--", "no-such-command-tt"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no-such-command-tt: command not found"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("tracing TCP"), "{stderr}");
+}
