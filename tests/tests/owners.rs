@@ -463,3 +463,132 @@ fn a_command_run_under_tcptrace_shows_only_its_sockets_and_exits_with_its_status
     );
     assert!(!stderr.contains("tracing TCP"), "{stderr}");
 }
+
+/// Debian's nginx (installed by `cargo xtask setup`) as master + 2
+/// workers, listening on a loopback port and proxying to `backend`; its
+/// files live in a directory of the test's own. Stopped on drop.
+struct Nginx {
+    master: KillOnDrop,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(backend: u16) -> Nginx {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dir = std::env::temp_dir().join(format!("tt-nginx-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 2;\n\
+             daemon off;\n\
+             pid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n\
+               access_log off;\n\
+               client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+               server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://127.0.0.1:{backend}; }} }}\n\
+             }}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let master = Command::new("nginx")
+            .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf")])
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting nginx ({e}): run `cargo xtask setup`"));
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < DEADLINE, "nginx did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx {
+            master: KillOnDrop(master),
+            port,
+            dir,
+        }
+    }
+
+    /// One HTTP request, answered (through the backend).
+    fn get(&self) {
+        use std::io::Write;
+        let mut c = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of our own child (QUIT: graceful stop).
+        unsafe { libc::kill(self.master.0.id() as i32, libc::SIGQUIT) };
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Answers every request with "ok", on a thread, for `n` requests.
+fn http_backend(n: usize) -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        for _ in 0..n {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let _ = s.read(&mut [0u8; 1024]);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
+        }
+    });
+    (port, handle)
+}
+
+#[test]
+fn nginx_started_before_tcptrace_master_pid_keeps_its_connections_and_follow_its_workers() {
+    let (backend, served) = http_backend(4);
+    let nginx = Nginx::start(backend);
+    let master = u64::from(nginx.master.0.id());
+    let master_arg = master.to_string();
+    for follow in [false, true] {
+        let mut args = vec!["--pid", master_arg.as_str(), "--view", "stream"];
+        if follow {
+            args.push("--follow");
+        }
+        let (lines, summary) = traced(&args, || {
+            nginx.get();
+            nginx.get();
+        });
+        let transitions: Vec<&serde_json::Value> =
+            lines.iter().filter(|l| l["type"] == "transition").collect();
+        // The accepted connections: owned by the master (it listened), kept
+        // with or without --follow, softirq transitions included.
+        let accepted: Vec<&&serde_json::Value> = transitions
+            .iter()
+            .filter(|t| port_of(&t["local"]) == nginx.port)
+            .collect();
+        assert!(
+            accepted
+                .iter()
+                .any(|t| t["old"] == "LISTEN" && t["new"] == "SYN_RECV"),
+            "follow={follow}: {accepted:#?} {summary}"
+        );
+        assert!(
+            accepted
+                .iter()
+                .all(|t| t["owner"]["pid"].as_u64() == Some(master)),
+            "follow={follow}: {accepted:#?}"
+        );
+        // A worker's own connection to the backend: a worker's socket, kept
+        // only when --follow takes the master's children in.
+        let upstream = transitions.iter().any(|t| port_of(&t["remote"]) == backend);
+        assert_eq!(
+            upstream, follow,
+            "worker-to-backend connection, follow={follow}"
+        );
+    }
+    drop(nginx);
+    served.join().unwrap();
+}

@@ -27,6 +27,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "procps",     // sysctl, inside the tests' network namespaces
     "util-linux", // taskset for the benchmark, mount
     "bpftool",    // inspecting loaded programs and maps when debugging
+    "nginx",      // a real pre-fork server (master + workers) in the owner tests
 ];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -336,7 +337,40 @@ fn debian_packages() -> Result<()> {
     apt(&["update", "-q"])?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
+    // Servers (nginx) must not start as system services on install: the
+    // tests start their own, on loopback, with their own configuration.
+    let _no_services = NoServiceStarts::new()?;
     apt(&args)
+}
+
+/// Debian's policy-rc.d convention: while it exits 101, package scripts
+/// start no services. Put in place only if absent, removed afterwards.
+struct NoServiceStarts(Option<&'static str>);
+
+impl NoServiceStarts {
+    fn new() -> Result<NoServiceStarts> {
+        const PATH: &str = "/usr/sbin/policy-rc.d";
+        if Path::new(PATH).exists() {
+            return Ok(NoServiceStarts(None));
+        }
+        fs::write(
+            PATH,
+            "#!/bin/sh\n# tcptrace xtask setup: no service starts\nexit 101\n",
+        )
+        .with_context(|| format!("writing {PATH}"))?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(PATH, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {PATH}"))?;
+        Ok(NoServiceStarts(Some(PATH)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 fn tracefs_mounted() -> Result<bool> {
