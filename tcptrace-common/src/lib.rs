@@ -72,6 +72,9 @@ pub mod flag {
     pub const REASON_VALID: u8 = 1 << 5;
     /// [`super::Event::seg_flags`] holds the answered segment's TCP flags.
     pub const SEGMENT_VALID: u8 = 1 << 6;
+    /// A FIN_WAIT2→CLOSE: bit 0 of [`super::Event::seg_flags`] says
+    /// whether the peer's FIN had arrived (the socket's `SOCK_DONE`).
+    pub const SHUTDOWN_VALID: u8 = 1 << 7;
 }
 
 /// A task as the kernel program sees it.
@@ -113,8 +116,9 @@ pub struct Event {
     pub family: u16,
     pub sport: u16,
     pub dport: u16,
-    /// TCP flags of the segment a socketless reset answers
-    /// ([`flag::SEGMENT_VALID`]).
+    /// Kind-specific: TCP flags of the segment a socketless reset answers
+    /// ([`flag::SEGMENT_VALID`]); at a FIN_WAIT2→CLOSE, whether the peer's
+    /// FIN came ([`flag::SHUTDOWN_VALID`]).
     pub seg_flags: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -194,7 +198,7 @@ impl ArgPos {
 
 /// Bytes of `struct sock_common` the kernel program copies with one read:
 /// addresses, ports, family, state, netns and cookie all sit in its head.
-pub const SOCK_HEAD_BYTES: usize = 96;
+pub const SOCK_HEAD_BYTES: usize = 104;
 
 /// Offsets of `struct sock` fields, from the running kernel's BTF. The head
 /// fields are offsets into the first [`SOCK_HEAD_BYTES`] bytes, each aligned
@@ -227,7 +231,10 @@ pub struct SockOffsets {
     pub tcp_copied_seq: u32,
     /// `struct net::ns.inum`: the namespace's inode number (0 = unknown).
     pub net_inum: u32,
-    pub _pad: u32,
+    /// `skc_flags` (sk_flags) in the head, and the bit of `SOCK_DONE` in
+    /// it (set when the peer's FIN arrived); ABSENT when unknown.
+    pub flags: u16,
+    pub done_bit: u16,
 }
 
 impl SockOffsets {
@@ -247,7 +254,8 @@ impl SockOffsets {
         tcp_rcv_nxt: 0,
         tcp_copied_seq: 0,
         net_inum: 0,
-        _pad: 0,
+        flags: ABSENT,
+        done_bit: ABSENT,
     };
 }
 

@@ -521,6 +521,13 @@ fn set_state_event(ctx: &RawTracePointContext) {
     track_owner(event);
     if event.newstate == tcp_state::CLOSE {
         read_unread(sk, event);
+        if event.oldstate == tcp_state::FIN_WAIT2 && o.flags != ABSENT && o.done_bit < 64 {
+            // Did the peer's FIN come (SOCK_DONE, set as it arrives), or is
+            // this the orphan handed to a FIN_WAIT2 mini-socket while the
+            // peer keeps its end open? From the head already read.
+            event.seg_flags = ((head.sk_flags() >> o.done_bit) & 1) as u16;
+            event.flags |= flag::SHUTDOWN_VALID;
+        }
     }
     finish_sock_event(event);
 }

@@ -71,6 +71,12 @@ impl SockHead {
         self.get::<u8>(config().sock.state)
     }
 
+    /// `skc_flags` (the socket's `sk_flags`).
+    #[inline(always)]
+    pub fn sk_flags(&self) -> u64 {
+        self.get::<u64>(config().sock.flags)
+    }
+
     #[inline(always)]
     pub fn cookie(&self) -> u64 {
         self.get::<u64>(config().sock.cookie)

@@ -20,6 +20,7 @@
 //!          | {"kind": "still_open", "state": "ESTABLISHED" | null}
 //!          | {"kind": "closed_unseen", "state": "FIN_WAIT1" | null}  // gone at exit
 //!          | {"kind": "no_socket_reset", "segment_flags": 17}  // RST for a late FIN|ACK
+//!          | {"kind": "peer_never_closed"}  // FIN acked, no FIN back (CLOSE_WAIT leak?)
 //!          | {"kind": "unknown"},
 //!   "incomplete": ["started_mid_life" | "evicted" | "events_lost", ...],
 //!   "summary": "active open (3-way) · active close (4-way)",
@@ -129,6 +130,10 @@ pub enum Close {
     StillOpen {
         state: Option<TcpState>,
     },
+    /// We sent FIN, it was acknowledged, the peer never sent its own: the
+    /// orphan was handed to a FIN_WAIT2 mini-socket (kept for
+    /// tcp_fin_timeout) while the peer may still hold its end (CLOSE_WAIT).
+    PeerNeverClosed,
     /// An RST sent with no socket for a segment that was not a SYN: a late
     /// segment of a connection this host no longer has (nothing refused).
     NoSocketReset {
@@ -212,6 +217,7 @@ impl Close {
             Close::StillOpen { .. } => "still_open",
             Close::ClosedUnseen { .. } => "closed_unseen",
             Close::NoSocketReset { .. } => "no_socket_reset",
+            Close::PeerNeverClosed => "peer_never_closed",
             Close::Unknown => "unknown",
         }
     }
@@ -268,6 +274,10 @@ impl Close {
                 out.push_str("still open (");
                 out.push_str(state(s));
                 return out.push(')');
+            }
+            Close::PeerNeverClosed => {
+                "active close: FIN sent and acknowledged; peer has not closed \
+                 (orphan kept by the kernel for tcp_fin_timeout)"
             }
             Close::NoSocketReset { segment_flags } => {
                 out.push_str("RST sent for a segment (");
@@ -593,6 +603,7 @@ fn close_of(life: &SocketLife) -> Close {
         _ if !closed && life.gone_unseen => Close::ClosedUnseen { state: life.state },
         _ if !closed => Close::Unknown,
         _ if went(Some(FinWait1), Closing) => Close::Simultaneous,
+        _ if life.fin_wait2_orphan => Close::PeerNeverClosed,
         _ if went(None, FinWait1) => Close::Active {
             time_wait: life.time_wait,
         },
@@ -656,7 +667,10 @@ fn attribution(life: &SocketLife, close: &Close) -> Option<String> {
                 }
                 None => out.push_str(" → RST"),
             },
-            Close::Active { .. } | Close::Passive | Close::Simultaneous => {
+            Close::Active { .. }
+            | Close::PeerNeverClosed
+            | Close::Passive
+            | Close::Simultaneous => {
                 out.push_str(" → FIN");
                 if life.exit.is_some() {
                     out.push_str(" (graceful)");

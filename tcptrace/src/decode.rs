@@ -351,6 +351,9 @@ pub enum Record {
         new: TcpState,
         /// Bytes received but never read, on a transition to CLOSE (BTF).
         unread: Option<u32>,
+        /// At FIN_WAIT2→CLOSE: whether the peer's FIN had arrived
+        /// (`sk_shutdown & RCV_SHUTDOWN`); `None` elsewhere.
+        peer_fin: Option<bool>,
     },
     /// `tcp:tcp_send_reset`: we sent an RST. `skaddr` is 0 when no socket
     /// matched the segment (e.g. a SYN to a closed port).
@@ -499,6 +502,7 @@ impl Decoder {
                 old: TcpState::from_raw(e.oldstate).ok_or(DecodeError::State(e.oldstate))?,
                 new: TcpState::from_raw(e.newstate).ok_or(DecodeError::State(e.newstate))?,
                 unread: (e.flags & flag::UNREAD_VALID != 0).then_some(e.unread),
+                peer_fin: (e.flags & flag::SHUTDOWN_VALID != 0).then_some(e.seg_flags & 1 != 0),
             },
             kind::SEND_RESET => Record::SendReset {
                 sock: sock(),
@@ -580,6 +584,7 @@ mod tests {
             old,
             new,
             unread,
+            ..
         } = r
         else {
             panic!("not a state record: {r:?}")

@@ -44,6 +44,7 @@
 //!   "socketless": false, "destroyed": false,
 //!   "netns": 4026531840 | null,          // network namespace inode
 //!   "workload": {"unit": "nginx.service" | null, "container": "<64 hex>" | null} | null,
+//!   "fin_wait2_orphan": false,          // FIN acked, peer never closed (CLOSE_WAIT leak?)
 //!   "started_mid_life": false, "evicted": false, "still_open": false,
 //!   "gone_unseen": false,               // open as far as seen, gone from the kernel at exit
 //!   "events_lost": false,
@@ -275,6 +276,10 @@ pub struct SocketLife {
     pub evicted: bool,
     /// Still open when tracing stopped.
     pub still_open: bool,
+    /// Ended FIN_WAIT2→CLOSE although the peer had not sent its FIN: the
+    /// kernel keeps the orphan in a FIN_WAIT2 mini-socket for
+    /// tcp_fin_timeout while the peer may sit in CLOSE_WAIT (a leak there).
+    pub fin_wait2_orphan: bool,
     /// Not closed as far as tcptrace saw, but gone from the kernel when
     /// tracing stopped: its closing transitions never reached tcptrace.
     pub gone_unseen: bool,
@@ -325,6 +330,7 @@ impl SocketLife {
             started_mid_life: false,
             evicted: false,
             still_open: false,
+            fin_wait2_orphan: false,
             gone_unseen: false,
             events_lost: false,
             gap: false,
@@ -856,7 +862,18 @@ impl Tracker {
                 old,
                 new,
                 unread,
-            } => self.on_state(sock, *old, *new, *unread, &mut out),
+                peer_fin,
+            } => {
+                self.on_state(sock, *old, *new, *unread, &mut out);
+                if *peer_fin == Some(false)
+                    && let Some(t) = self.lives.get_mut(&sock.skaddr)
+                {
+                    // FIN sent and acknowledged, the peer's never came: the
+                    // kernel handed the orphan to a FIN_WAIT2 mini-socket.
+                    t.handoff = false;
+                    t.life.fin_wait2_orphan = true;
+                }
+            }
             Record::SendReset {
                 sock,
                 state,

@@ -421,6 +421,14 @@ fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
         .filter(|&(_, size)| size == 2)
         .and_then(|(offset, _)| u16::try_from(offset).ok())
         .unwrap_or(0);
+    o.flags = optional("skc_flags", 8);
+    o.done_bit = btf
+        .enum_values("sock_flags")
+        .into_iter()
+        .find(|(_, name)| name == "SOCK_DONE")
+        .and_then(|(bit, _)| u16::try_from(bit).ok())
+        .filter(|&bit| bit < 64)
+        .unwrap_or(ABSENT);
     let tcp = |member: &str| btf.member_offset("tcp_sock", member).unwrap_or(0);
     o.tcp_rcv_nxt = tcp("rcv_nxt");
     o.tcp_copied_seq = tcp("copied_seq");

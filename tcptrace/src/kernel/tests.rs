@@ -73,6 +73,8 @@ fn the_running_kernel_is_read_from_its_btf() {
     assert!(c.sock.inet_sport > 0);
     assert_ne!(c.sock.net, ABSENT);
     assert!(c.sock.net_inum > 0);
+    assert_ne!(c.sock.flags, ABSENT);
+    assert_eq!(c.sock.done_bit, 1);
     assert!(c.sock.tcp_rcv_nxt > 0 && c.sock.tcp_copied_seq > 0);
     assert!(c.task.exit_code > 0 && c.task.tgid > 0 && c.task.sighand > 0);
     assert!(c.task.sigaction_size >= 24, "{:?}", c.task);

@@ -99,6 +99,7 @@ pub(crate) fn push_record_line(out: &mut String, record: &Record) {
             old,
             new,
             unread,
+            peer_fin,
         } => {
             out.push_str(r#","event":"state""#);
             push_sock_fields(out, sock);
@@ -108,6 +109,11 @@ pub(crate) fn push_record_line(out: &mut String, record: &Record) {
             push_state(out, *new);
             out.push_str(r#","unread":"#);
             push_opt_u64(out, unread.map(u64::from));
+            out.push_str(r#","peer_fin":"#);
+            match peer_fin {
+                Some(b) => push_bool(out, *b),
+                None => out.push_str("null"),
+            }
         }
         Record::SendReset {
             sock,
@@ -289,6 +295,8 @@ fn push_life(out: &mut String, l: &SocketLife) {
     push_bool(out, l.evicted);
     out.push_str(r#","still_open":"#);
     push_bool(out, l.still_open);
+    out.push_str(r#","fin_wait2_orphan":"#);
+    push_bool(out, l.fin_wait2_orphan);
     out.push_str(r#","gone_unseen":"#);
     push_bool(out, l.gone_unseen);
     out.push_str(r#","events_lost":"#);
@@ -446,6 +454,7 @@ fn push_verdict(out: &mut String, v: &Verdict) {
             push_u64(out, u64::from(*segment_flags));
         }
         Close::Passive
+        | Close::PeerNeverClosed
         | Close::Simultaneous
         | Close::HandshakeFailed
         | Close::Aborted

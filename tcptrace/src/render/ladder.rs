@@ -289,6 +289,10 @@ fn step_note(
             sep(buf);
             buf.push_str("(TIME_WAIT)");
         }
+        if life.fin_wait2_orphan {
+            sep(buf);
+            buf.push_str("(peer's FIN never came: FIN_WAIT2 orphan)");
+        }
         if let Some(n) = life.unread.filter(|&n| n > 0) {
             sep(buf);
             push_u64(buf, u64::from(n));

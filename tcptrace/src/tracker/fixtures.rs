@@ -95,6 +95,19 @@ impl S {
             old: state(old),
             new: state(new),
             unread: None,
+            peer_fin: None,
+        }
+    }
+
+    /// FIN_WAIT2 → CLOSE as the kernel program reports it: whether the
+    /// peer's FIN had come (`sk_shutdown`).
+    pub(crate) fn fin_wait2_close(&self, peer_fin: bool) -> Record {
+        Record::State {
+            sock: self.0,
+            old: TcpState::FinWait2,
+            new: TcpState::Close,
+            unread: None,
+            peer_fin: Some(peer_fin),
         }
     }
 
@@ -105,6 +118,7 @@ impl S {
             old: state(old),
             new: TcpState::Close,
             unread: Some(unread),
+            peer_fin: None,
         }
     }
 

@@ -789,3 +789,28 @@ fn a_socketless_reset_is_a_refusal_only_when_it_answered_a_syn() {
     // A kernel that does not say: as before.
     assert_eq!(verdict_for(None).close.kind(), "refused");
 }
+
+#[test]
+fn fin_wait2_to_close_without_the_peers_fin_is_an_orphan_not_time_wait() {
+    let c = client();
+    let py = python();
+    let path = |peer_fin: bool| {
+        vec![
+            c.by(0, &py).st(7, 2),
+            c.irq(10).st(2, 1),
+            c.by(20, &py).st(1, 4),
+            c.irq(30).st(4, 5),
+            c.irq(31).fin_wait2_close(peer_fin),
+        ]
+    };
+    let leak = run(&path(false));
+    let l = &leak[0];
+    assert!(l.fin_wait2_orphan && !l.time_wait, "{l:#?}");
+    let v = crate::classify::classify(l);
+    assert_eq!(v.close.kind(), "peer_never_closed");
+    assert!(v.summary.contains("peer has not closed"), "{}", v.summary);
+    // With the peer's FIN: the ordinary 4-way close into TIME_WAIT.
+    let normal = run(&path(true));
+    assert!(normal[0].time_wait && !normal[0].fin_wait2_orphan);
+    assert_eq!(crate::classify::classify(&normal[0]).close.kind(), "active");
+}
