@@ -345,7 +345,13 @@ const REASONS: &[(&str, &str, &str)] = &[
         "application closed with unread data",
         "unread data",
     ),
-    ("TCP_STATE", "SO_LINGER 0 / abortive close", "SO_LINGER 0"),
+    // Sent by an abortive close: SO_LINGER {1, 0}, or a listener closing
+    // with connections it never accepted (no linger involved there).
+    (
+        "TCP_STATE",
+        "abortive close (SO_LINGER 0, or a listener closed before accepting it)",
+        "abortive close",
+    ),
     (
         "TCP_ABORT_ON_LINGER",
         "linger timeout in FIN_WAIT2",
@@ -433,6 +439,24 @@ pub fn proc_label(p: &Proc) -> String {
     let mut s = String::new();
     proc_label_into(&mut s, p);
     s
+}
+
+/// `process[tgid]` for a task of process `tgid` named `comm`: a thread with
+/// a name of its own (redis-server's `jemalloc_bg_thd`) is named after the
+/// socket's owner when that is its process, the thread after it.
+fn process_label_into(out: &mut String, tgid: u32, comm: &str, life: &SocketLife) {
+    match life
+        .owner
+        .as_ref()
+        .filter(|o| o.tgid == tgid && *o.comm != *comm)
+    {
+        Some(owner) => {
+            let _ = write!(out, "{}[{tgid}] (thread {comm})", &*owner.comm);
+        }
+        None => {
+            let _ = write!(out, "{comm}[{tgid}]");
+        }
+    }
 }
 
 /// [`proc_label`], appended to `out`.
@@ -612,8 +636,9 @@ fn close_of(life: &SocketLife) -> Close {
     }
 }
 
-fn exit_text(out: &mut String, e: &ExitInfo) {
-    let _ = write!(out, "exit of {}[{}]", e.comm, e.tgid);
+fn exit_text(out: &mut String, e: &ExitInfo, life: &SocketLife) {
+    out.push_str("exit of ");
+    process_label_into(out, e.tgid, &e.comm, life);
     match (&e.signal, e.status) {
         (Some(sig), _) => {
             out.push_str(if sig.killed {
@@ -648,8 +673,8 @@ fn attribution(life: &SocketLife, close: &Close) -> Option<String> {
     if let Some(by) = &life.closed_by {
         out.push_str("closed by ");
         match &life.exit {
-            Some(e) => exit_text(&mut out, e),
-            None => proc_label_into(&mut out, by),
+            Some(e) => exit_text(&mut out, e, life),
+            None => process_label_into(&mut out, by.tgid, &by.comm, life),
         }
         match close {
             Close::ResetSent { reason, .. } => match &reason.name {
@@ -797,13 +822,14 @@ mod tests {
                 reason: RstReason {
                     code: Some(14),
                     name: Some("TCP_STATE".into()),
-                    text: "SO_LINGER 0 / abortive close".into()
+                    text: "abortive close (SO_LINGER 0, or a listener closed before accepting it)"
+                        .into()
                 }
             }
         );
         assert_eq!(
             s.attribution.as_deref(),
-            Some("closed by nginx[4311] → RST (SO_LINGER 0, TCP_STATE)")
+            Some("closed by nginx[4311] → RST (abortive close, TCP_STATE)")
         );
         let c = classify(&life_of(&lives, CLIENT_SK));
         assert_eq!(

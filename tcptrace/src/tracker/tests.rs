@@ -814,3 +814,39 @@ fn fin_wait2_to_close_without_the_peers_fin_is_an_orphan_not_time_wait() {
     assert!(normal[0].time_wait && !normal[0].fin_wait2_orphan);
     assert_eq!(crate::classify::classify(&normal[0]).close.kind(), "active");
 }
+
+#[test]
+fn a_thread_that_closes_is_named_after_its_process() {
+    use crate::decode::{Context, Proc};
+    let c = client();
+    let owner = python();
+    // Another thread of the owner's process, with a name of its own.
+    let thread = Proc {
+        pid: owner.tgid + 7,
+        comm: "bg_worker".into(),
+        ..owner
+    };
+    let mut close = c.by(20, &owner).st(1, 4);
+    if let crate::decode::Record::State { sock, .. } = &mut close {
+        sock.context = Context::Process(thread);
+    }
+    let lives = run(&[
+        c.by(0, &owner).st(7, 2),
+        c.irq(10).st(2, 1),
+        close,
+        c.irq(30).st(4, 5),
+        c.irq(31).fin_wait2_close(true),
+    ]);
+    let v = crate::classify::classify(&lives[0]);
+    let expected = format!(
+        "closed by {}[{}] (thread bg_worker)",
+        &*owner.comm, owner.tgid
+    );
+    assert!(
+        v.attribution
+            .as_deref()
+            .is_some_and(|a| a.starts_with(&expected)),
+        "{:?}",
+        v.attribution
+    );
+}
