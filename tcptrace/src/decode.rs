@@ -9,8 +9,7 @@ use tcptrace_common::{COMM_LEN, Event, Task, flag, kind};
 
 use crate::kernel::ResetReasons;
 
-pub const AF_INET: u16 = 2;
-pub const AF_INET6: u16 = 10;
+pub use tcptrace_common::{AF_INET, AF_INET6};
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

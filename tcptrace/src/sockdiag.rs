@@ -30,42 +30,15 @@ pub const AF_INET: u16 = libc::AF_INET as u16;
 /// `AF_INET6`, as found in [`DiagSocket::family`].
 pub const AF_INET6: u16 = libc::AF_INET6 as u16;
 
-/// The kernel's TCP state numbers (`include/net/tcp_states.h`), as found in
-/// [`DiagSocket::state`].
+/// The kernel's TCP state numbers, as found in [`DiagSocket::state`] (the
+/// kernel reports a pending connection as SYN_RECV, inode 0, and a
+/// FIN_WAIT2 mini-socket as TIME_WAIT or FIN_WAIT2).
 pub mod state {
-    pub const ESTABLISHED: u8 = 1;
-    pub const SYN_SENT: u8 = 2;
-    /// Also the state the kernel reports for a pending connection
-    /// (a `NEW_SYN_RECV` request minisock, inode 0).
-    pub const SYN_RECV: u8 = 3;
-    pub const FIN_WAIT1: u8 = 4;
-    /// Also reported for a `TIME_WAIT` minisock whose substate is FIN_WAIT2.
-    pub const FIN_WAIT2: u8 = 5;
-    pub const TIME_WAIT: u8 = 6;
-    pub const CLOSE: u8 = 7;
-    pub const CLOSE_WAIT: u8 = 8;
-    pub const LAST_ACK: u8 = 9;
-    pub const LISTEN: u8 = 10;
-    pub const CLOSING: u8 = 11;
-    pub const NEW_SYN_RECV: u8 = 12;
+    pub use tcptrace_common::tcp_state::*;
 
     /// The kernel's name for a state number, or `"?"`.
     pub fn name(state: u8) -> &'static str {
-        match state {
-            ESTABLISHED => "ESTABLISHED",
-            SYN_SENT => "SYN_SENT",
-            SYN_RECV => "SYN_RECV",
-            FIN_WAIT1 => "FIN_WAIT1",
-            FIN_WAIT2 => "FIN_WAIT2",
-            TIME_WAIT => "TIME_WAIT",
-            CLOSE => "CLOSE",
-            CLOSE_WAIT => "CLOSE_WAIT",
-            LAST_ACK => "LAST_ACK",
-            LISTEN => "LISTEN",
-            CLOSING => "CLOSING",
-            NEW_SYN_RECV => "NEW_SYN_RECV",
-            _ => "?",
-        }
+        crate::decode::TcpState::from_raw(state).map_or("?", crate::decode::TcpState::name)
     }
 }
 

@@ -240,6 +240,23 @@ pub fn find_state(
     })
 }
 
+/// Makes `cmd` run as `nobody`, which drops every capability.
+pub fn as_nobody(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(65534, 65534, 65534) != 0
+                || libc::setresuid(65534, 65534, 65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// The tcptrace binary, built by `cargo xtask test` before the tests run.
 pub fn tcptrace_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcptrace_tests::{lines_of, tcptrace_binary, wait_line};
+use tcptrace_tests::{as_nobody, lines_of, tcptrace_binary, wait_line};
 
 /// A running tcptrace CLI and its stderr lines.
 struct Cli {
@@ -113,21 +113,6 @@ fn churn(listener: &TcpListener, count: usize, per_second: Option<u32>) {
         assert!(start.elapsed() < Duration::from_secs(30), "churn too slow");
     }
     acceptor.join().unwrap();
-}
-
-fn as_nobody(cmd: &mut Command) -> &mut Command {
-    // SAFETY: only async-signal-safe syscalls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresgid(65534, 65534, 65534) != 0
-                || libc::setresuid(65534, 65534, 65534) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    }
 }
 
 #[test]

@@ -30,17 +30,18 @@ fn raise_nofile(n: u64) {
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
 }
 
-/// Sockets on `port` the kernel still has (any state, TIME_WAIT excluded:
-/// those are mini-sockets no tracer follows), listener excluded.
+/// Sockets on `port` the kernel still has (any state), listener excluded,
+/// and mini-sockets excluded: TIME_WAIT and the FIN_WAIT2 ones an orphan is
+/// handed to (`timer:(timewait,…)`), which no tracer follows.
 fn sockets_left(port: u16) -> usize {
     let out = Command::new("ss")
-        .args(["-Htn", "state", "all", "exclude", "time-wait"])
+        .args(["-Htno", "state", "all", "exclude", "time-wait"])
         .args([format!("( sport = :{port} or dport = :{port} )")])
         .output()
         .expect("running ss");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| !l.starts_with("LISTEN"))
+        .filter(|l| !l.starts_with("LISTEN") && !l.contains("timer:(timewait"))
         .count()
 }
 

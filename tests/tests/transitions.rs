@@ -5,13 +5,13 @@
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::unix::process::CommandExt,
     process::{Command, Stdio},
 };
 
 use tcptrace::loader::TraceOptions;
 use tcptrace_tests::{
-    State::*, Trace, find_state, life_from, lines_of, tcptrace_binary, touches, wait_line,
+    State::*, Trace, as_nobody, find_state, life_from, lines_of, tcptrace_binary, touches,
+    wait_line,
 };
 
 /// A client that closes first, a server that closes after reading EOF.
@@ -158,20 +158,7 @@ fn without_privileges_the_cli_exits_non_zero_and_says_why() {
     let binary = tcptrace_binary();
     let mut cmd = Command::new(&binary);
     cmd.args(["--duration", "1"]);
-    // SAFETY: only async-signal-safe syscalls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            // Becoming `nobody` drops every capability.
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresgid(65534, 65534, 65534) != 0
-                || libc::setresuid(65534, 65534, 65534) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().unwrap();
+    let out = as_nobody(&mut cmd).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
