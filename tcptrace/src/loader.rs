@@ -175,6 +175,8 @@ pub struct Tracer {
     received: Arc<AtomicU64>,
     undecodable: u64,
     /// Skipped runs of the programs already unloaded (their fdinfo is gone).
+    /// Of those, the socket programs'.
+    detached_socket_misses: u64,
     detached_misses: u64,
     layout: KernelLayout,
 }
@@ -257,6 +259,7 @@ impl Tracer {
             decoder: Decoder::new(layout.reasons.clone()),
             received: Arc::new(AtomicU64::new(0)),
             undecodable: 0,
+            detached_socket_misses: 0,
             detached_misses: 0,
             layout,
         })
@@ -317,7 +320,11 @@ impl Tracer {
             if let aya::programs::Program::RawTracePoint(tp) = program {
                 // Its last count, read while its fd is still open.
                 if !kernel::is_backup_program(name) {
-                    self.detached_misses += tp.fd().map_or(0, program_misses);
+                    let misses = tp.fd().map_or(0, program_misses);
+                    self.detached_misses += misses;
+                    if kernel::is_socket_program(name) {
+                        self.detached_socket_misses += misses;
+                    }
                 }
                 if let Err(e) = tp.unload() {
                     log::debug!("unloading {name}: {e}");
@@ -360,14 +367,29 @@ impl Tracer {
     /// another program, whose skip is counted). A file read per program:
     /// not for every drain tick.
     pub fn recursion_misses(&self) -> u64 {
-        let loaded: u64 = self
-            .ebpf
-            .programs()
-            .filter(|(name, _)| !kernel::is_backup_program(name))
-            .filter_map(|(_, program)| program.fd().ok())
-            .map(program_misses)
-            .sum();
-        (loaded + self.detached_misses).saturating_sub(self.kernel_count(counter::RECOVERED))
+        self.skipped().0
+    }
+
+    /// Skipped runs, net of recovered: (all programs', socket programs').
+    /// Only the latter can leave a socket's transitions missing; the others
+    /// cost exits, signals or softirq marks.
+    pub fn skipped(&self) -> (u64, u64) {
+        let (mut all, mut socket) = (self.detached_misses, self.detached_socket_misses);
+        for (name, program) in self.ebpf.programs() {
+            if kernel::is_backup_program(name) {
+                continue;
+            }
+            let misses = program.fd().map_or(0, program_misses);
+            all += misses;
+            if kernel::is_socket_program(name) {
+                socket += misses;
+            }
+        }
+        let recovered = self.kernel_count(counter::RECOVERED);
+        (
+            all.saturating_sub(recovered),
+            socket.saturating_sub(recovered),
+        )
     }
 }
 

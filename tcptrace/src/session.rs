@@ -442,8 +442,10 @@ async fn sleep_until_deadline(deadline: Option<Instant>) {
 struct LossReporter {
     seen: u64,
     reported: u64,
-    /// Runs the kernel skipped, as last read, and when.
+    /// Runs the kernel skipped (all programs', socket programs'), as last
+    /// read, and when.
     missed: u64,
+    missed_socket: u64,
     missed_read: Option<std::time::Instant>,
     last_report: Option<std::time::Instant>,
 }
@@ -456,21 +458,23 @@ impl LossReporter {
         let elapsed =
             |t: Option<std::time::Instant>| t.is_none_or(|t| t.elapsed() >= LOSS_REPORT_INTERVAL);
         if fresh || elapsed(self.missed_read) {
-            self.missed = tracer.recursion_misses();
+            (self.missed, self.missed_socket) = tracer.skipped();
             self.missed_read = Some(std::time::Instant::now());
         }
         let lost = tracer.lost();
-        let gaps = lost + self.missed;
+        // Only what can concern a socket's transitions marks lives
+        // incomplete: ring losses and socket programs' skipped runs.
+        let gaps = lost + self.missed_socket;
         let new_losses = gaps > self.seen;
         self.seen = gaps;
-        if gaps > self.reported && elapsed(self.last_report) {
+        if lost + self.missed > self.reported && elapsed(self.last_report) {
             eprintln!(
-                "tcptrace: events lost so far: {lost} (ring buffer full; --ring-size raises it), \
-                 {} (skipped by the kernel: a softirq interrupted a BPF program); \
-                 affected sockets are marked incomplete",
-                self.missed
+                "tcptrace: events lost so far: {lost} (ring buffer full; --ring-size raises it); \
+                 the kernel skipped tracing {} events ({} of sockets: those sockets are marked \
+                 incomplete; the rest exits, signals or softirq marks)",
+                self.missed, self.missed_socket
             );
-            self.reported = gaps;
+            self.reported = lost + self.missed;
             self.last_report = Some(std::time::Instant::now());
         }
         new_losses

@@ -92,6 +92,15 @@ pub fn is_backup_program(name: &str) -> bool {
     TRACEPOINTS.iter().any(|tp| tp.also.contains(&name))
 }
 
+/// Programs that make socket events (a skipped run of theirs can leave a
+/// socket's account incomplete); the others make exits, signals, forks
+/// and softirq marks.
+pub fn is_socket_program(name: &str) -> bool {
+    TRACEPOINTS
+        .iter()
+        .any(|tp| tp.program == name && matches!(tp.group, "sock" | "tcp"))
+}
+
 impl Tracepoint {
     /// Every program attached to this tracepoint.
     pub fn programs(&self) -> impl Iterator<Item = &'static str> + use<> {

@@ -109,3 +109,21 @@ fn btf_member_sizes_and_struct_sizes() {
     assert!(btf.struct_size("sock_common").unwrap() >= SOCK_HEAD_BYTES as u32);
     assert_eq!(btf.tracepoint_args("no_such_tracepoint"), None);
 }
+
+#[test]
+fn only_socket_programs_can_leave_a_socket_incomplete() {
+    for p in ["inet_sock_set_state", "tcp_send_reset", "tcp_destroy_sock"] {
+        assert!(is_socket_program(p), "{p}");
+    }
+    for p in [
+        "softirq_entry",
+        "sched_process_exit",
+        "signal_generate",
+        "sched_process_fork",
+    ] {
+        assert!(!is_socket_program(p), "{p}");
+    }
+    // The backup only stands in for inet_sock_set_state.
+    assert!(is_backup_program("inet_sock_set_state_nested"));
+    assert!(!is_socket_program("inet_sock_set_state_nested"));
+}
