@@ -243,8 +243,12 @@ fn crowd(open: usize, time_wait: usize) -> Crowd {
                 held.push(client);
                 held.push(server);
             } else {
-                // The client closes first and keeps TIME_WAIT.
+                // The client closes first and keeps TIME_WAIT: the server
+                // closes only once it has read the client's FIN (else the
+                // two can cross and both end in TIME_WAIT).
                 drop(client);
+                let mut server = server;
+                let _ = std::io::Read::read(&mut server, &mut [0u8; 1]);
                 drop(server);
             }
         }
