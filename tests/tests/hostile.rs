@@ -14,6 +14,15 @@ use std::{
 
 use tcptrace_tests::{as_nobody, lines_of, tcptrace_binary, wait_line};
 
+/// Tests that make load take turns: the smallest ring's loss bound is about
+/// this test's own traffic, not the neighbours'.
+static LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    LOAD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A running tcptrace CLI and its stderr lines.
 struct Cli {
     child: Child,
@@ -117,6 +126,7 @@ fn churn(listener: &TcpListener, count: usize, per_second: Option<u32>) {
 
 #[test]
 fn a_stalled_reader_does_not_stop_the_drain_and_sigterm_ends_it_promptly() {
+    let _turn = take_turn();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     // stdout is a pipe nobody reads: it fills after 64 KiB.
@@ -192,6 +202,7 @@ fn an_unprivileged_signal_flood_writes_nothing() {
 
 #[test]
 fn the_smallest_ring_keeps_up_with_a_thousand_connections_a_second() {
+    let _turn = take_turn();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let cli = Cli::start(
@@ -214,6 +225,7 @@ fn the_smallest_ring_keeps_up_with_a_thousand_connections_a_second() {
 
 #[test]
 fn a_full_table_reports_each_socket_once() {
+    let _turn = take_turn();
     const HELD: usize = 1000;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
