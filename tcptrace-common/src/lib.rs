@@ -54,6 +54,10 @@ pub mod kind {
     pub const PROCESS_EXIT: u8 = 7;
     /// `signal:signal_generate` for a signal in [`super::Config::signal_mask`].
     pub const SIGNAL: u8 = 8;
+    /// `sock:inet_sk_error_report`: a TCP socket's error was set
+    /// ([`super::Event::value`] = `sk_err`; [`super::Event::seg_flags`] =
+    /// retransmits | keepalive probes << 8).
+    pub const ERROR_REPORT: u8 = 9;
 }
 
 /// Bits of [`Event::flags`].
@@ -235,6 +239,12 @@ pub struct SockOffsets {
     /// it (set when the peer's FIN arrived); ABSENT when unknown.
     pub flags: u16,
     pub done_bit: u16,
+    /// `sk_err` (an int), `icsk_retransmits` and `icsk_probes_out` (bytes);
+    /// ABSENT when unknown.
+    pub sk_err: u16,
+    pub retransmits: u16,
+    pub probes: u16,
+    pub _pad: u16,
 }
 
 impl SockOffsets {
@@ -256,6 +266,10 @@ impl SockOffsets {
         net_inum: 0,
         flags: ABSENT,
         done_bit: ABSENT,
+        sk_err: ABSENT,
+        retransmits: ABSENT,
+        probes: ABSENT,
+        _pad: 0,
     };
 }
 
@@ -335,6 +349,7 @@ pub struct Config {
     pub process_exit: ArgPos,
     pub signal: ArgPos,
     pub process_fork: ArgPos,
+    pub error_report: ArgPos,
     pub sock: SockOffsets,
     pub skb: SkbOffsets,
     pub task: TaskOffsets,
@@ -361,6 +376,7 @@ impl Config {
         process_exit: ArgPos::NONE,
         signal: ArgPos::NONE,
         process_fork: ArgPos::NONE,
+        error_report: ArgPos::NONE,
         sock: SockOffsets::NONE,
         skb: SkbOffsets {
             head: 0,
@@ -422,8 +438,8 @@ const _: () = assert!(core::mem::size_of::<Task>() == 32);
 const _: () = assert!(core::mem::size_of::<Event>() == 152);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 40);
-const _: () = assert!(core::mem::size_of::<Config>() == 208);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 224);
 
 #[cfg(feature = "user")]
 mod pod {

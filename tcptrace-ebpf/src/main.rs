@@ -597,6 +597,44 @@ pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
     sock_event(&ctx, &config().destroy_sock, kind::DESTROY_SOCK)
 }
 
+/// A TCP socket's error was set (a retransmission or keepalive timeout, an
+/// ICMP error, a reset): why a connection failed, in the kernel's words.
+/// Rare; reads the error and the retransmit and probe counts.
+#[raw_tracepoint(tracepoint = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
+    let cfg = config();
+    let pos = &cfg.error_report;
+    let args = Args::of(&ctx, pos);
+    let sk = args.get(pos.sk);
+    let o = &cfg.sock;
+    // UDP and raw sockets report errors here too.
+    if o.protocol == ABSENT || read_kernel::<u16>(sk + u64::from(o.protocol)) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    let Some(head) = SockHead::read(sk) else {
+        return 0;
+    };
+    let mut slot = MaybeUninit::uninit();
+    let event = new_event(&mut slot, kind::ERROR_REPORT, sk);
+    head.fill_endpoints(sk, event);
+    event.newstate = head.state();
+    event.aux = head.cookie();
+    let byte = |offset: u16| {
+        if offset == ABSENT {
+            0
+        } else {
+            read_kernel::<u8>(sk + u64::from(offset)).unwrap_or(0)
+        }
+    };
+    if o.sk_err != ABSENT {
+        event.value = read_kernel::<i32>(sk + u64::from(o.sk_err)).unwrap_or(0) as u32;
+    }
+    event.seg_flags = u16::from(byte(o.retransmits)) | (u16::from(byte(o.probes)) << 8);
+    attach_owner(event);
+    finish_sock_event(event);
+    0
+}
+
 /// A task exits: its sockets are closed after this, in its own context.
 /// One record per task exit (bounded by how fast tasks can be created).
 #[raw_tracepoint(tracepoint = "sched_process_exit")]

@@ -296,6 +296,39 @@ impl Close {
     }
 }
 
+/// The socket's error in the kernel's words, with what the counts say
+/// about which timeout it was: `ETIMEDOUT: retransmission timeout, gave up
+/// after 3 retransmits`.
+pub fn error_into(out: &mut String, e: &crate::tracker::SockError) {
+    let (name, what) = match e.errno.unsigned_abs() as i32 {
+        libc::ETIMEDOUT if e.probes > 0 => {
+            ("ETIMEDOUT", "probes unanswered (keepalive or zero window)")
+        }
+        libc::ETIMEDOUT if e.retransmits > 0 => ("ETIMEDOUT", "retransmission timeout"),
+        libc::ETIMEDOUT => ("ETIMEDOUT", "timed out (TCP_USER_TIMEOUT or no answer)"),
+        libc::EHOSTUNREACH => ("EHOSTUNREACH", "ICMP host unreachable"),
+        libc::ENETUNREACH => ("ENETUNREACH", "ICMP network unreachable"),
+        libc::ECONNREFUSED => ("ECONNREFUSED", "connection refused"),
+        libc::ECONNRESET => ("ECONNRESET", "connection reset by peer"),
+        libc::EPIPE => ("EPIPE", "reset after this side closed"),
+        libc::EPROTO => ("EPROTO", "protocol error"),
+        libc::EMSGSIZE => ("EMSGSIZE", "message too long for the path"),
+        _ => ("", ""),
+    };
+    if name.is_empty() {
+        let _ = write!(out, "error {}", e.errno.unsigned_abs());
+        return;
+    }
+    out.push_str(name);
+    out.push_str(": ");
+    out.push_str(what);
+    if e.probes > 0 && e.errno.unsigned_abs() as i32 == libc::ETIMEDOUT {
+        let _ = write!(out, " ({} probes)", e.probes);
+    } else if e.retransmits > 0 {
+        let _ = write!(out, ", gave up after {} retransmits", e.retransmits);
+    }
+}
+
 /// TCP header flag bits.
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
@@ -483,6 +516,9 @@ pub fn classify(life: &SocketLife) -> Verdict {
     let mut summary = String::with_capacity(96);
     push_part(&mut summary, |s| open.describe_into(s));
     push_part(&mut summary, |s| close.describe_into(s));
+    if let Some(e) = &life.error {
+        push_part(&mut summary, |s| error_into(s, e));
+    }
     if !incomplete.is_empty() {
         push_part(&mut summary, |s| {
             s.push_str("incomplete: ");
@@ -715,6 +751,37 @@ fn attribution(life: &SocketLife, close: &Close) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn errors_are_told_with_what_the_counts_say() {
+        use crate::tracker::SockError;
+        let text = |errno, retransmits, probes| {
+            let mut s = String::new();
+            error_into(
+                &mut s,
+                &SockError {
+                    offset_ns: 0,
+                    errno,
+                    retransmits,
+                    probes,
+                },
+            );
+            s
+        };
+        assert_eq!(
+            text(libc::ETIMEDOUT, 15, 0),
+            "ETIMEDOUT: retransmission timeout, gave up after 15 retransmits"
+        );
+        assert_eq!(
+            text(libc::ETIMEDOUT, 0, 9),
+            "ETIMEDOUT: probes unanswered (keepalive or zero window) (9 probes)"
+        );
+        assert_eq!(
+            text(libc::EHOSTUNREACH, 0, 0),
+            "EHOSTUNREACH: ICMP host unreachable"
+        );
+        assert_eq!(text(4242, 0, 0), "error 4242");
+    }
+
     use super::*;
     use crate::tracker::fixtures::*;
 

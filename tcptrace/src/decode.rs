@@ -386,6 +386,17 @@ pub enum Record {
         #[serde(flatten)]
         sock: SockInfo,
     },
+    /// `sock:inet_sk_error_report`: the socket's error was set.
+    ErrorReport {
+        #[serde(flatten)]
+        sock: SockInfo,
+        /// `sk_err`: an errno (ETIMEDOUT, EHOSTUNREACH, ECONNRESET, ...).
+        errno: i32,
+        /// Retransmissions of the unacknowledged data when it was set.
+        retransmits: u8,
+        /// Keepalive (or zero-window) probes sent unanswered.
+        probes: u8,
+    },
     /// `sched:sched_process_exit`.
     ProcessExit {
         ts_ns: u64,
@@ -413,7 +424,8 @@ impl Record {
             | Record::ReceiveReset { sock }
             | Record::Retransmit { sock, .. }
             | Record::RetransmitSynAck { sock }
-            | Record::Destroy { sock } => sock.ts_ns,
+            | Record::Destroy { sock }
+            | Record::ErrorReport { sock, .. } => sock.ts_ns,
             Record::ProcessExit { ts_ns, .. } | Record::Signal { ts_ns, .. } => *ts_ns,
         }
     }
@@ -425,7 +437,8 @@ impl Record {
             | Record::ReceiveReset { sock }
             | Record::Retransmit { sock, .. }
             | Record::RetransmitSynAck { sock }
-            | Record::Destroy { sock } => Some(sock),
+            | Record::Destroy { sock }
+            | Record::ErrorReport { sock, .. } => Some(sock),
             Record::ProcessExit { .. } | Record::Signal { .. } => None,
         }
     }
@@ -524,6 +537,12 @@ impl Decoder {
                 task: *context.on_cpu(),
                 exit_code: (e.flags & flag::EXIT_CODE_VALID != 0).then_some(e.value as i32),
                 group_dead: e.flags & flag::GROUP_DEAD != 0,
+            },
+            kind::ERROR_REPORT => Record::ErrorReport {
+                sock: sock(),
+                errno: e.value as i32,
+                retransmits: (e.seg_flags & 0xff) as u8,
+                probes: (e.seg_flags >> 8) as u8,
             },
             kind::SIGNAL => Record::Signal {
                 ts_ns: e.ts_ns,

@@ -45,6 +45,7 @@
 //!   "netns": 4026531840 | null,          // network namespace inode
 //!   "workload": {"unit": "nginx.service" | null, "container": "<64 hex>" | null} | null,
 //!   "fin_wait2_orphan": false,          // FIN acked, peer never closed (CLOSE_WAIT leak?)
+//!   "error": {"offset_ns", "errno": 110, "retransmits": 3, "probes": 0} | null,
 //!   "started_mid_life": false, "evicted": false, "still_open": false,
 //!   "gone_unseen": false,               // open as far as seen, gone from the kernel at exit
 //!   "events_lost": false,
@@ -165,6 +166,18 @@ pub struct ResetSent {
     pub segment_flags: Option<u8>,
 }
 
+/// The error the kernel set on the socket (`sk_err`), and the counts that
+/// tell which timeout it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SockError {
+    pub offset_ns: u64,
+    pub errno: i32,
+    /// Unacknowledged-data retransmissions (a retransmission timeout).
+    pub retransmits: u8,
+    /// Keepalive or zero-window probes unanswered (a keepalive timeout).
+    pub probes: u8,
+}
+
 /// An RST from the peer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ResetReceived {
@@ -280,6 +293,8 @@ pub struct SocketLife {
     /// kernel keeps the orphan in a FIN_WAIT2 mini-socket for
     /// tcp_fin_timeout while the peer may sit in CLOSE_WAIT (a leak there).
     pub fin_wait2_orphan: bool,
+    /// The socket's error, when the kernel set one (the last).
+    pub error: Option<SockError>,
     /// Not closed as far as tcptrace saw, but gone from the kernel when
     /// tracing stopped: its closing transitions never reached tcptrace.
     pub gone_unseen: bool,
@@ -331,6 +346,7 @@ impl SocketLife {
             evicted: false,
             still_open: false,
             fin_wait2_orphan: false,
+            error: None,
             gone_unseen: false,
             events_lost: false,
             gap: false,
@@ -883,6 +899,23 @@ impl Tracker {
             Record::ReceiveReset { sock } => self.on_receive_reset(sock, &mut out),
             Record::Retransmit { sock, state } => self.on_retransmit(sock, *state, &mut out),
             Record::RetransmitSynAck { sock } => self.on_synack_retransmit(sock),
+            Record::ErrorReport {
+                sock,
+                errno,
+                retransmits,
+                probes,
+            } => {
+                self.enter(sock, &mut out);
+                if let Some(t) = self.lives.get_mut(&sock.skaddr) {
+                    let life = &mut t.life;
+                    life.error = Some(SockError {
+                        offset_ns: life.offset(sock.ts_ns),
+                        errno: *errno,
+                        retransmits: *retransmits,
+                        probes: *probes,
+                    });
+                }
+            }
             Record::Destroy { sock } if self.evicted_open.remove(&sock.skaddr).is_some() => {
                 // The end of a socket reported early (evicted).
                 self.stats.after_eviction += 1;

@@ -213,6 +213,16 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         ],
     },
     Tracepoint {
+        group: "sock",
+        name: "inet_sk_error_report",
+        program: "inet_sk_error_report",
+        since: "5.15",
+        required: false,
+        purpose: "why a connection failed (its error: timeouts, ICMP errors)",
+        also: &[],
+        args: &[need(Slot::Sk, SK)],
+    },
+    Tracepoint {
         group: "sched",
         name: "sched_process_fork",
         program: "sched_process_fork",
@@ -431,6 +441,15 @@ fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
         .and_then(|(offset, _)| u16::try_from(offset).ok())
         .unwrap_or(0);
     o.flags = optional("skc_flags", 8);
+    let sized = |st: &str, member: &str, size: u32| {
+        btf.member(st, member)
+            .filter(|&(_, s)| s == size)
+            .and_then(|(offset, _)| u16::try_from(offset).ok())
+            .unwrap_or(ABSENT)
+    };
+    o.sk_err = sized("sock", "sk_err", 4);
+    o.retransmits = sized("inet_connection_sock", "icsk_retransmits", 1);
+    o.probes = sized("inet_connection_sock", "icsk_probes_out", 1);
     o.done_bit = btf
         .enum_values("sock_flags")
         .into_iter()
@@ -558,6 +577,7 @@ impl KernelLayout {
                 "sched_process_exit" => config.process_exit = pos,
                 "signal_generate" => config.signal = pos,
                 "sched_process_fork" => config.process_fork = pos,
+                "inet_sk_error_report" => config.error_report = pos,
                 _ => {}
             }
             present.push(*tp);

@@ -148,6 +148,21 @@ pub(crate) fn push_record_line(out: &mut String, record: &Record) {
             out.push_str(r#","event":"destroy""#);
             push_sock_fields(out, sock);
         }
+        Record::ErrorReport {
+            sock,
+            errno,
+            retransmits,
+            probes,
+        } => {
+            out.push_str(r#","event":"error""#);
+            push_sock_fields(out, sock);
+            out.push_str(r#","errno":"#);
+            push_u64(out, u64::from(errno.unsigned_abs()));
+            out.push_str(r#","retransmits":"#);
+            push_u64(out, u64::from(*retransmits));
+            out.push_str(r#","probes":"#);
+            push_u64(out, u64::from(*probes));
+        }
         Record::ProcessExit {
             ts_ns,
             task,
@@ -297,6 +312,21 @@ fn push_life(out: &mut String, l: &SocketLife) {
     push_bool(out, l.still_open);
     out.push_str(r#","fin_wait2_orphan":"#);
     push_bool(out, l.fin_wait2_orphan);
+    out.push_str(r#","error":"#);
+    match &l.error {
+        Some(e) => {
+            out.push_str(r#"{"offset_ns":"#);
+            push_u64(out, e.offset_ns);
+            out.push_str(r#","errno":"#);
+            push_u64(out, u64::from(e.errno.unsigned_abs()));
+            out.push_str(r#","retransmits":"#);
+            push_u64(out, u64::from(e.retransmits));
+            out.push_str(r#","probes":"#);
+            push_u64(out, u64::from(e.probes));
+            out.push('}');
+        }
+        None => out.push_str("null"),
+    }
     out.push_str(r#","gone_unseen":"#);
     push_bool(out, l.gone_unseen);
     out.push_str(r#","events_lost":"#);

@@ -59,7 +59,11 @@ impl Stream {
             Record::Retransmit { state, .. } => (What::Retransmit(*state), Tone::Plain),
             Record::RetransmitSynAck { .. } => (What::RetransmitSynAck, Tone::Plain),
             // Exits and signals only feed attribution; a destroy says nothing new.
-            Record::Destroy { .. } | Record::ProcessExit { .. } | Record::Signal { .. } => {
+            // Errors are told in the socket's verdict.
+            Record::Destroy { .. }
+            | Record::ErrorReport { .. }
+            | Record::ProcessExit { .. }
+            | Record::Signal { .. } => {
                 return;
             }
         };
