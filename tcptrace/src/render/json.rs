@@ -156,12 +156,7 @@ pub(crate) fn push_record_line(out: &mut String, record: &Record) {
         } => {
             out.push_str(r#","event":"error""#);
             push_sock_fields(out, sock);
-            out.push_str(r#","errno":"#);
-            push_u64(out, u64::from(errno.unsigned_abs()));
-            out.push_str(r#","retransmits":"#);
-            push_u64(out, u64::from(*retransmits));
-            out.push_str(r#","probes":"#);
-            push_u64(out, u64::from(*probes));
+            push_error_fields(out, *errno, *retransmits, *probes);
         }
         Record::ProcessExit {
             ts_ns,
@@ -218,6 +213,16 @@ fn push_sock_fields(out: &mut String, sock: &SockInfo) {
     push_opt_proc(out, sock.owner.as_ref());
     out.push_str(r#","netns":"#);
     push_opt_u64(out, sock.netns.map(u64::from));
+}
+
+/// `,"errno":N,"retransmits":N,"probes":N` of a socket error.
+fn push_error_fields(out: &mut String, errno: i32, retransmits: u8, probes: u8) {
+    out.push_str(r#","errno":"#);
+    push_u64(out, u64::from(errno.unsigned_abs()));
+    out.push_str(r#","retransmits":"#);
+    push_u64(out, u64::from(retransmits));
+    out.push_str(r#","probes":"#);
+    push_u64(out, u64::from(probes));
 }
 
 fn push_life(out: &mut String, l: &SocketLife) {
@@ -317,12 +322,7 @@ fn push_life(out: &mut String, l: &SocketLife) {
         Some(e) => {
             out.push_str(r#"{"offset_ns":"#);
             push_u64(out, e.offset_ns);
-            out.push_str(r#","errno":"#);
-            push_u64(out, u64::from(e.errno.unsigned_abs()));
-            out.push_str(r#","retransmits":"#);
-            push_u64(out, u64::from(e.retransmits));
-            out.push_str(r#","probes":"#);
-            push_u64(out, u64::from(e.probes));
+            push_error_fields(out, e.errno, e.retransmits, e.probes);
             out.push('}');
         }
         None => out.push_str("null"),
