@@ -30,65 +30,29 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long setting up the connections may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-const USAGE: &str = "usage: bulk --seconds S [--connections C] [--port P] [--chunk BYTES]
-
-  --seconds S       send for S seconds (default 4)
-  --connections C   parallel TCP streams (default 1)
-  --port P          listen on 127.0.0.1:P (default 23990)
-  --chunk BYTES     bytes per write (default 131072)";
-
+/// Long-lived loopback streams at full speed, for `cargo xtask bench`.
+#[derive(clap::Parser)]
+#[command(name = "bulk")]
 struct Args {
+    /// Send for S seconds.
+    #[arg(long, value_name = "S", default_value_t = 4.0, value_parser = positive_seconds)]
     seconds: f64,
-    connections: usize,
+    /// Parallel TCP streams (1 to 64).
+    #[arg(long, value_name = "C", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    connections: u16,
+    /// Listen on 127.0.0.1:P.
+    #[arg(long, value_name = "P", default_value_t = 23990, value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
-    chunk: usize,
+    /// Bytes per write (1 byte to 16 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = 128 * 1024, value_parser = clap::value_parser!(u32).range(1..=16 << 20))]
+    chunk: u32,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        seconds: 4.0,
-        connections: 1,
-        port: 23990,
-        chunk: 128 * 1024,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(String::new());
-        }
-        let (name, inline) = match flag.split_once('=') {
-            Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-            None => (flag.clone(), None),
-        };
-        if !["--seconds", "--connections", "--port", "--chunk"].contains(&name.as_str()) {
-            return Err(format!("unknown argument {flag:?}"));
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it.next().ok_or_else(|| format!("{name} needs a value"))?,
-        };
-        let bad = |e: &dyn std::fmt::Display| format!("bad value {value:?} for {name}: {e}");
-        match name.as_str() {
-            "--seconds" => args.seconds = value.parse().map_err(|e| bad(&e))?,
-            "--connections" => args.connections = value.parse().map_err(|e| bad(&e))?,
-            "--port" => args.port = value.parse().map_err(|e| bad(&e))?,
-            "--chunk" => args.chunk = value.parse().map_err(|e| bad(&e))?,
-            _ => return Err(format!("unknown argument {flag:?}")),
-        }
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
     }
-    if !(args.seconds.is_finite() && args.seconds > 0.0) {
-        return Err("--seconds must be a positive number".into());
-    }
-    if args.connections == 0 || args.connections > 64 {
-        return Err("--connections must be 1 to 64".into());
-    }
-    if args.port == 0 {
-        return Err("--port must be 1 to 65535".into());
-    }
-    if args.chunk == 0 || args.chunk > 16 << 20 {
-        return Err("--chunk must be 1 byte to 16 MiB".into());
-    }
-    Ok(args)
 }
 
 #[derive(Default)]
@@ -137,7 +101,7 @@ fn run(args: &Args) -> Result<(f64, f64, u64, u64), String> {
     let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, args.port));
     let counters = Arc::new(Counters::default());
     // The senders and this thread start the clock together.
-    let start = Arc::new(Barrier::new(args.connections + 1));
+    let start = Arc::new(Barrier::new(usize::from(args.connections) + 1));
 
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
@@ -173,7 +137,7 @@ fn run(args: &Args) -> Result<(f64, f64, u64, u64), String> {
         let (c, b, chunk, secs) = (
             Arc::clone(&counters),
             Arc::clone(&start),
-            args.chunk,
+            args.chunk as usize,
             args.seconds,
         );
         senders.push(
@@ -207,17 +171,7 @@ fn run(args: &Args) -> Result<(f64, f64, u64, u64), String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(msg) => {
-            if msg.is_empty() {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("bulk: {msg}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     let (bytes, seconds, errors, total) = match run(&args) {
         Ok(r) => r,
         Err(e) => {

@@ -30,73 +30,32 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the end-of-run check waits for the servers to catch up.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
-const USAGE: &str = "usage: churn --seconds S --ports N --base-port P [--conns C] [--clients K]
-
-  --seconds S     run the clients for at most S seconds (default 10)
-  --ports N       number of listening ports (default 16)
-  --base-port P   first port; listeners use 127.0.0.1:P..P+N (default 24000)
-  --conns C       stop after C completed connections (default: no limit)
-  --clients K     client threads (default 1)";
-
+/// Connection churn on loopback for `cargo xtask bench`.
+#[derive(clap::Parser)]
+#[command(name = "churn")]
 struct Args {
+    /// Run the clients for at most S seconds.
+    #[arg(long, value_name = "S", default_value_t = 10.0, value_parser = positive_seconds)]
     seconds: f64,
+    /// Number of listening ports.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     ports: u16,
+    /// First port; listeners use 127.0.0.1:P..P+N.
+    #[arg(long, value_name = "P", default_value_t = 24000, value_parser = clap::value_parser!(u16).range(1..))]
     base_port: u16,
+    /// Stop after C completed connections (default: no limit).
+    #[arg(long, value_name = "C")]
     conns: Option<u64>,
-    clients: usize,
+    /// Client threads.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    clients: u16,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        seconds: 10.0,
-        ports: 16,
-        base_port: 24000,
-        conns: None,
-        clients: 1,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(String::new());
-        }
-        let (name, inline) = match flag.split_once('=') {
-            Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-            None => (flag.clone(), None),
-        };
-        const KNOWN: [&str; 5] = [
-            "--seconds",
-            "--ports",
-            "--base-port",
-            "--conns",
-            "--clients",
-        ];
-        if !KNOWN.contains(&name.as_str()) {
-            return Err(format!("unknown argument {flag:?}"));
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it.next().ok_or_else(|| format!("{name} needs a value"))?,
-        };
-        let bad = |e: &dyn std::fmt::Display| format!("bad value {value:?} for {name}: {e}");
-        match name.as_str() {
-            "--seconds" => args.seconds = value.parse().map_err(|e| bad(&e))?,
-            "--ports" => args.ports = value.parse().map_err(|e| bad(&e))?,
-            "--base-port" => args.base_port = value.parse().map_err(|e| bad(&e))?,
-            "--conns" => args.conns = Some(value.parse().map_err(|e| bad(&e))?),
-            "--clients" => args.clients = value.parse().map_err(|e| bad(&e))?,
-            _ => return Err(format!("unknown argument {flag:?}")),
-        }
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
     }
-    if !(args.seconds.is_finite() && args.seconds > 0.0) {
-        return Err("--seconds must be a positive number".into());
-    }
-    if args.ports == 0 || args.clients == 0 {
-        return Err("--ports and --clients must be at least 1".into());
-    }
-    if u32::from(args.base_port) + u32::from(args.ports) > 65536 || args.base_port == 0 {
-        return Err("--base-port + --ports must stay within 1..=65535".into());
-    }
-    Ok(args)
 }
 
 #[derive(Default)]
@@ -205,17 +164,11 @@ fn client(index: usize, args: &Args, deadline: Instant, counters: &Counters) {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(msg) => {
-            if msg.is_empty() {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("churn: {msg}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
+    if u32::from(args.base_port) + u32::from(args.ports) > 65536 {
+        eprintln!("churn: --base-port + --ports must stay within 1..=65535");
+        return ExitCode::from(2);
+    }
 
     let counters = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -253,7 +206,7 @@ fn main() -> ExitCode {
         let (args, counters) = (Arc::clone(&args), Arc::clone(&counters));
         let spawned = thread::Builder::new()
             .name(format!("client-{i}"))
-            .spawn(move || client(i, &args, deadline, &counters));
+            .spawn(move || client(usize::from(i), &args, deadline, &counters));
         match spawned {
             Ok(h) => clients.push(h),
             Err(e) => {

@@ -46,98 +46,45 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The environment variable that gives the helpers their parent's pid.
 const PARENT_ENV: &str = "MASSCLOSE_PARENT";
 
-const USAGE: &str =
-    "usage: massclose [--conns N] [--port P] [--unread-every K] [--unread-bytes B] [--timeout S]
-
-  --conns N          connections the child opens (default 20000)
-  --port P           first listening port; shard i listens on P+i (default 23900)
-  --unread-every K   leave B unread bytes on every K-th connection, on each
-                     side in turn; 0 for none (default 4)
-  --unread-bytes B   bytes left unread (default 1000)
-  --timeout S        seconds each phase may take (default 60)";
-
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// Which process of the scenario this is.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Role {
     Coordinator,
     Server,
     Client,
 }
 
+/// A process holding many loopback connections SIGKILLed, for `cargo xtask
+/// bench`.
+#[derive(clap::Parser)]
+#[command(name = "massclose")]
 struct Args {
+    /// Internal: which process this is.
+    #[arg(long, value_enum, default_value_t = Role::Coordinator, hide = true)]
     role: Role,
+    /// Connections the child opens (1 to 1000000).
+    #[arg(long, value_name = "N", default_value_t = 20000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     conns: u64,
+    /// First listening port; shard i listens on P+i.
+    #[arg(long, value_name = "P", default_value_t = 23900, value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
+    /// Leave B unread bytes on every K-th connection, on each side in turn;
+    /// 0 for none.
+    #[arg(long, value_name = "K", default_value_t = 4)]
     unread_every: u64,
-    unread_bytes: usize,
+    /// Bytes left unread (1 to 65536).
+    #[arg(long, value_name = "B", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    unread_bytes: u32,
+    /// Seconds each phase may take.
+    #[arg(long, value_name = "S", default_value = "60", value_parser = positive_duration)]
     timeout: Duration,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        role: Role::Coordinator,
-        conns: 20000,
-        port: 23900,
-        unread_every: 4,
-        unread_bytes: 1000,
-        timeout: Duration::from_secs(60),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(String::new());
-        }
-        let (name, inline) = match flag.split_once('=') {
-            Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-            None => (flag.clone(), None),
-        };
-        const KNOWN: [&str; 6] = [
-            "--conns",
-            "--port",
-            "--unread-every",
-            "--unread-bytes",
-            "--timeout",
-            "--role",
-        ];
-        if !KNOWN.contains(&name.as_str()) {
-            return Err(format!("unknown argument {flag:?}"));
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it.next().ok_or_else(|| format!("{name} needs a value"))?,
-        };
-        let bad = |e: &dyn std::fmt::Display| format!("bad value {value:?} for {name}: {e}");
-        match name.as_str() {
-            "--conns" => args.conns = value.parse().map_err(|e| bad(&e))?,
-            "--port" => args.port = value.parse().map_err(|e| bad(&e))?,
-            "--unread-every" => args.unread_every = value.parse().map_err(|e| bad(&e))?,
-            "--unread-bytes" => args.unread_bytes = value.parse().map_err(|e| bad(&e))?,
-            "--timeout" => {
-                let s: f64 = value.parse().map_err(|e| bad(&e))?;
-                if !(s.is_finite() && s > 0.0) {
-                    return Err("--timeout must be a positive number".into());
-                }
-                args.timeout = Duration::from_secs_f64(s);
-            }
-            "--role" => {
-                args.role = match value.as_str() {
-                    "server" => Role::Server,
-                    "client" => Role::Client,
-                    _ => return Err(format!("unknown role {value:?}")),
-                }
-            }
-            _ => return Err(format!("unknown argument {flag:?}")),
-        }
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
     }
-    if args.conns == 0 || args.conns > 1_000_000 {
-        return Err("--conns must be 1 to 1000000".into());
-    }
-    if args.port == 0 {
-        return Err("--port must be 1 to 65535".into());
-    }
-    if args.unread_every > 0 && (args.unread_bytes == 0 || args.unread_bytes > 64 * 1024) {
-        return Err("--unread-bytes must be 1 to 65536".into());
-    }
-    Ok(args)
 }
 
 /// Raises RLIMIT_NOFILE towards `wanted` (the hard limit too, which only
@@ -224,7 +171,7 @@ fn server(args: &Args) -> Result<(), String> {
         .set_nonblocking(true)
         .map_err(|e| format!("listener: {e}"))?;
     say("listening");
-    let payload = vec![b'u'; args.unread_bytes];
+    let payload = vec![b'u'; args.unread_bytes as usize];
     let deadline = Instant::now() + args.timeout;
     let n = usize::try_from(args.conns).map_err(|_| "--conns too large")?;
     let mut streams = Vec::with_capacity(n);
@@ -276,7 +223,7 @@ fn server(args: &Args) -> Result<(), String> {
 fn client(args: &Args) -> Result<(), String> {
     die_with_parent()?;
     let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, args.port));
-    let payload = vec![b'c'; args.unread_bytes];
+    let payload = vec![b'c'; args.unread_bytes as usize];
     let deadline = Instant::now() + args.timeout;
     let n = usize::try_from(args.conns).map_err(|_| "--conns too large")?;
     let mut streams = Vec::with_capacity(n);
@@ -533,17 +480,7 @@ fn coordinate(args: &Args) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(msg) => {
-            if msg.is_empty() {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("massclose: {msg}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     let result = match args.role {
         Role::Coordinator => coordinate(&args).map(|json| say(&json)),
         Role::Server => {
