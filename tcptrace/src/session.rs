@@ -408,11 +408,7 @@ fn process<W: Write>(
 /// every network namespace (or this one, when others cannot be entered):
 /// what decides, at exit, whether a socket tcptrace believes open is gone.
 fn kernel_sockets() -> Option<HashSet<(SocketAddr, SocketAddr)>> {
-    let sockets = sockdiag::tcp_sockets_all_netns()
-        .or_else(|e| {
-            log::debug!("listing sockets in every network namespace: {e}");
-            sockdiag::tcp_sockets()
-        })
+    let sockets = sockdiag::tcp_sockets_reachable(sockdiag::ALL_STATES)
         .map_err(|e| {
             eprintln!("tcptrace: note: cannot list the kernel's sockets ({e}): open sockets are reported as such unchecked");
         })

@@ -64,10 +64,7 @@ impl Snapshot {
     /// Lists the host's TCP sockets and their holders (every namespace when
     /// tcptrace may enter them, else its own).
     pub fn take() -> Result<Snapshot, DiagError> {
-        let sockets = sockdiag::held_tcp_sockets_all_netns().or_else(|e| {
-            log::debug!("listing sockets in every network namespace: {e}");
-            sockdiag::held_tcp_sockets()
-        })?;
+        let sockets = sockdiag::tcp_sockets_reachable(sockdiag::HELD_STATES)?;
         let owners = sockdiag::socket_owners();
         Ok(Snapshot::from_parts(sockets, &owners))
     }

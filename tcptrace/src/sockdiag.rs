@@ -147,12 +147,14 @@ pub fn tcp_sockets_all_netns() -> Result<Vec<DiagSocket>, DiagError> {
 pub const HELD_STATES: u32 =
     !((1 << state::TIME_WAIT) | (1 << state::SYN_RECV) | (1 << state::NEW_SYN_RECV));
 
-/// [`tcp_sockets_all_netns`] for the sockets in [`HELD_STATES`].
-pub fn held_tcp_sockets_all_netns() -> Result<Vec<DiagSocket>, DiagError> {
-    netns::across_all(|ns| netlink::dump_tcp_states(ns, HELD_STATES))
-}
+/// Every state ([`tcp_sockets_reachable`]'s mask for all sockets).
+pub const ALL_STATES: u32 = netlink::ALL_STATES;
 
-/// [`tcp_sockets`] for the sockets in [`HELD_STATES`].
-pub fn held_tcp_sockets() -> Result<Vec<DiagSocket>, DiagError> {
-    netlink::dump_tcp_states(netns::current_inode()?, HELD_STATES)
+/// The TCP sockets whose state's bit (1 << state) is in `states`, in every
+/// network namespace when tcptrace may enter them, else in its own.
+pub fn tcp_sockets_reachable(states: u32) -> Result<Vec<DiagSocket>, DiagError> {
+    netns::across_all(move |ns| netlink::dump_tcp_states(ns, states)).or_else(|e| {
+        log::debug!("listing sockets in every network namespace: {e}");
+        netlink::dump_tcp_states(netns::current_inode()?, states)
+    })
 }
