@@ -147,9 +147,8 @@ impl<W: Write> Pipeline<W> {
     }
 }
 
-/// Runs tcptrace as the CLI does, until Ctrl-C, SIGTERM or `--duration`.
-/// Runs tcptrace as the CLI does; with a command (`-- COMMAND`), returns
-/// the command's exit code.
+/// Runs tcptrace as the CLI does, until a stop signal, `--duration`, or
+/// the end of `-- COMMAND`, whose exit code it then returns.
 pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
     let mut trace = args.trace_options()?;
     // `-- COMMAND`: a cgroup of its own, made before anything is loaded.
@@ -179,11 +178,20 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
     if args.snapshot
         && let Some(s) = &snapshot
     {
-        let mut out = io::stdout().lock();
+        // Where the report goes: stderr with a command (its stdout is its own).
+        let mut out: Box<dyn Write> = if command_cgroup.is_some() {
+            Box::new(io::stderr().lock())
+        } else {
+            Box::new(io::stdout().lock())
+        };
         write_snapshot(&mut out, s, args.json, |o| open_socket_passes(&trace, o))
             .context("writing the snapshot")?;
         out.flush().context("writing the snapshot")?;
     }
+    // The kernel has its seeds: the listing (every socket on the host) and
+    // the seeds are not kept for the whole run.
+    drop(snapshot);
+    trace.seeds = Default::default();
     for missing in &tracer.layout().missing {
         let tp = &missing.tracepoint;
         let why = if missing.unexpected_args {
