@@ -166,6 +166,7 @@ pub const NO_ARG: u8 = u8::MAX;
 /// running kernel's BTF (`btf_trace_<name>`), or [`NO_ARG`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct ArgPos {
     /// `struct sock *`.
     pub sk: u8,
@@ -209,6 +210,7 @@ pub const SOCK_HEAD_BYTES: usize = 104;
 /// to its size; any that is not is [`ABSENT`] and reads as zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct SockOffsets {
     /// `skc_daddr` / `skc_rcv_saddr` (IPv4, network order).
     pub daddr: u16,
@@ -277,6 +279,7 @@ impl SockOffsets {
 /// takes its addresses from the segment it answers); 0 when unknown.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct SkbOffsets {
     pub head: u16,
     pub data: u16,
@@ -287,6 +290,7 @@ pub struct SkbOffsets {
 /// Offsets of `struct task_struct` and signal-handler fields; 0 when unknown.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct TaskOffsets {
     pub exit_code: u32,
     pub tgid: u32,
@@ -317,6 +321,7 @@ pub mod filter {
 /// The process ids to trace live in the `PID_FILTER` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct Filter {
     /// Bits of [`filter`].
     pub flags: u32,
@@ -339,6 +344,7 @@ pub struct Filter {
 /// the branches a kernel or a set of filters does not need).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct Config {
     pub set_state: ArgPos,
     pub send_reset: ArgPos,

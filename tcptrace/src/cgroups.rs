@@ -20,7 +20,7 @@ const MAX_DIRS: usize = 100_000;
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// The unit and container a cgroup path names.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Workload {
     /// The innermost systemd unit: `nginx.service`, `session-3.scope`.
     pub unit: Option<String>,
@@ -102,6 +102,11 @@ impl CgroupNames {
             self.rescan();
         }
         self.by_id.get(&id).filter(|w| !w.is_empty())
+    }
+
+    /// Was cgroup `id` found (named or not)?
+    pub fn knows(&self, id: u64) -> bool {
+        self.by_id.contains_key(&id)
     }
 
     fn rescan(&mut self) {

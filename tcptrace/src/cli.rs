@@ -32,7 +32,7 @@ pub enum ColorChoice {
 ///
 /// Needs root (or CAP_BPF + CAP_PERFMON). Stop with Ctrl-C; a summary goes to
 /// stderr.
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(name = "tcptrace", version, about, long_about, max_term_width = 100)]
 pub struct Args {
     /// What to print: one ladder per socket when it ends (`sockets`), one
@@ -130,6 +130,33 @@ pub struct Args {
     /// Don't print the exit summary.
     #[arg(long)]
     pub no_summary: bool,
+
+    /// Also record the raw kernel records to FILE, to replay later with
+    /// --read, here or on another machine, without root. Works with any
+    /// view; the drain never waits for the disk (records it cannot take in
+    /// time are counted in the summary).
+    #[arg(long, value_name = "FILE", conflicts_with = "read")]
+    pub write: Option<PathBuf>,
+
+    /// With --write: start a new file (FILE.1, FILE.2, …) once the current
+    /// one holds this many megabytes (10^6 bytes), as tcpdump's -C.
+    #[arg(long, value_name = "MB", requires = "write",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub rotate_size: Option<u64>,
+
+    /// With --rotate-size: keep only the newest N files, deleting older
+    /// ones, as tcpdump's -W.
+    #[arg(long, value_name = "N", requires = "rotate_size",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rotate_count: Option<u32>,
+
+    /// Replay recordings made with --write instead of tracing: no root, no
+    /// BPF; the same views, JSON and summary as the live run. Several files
+    /// of a rotated recording are read in the order they were written; `-`
+    /// reads stdin. Filters given here apply on top of the recorded ones.
+    #[arg(short = 'r', long, value_name = "FILE", num_args = 1..,
+          conflicts_with_all = ["snapshot", "command", "duration", "cgroup", "follow"])]
+    pub read: Vec<PathBuf>,
 
     /// Run COMMAND (after `--`) and trace only its sockets and its
     /// children's (it runs in a cgroup of its own; through sudo, as the
@@ -243,6 +270,64 @@ impl Args {
             // The session fills these in from the start-up snapshot.
             seeds: Default::default(),
         })
+    }
+
+    /// The filters, for records read from a recording: process ids are
+    /// the recording host's, so they are taken as given.
+    pub fn read_filter(&self) -> Result<crate::filter::EventFilter, ArgsError> {
+        let live = Args {
+            pid: Vec::new(),
+            ..self.clone()
+        };
+        let mut filter = live.trace_options()?.filter;
+        let mut pids = std::collections::HashSet::new();
+        for &pid in &self.pid {
+            pids.insert(pid);
+            filter.flags |= filter::PID;
+        }
+        Ok(crate::filter::EventFilter { filter, pids })
+    }
+
+    /// The filter flags as given, for a recording's header.
+    pub fn filter_words(&self) -> Vec<String> {
+        let mut words = Vec::new();
+        let mut add = |flag: &str, value: String| {
+            words.push(flag.to_owned());
+            if !value.is_empty() {
+                words.push(value);
+            }
+        };
+        for pid in &self.pid {
+            add("--pid", pid.to_string());
+        }
+        if self.follow {
+            add("--follow", String::new());
+        }
+        if let Some(c) = &self.comm {
+            add("--comm", c.to_string_lossy().into_owned());
+        }
+        for (flag, port) in [("--port", self.port), ("--lport", self.lport), ("--rport", self.rport)] {
+            if let Some(p) = port {
+                add(flag, p.to_string());
+            }
+        }
+        if self.ipv4 {
+            add("--ipv4", String::new());
+        }
+        if self.ipv6 {
+            add("--ipv6", String::new());
+        }
+        if let Some(c) = &self.cgroup {
+            add("--cgroup", c.display().to_string());
+        }
+        if let Some(n) = &self.netns {
+            add("--netns", n.to_string_lossy().into_owned());
+        }
+        if !self.command.is_empty() {
+            add("--", String::new());
+            words.extend(self.command.iter().map(|c| c.to_string_lossy().into_owned()));
+        }
+        words
     }
 
     pub fn tracker_options(&self) -> TrackerOptions {

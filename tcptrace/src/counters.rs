@@ -1,9 +1,9 @@
 //! Event accounting: what the kernel produced, what reached userspace, what
 //! was lost. `produced == received + lost` holds exactly once drained.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Events that passed the kernel filters and were offered to the ring.
     pub produced: u64,

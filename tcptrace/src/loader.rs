@@ -270,6 +270,11 @@ impl Tracer {
         &self.layout
     }
 
+    /// Names RST reasons as the running kernel does.
+    pub fn decoder(&self) -> Decoder {
+        self.decoder.clone()
+    }
+
     /// Hands the ring buffer to a reading thread of its own (see
     /// [`LiveInput`]); records then arrive in batches, to [`Tracer::decode`].
     pub fn live_input(&mut self) -> std::io::Result<LiveInput> {

@@ -2,7 +2,6 @@
 //! render, driven by the ring buffer's readiness and a short drain timer.
 
 use std::{
-    collections::HashSet,
     io::{self, Write},
     net::SocketAddr,
     time::Duration,
@@ -16,22 +15,21 @@ use tokio::{
 
 use tcptrace_common::filter;
 
+pub use crate::pipeline::Pipeline;
 use crate::{
-    cgroups::CgroupNames,
-    classify::classify,
     cli::Args,
     command::{self, CommandCgroup},
     counters::Counters,
-    decode::Record,
     input::Batch,
     loader::TraceOptions,
     loader::Tracer,
     output::OutputQueue,
+    pipeline::AliveSockets,
+    recording::{self, Header, Recorder, RecorderReport, Rotation},
+    render::RenderOptions,
     render::write_snapshot,
-    render::{RenderOptions, Renderer, Summary},
     snapshot::{Holder, OpenSocket, Snapshot},
     sockdiag,
-    tracker::{SocketLife, Tracker, TrackerOptions},
 };
 
 /// Without a wakeup per event, the reader drains on this timer (the kernel
@@ -67,86 +65,6 @@ pub fn wall_offset_ns() -> i128 {
     clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
 }
 
-/// Records in, rendered sockets and transitions out; the summary on the side.
-pub struct Pipeline<W: Write> {
-    tracker: Tracker,
-    /// The owners' units and containers.
-    cgroups: CgroupNames,
-    renderer: Renderer<W>,
-    summary: Summary,
-    /// Monotonic time of the latest loss: lives that began before it may
-    /// miss events and are marked incomplete.
-    last_loss_ns: Option<u64>,
-}
-
-impl<W: Write> Pipeline<W> {
-    pub fn new(tracker: TrackerOptions, render: RenderOptions, out: W) -> Self {
-        Pipeline {
-            tracker: Tracker::new(tracker),
-            cgroups: CgroupNames::new(),
-            renderer: Renderer::new(out, render),
-            summary: Summary::default(),
-            last_loss_ns: None,
-        }
-    }
-
-    pub fn record(&mut self, record: &Record) -> io::Result<()> {
-        self.renderer.transition(record)?;
-        for life in self.tracker.observe(record) {
-            self.finished(life)?;
-        }
-        Ok(())
-    }
-
-    /// Reports lives whose late events can no longer come.
-    pub fn tick(&mut self, now_ns: u64) -> io::Result<()> {
-        for life in self.tracker.expire(now_ns) {
-            self.finished(life)?;
-        }
-        self.renderer.flush()
-    }
-
-    pub fn note_loss(&mut self, now_ns: u64) {
-        self.last_loss_ns = Some(now_ns);
-    }
-
-    /// At exit: sockets still open are reported as such, unless `alive`
-    /// (the kernel's own sockets, when they could be listed) says they are
-    /// gone: those closed unseen.
-    pub fn finish(&mut self, alive: Option<&HashSet<(SocketAddr, SocketAddr)>>) -> io::Result<()> {
-        for life in self.tracker.finish_against(alive) {
-            self.finished(life)?;
-        }
-        self.renderer.flush()
-    }
-
-    fn finished(&mut self, mut life: SocketLife) -> io::Result<()> {
-        if self.last_loss_ns.is_some_and(|loss| life.start_ns <= loss) {
-            life.events_lost = true;
-        }
-        if let Some(owner) = life.owner {
-            life.workload = self.cgroups.resolve(owner.cgroup_id).cloned();
-        }
-        let verdict = classify(&life);
-        self.summary.add(&life, &verdict);
-        self.renderer.socket(&life, &verdict)
-    }
-
-    /// Does the tracker believe any socket is still open?
-    pub fn has_open_lives(&self) -> bool {
-        self.tracker.stats().tracked > 0
-    }
-
-    /// The renderers' output.
-    pub fn output(&mut self) -> &mut W {
-        self.renderer.output()
-    }
-
-    pub fn write_summary(&self, out: &mut dyn Write, counters: &Counters) -> io::Result<()> {
-        self.summary.write(out, counters, &self.tracker.stats())
-    }
-}
-
 /// Runs tcptrace as the CLI does, until a stop signal, `--duration`, or
 /// the end of `-- COMMAND`, whose exit code it then returns.
 pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
@@ -159,6 +77,14 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
         trace.filter.cgroup_id = cg.id;
         trace.filter.flags |= filter::CGROUP;
         Some(cg)
+    };
+    // The recording's first file, before anything is loaded: a bad path
+    // is refused first.
+    let record_file = match &args.write {
+        Some(path) => Some(
+            Recorder::create_file(path).context("--write: cannot create the recording")?,
+        ),
+        None => None,
     };
     // What existed before tcptrace: owners for services started long ago.
     let snapshot = match Snapshot::take() {
@@ -232,7 +158,18 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
         OutputQueue::stdout()
     }
     .context("starting the output thread")?;
-    let mut pipeline = Pipeline::new(args.tracker_options(), render, out);
+    let mut pipeline =
+        Pipeline::new(args.tracker_options(), render, out).with_decoder(tracer.decoder());
+    if let (Some(file), Some(path)) = (record_file, &args.write) {
+        let header = recording_header(args, &tracer, &render);
+        let rotation = Rotation {
+            max_bytes: args.rotate_size.map(|mb| mb * 1_000_000),
+            max_files: args.rotate_count,
+        };
+        let recorder = Recorder::start(file, path, header, rotation)
+            .context("--write: starting the recording")?;
+        pipeline = pipeline.with_recorder(recorder);
+    }
 
     // The ring is emptied on a thread of its own; batches come here.
     let mut input = tracer.live_input().context("starting the ring reader")?;
@@ -282,7 +219,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
             _ = sigquit.recv() => break,
             _ = sigusr1.recv() => {
                 if !args.no_summary {
-                    let counters = tracer.counters();
+                    let counters = Counters {
+                        undecodable: pipeline.undecodable(),
+                        ..tracer.counters()
+                    };
                     let mut err = io::stderr().lock();
                     let _ = writeln!(err, "tcptrace: SIGUSR1: the summary so far");
                     let _ = pipeline.write_summary(&mut err, &counters);
@@ -300,7 +240,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
             }
             batch = input.next(), if !backlogged => {
                 let Some(batch) = batch else { break };
-                if let Err(e) = process(&mut tracer, &mut pipeline, &batch) {
+                if let Err(e) = process(&mut pipeline, &batch) {
                     output_error = Some(e);
                     break;
                 }
@@ -333,7 +273,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
     let mut final_result = Ok(());
     while let Some(batch) = input.try_next() {
         if final_result.is_ok() {
-            final_result = process(&mut tracer, &mut pipeline, &batch);
+            final_result = process(&mut pipeline, &batch);
         }
     }
     if loss.check(&tracer, true) {
@@ -345,10 +285,19 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
     }
     // A stalled reader gets a second to take the rest; then it is given up.
     let output = pipeline.output().finish(OUTPUT_GRACE);
-    let counters = tracer.counters();
+    let counters = Counters {
+        undecodable: pipeline.undecodable(),
+        ..tracer.counters()
+    };
+    let recorded = pipeline
+        .take_recorder()
+        .map(|r| r.finish(counters, wall_now_ns(), OUTPUT_GRACE));
     if !args.no_summary {
         let mut err = io::stderr().lock();
         pipeline.write_summary(&mut err, &counters)?;
+        if let Some(r) = &recorded {
+            write_recording_report(&mut err, r)?;
+        }
         if output.dropped_lines > 0 || output.dropped_bytes > 0 {
             writeln!(
                 err,
@@ -362,6 +311,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
         // The counters, and what became of the output.
         let mut line = serde_json::to_value(counters)?;
         line["output"] = serde_json::to_value(output)?;
+        if let Some(r) = &recorded {
+            line["recording"] = serde_json::to_value(r)?;
+        }
         writeln!(err, "tcptrace-summary {line}")?;
     }
     let output_error = output_error.or(pipeline.output().take_error());
@@ -398,16 +350,68 @@ fn open_socket_passes(trace: &TraceOptions, o: &OpenSocket) -> bool {
         && (!process_filter || o.holders.iter().any(|h| holder_passes(trace, h)))
 }
 
-/// Decodes a batch of raw records and feeds them through the pipeline.
-fn process<W: Write>(
-    tracer: &mut Tracer,
-    pipeline: &mut Pipeline<W>,
-    batch: &Batch,
-) -> io::Result<()> {
+/// Feeds a batch of raw records through the pipeline.
+fn process<W: Write>(pipeline: &mut Pipeline<W>, batch: &Batch) -> io::Result<()> {
     for raw in batch.records() {
-        if let Some(record) = tracer.decode(raw) {
-            pipeline.record(&record)?;
-        }
+        pipeline.raw(raw)?;
+    }
+    Ok(())
+}
+
+/// Everything a reader of the recording needs to decode and render it.
+fn recording_header(args: &Args, tracer: &Tracer, render: &RenderOptions) -> Header {
+    let (hostname, kernel_release) = recording::host_facts();
+    let layout = tracer.layout();
+    Header {
+        event_size: size_of::<tcptrace_common::Event>() as u32,
+        // Start time and pid: distinct for every recording of a host.
+        recording_id: (wall_now_ns() as u64) ^ u64::from(std::process::id()) << 48,
+        sequence: 0,
+        tcptrace_version: env!("CARGO_PKG_VERSION").to_owned(),
+        hostname,
+        kernel_release,
+        started_wall_ns: wall_now_ns(),
+        wall_offset_ns: render.wall_offset_ns as i64,
+        own_netns: render.own_netns,
+        reset_reasons: layout.reasons.pairs().clone(),
+        kernel: layout.facts(),
+        filters: args.filter_words(),
+        ring_bytes: args.ring_size,
+        max_sockets: args.max_sockets,
+    }
+}
+
+fn wall_now_ns() -> i64 {
+    clock_ns(libc::CLOCK_REALTIME) as i64
+}
+
+/// One summary line on the recording: where it went, what is missing.
+pub fn write_recording_report(out: &mut dyn Write, r: &RecorderReport) -> io::Result<()> {
+    let files = match r.files.as_slice() {
+        [] => "no file".to_owned(),
+        [one] => one.display().to_string(),
+        [first, .., last] => format!(
+            "{} files, {} to {}",
+            r.files.len(),
+            first.display(),
+            last.display()
+        ),
+    };
+    writeln!(
+        out,
+        "  recording:  {} events, {:.1} MB in {files}",
+        r.events,
+        r.bytes as f64 / 1e6
+    )?;
+    if r.events_dropped > 0 {
+        writeln!(
+            out,
+            "              {} events not recorded: the disk did not keep up (they were shown live)",
+            r.events_dropped
+        )?;
+    }
+    if let Some(e) = &r.error {
+        writeln!(out, "              recording stopped early: {e}")?;
     }
     Ok(())
 }
@@ -415,7 +419,7 @@ fn process<W: Write>(
 /// The local and remote address of every TCP socket the kernel has, in
 /// every network namespace (or this one, when others cannot be entered):
 /// what decides, at exit, whether a socket tcptrace believes open is gone.
-fn kernel_sockets() -> Option<HashSet<(SocketAddr, SocketAddr)>> {
+fn kernel_sockets() -> Option<AliveSockets> {
     let sockets = sockdiag::tcp_sockets_reachable(sockdiag::ALL_STATES)
         .map_err(|e| {
             eprintln!("tcptrace: note: cannot list the kernel's sockets ({e}): open sockets are reported as such unchecked");

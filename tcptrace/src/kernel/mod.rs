@@ -275,6 +275,11 @@ impl ResetReasons {
         self.0.is_empty()
     }
 
+    /// Every code and its name.
+    pub fn pairs(&self) -> &BTreeMap<u32, String> {
+        &self.0
+    }
+
     /// `enum sk_rst_reason` without its `SK_RST_REASON_` prefix, the names
     /// the tracepoint itself prints.
     fn from_btf(btf: &Btf) -> ResetReasons {
@@ -312,6 +317,20 @@ pub struct KernelLayout {
     /// Optional struct fields not found: unread bytes, exit codes and the
     /// signal-handler check are left out.
     pub missing_fields: Vec<&'static str>,
+}
+
+impl KernelLayout {
+    /// What a recording keeps of the kernel it was made on: the tracepoints
+    /// used and missing, argument positions and struct offsets.
+    pub fn facts(&self) -> serde_json::Value {
+        let name = |tp: &Tracepoint| format!("{}:{}", tp.group, tp.name);
+        serde_json::json!({
+            "tracepoints": self.present.iter().map(name).collect::<Vec<_>>(),
+            "missing": self.missing.iter().map(|m| name(&m.tracepoint)).collect::<Vec<_>>(),
+            "missing_fields": self.missing_fields,
+            "config": self.config,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,123 @@
+//! Filters applied to raw kernel records in userspace, when a recording is
+//! read: the same rules the kernel program applies live (see
+//! `tcptrace-ebpf`'s `endpoints_pass` and `process_passes`), so that
+//! `--read FILE --port 80` keeps what `--port 80` would have kept.
+
+use std::collections::HashSet;
+
+use tcptrace_common::{Event, Filter, Task, filter, flag, kind};
+
+/// The user's filters, on records.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub filter: Filter,
+    /// Process ids (tgids) kept when [`filter::PID`] is on.
+    pub pids: HashSet<u32>,
+}
+
+impl EventFilter {
+    pub fn is_active(&self) -> bool {
+        self.filter.flags != 0
+    }
+
+    /// Would the kernel program have submitted this record under these
+    /// filters?
+    pub fn passes(&self, e: &Event) -> bool {
+        let f = &self.filter;
+        match e.kind {
+            // Exits are judged by the exiting task, signals by their target.
+            kind::PROCESS_EXIT => self.task_matches(&e.context),
+            kind::SIGNAL => f.flags & filter::PID == 0 || self.pids.contains(&(e.aux as u32)),
+            _ => self.endpoints_pass(e) && self.process_passes(e),
+        }
+    }
+
+    fn task_matches(&self, task: &Task) -> bool {
+        let f = &self.filter;
+        (f.flags & filter::PID == 0 || self.pids.contains(&task.tgid))
+            && (f.flags & filter::COMM == 0 || task.comm == f.comm)
+            && (f.flags & filter::CGROUP == 0 || task.cgroup_id == f.cgroup_id)
+    }
+
+    fn endpoints_pass(&self, e: &Event) -> bool {
+        let f = &self.filter;
+        (f.flags & filter::NETNS == 0 || e.netns == f.netns)
+            && (f.flags & filter::FAMILY == 0 || e.family == f.family)
+            && (f.flags & filter::PORT == 0 || e.sport == f.port || e.dport == f.port)
+            && (f.flags & filter::LPORT == 0 || e.sport == f.lport)
+            && (f.flags & filter::RPORT == 0 || e.dport == f.rport)
+    }
+
+    /// The socket's owner when known; otherwise the task that caused the
+    /// event, unless it ran in softirq (a bystander).
+    fn process_passes(&self, e: &Event) -> bool {
+        if self.filter.flags & (filter::PID | filter::COMM | filter::CGROUP) == 0 {
+            return true;
+        }
+        if e.flags & flag::OWNER_KNOWN != 0 {
+            return self.task_matches(&e.owner);
+        }
+        e.flags & flag::SOFTIRQ == 0 && self.task_matches(&e.context)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tcptrace_common::AF_INET;
+
+    fn event(sport: u16, dport: u16, owner_tgid: Option<u32>) -> Event {
+        let mut e = Event {
+            kind: kind::STATE,
+            family: AF_INET,
+            sport,
+            dport,
+            ..Event::default()
+        };
+        if let Some(tgid) = owner_tgid {
+            e.owner.tgid = tgid;
+            e.flags |= flag::OWNER_KNOWN;
+        }
+        e
+    }
+
+    #[test]
+    fn ports_and_owners_are_judged_as_the_kernel_judges_them() {
+        let mut f = EventFilter::default();
+        f.filter.flags = filter::PORT | filter::PID;
+        f.filter.port = 80;
+        f.pids.insert(42);
+        assert!(f.passes(&event(80, 5000, Some(42))));
+        assert!(f.passes(&event(5000, 80, Some(42))));
+        assert!(!f.passes(&event(81, 5000, Some(42))), "port");
+        assert!(!f.passes(&event(80, 5000, Some(7))), "owner");
+        // No owner: the on-CPU task decides, unless it is softirq's.
+        let mut e = event(80, 5000, None);
+        e.context.tgid = 42;
+        assert!(f.passes(&e));
+        e.flags |= flag::SOFTIRQ;
+        assert!(!f.passes(&e));
+    }
+
+    #[test]
+    fn exits_are_judged_by_their_task_and_signals_by_their_target() {
+        let mut f = EventFilter::default();
+        f.filter.flags = filter::PID;
+        f.pids.insert(42);
+        let mut exit = Event {
+            kind: kind::PROCESS_EXIT,
+            ..Event::default()
+        };
+        exit.context.tgid = 42;
+        assert!(f.passes(&exit));
+        exit.context.tgid = 43;
+        assert!(!f.passes(&exit));
+        let signal = Event {
+            kind: kind::SIGNAL,
+            aux: 42,
+            ..Event::default()
+        };
+        assert!(f.passes(&signal));
+        assert!(!EventFilter::default().is_active());
+    }
+}

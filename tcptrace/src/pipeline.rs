@@ -1,0 +1,252 @@
+//! The pipeline, the same for every input: raw kernel records and the
+//! steps that drive time (ticks, losses, the exit check) come in, from the
+//! live ring buffer or a recording; decoded records, finished lives and
+//! their verdicts go out to the renderers and the summary, and the raw
+//! steps to the recorder, when there is one.
+//!
+//! Replaying a recording gives the live run's output because nothing here
+//! reads a clock or the host: time is the records' and the ticks', and the
+//! one fact taken from the host (a cgroup's unit and container) is looked
+//! up when a record first names the cgroup and recorded before it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{self, Write},
+    net::SocketAddr,
+};
+
+use crate::{
+    cgroups::{CgroupNames, Workload},
+    classify::classify,
+    counters::Counters,
+    decode::{Decoder, Proc, Record, event_from_bytes},
+    filter::EventFilter,
+    recording::Recorder,
+    render::{RenderOptions, Renderer, Summary},
+    tracker::{SocketLife, Tracker, TrackerOptions},
+};
+
+/// The kernel's sockets at exit: (local, remote) of each.
+pub type AliveSockets = HashSet<(SocketAddr, SocketAddr)>;
+
+/// Where cgroup names come from: the host (live), or the recording.
+enum CgroupSource {
+    Host {
+        names: CgroupNames,
+        /// Ids looked up already (named or not).
+        known: HashSet<u64>,
+    },
+    Recording,
+}
+
+/// Records in, rendered sockets and transitions out; the summary on the side.
+pub struct Pipeline<W: Write> {
+    decoder: Decoder,
+    /// Read-time filters (a replay's); the live ones run in the kernel.
+    filter: Option<EventFilter>,
+    tracker: Tracker,
+    cgroups: CgroupSource,
+    /// Cgroup id → its unit and container, for owners.
+    workloads: HashMap<u64, Workload>,
+    recorder: Option<Recorder>,
+    renderer: Renderer<W>,
+    summary: Summary,
+    /// Monotonic time of the latest loss: lives that began before it may
+    /// miss events and are marked incomplete.
+    last_loss_ns: Option<u64>,
+    undecodable: u64,
+    filtered: u64,
+}
+
+impl<W: Write> Pipeline<W> {
+    pub fn new(tracker: TrackerOptions, render: RenderOptions, out: W) -> Self {
+        Pipeline {
+            decoder: Decoder::default(),
+            filter: None,
+            tracker: Tracker::new(tracker),
+            cgroups: CgroupSource::Host {
+                names: CgroupNames::new(),
+                known: HashSet::new(),
+            },
+            workloads: HashMap::new(),
+            recorder: None,
+            renderer: Renderer::new(out, render),
+            summary: Summary::default(),
+            last_loss_ns: None,
+            undecodable: 0,
+            filtered: 0,
+        }
+    }
+
+    /// Names RST reasons as the recording (or running) kernel does.
+    pub fn with_decoder(mut self, decoder: Decoder) -> Self {
+        self.decoder = decoder;
+        self
+    }
+
+    /// Filters applied to every raw record before it is decoded.
+    pub fn with_filter(mut self, filter: EventFilter) -> Self {
+        self.filter = filter.is_active().then_some(filter);
+        self
+    }
+
+    /// Cgroup names come from [`Pipeline::workload`] calls (a replay), not
+    /// from this host.
+    pub fn with_recorded_cgroups(mut self) -> Self {
+        self.cgroups = CgroupSource::Recording;
+        self
+    }
+
+    /// Every step is also written to `recorder`.
+    pub fn with_recorder(mut self, recorder: Recorder) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// One raw kernel record, as the ring (or a recording) held it.
+    pub fn raw(&mut self, raw: &[u8]) -> io::Result<()> {
+        let decoded = event_from_bytes(raw).and_then(|event| {
+            if let Some(f) = &self.filter
+                && !f.passes(&event)
+            {
+                return Ok(None);
+            }
+            self.decoder.decode(&event).map(Some)
+        });
+        let record = match decoded {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                self.filtered += 1;
+                return Ok(());
+            }
+            Err(e) => {
+                self.undecodable += 1;
+                log::debug!("undecodable event: {e}");
+                return Ok(());
+            }
+        };
+        self.learn_cgroups(&record);
+        if let Some(r) = &mut self.recorder {
+            r.event(raw);
+        }
+        self.record(&record)
+    }
+
+    /// One decoded record.
+    pub fn record(&mut self, record: &Record) -> io::Result<()> {
+        self.renderer.transition(record)?;
+        for life in self.tracker.observe(record) {
+            self.finished(life)?;
+        }
+        Ok(())
+    }
+
+    /// Reports lives whose late events can no longer come.
+    pub fn tick(&mut self, now_ns: u64) -> io::Result<()> {
+        if let Some(r) = &mut self.recorder {
+            r.tick(now_ns);
+        }
+        for life in self.tracker.expire(now_ns) {
+            self.finished(life)?;
+        }
+        self.renderer.flush()
+    }
+
+    /// New losses were seen at `now_ns`: lives begun before are marked.
+    pub fn note_loss(&mut self, now_ns: u64) {
+        if let Some(r) = &mut self.recorder {
+            r.loss(now_ns);
+        }
+        self.last_loss_ns = Some(now_ns);
+    }
+
+    /// A cgroup's unit and container, as a recording names it.
+    pub fn workload(&mut self, id: u64, workload: Workload) {
+        self.workloads.insert(id, workload);
+    }
+
+    /// At exit: sockets still open are reported as such, unless `alive`
+    /// (the kernel's own sockets, when they could be listed) says they are
+    /// gone: those closed unseen.
+    pub fn finish(&mut self, alive: Option<&AliveSockets>) -> io::Result<()> {
+        if let (Some(r), Some(alive)) = (&mut self.recorder, alive) {
+            r.alive(alive);
+        }
+        for life in self.tracker.finish_against(alive) {
+            self.finished(life)?;
+        }
+        self.renderer.flush()
+    }
+
+    /// The recorder, to be finished with the run's counters.
+    pub fn take_recorder(&mut self) -> Option<Recorder> {
+        self.recorder.take()
+    }
+
+    fn finished(&mut self, mut life: SocketLife) -> io::Result<()> {
+        if self.last_loss_ns.is_some_and(|loss| life.start_ns <= loss) {
+            life.events_lost = true;
+        }
+        if let Some(owner) = life.owner {
+            life.workload = self.workloads.get(&owner.cgroup_id).cloned();
+        }
+        let verdict = classify(&life);
+        self.summary.add(&life, &verdict);
+        self.renderer.socket(&life, &verdict)
+    }
+
+    /// Looks up, once, the cgroups a record names, so that the lives they
+    /// own can be given a unit and container — and records the names.
+    fn learn_cgroups(&mut self, record: &Record) {
+        let CgroupSource::Host { names, known } = &mut self.cgroups else {
+            return;
+        };
+        let procs = match record {
+            Record::ProcessExit { task, .. } => [Some(task), None],
+            Record::Signal { .. } => [None, None],
+            _ => match record.sock() {
+                Some(s) => [s.owner.as_ref(), s.context.process()],
+                None => [None, None],
+            },
+        };
+        for p in procs.into_iter().flatten().map(|p: &Proc| p.cgroup_id) {
+            if p == 0 || known.contains(&p) {
+                continue;
+            }
+            if let Some(w) = names.resolve(p) {
+                self.workloads.insert(p, w.clone());
+                if let Some(r) = &mut self.recorder {
+                    r.workload(p, w);
+                }
+            }
+            // A cgroup not found yet may appear later (a rescan is at most
+            // once a second): asked again at its next record.
+            if names.knows(p) {
+                known.insert(p);
+            }
+        }
+    }
+
+    /// Does the tracker believe any socket is still open?
+    pub fn has_open_lives(&self) -> bool {
+        self.tracker.stats().tracked > 0
+    }
+
+    /// The renderers' output.
+    pub fn output(&mut self) -> &mut W {
+        self.renderer.output()
+    }
+
+    /// Records that could not be decoded, and that read-time filters left out.
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable
+    }
+
+    pub fn filtered(&self) -> u64 {
+        self.filtered
+    }
+
+    pub fn write_summary(&self, out: &mut dyn Write, counters: &Counters) -> io::Result<()> {
+        self.summary.write(out, counters, &self.tracker.stats())
+    }
+}

@@ -1,0 +1,219 @@
+//! `--read`: a recording through the same pipeline as a live run, without
+//! root or BPF. Every whole frame before a fault is rendered; the fault is
+//! then named (file and byte offset) and the exit status is non-zero.
+
+use std::io::{self, Write};
+
+use anyhow::Context as _;
+
+use crate::{
+    cli::Args,
+    counters::Counters,
+    decode::Decoder,
+    kernel::ResetReasons,
+    pipeline::Pipeline,
+    recording::{Frame, Header, Trailer, read_set},
+    render::RenderOptions,
+    tracker::TrackerOptions,
+};
+
+/// A recording could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} (everything before it was shown)")]
+pub struct Unreadable(pub String);
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let filter = args.read_filter()?;
+    let mut set = read_set(&args.read).context("--read")?;
+    let header = set.header().clone();
+    eprintln!("tcptrace: {}", describe(&header, set.len()));
+    for note in set.notes() {
+        eprintln!("tcptrace: note: {note}");
+    }
+    let render = RenderOptions {
+        view: args.view,
+        json: args.json,
+        color: args.color(io::IsTerminal::is_terminal(&io::stdout())),
+        timestamp: args.timestamp,
+        wide: args.wide,
+        wall_offset_ns: i128::from(header.wall_offset_ns),
+        own_netns: header.own_netns,
+    };
+    // The recording's own table size: the same evictions as live.
+    let tracker = TrackerOptions {
+        max_sockets: header.max_sockets as usize,
+        ..args.tracker_options()
+    };
+    let reasons = ResetReasons::from_pairs(
+        header
+            .reset_reasons
+            .iter()
+            .map(|(code, name)| (*code, name.as_str())),
+    );
+    // Nothing to drain meanwhile: a slow reader of stdout may hold us back.
+    let out = io::BufWriter::with_capacity(64 << 10, io::stdout());
+    let mut pipeline = Pipeline::new(tracker, render, out)
+        .with_decoder(Decoder::new(reasons))
+        .with_filter(filter)
+        .with_recorded_cgroups();
+
+    let mut trailer = None;
+    let mut finished = false;
+    let mut fault = None;
+    let mut events = 0u64;
+    let result = (|| -> io::Result<()> {
+        'files: for i in 0..set.len() {
+            let mut reader = match set.open(i) {
+                Ok(r) => r,
+                Err(e) => {
+                    fault = Some(e.to_string());
+                    break 'files;
+                }
+            };
+            loop {
+                let frame = match reader.next_frame() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        fault = Some(format!("{}: {e}", set.name(i)));
+                        break 'files;
+                    }
+                };
+                match frame {
+                    Frame::Event(raw) => {
+                        events += 1;
+                        pipeline.raw(&raw)?;
+                    }
+                    Frame::Tick(now) => pipeline.tick(now)?,
+                    Frame::Loss(now) => pipeline.note_loss(now),
+                    Frame::Workload(w) => pipeline.workload(w.id, w.workload),
+                    Frame::Alive(pairs) => {
+                        pipeline.finish(Some(&pairs.into_iter().collect()))?;
+                        finished = true;
+                    }
+                    Frame::Trailer(t) => trailer = Some(t),
+                }
+            }
+        }
+        if !finished {
+            pipeline.finish(None)?;
+        }
+        pipeline.output().flush()
+    })();
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+        Err(e) => return Err(e).context("writing output"),
+        Ok(()) => {}
+    }
+
+    if !args.no_summary {
+        let counters = replay_counters(trailer.as_deref(), events, pipeline.undecodable());
+        let mut err = io::stderr().lock();
+        pipeline.write_summary(&mut err, &counters)?;
+        match &trailer {
+            Some(t) if t.events_dropped > 0 => writeln!(
+                err,
+                "  recording:  {} events were not recorded (the disk did not keep up)",
+                t.events_dropped
+            )?,
+            Some(_) => {}
+            None => writeln!(
+                err,
+                "  recording:  no trailer (cut short, or not the last file): the kernel's \
+                 counts are unknown; {events} events read"
+            )?,
+        }
+        if pipeline.filtered() > 0 {
+            writeln!(
+                err,
+                "  read:       {} of {events} events left out by the filters given now",
+                pipeline.filtered()
+            )?;
+        }
+        let mut line = serde_json::to_value(counters)?;
+        line["read"] = serde_json::json!({
+            "events": events,
+            "filtered": pipeline.filtered(),
+            "trailer": trailer.is_some(),
+        });
+        writeln!(err, "tcptrace-summary {line}")?;
+    }
+    match fault {
+        Some(f) => Err(Unreadable(f).into()),
+        None => Ok(()),
+    }
+}
+
+/// The recording run's counters, from its trailer; without one, only what
+/// was read is known.
+fn replay_counters(trailer: Option<&Trailer>, events: u64, undecodable: u64) -> Counters {
+    match trailer {
+        Some(t) => Counters {
+            undecodable,
+            ..t.counters
+        },
+        None => Counters {
+            produced: events,
+            received: events,
+            undecodable,
+            ..Counters::default()
+        },
+    }
+}
+
+/// "a recording of HOST (Linux X, tcptrace Y), started …, N files".
+fn describe(h: &Header, files: usize) -> String {
+    let started = utc_date_time(h.started_wall_ns);
+    let filters = if h.filters.is_empty() {
+        "no filters".to_owned()
+    } else {
+        format!("filters {}", h.filters.join(" "))
+    };
+    format!(
+        "reading a recording of {} (Linux {}, tcptrace {}) started {started}, {filters}; {files} file{}",
+        crate::render::escape(&h.hostname),
+        h.kernel_release,
+        h.tcptrace_version,
+        if files == 1 { "" } else { "s" }
+    )
+}
+
+/// "YYYY-MM-DD HH:MM:SS UTC" of ns since the epoch (a recording travels
+/// between time zones: UTC says when it was, anywhere).
+fn utc_date_time(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        day_secs / 3600,
+        day_secs % 3600 / 60,
+        day_secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_are_utc_and_civil() {
+        assert_eq!(super::utc_date_time(0), "1970-01-01 00:00:00 UTC");
+        // 2026-11-29 08:35:37 UTC
+        assert_eq!(
+            super::utc_date_time(1_795_941_337 * 1_000_000_000),
+            "2026-11-29 08:35:37 UTC"
+        );
+        assert_eq!(
+            super::utc_date_time(951_782_400 * 1_000_000_000),
+            "2000-02-29 00:00:00 UTC"
+        );
+    }
+}
