@@ -306,7 +306,11 @@ impl Args {
         if let Some(c) = &self.comm {
             add("--comm", c.to_string_lossy().into_owned());
         }
-        for (flag, port) in [("--port", self.port), ("--lport", self.lport), ("--rport", self.rport)] {
+        for (flag, port) in [
+            ("--port", self.port),
+            ("--lport", self.lport),
+            ("--rport", self.rport),
+        ] {
             if let Some(p) = port {
                 add(flag, p.to_string());
             }
@@ -325,7 +329,11 @@ impl Args {
         }
         if !self.command.is_empty() {
             add("--", String::new());
-            words.extend(self.command.iter().map(|c| c.to_string_lossy().into_owned()));
+            words.extend(
+                self.command
+                    .iter()
+                    .map(|c| c.to_string_lossy().into_owned()),
+            );
         }
         words
     }

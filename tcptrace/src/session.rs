@@ -81,9 +81,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
     // The recording's first file, before anything is loaded: a bad path
     // is refused first.
     let record_file = match &args.write {
-        Some(path) => Some(
-            Recorder::create_file(path).context("--write: cannot create the recording")?,
-        ),
+        Some(path) => {
+            Some(Recorder::create_file(path).context("--write: cannot create the recording")?)
+        }
         None => None,
     };
     // What existed before tcptrace: owners for services started long ago.

@@ -315,3 +315,72 @@ pub fn wait_line(
         }
     }
 }
+
+/// A running tcptrace CLI and its stderr lines.
+pub struct Cli {
+    pub child: std::process::Child,
+    pub stderr: std::sync::mpsc::Receiver<String>,
+    pub stderr_lines: Vec<String>,
+}
+
+impl Cli {
+    /// Starts tcptrace with `args` and waits until it is tracing.
+    pub fn start(args: &[&str], stdout: std::process::Stdio) -> Cli {
+        Cli::start_with(
+            std::process::Command::new(tcptrace_binary())
+                .args(args)
+                .stdout(stdout),
+        )
+    }
+
+    pub fn start_with(cmd: &mut std::process::Command) -> Cli {
+        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let stderr = lines_of(child.stderr.take().unwrap());
+        let mut stderr_lines = Vec::new();
+        if !wait_line(&stderr, &mut stderr_lines, |l| l.contains("tracing TCP")) {
+            let _ = child.kill();
+            panic!("tcptrace never said it was tracing: {stderr_lines:#?}");
+        }
+        Cli {
+            child,
+            stderr,
+            stderr_lines,
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits at most `limit` for the exit; panics (after killing it) if it
+    /// takes longer. Returns the exit code and the summary's JSON.
+    pub fn exit_within(
+        mut self,
+        limit: std::time::Duration,
+    ) -> (Option<i32>, serde_json::Value, Vec<String>) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!(
+                    "tcptrace did not exit within {limit:?}; stderr: {:#?}",
+                    self.stderr_lines
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let _ = self.child.wait();
+        self.stderr_lines.extend(self.stderr.iter());
+        let summary = self
+            .stderr_lines
+            .iter()
+            .find_map(|l| l.strip_prefix("tcptrace-summary "))
+            .unwrap_or_else(|| panic!("no summary line: {:#?}", self.stderr_lines));
+        let summary = serde_json::from_str(summary).unwrap();
+        (status.code(), summary, self.stderr_lines)
+    }
+}

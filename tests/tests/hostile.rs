@@ -7,12 +7,11 @@ use std::{
     io::Read,
     net::{TcpListener, TcpStream},
     os::unix::process::CommandExt as _,
-    process::{Child, Command, Stdio},
-    sync::mpsc::Receiver,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use tcptrace_tests::{as_nobody, lines_of, tcptrace_binary, wait_line};
+use tcptrace_tests::{Cli, as_nobody, lines_of, tcptrace_binary, wait_line};
 
 /// Tests that make load take turns: the smallest ring's loss bound is about
 /// this test's own traffic, not the neighbours'.
@@ -21,68 +20,6 @@ static LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn take_turn() -> std::sync::MutexGuard<'static, ()> {
     LOAD.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A running tcptrace CLI and its stderr lines.
-struct Cli {
-    child: Child,
-    stderr: Receiver<String>,
-    stderr_lines: Vec<String>,
-}
-
-impl Cli {
-    /// Starts tcptrace with `args` and waits until it is tracing.
-    fn start(args: &[&str], stdout: Stdio) -> Cli {
-        Cli::start_with(Command::new(tcptrace_binary()).args(args).stdout(stdout))
-    }
-
-    fn start_with(cmd: &mut Command) -> Cli {
-        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-        let stderr = lines_of(child.stderr.take().unwrap());
-        let mut stderr_lines = Vec::new();
-        if !wait_line(&stderr, &mut stderr_lines, |l| l.contains("tracing TCP")) {
-            let _ = child.kill();
-            panic!("tcptrace never said it was tracing: {stderr_lines:#?}");
-        }
-        Cli {
-            child,
-            stderr,
-            stderr_lines,
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    /// Waits at most `limit` for the exit; panics (after killing it) if it
-    /// takes longer. Returns the exit code and the summary's JSON.
-    fn exit_within(mut self, limit: Duration) -> (Option<i32>, serde_json::Value, Vec<String>) {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if start.elapsed() > limit {
-                let _ = self.child.kill();
-                panic!(
-                    "tcptrace did not exit within {limit:?}; stderr: {:#?}",
-                    self.stderr_lines
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let _ = self.child.wait();
-        self.stderr_lines.extend(self.stderr.iter());
-        let summary = self
-            .stderr_lines
-            .iter()
-            .find_map(|l| l.strip_prefix("tcptrace-summary "))
-            .unwrap_or_else(|| panic!("no summary line: {:#?}", self.stderr_lines));
-        let summary = serde_json::from_str(summary).unwrap();
-        (status.code(), summary, self.stderr_lines)
-    }
 }
 
 fn n(v: &serde_json::Value, key: &str) -> u64 {

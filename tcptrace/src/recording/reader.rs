@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tcptrace_common::Event;
 
 use super::{
-    FRAME_HEAD_LEN, Frame, FormatError, Header, MAGIC, MAX_EVENT_SIZE, MAX_PAYLOAD, PREAMBLE_LEN,
+    FRAME_HEAD_LEN, FormatError, Frame, Header, MAGIC, MAX_EVENT_SIZE, MAX_PAYLOAD, PREAMBLE_LEN,
     Trailer, VERSION, WorkloadFrame, kind, kind_name,
 };
 
@@ -80,11 +80,10 @@ impl<R: Read> FrameReader<R> {
             });
         }
         let json = r.buf.split_to(header_len as usize);
-        let header: Header =
-            serde_json::from_slice(&json).map_err(|e| FormatError::BadHeader {
-                offset: r.offset,
-                why: e.to_string(),
-            })?;
+        let header: Header = serde_json::from_slice(&json).map_err(|e| FormatError::BadHeader {
+            offset: r.offset,
+            why: e.to_string(),
+        })?;
         let today = size_of::<Event>() as u32;
         if !(V1_EVENT_SIZE..=MAX_EVENT_SIZE).contains(&header.event_size) {
             return Err(FormatError::BadHeader {
@@ -148,7 +147,12 @@ impl<R: Read> FrameReader<R> {
             kind::WORKLOAD | kind::ALIVE | kind::TRAILER if len > MAX_PAYLOAD => {
                 return Err(bad_length());
             }
-            kind::EVENT | kind::TICK | kind::LOSS | kind::WORKLOAD | kind::ALIVE | kind::TRAILER => {}
+            kind::EVENT
+            | kind::TICK
+            | kind::LOSS
+            | kind::WORKLOAD
+            | kind::ALIVE
+            | kind::TRAILER => {}
             _ => return Err(FormatError::UnknownKind { offset: at, kind }),
         }
         let whole = FRAME_HEAD_LEN + len as usize;
@@ -255,12 +259,13 @@ pub fn read_set(paths: &[PathBuf]) -> Result<RecordingSet, SetError> {
         if paths.len() > 1 {
             return Err(SetError::StdinWithFiles);
         }
-        let reader = FrameReader::open(Box::new(io::stdin().lock()) as Box<dyn Read>).map_err(
-            |error| SetError::Format {
-                name: "stdin".into(),
-                error,
-            },
-        )?;
+        let reader =
+            FrameReader::open(Box::new(io::stdin().lock()) as Box<dyn Read>).map_err(|error| {
+                SetError::Format {
+                    name: "stdin".into(),
+                    error,
+                }
+            })?;
         let header = reader.header().clone();
         return Ok(RecordingSet {
             files: vec![("stdin".into(), None, header)],
@@ -314,7 +319,8 @@ fn open_file(path: &Path) -> Result<FrameReader<Box<dyn Read>>, SetError> {
         name: name.clone(),
         error,
     })?;
-    FrameReader::open(Box::new(file) as Box<dyn Read>).map_err(|error| SetError::Format { name, error })
+    FrameReader::open(Box::new(file) as Box<dyn Read>)
+        .map_err(|error| SetError::Format { name, error })
 }
 
 impl RecordingSet {

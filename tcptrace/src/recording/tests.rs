@@ -91,13 +91,19 @@ fn control_frames_round_trip() {
     assert!(err.is_none());
     assert_eq!(
         frames,
-        vec![Frame::Workload(w), Frame::Alive(vec![(a, z)]), Frame::Loss(5)]
+        vec![
+            Frame::Workload(w),
+            Frame::Alive(vec![(a, z)]),
+            Frame::Loss(5)
+        ]
     );
 }
 
 #[test]
 fn not_a_recording_is_named_so() {
-    let e = FrameReader::open(Cursor::new(b"GET / HTTP/1.1\r\n".to_vec())).err().unwrap();
+    let e = FrameReader::open(Cursor::new(b"GET / HTTP/1.1\r\n".to_vec()))
+        .err()
+        .unwrap();
     assert!(matches!(e, FormatError::NotARecording), "{e}");
     let e = FrameReader::open(Cursor::new(Vec::new())).err().unwrap();
     assert!(matches!(e, FormatError::NotARecording), "{e}");
@@ -108,7 +114,10 @@ fn a_newer_version_is_refused_by_number() {
     let mut f = file(1);
     f[8..10].copy_from_slice(&(VERSION + 1).to_le_bytes());
     let e = FrameReader::open(Cursor::new(f)).err().unwrap();
-    assert!(e.to_string().contains(&format!("version {}", VERSION + 1)), "{e}");
+    assert!(
+        e.to_string().contains(&format!("version {}", VERSION + 1)),
+        "{e}"
+    );
     assert!(e.to_string().contains("newer tcptrace"), "{e}");
 }
 
@@ -116,15 +125,23 @@ fn a_newer_version_is_refused_by_number() {
 fn a_truncated_header_says_where_and_how_much() {
     let f = file(1);
     let cut = header_end() - 10;
-    let e = FrameReader::open(Cursor::new(f[..cut].to_vec())).err().unwrap();
+    let e = FrameReader::open(Cursor::new(f[..cut].to_vec()))
+        .err()
+        .unwrap();
     match e {
-        FormatError::TruncatedHeader { offset, got, wanted } => {
+        FormatError::TruncatedHeader {
+            offset,
+            got,
+            wanted,
+        } => {
             assert_eq!(offset, cut as u64);
             assert_eq!(got + 10, wanted);
         }
         other => panic!("{other}"),
     }
-    let e = FrameReader::open(Cursor::new(f[..11].to_vec())).err().unwrap();
+    let e = FrameReader::open(Cursor::new(f[..11].to_vec()))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("byte 11"), "{e}");
 }
 
@@ -133,7 +150,10 @@ fn a_header_that_is_not_json_is_named_with_its_offset() {
     let mut f = file(1);
     f[PREAMBLE_LEN] = b'#';
     let e = FrameReader::open(Cursor::new(f)).err().unwrap();
-    assert!(e.to_string().starts_with("header at byte 16 is not valid"), "{e}");
+    assert!(
+        e.to_string().starts_with("header at byte 16 is not valid"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -160,7 +180,10 @@ fn a_corrupt_length_or_kind_is_named_with_its_offset() {
     let (frames, err) = read_all(&f).unwrap();
     assert!(frames.is_empty());
     let msg = err.unwrap().to_string();
-    assert_eq!(msg, format!("frame at byte {at} has a corrupt length 99 for a event frame"));
+    assert_eq!(
+        msg,
+        format!("frame at byte {at} has a corrupt length 99 for a event frame")
+    );
 
     let mut f = file(2);
     let second = at + FRAME_HEAD_LEN + EVENT_SIZE;
@@ -181,7 +204,10 @@ fn a_bad_json_payload_is_named_with_its_offset() {
     put_frame(&mut b, kind::TRAILER, b"{not json");
     let (_, err) = read_all(&b).unwrap();
     let msg = err.unwrap().to_string();
-    assert!(msg.starts_with(&format!("trailer frame at byte {at} is not valid")), "{msg}");
+    assert!(
+        msg.starts_with(&format!("trailer frame at byte {at} is not valid")),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -190,14 +216,22 @@ fn older_shorter_records_read_with_their_new_fields_zero() {
     h.event_size = reader::V1_EVENT_SIZE;
     let mut b = BytesMut::new();
     put_preamble(&mut b, &h).unwrap();
-    put_frame(&mut b, kind::EVENT, &vec![1u8; reader::V1_EVENT_SIZE as usize]);
+    put_frame(
+        &mut b,
+        kind::EVENT,
+        &vec![1u8; reader::V1_EVENT_SIZE as usize],
+    );
     let (frames, err) = read_all(&b).unwrap();
     assert!(err.is_none());
     let Frame::Event(raw) = &frames[0] else {
         panic!()
     };
     assert_eq!(raw.len(), EVENT_SIZE);
-    assert!(raw[reader::V1_EVENT_SIZE as usize..].iter().all(|&b| b == 0));
+    assert!(
+        raw[reader::V1_EVENT_SIZE as usize..]
+            .iter()
+            .all(|&b| b == 0)
+    );
     // Records larger than today's come from a newer tcptrace.
     h.event_size = EVENT_SIZE as u32 + 8;
     let mut b = BytesMut::new();
@@ -209,8 +243,14 @@ fn older_shorter_records_read_with_their_new_fields_zero() {
 #[test]
 fn rotated_files_are_named_after_the_first() {
     use std::path::Path;
-    assert_eq!(writer::rotated_path(Path::new("/tmp/t.rec"), 0), Path::new("/tmp/t.rec"));
-    assert_eq!(writer::rotated_path(Path::new("/tmp/t.rec"), 12), Path::new("/tmp/t.rec.12"));
+    assert_eq!(
+        writer::rotated_path(Path::new("/tmp/t.rec"), 0),
+        Path::new("/tmp/t.rec")
+    );
+    assert_eq!(
+        writer::rotated_path(Path::new("/tmp/t.rec"), 12),
+        Path::new("/tmp/t.rec.12")
+    );
 }
 
 proptest! {

@@ -90,7 +90,12 @@ impl Recorder {
 
     /// Writes the header to `file` (made by [`Recorder::create_file`] at
     /// `path`) and starts the writing thread.
-    pub fn start(file: File, path: &Path, header: Header, rotation: Rotation) -> io::Result<Recorder> {
+    pub fn start(
+        file: File,
+        path: &Path,
+        header: Header,
+        rotation: Rotation,
+    ) -> io::Result<Recorder> {
         let shared = Arc::new(Shared::default());
         let (tx, rx) = sync_channel::<Chunk>(QUEUE_CHUNKS);
         let (done_tx, done) = sync_channel(1);
@@ -104,7 +109,11 @@ impl Recorder {
             shared: shared.clone(),
         };
         writer.start_file()?;
-        shared.files.lock().unwrap_or_else(|e| e.into_inner()).push(path.to_owned());
+        shared
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.to_owned());
         let thread = std::thread::Builder::new()
             .name("tcptrace-record".into())
             .spawn(move || {
@@ -163,7 +172,12 @@ impl Recorder {
 
     /// Writes the trailer and what is left, waiting at most `grace` for a
     /// stalled disk.
-    pub fn finish(mut self, counters: Counters, wall_now_ns: i64, grace: Duration) -> RecorderReport {
+    pub fn finish(
+        mut self,
+        counters: Counters,
+        wall_now_ns: i64,
+        grace: Duration,
+    ) -> RecorderReport {
         let dropped_so_far = self.shared.dropped.load(Ordering::Relaxed);
         let trailer = Trailer {
             counters,
@@ -201,16 +215,29 @@ impl Recorder {
             Err(RecvTimeoutError::Timeout) => {
                 let mut error = self.shared.error.lock().unwrap_or_else(|e| e.into_inner());
                 error.get_or_insert_with(|| {
-                    format!("the disk took longer than {} s: the rest was given up", grace.as_secs())
+                    format!(
+                        "the disk took longer than {} s: the rest was given up",
+                        grace.as_secs()
+                    )
                 });
             }
         }
         RecorderReport {
-            files: self.shared.files.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            files: self
+                .shared
+                .files
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             bytes: self.shared.bytes.load(Ordering::Relaxed),
             events: self.events,
             events_dropped: self.shared.dropped.load(Ordering::Relaxed),
-            error: self.shared.error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            error: self
+                .shared
+                .error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
@@ -253,11 +280,15 @@ impl FileWriter {
         let mut failed = false;
         for chunk in rx {
             if failed {
-                self.shared.dropped.fetch_add(chunk.events, Ordering::Relaxed);
+                self.shared
+                    .dropped
+                    .fetch_add(chunk.events, Ordering::Relaxed);
                 continue;
             }
             if let Err(e) = self.write_chunk(&chunk) {
-                self.shared.dropped.fetch_add(chunk.events, Ordering::Relaxed);
+                self.shared
+                    .dropped
+                    .fetch_add(chunk.events, Ordering::Relaxed);
                 eprintln!("tcptrace: recording stopped: {e}; tracing goes on");
                 *self.shared.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
                 failed = true;
