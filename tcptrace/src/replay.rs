@@ -12,10 +12,94 @@ use crate::{
     decode::Decoder,
     kernel::ResetReasons,
     pipeline::Pipeline,
-    recording::{Frame, Header, Trailer, read_set},
+    recording::{Frame, Header, RecordingSet, Trailer, read_set},
     render::RenderOptions,
     tracker::TrackerOptions,
 };
+
+/// What a replay read.
+pub struct Fed {
+    /// Kernel records read.
+    pub events: u64,
+    pub trailer: Option<Box<Trailer>>,
+    /// Why reading stopped before the end, with the file and byte offset.
+    pub fault: Option<String>,
+}
+
+/// Feeds every frame of `set` through `pipeline`, up to the first fault,
+/// and finishes it as the live run finished.
+pub fn feed<W: Write>(set: &mut RecordingSet, pipeline: &mut Pipeline<W>) -> io::Result<Fed> {
+    let mut fed = Fed {
+        events: 0,
+        trailer: None,
+        fault: None,
+    };
+    let mut finished = false;
+    'files: for i in 0..set.len() {
+        let mut reader = match set.open(i) {
+            Ok(r) => r,
+            Err(e) => {
+                fed.fault = Some(e.to_string());
+                break 'files;
+            }
+        };
+        loop {
+            let frame = match reader.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    fed.fault = Some(format!("{}: {e}", set.name(i)));
+                    break 'files;
+                }
+            };
+            match frame {
+                Frame::Event(raw) => {
+                    fed.events += 1;
+                    pipeline.raw(&raw)?;
+                }
+                Frame::Tick(now) => pipeline.tick(now)?,
+                Frame::Loss(now) => pipeline.note_loss(now),
+                Frame::Workload(w) => pipeline.workload(w.id, w.workload),
+                Frame::Alive(pairs) => {
+                    pipeline.finish(Some(&pairs.into_iter().collect()))?;
+                    finished = true;
+                }
+                Frame::Trailer(t) => fed.trailer = Some(t),
+            }
+        }
+    }
+    // A recording cut short ends as a live run stopped without the exit
+    // check: what is open is reported open.
+    if !finished {
+        pipeline.finish(None)?;
+    }
+    pipeline.output().flush()?;
+    Ok(fed)
+}
+
+/// A pipeline for a recording with `header`: its RST reason names, its
+/// table size, its cgroup names.
+pub fn pipeline_for<W: Write>(
+    header: &Header,
+    tracker: TrackerOptions,
+    render: RenderOptions,
+    out: W,
+) -> Pipeline<W> {
+    let reasons = ResetReasons::from_pairs(
+        header
+            .reset_reasons
+            .iter()
+            .map(|(code, name)| (*code, name.as_str())),
+    );
+    // The recording's own table size: the same evictions as live.
+    let tracker = TrackerOptions {
+        max_sockets: header.max_sockets as usize,
+        ..tracker
+    };
+    Pipeline::new(tracker, render, out)
+        .with_decoder(Decoder::new(reasons))
+        .with_recorded_cgroups()
+}
 
 /// A recording could not be read to its end.
 #[derive(Debug, thiserror::Error)]
@@ -39,72 +123,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         wall_offset_ns: i128::from(header.wall_offset_ns),
         own_netns: header.own_netns,
     };
-    // The recording's own table size: the same evictions as live.
-    let tracker = TrackerOptions {
-        max_sockets: header.max_sockets as usize,
-        ..args.tracker_options()
-    };
-    let reasons = ResetReasons::from_pairs(
-        header
-            .reset_reasons
-            .iter()
-            .map(|(code, name)| (*code, name.as_str())),
-    );
     // Nothing to drain meanwhile: a slow reader of stdout may hold us back.
     let out = io::BufWriter::with_capacity(64 << 10, io::stdout());
-    let mut pipeline = Pipeline::new(tracker, render, out)
-        .with_decoder(Decoder::new(reasons))
-        .with_filter(filter)
-        .with_recorded_cgroups();
-
-    let mut trailer = None;
-    let mut finished = false;
-    let mut fault = None;
-    let mut events = 0u64;
-    let result = (|| -> io::Result<()> {
-        'files: for i in 0..set.len() {
-            let mut reader = match set.open(i) {
-                Ok(r) => r,
-                Err(e) => {
-                    fault = Some(e.to_string());
-                    break 'files;
-                }
-            };
-            loop {
-                let frame = match reader.next_frame() {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(e) => {
-                        fault = Some(format!("{}: {e}", set.name(i)));
-                        break 'files;
-                    }
-                };
-                match frame {
-                    Frame::Event(raw) => {
-                        events += 1;
-                        pipeline.raw(&raw)?;
-                    }
-                    Frame::Tick(now) => pipeline.tick(now)?,
-                    Frame::Loss(now) => pipeline.note_loss(now),
-                    Frame::Workload(w) => pipeline.workload(w.id, w.workload),
-                    Frame::Alive(pairs) => {
-                        pipeline.finish(Some(&pairs.into_iter().collect()))?;
-                        finished = true;
-                    }
-                    Frame::Trailer(t) => trailer = Some(t),
-                }
-            }
-        }
-        if !finished {
-            pipeline.finish(None)?;
-        }
-        pipeline.output().flush()
-    })();
-    match result {
+    let mut pipeline =
+        pipeline_for(&header, args.tracker_options(), render, out).with_filter(filter);
+    let fed = match feed(&mut set, &mut pipeline) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
         Err(e) => return Err(e).context("writing output"),
-        Ok(()) => {}
-    }
+        Ok(fed) => fed,
+    };
+    let Fed {
+        events,
+        trailer,
+        fault,
+    } = fed;
 
     if !args.no_summary {
         let counters = replay_counters(trailer.as_deref(), events, pipeline.undecodable());
