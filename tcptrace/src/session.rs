@@ -79,7 +79,11 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
         Some(cg)
     };
     // The recording's first file, before anything is loaded: a bad path
-    // is refused first.
+    // is refused first (after privileges: no empty file left by a user
+    // who forgot sudo).
+    if args.write.is_some() && !crate::loader::has_bpf_privileges() {
+        return Err(crate::loader::LoadError::NotPrivileged.into());
+    }
     let record_file = match &args.write {
         Some(path) => {
             Some(Recorder::create_file(path).context("--write: cannot create the recording")?)
