@@ -28,7 +28,7 @@ use tcptrace::{
     loader::TraceOptions,
     tracker::{Role, SocketLife},
 };
-use tcptrace_tests::{DEADLINE, State as S, Trace, netns::Netns};
+use tcptrace_tests::{DEADLINE, State as S, Trace, linger_zero, netns::Netns};
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
@@ -214,26 +214,6 @@ fn connect(listener: &TcpListener) -> (TcpStream, TcpStream, u16) {
     (client, bounded(served), port)
 }
 
-/// SO_LINGER {on, 0 s}: close() then aborts the connection with an RST.
-fn linger_zero(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid `linger` of the size given, on a socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
-}
-
-/// The life's transitions, in order.
 fn path(life: &SocketLife) -> Vec<(S, S)> {
     life.steps.iter().map(|s| (s.old, s.new)).collect()
 }
