@@ -40,7 +40,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::decode::{Proc, ResetReason, TcpState};
-use crate::tracker::{ExitInfo, ResetSent, Role, SocketLife};
+use crate::model::{ExitInfo, ResetSent, Role, SocketLife};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Verdict {
@@ -299,7 +299,7 @@ impl Close {
 /// The socket's error in the kernel's words, with what the counts say
 /// about which timeout it was: `ETIMEDOUT: retransmission timeout, gave up
 /// after 3 retransmits`.
-pub fn error_into(out: &mut String, e: &crate::tracker::SockError) {
+pub fn error_into(out: &mut String, e: &crate::model::SockError) {
     let (name, what) = match e.errno.unsigned_abs() as i32 {
         libc::ETIMEDOUT if e.probes > 0 => {
             ("ETIMEDOUT", "probes unanswered (keepalive or zero window)")
@@ -753,7 +753,7 @@ fn attribution(life: &SocketLife, close: &Close) -> Option<String> {
 mod tests {
     #[test]
     fn errors_are_told_with_what_the_counts_say() {
-        use crate::tracker::SockError;
+        use crate::model::SockError;
         let text = |errno, retransmits, probes| {
             let mut s = String::new();
             error_into(

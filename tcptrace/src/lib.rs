@@ -16,6 +16,7 @@ pub mod errors;
 pub mod input;
 pub mod kernel;
 pub mod loader;
+pub mod model;
 pub mod output;
 pub mod procs;
 pub mod render;

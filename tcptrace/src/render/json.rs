@@ -8,7 +8,7 @@
 //! {"type": "socket", "socket": <SocketLife>, "verdict": <Verdict>}
 //! ```
 //!
-//! * `<SocketLife>`: see [`crate::tracker`] (skaddr, family, local, remote,
+//! * `<SocketLife>`: see [`crate::model`] (skaddr, family, local, remote,
 //!   role, owner, start/end/duration ns, steps, resets sent and received,
 //!   retransmits, time_wait, closed_by, exit, unread and the incomplete flags).
 //! * `<Verdict>`: see [`crate::classify`] (open, close, incomplete, summary,
@@ -51,7 +51,7 @@ use super::{push_addr, push_hex, push_u64};
 use crate::{
     classify::{Close, Incomplete, Open, RstReason, Side, Verdict},
     decode::{Context, Proc, Record, ResetReason, SockInfo, TcpState},
-    tracker::{
+    model::{
         ExitInfo, Family, ResetReceived, ResetSent, Retransmit, RetransmitKind, SignalInfo,
         SocketLife, Step,
     },

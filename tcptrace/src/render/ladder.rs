@@ -18,7 +18,7 @@ use super::{
 };
 use crate::classify::{RstReason, Verdict};
 use crate::decode::{Context, Proc, TcpState};
-use crate::tracker::{RetransmitKind, Role, SocketLife, Step};
+use crate::model::{RetransmitKind, Role, SocketLife, Step};
 
 /// One row of a ladder: where it comes from, in time order once sorted.
 #[derive(Clone, Copy, Debug)]
