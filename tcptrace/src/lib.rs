@@ -2,6 +2,8 @@
 //!
 //! The data flows one way:
 //! kernel event → [`decode`] → [`tracker`] → [`classify`] → [`render`].
+//! The stages hand each other the plain data of [`model`]; only [`render`]
+//! puts it into words.
 //! [`kernel`] holds everything that depends on the running kernel's version,
 //! [`loader`] loads and attaches the kernel program, and [`session`] wires the
 //! pipeline together for the CLI and for tests.

@@ -8,7 +8,7 @@ use std::{
 
 use serde::{Serialize, Serializer, ser::SerializeStruct};
 
-use super::{escape, fmt_ms};
+use super::{escape, fmt_ms, words};
 use crate::{
     classify::{RstReason, Verdict},
     counters::Counters,
@@ -42,11 +42,14 @@ impl Summary {
         *self.closes.entry(verdict.close.kind()).or_default() += 1;
         for r in &life.resets_sent {
             let reason = RstReason::from_kernel(r.reason.as_ref());
-            let key = reason.name.unwrap_or(reason.text);
+            let key = match reason.name {
+                Some(name) => name,
+                None => words::reason_text(&reason),
+            };
             *self.resets_sent.entry(key).or_default() += 1;
         }
         for i in &verdict.incomplete {
-            *self.incomplete.entry(i.describe()).or_default() += 1;
+            *self.incomplete.entry(words::incomplete(*i)).or_default() += 1;
         }
         if let Some(exit) = &life.exit {
             self.closed_by_exit += 1;

@@ -1,7 +1,7 @@
 use super::*;
 use crate::classify::classify;
 use crate::counters::Counters;
-use crate::decode::{Proc, Record};
+use crate::decode::Record;
 use crate::tracker::fixtures::*;
 use crate::tracker::{SocketLife, TrackerStats};
 
@@ -155,10 +155,6 @@ fn ladder_notes_a_process_that_is_not_the_owner() {
             "  = open not seen · still open (FIN_WAIT2) · incomplete: started mid-life\n"
         )
     );
-}
-
-fn hostile() -> Proc {
-    proc_(666, "evil\x1b[31m\n")
 }
 
 #[test]
@@ -403,6 +399,68 @@ fn milliseconds() {
     assert_eq!(fmt_ms(u64::MAX), "18446744073709.551");
 }
 
+#[test]
+fn number_address_and_padding_helpers_match_format() {
+    let mut ns = vec![
+        0,
+        9,
+        10,
+        99,
+        100,
+        101,
+        999,
+        1000,
+        65535,
+        u64::MAX,
+        10u64.pow(19) - 1,
+    ];
+    for k in 0..64 {
+        ns.extend([1u64 << k, (1u64 << k) - 1, 10u64.pow(k % 20)]);
+    }
+    for n in ns {
+        let mut s = String::from("x");
+        push_u64(&mut s, n);
+        assert_eq!(s, format!("x{n}"));
+        for w in [0, 3, 6, 16, 25] {
+            let mut s = String::new();
+            push_zero_padded(&mut s, n, w);
+            assert_eq!(s, format!("{n:0w$}"));
+            let mut s = String::new();
+            push_hex(&mut s, n, w);
+            assert_eq!(s, format!("{n:0w$x}"));
+        }
+    }
+    for text in [
+        "",
+        "a",
+        "→",
+        "CLOSE → SYN_SENT",
+        "进程x",
+        "0123456789abcdefghijklmnopqrstuvwxyz",
+    ] {
+        for w in [0, 1, 5, 9, 26, 47] {
+            let mut s = String::from("ab");
+            s.push_str(text);
+            pad_from(&mut s, 2, w);
+            assert_eq!(s, format!("ab{text:<w$}"));
+        }
+    }
+    for a in [
+        "0.0.0.0:0",
+        "255.255.255.255:65535",
+        "127.0.0.1:8099",
+        "[::1]:45126",
+        "[2001:db8::1]:8099",
+        "[::ffff:10.0.0.1]:1",
+        "[fe80::1%2]:22",
+    ] {
+        let addr: std::net::SocketAddr = a.parse().unwrap();
+        let mut s = String::new();
+        push_addr(&mut s, &addr);
+        assert_eq!(s, addr.to_string());
+    }
+}
+
 fn summary_of(scenarios: &[Vec<Record>]) -> Summary {
     let mut s = Summary::default();
     for recs in scenarios {
@@ -479,230 +537,6 @@ fn histogram_percentiles_are_close() {
     assert_eq!(h.percentiles().unwrap().max_ns, u64::MAX);
     assert_eq!(h.quantile(0.0), Some(0));
     assert_eq!(h.quantile(1.0), Some(u64::MAX));
-}
-
-#[test]
-fn number_address_and_padding_helpers_match_format() {
-    let mut ns = vec![
-        0,
-        9,
-        10,
-        99,
-        100,
-        101,
-        999,
-        1000,
-        65535,
-        u64::MAX,
-        10u64.pow(19) - 1,
-    ];
-    for k in 0..64 {
-        ns.extend([1u64 << k, (1u64 << k) - 1, 10u64.pow(k % 20)]);
-    }
-    for n in ns {
-        let mut s = String::from("x");
-        push_u64(&mut s, n);
-        assert_eq!(s, format!("x{n}"));
-        for w in [0, 3, 6, 16, 25] {
-            let mut s = String::new();
-            push_zero_padded(&mut s, n, w);
-            assert_eq!(s, format!("{n:0w$}"));
-            let mut s = String::new();
-            push_hex(&mut s, n, w);
-            assert_eq!(s, format!("{n:0w$x}"));
-        }
-    }
-    for text in [
-        "",
-        "a",
-        "→",
-        "CLOSE → SYN_SENT",
-        "进程x",
-        "0123456789abcdefghijklmnopqrstuvwxyz",
-    ] {
-        for w in [0, 1, 5, 9, 26, 47] {
-            let mut s = String::from("ab");
-            s.push_str(text);
-            pad_from(&mut s, 2, w);
-            assert_eq!(s, format!("ab{text:<w$}"));
-        }
-    }
-    for a in [
-        "0.0.0.0:0",
-        "255.255.255.255:65535",
-        "127.0.0.1:8099",
-        "[::1]:45126",
-        "[2001:db8::1]:8099",
-        "[::ffff:10.0.0.1]:1",
-        "[fe80::1%2]:22",
-    ] {
-        let addr: std::net::SocketAddr = a.parse().unwrap();
-        let mut s = String::new();
-        push_addr(&mut s, &addr);
-        assert_eq!(s, addr.to_string());
-    }
-}
-
-/// The direct JSON writer against the serde derives it stands in for, over
-/// every fixture, every record and verdict variant and hostile names.
-#[test]
-fn direct_json_matches_serde() {
-    use crate::classify::{Close, Incomplete, Open, RstReason, Side, Verdict};
-    use crate::decode::{Context, ResetReason, TcpState};
-
-    let (c, ng) = (client(), nginx());
-    let odd = proc_(7, "q\"uote\\ \u{7f}\u{2028}\u{1b}é\t");
-    let v6 = S::new(CLIENT_SK, "[::1]:45126", "[fe80::1%2]:8099").owner(&odd);
-    let mut extra = vec![
-        exit(2010, &ng, 11 | 0x80),
-        signal(2000, 11, 4311, &odd),
-        Record::ProcessExit {
-            ts_ns: us(3),
-            task: odd,
-            exit_code: Some(-5),
-            group_dead: false,
-        },
-        Record::ProcessExit {
-            ts_ns: us(4),
-            task: swapper(),
-            exit_code: None,
-            group_dead: true,
-        },
-        Record::Signal {
-            ts_ns: us(5),
-            sig: 9,
-            target_pid: 1,
-            sender: odd,
-            delivered: false,
-        },
-        c.irq(10).send_reset(None, None),
-        c.by(11, &odd).retransmit(0),
-        c.irq(12).synack_retransmit(),
-        v6.by(13, &odd).st(2, 1),
-        v6.irq(14).receive_reset(),
-        v6.irq(15).destroy(),
-    ];
-    if let Record::SendReset { reason, .. } = &mut extra[5] {
-        *reason = Some(ResetReason {
-            code: 77,
-            name: None,
-        });
-    }
-    for old in 1..=12 {
-        for new in [1, 7, 12] {
-            extra.push(c.by(20, &python()).st(old, new));
-        }
-    }
-    let mut unread = c.irq(30).close(1, 9);
-    if let Record::State { unread: u, .. } = &mut unread {
-        *u = Some(u32::MAX);
-    }
-    extra.push(unread);
-    let scenarios = [
-        client_closes_first(),
-        server_closes_first(),
-        refused(),
-        linger0(),
-        unread_close(),
-        killed(),
-        exit_code_3(),
-        simultaneous(),
-        handshake_timeout(),
-        extra,
-    ];
-    let mut lives = Vec::new();
-    for recs in &scenarios {
-        for r in recs {
-            assert_eq!(
-                json::record_line(r).unwrap(),
-                json::reference::record_line(r)
-            );
-        }
-        lives.extend(run(recs));
-    }
-    // A core-dumping kill, and flags the session or the table set.
-    let mut core = killed();
-    core[5] = exit(2010, &nginx(), 11 | 0x80);
-    lives.extend(run(&core));
-    let mut flagged = lives[0].clone();
-    flagged.mark_lost_events();
-    flagged.evicted = true;
-    flagged.owner = Some(hostile());
-    lives.push(flagged);
-    for life in &lives {
-        let v = classify(life);
-        assert_eq!(
-            json::socket_line(life, &v).unwrap(),
-            json::reference::socket_line(life, &v),
-            "{life:#?}"
-        );
-    }
-    // Every verdict variant, on one life.
-    let reason = RstReason {
-        code: None,
-        name: None,
-        text: "t\"x".into(),
-    };
-    let opens = [
-        Open::Active {
-            established: false,
-            handshake_ns: None,
-        },
-        Open::Passive {
-            established: true,
-            handshake_ns: Some(3),
-            listener: None,
-        },
-        Open::Listen,
-        Open::NoSocket,
-        Open::Unknown,
-    ];
-    let closes = [
-        Close::Active { time_wait: false },
-        Close::Passive,
-        Close::Simultaneous,
-        Close::Refused {
-            side: Side::Server,
-            reason: None,
-        },
-        Close::Refused {
-            side: Side::Client,
-            reason: Some(reason.clone()),
-        },
-        Close::ResetReceived { state: None },
-        Close::ResetSent {
-            state: Some(TcpState::NewSynRecv),
-            reason,
-        },
-        Close::HandshakeTimeout { syn_retransmits: 0 },
-        Close::HandshakeFailed,
-        Close::Aborted,
-        Close::StoppedListening,
-        Close::StillOpen {
-            state: Some(TcpState::Closing),
-        },
-        Close::ClosedUnseen {
-            state: Some(TcpState::FinWait1),
-        },
-        Close::Unknown,
-    ];
-    let life = &lives[0];
-    for open in &opens {
-        for close in &closes {
-            let v = Verdict {
-                open: open.clone(),
-                close: close.clone(),
-                incomplete: vec![Incomplete::Evicted, Incomplete::StartedMidLife],
-                summary: "s\u{0}".into(),
-                attribution: None,
-            };
-            assert_eq!(
-                json::socket_line(life, &v).unwrap(),
-                json::reference::socket_line(life, &v)
-            );
-        }
-    }
-    let _ = Context::Process(python());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 use super::fixtures::*;
 use super::*;
 use crate::model::RetransmitKind;
+use crate::render::words;
 
 fn steps(life: &SocketLife) -> Vec<(u8, u8)> {
     life.steps
@@ -427,7 +428,7 @@ fn at_exit_a_socket_the_kernel_no_longer_has_is_closed_unseen_not_still_open() {
     assert!(gone.gone_unseen && !gone.still_open);
     let v = crate::classify::classify(&gone);
     assert_eq!(v.close.kind(), "closed_unseen");
-    let summary = v.summary.clone();
+    let summary = words::summary(&gone, &v);
     assert!(
         summary.contains("close unseen (last seen in FIN_WAIT1"),
         "{summary}"
@@ -495,7 +496,7 @@ fn a_socketless_reset_is_a_refusal_only_when_it_answered_a_syn() {
         let lives = run(&[rec]);
         assert!(lives[0].socketless);
         let v = crate::classify::classify(&lives[0]);
-        (v.summary.clone(), v)
+        (words::summary(&lives[0], &v), v)
     };
     // A SYN to a closed port: refused.
     assert_eq!(verdict_for(Some(0x02)).1.close.kind(), "refused");
@@ -526,46 +527,10 @@ fn fin_wait2_to_close_without_the_peers_fin_is_an_orphan_not_time_wait() {
     assert!(l.fin_wait2_orphan && !l.time_wait, "{l:#?}");
     let v = crate::classify::classify(l);
     assert_eq!(v.close.kind(), "peer_never_closed");
-    let summary = v.summary.clone();
+    let summary = words::summary(l, &v);
     assert!(summary.contains("peer has not closed"), "{summary}");
     // With the peer's FIN: the ordinary 4-way close into TIME_WAIT.
     let normal = run(&path(true));
     assert!(normal[0].time_wait && !normal[0].fin_wait2_orphan);
     assert_eq!(crate::classify::classify(&normal[0]).close.kind(), "active");
-}
-
-#[test]
-fn a_thread_that_closes_is_named_after_its_process() {
-    use crate::decode::{Context, Proc};
-    let c = client();
-    let owner = python();
-    // Another thread of the owner's process, with a name of its own.
-    let thread = Proc {
-        pid: owner.tgid + 7,
-        comm: "bg_worker".into(),
-        ..owner
-    };
-    let mut close = c.by(20, &owner).st(1, 4);
-    if let crate::decode::Record::State { sock, .. } = &mut close {
-        sock.context = Context::Process(thread);
-    }
-    let lives = run(&[
-        c.by(0, &owner).st(7, 2),
-        c.irq(10).st(2, 1),
-        close,
-        c.irq(30).st(4, 5),
-        c.irq(31).fin_wait2_close(true),
-    ]);
-    let v = crate::classify::classify(&lives[0]);
-    let expected = format!(
-        "closed by {}[{}] (thread bg_worker)",
-        &*owner.comm, owner.tgid
-    );
-    assert!(
-        v.attribution
-            .as_deref()
-            .is_some_and(|a| a.starts_with(&expected)),
-        "{:?}",
-        v.attribution
-    );
 }
