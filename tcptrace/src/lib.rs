@@ -1,9 +1,9 @@
 //! tcptrace: per-socket TCP handshakes, closes and resets, from eBPF.
 //!
 //! The data flows one way:
-//! kernel event → [`decode`] → [`tracker`] → [`classify`] → [`render`].
-//! The stages hand each other the plain data of [`model`]; only [`render`]
-//! puts it into words.
+//! kernel event → [`decode`] → [`tracker`] → [`classify`] → [`render`],
+//! with [`summary`] counting what the classifier found. The stages hand each
+//! other the plain data of [`model`]; only [`render`] puts it into words.
 //! [`kernel`] holds everything that depends on the running kernel's version,
 //! [`loader`] loads and attaches the kernel program, and [`session`] wires the
 //! pipeline together for the CLI and for tests.
@@ -25,4 +25,5 @@ pub mod render;
 pub mod session;
 pub mod snapshot;
 pub mod sockdiag;
+pub mod summary;
 pub mod tracker;

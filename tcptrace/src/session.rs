@@ -28,9 +28,10 @@ use crate::{
     loader::Tracer,
     output::OutputQueue,
     render::write_snapshot,
-    render::{RenderOptions, Renderer, Summary},
+    render::{RenderOptions, Renderer, write_summary},
     snapshot::{Holder, OpenSocket, Snapshot},
     sockdiag,
+    summary::Summary,
     tracker::{SocketLife, Tracker, TrackerOptions},
 };
 
@@ -142,8 +143,13 @@ impl<W: Write> Pipeline<W> {
         self.renderer.output()
     }
 
+    /// The counts of every socket reported so far, for any output.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
     pub fn write_summary(&self, out: &mut dyn Write, counters: &Counters) -> io::Result<()> {
-        self.summary.write(out, counters, &self.tracker.stats())
+        write_summary(out, &self.summary, counters, &self.tracker.stats())
     }
 }
 

@@ -1,8 +1,8 @@
 //! Render: the last step of the pipeline. Turns records into a tcpstates-like
 //! stream ([`View::Stream`]) and finished socket lives into ladders
 //! ([`View::Sockets`]), as text or as JSON lines (schema: [`json`]), and
-//! writes the exit [`Summary`]. The sentences about a socket come from
-//! [`words`]: the stages before only hand over codes and fields.
+//! writes the exit summary ([`summary`]). The sentences about a socket come
+//! from [`words`]: the stages before only hand over codes and fields.
 //!
 //! Every process name printed as text goes through [`escape()`]: names are
 //! untrusted. JSON carries raw names, escaped by serde.
@@ -12,7 +12,7 @@ pub mod json;
 mod ladder;
 mod snapshot;
 mod stream;
-mod summary;
+pub mod summary;
 pub mod words;
 
 use std::{
@@ -21,7 +21,10 @@ use std::{
     net::SocketAddr,
 };
 
-pub use self::{escape::escape, summary::Summary};
+pub use self::{
+    escape::escape,
+    summary::{summary_json, write_summary},
+};
 use crate::{
     decode::Record,
     model::{SocketLife, Verdict},

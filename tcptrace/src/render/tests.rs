@@ -1,9 +1,8 @@
 use super::*;
 use crate::classify::classify;
-use crate::counters::Counters;
 use crate::decode::Record;
+use crate::tracker::SocketLife;
 use crate::tracker::fixtures::*;
-use crate::tracker::{SocketLife, TrackerStats};
 
 fn opts(view: View) -> RenderOptions {
     RenderOptions {
@@ -459,101 +458,4 @@ fn number_address_and_padding_helpers_match_format() {
         push_addr(&mut s, &addr);
         assert_eq!(s, addr.to_string());
     }
-}
-
-fn summary_of(scenarios: &[Vec<Record>]) -> Summary {
-    let mut s = Summary::default();
-    for recs in scenarios {
-        for life in run(recs) {
-            s.add(&life, &classify(&life));
-        }
-    }
-    s
-}
-
-#[test]
-fn summary_counts_paths_reasons_and_handshakes() {
-    let s = summary_of(&[
-        client_closes_first(),
-        refused(),
-        killed(),
-        handshake_timeout(),
-    ]);
-    let counters = Counters {
-        produced: 40,
-        received: 38,
-        lost: 2,
-        filtered: 5,
-        ..Counters::default()
-    };
-    let stats = TrackerStats {
-        sockets_seen: 9,
-        evicted: 1,
-        peak_tracked: 3,
-        socketless_resets: 1,
-        ..TrackerStats::default()
-    };
-    let mut out = Vec::new();
-    s.write(&mut out, &counters, &stats).unwrap();
-    let text = String::from_utf8(out).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(
-        lines,
-        [
-            "tcptrace summary",
-            "  events:     40 produced, 38 received, 2 lost, 5 filtered in kernel, 0 non-TCP, 0 undecodable",
-            "  sockets:    9 seen, 1 evicted (table full), 3 tracked at most, 1 socketless RSTs",
-            "  opens:      active 4, listen 2, no_socket 1, passive 2",
-            "  closes:     active 1, handshake_timeout 1, passive 1, refused 2, reset_received 1, reset_sent 1, still_open 1, stopped_listening 1",
-            "  RST sent:   NO_SOCKET 1, TCP_ABORT_ON_CLOSE 1",
-            "  exits:      1 sockets closed by a process exit (1 killed by a signal)",
-            "  handshake active   n=2  p50 0.062 ms  p90 0.062 ms  p99 0.062 ms  max 0.062 ms",
-            "  handshake passive  n=2  p50 0.002 ms  p90 0.002 ms  p99 0.002 ms  max 0.002 ms",
-            "  WARNING: 2 events lost (ring buffer full): some sockets are incomplete; use a larger ring buffer",
-        ]
-    );
-    let v = s.to_json(&counters, &stats);
-    assert_eq!(v["summary"]["closes"]["refused"], 2);
-    assert_eq!(v["summary"]["handshake_active"]["p50_ns"], 62_000);
-    assert_eq!(v["counters"]["lost"], 2);
-    assert_eq!(v["tracker"]["evicted"], 1);
-}
-
-#[test]
-fn histogram_percentiles_are_close() {
-    let mut h = summary::Histogram::default();
-    assert_eq!(h.percentiles(), None);
-    for us in 1..=1000u64 {
-        h.record(us * 1000);
-    }
-    let p = h.percentiles().unwrap();
-    let near = |got: u64, want: u64| got.abs_diff(want) * 100 <= want * 7;
-    assert!(near(p.p50_ns, 500_000), "{p:?}");
-    assert!(near(p.p90_ns, 900_000), "{p:?}");
-    assert!(near(p.p99_ns, 990_000), "{p:?}");
-    assert_eq!((p.count, p.max_ns), (1000, 1_000_000));
-    h.record(0);
-    h.record(u64::MAX);
-    assert_eq!(h.percentiles().unwrap().max_ns, u64::MAX);
-    assert_eq!(h.quantile(0.0), Some(0));
-    assert_eq!(h.quantile(1.0), Some(u64::MAX));
-}
-
-#[test]
-fn summary_names_runs_the_kernel_skipped() {
-    let counters = Counters {
-        produced: 10,
-        received: 10,
-        missed: 3,
-        ..Counters::default()
-    };
-    let mut out = Vec::new();
-    Summary::default()
-        .write(&mut out, &counters, &TrackerStats::default())
-        .unwrap();
-    let text = String::from_utf8(out).unwrap();
-    assert!(
-        text.contains("  skipped:    3 program runs skipped by the kernel"),
-        "{text}"
-    );
 }
