@@ -22,7 +22,8 @@ use crate::{
     decode::{Decoder, Proc, Record, event_from_bytes},
     filter::EventFilter,
     recording::Recorder,
-    render::{RenderOptions, Renderer, Summary},
+    render::{RenderOptions, Renderer, write_summary},
+    summary::Summary,
     tracker::{SocketLife, Tracker, TrackerOptions},
 };
 
@@ -246,7 +247,12 @@ impl<W: Write> Pipeline<W> {
         self.filtered
     }
 
+    /// The counts of every socket reported so far, for any output.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
     pub fn write_summary(&self, out: &mut dyn Write, counters: &Counters) -> io::Result<()> {
-        self.summary.write(out, counters, &self.tracker.stats())
+        write_summary(out, &self.summary, counters, &self.tracker.stats())
     }
 }

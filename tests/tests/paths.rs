@@ -26,6 +26,7 @@ use tcptrace::{
     classify::{Close, Open, Side, Verdict},
     decode::{Proc, Record},
     loader::TraceOptions,
+    render::words,
     tracker::{Role, SocketLife},
 };
 use tcptrace_tests::{DEADLINE, State as S, Trace, linger_zero, netns::Netns};
@@ -247,7 +248,7 @@ fn assert_passive_open(life: &SocketLife, verdict: &Verdict, listener: SocketAdd
             established: true,
             handshake_ns: Some(_),
             listener: Some(l),
-        } => assert_eq!(*l, listener.to_string(), "{verdict:#?}"),
+        } => assert_eq!(*l, listener, "{verdict:#?}"),
         other => panic!("not a passive open from {listener}: {other:?}\n{life:#?}"),
     }
 }
@@ -785,7 +786,7 @@ fn unread_close(ip: IpAddr) {
     let err = client.read(&mut [0; 16]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
 
-    let (_, sv) = expect_abortive_server_close(
+    let (s, sv) = expect_abortive_server_close(
         &mut trace,
         laddr,
         cport,
@@ -793,7 +794,7 @@ fn unread_close(ip: IpAddr) {
         "TCP_ABORT_ON_CLOSE",
         SENT.len() as u32,
     );
-    let attribution = sv.attribution.as_deref().unwrap_or_default();
+    let attribution = words::attribution(&s, &sv).unwrap_or_default();
     assert!(
         attribution.ends_with(&format!("· {} bytes never read", SENT.len())),
         "{sv:#?}"
