@@ -25,6 +25,10 @@ pub struct Counters {
     /// Skipped runs whose event a second program made instead (see
     /// `inet_sock_set_state_nested`): nothing was lost there.
     pub recovered: u64,
+    /// Rare paths the kernel program met (a kernel read that failed, an
+    /// unknown address family, a full map): each is also logged, in words,
+    /// under the `tcptrace::kernel` log target (see `kernel_log`).
+    pub odd: u64,
 }
 
 impl Counters {

@@ -15,6 +15,7 @@ pub mod decode;
 pub mod errors;
 pub mod input;
 pub mod kernel;
+pub mod kernel_log;
 pub mod loader;
 pub mod output;
 pub mod procs;

@@ -91,6 +91,14 @@ impl Summary {
                 c.recovered
             )?;
         }
+        if c.odd > 0 {
+            writeln!(
+                out,
+                "  kernel:     {} oddities (a failed kernel read, an unknown address family, \
+                 a full map): each logged, warnings above, all with RUST_LOG=tcptrace::kernel=debug",
+                c.odd
+            )?;
+        }
         writeln!(
             out,
             "  sockets:    {} seen, {} evicted (table full), {} tracked at most, {} socketless RSTs",

@@ -722,4 +722,28 @@ fn summary_names_runs_the_kernel_skipped() {
         text.contains("  skipped:    3 program runs skipped by the kernel"),
         "{text}"
     );
+    // No oddities, no line about them.
+    assert!(!text.contains("oddities"), "{text}");
+}
+
+#[test]
+fn summary_names_kernel_oddities_in_text_and_json() {
+    let counters = Counters {
+        odd: 2,
+        ..Counters::default()
+    };
+    let mut out = Vec::new();
+    let summary = Summary::default();
+    summary
+        .write(&mut out, &counters, &TrackerStats::default())
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("\n  kernel:     2 oddities ("), "{text}");
+    // The `tcptrace-summary {json}` line is the counters, as serialised.
+    assert_eq!(serde_json::to_value(counters).unwrap()["odd"], 2);
+    assert_eq!(
+        summary.to_json(&counters, &TrackerStats::default())["counters"]["odd"],
+        2
+    );
+    assert_eq!(serde_json::to_value(Counters::default()).unwrap()["odd"], 0);
 }
