@@ -18,6 +18,7 @@ pub mod errors;
 pub mod filter;
 pub mod input;
 pub mod kernel;
+pub mod kernel_log;
 pub mod loader;
 pub mod model;
 pub mod output;

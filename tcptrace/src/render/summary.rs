@@ -41,6 +41,14 @@ pub fn write_summary(
             c.recovered
         )?;
     }
+    if c.odd > 0 {
+        writeln!(
+            out,
+            "  kernel:     {} oddities (a failed kernel read, an unknown address family, \
+             a full map): each logged, warnings above, all with RUST_LOG=tcptrace::kernel=debug",
+            c.odd
+        )?;
+    }
     writeln!(
         out,
         "  sockets:    {} seen, {} evicted (table full), {} tracked at most, {} socketless RSTs",
@@ -243,6 +251,28 @@ mod tests {
             text.contains("  skipped:    3 program runs skipped by the kernel"),
             "{text}"
         );
+        // No oddities, no line about them.
+        assert!(!text.contains("oddities"), "{text}");
+    }
+
+    #[test]
+    fn summary_names_kernel_oddities_in_text_and_json() {
+        let counters = Counters {
+            odd: 2,
+            ..Counters::default()
+        };
+        let mut out = Vec::new();
+        let stats = TrackerStats::default();
+        write_summary(&mut out, &Summary::default(), &counters, &stats).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\n  kernel:     2 oddities ("), "{text}");
+        // The `tcptrace-summary {json}` line is the counters, as serialised.
+        assert_eq!(serde_json::to_value(counters).unwrap()["odd"], 2);
+        assert_eq!(
+            summary_json(&Summary::default(), &counters, &stats)["counters"]["odd"],
+            2
+        );
+        assert_eq!(serde_json::to_value(Counters::default()).unwrap()["odd"], 0);
     }
 
     #[test]
