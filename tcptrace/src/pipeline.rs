@@ -144,10 +144,13 @@ impl<W: Write> Pipeline<W> {
 
     /// Reports lives whose late events can no longer come.
     pub fn tick(&mut self, now_ns: u64) -> io::Result<()> {
+        let (lives, changed) = self.tracker.expire_changed(now_ns);
         if let Some(r) = &mut self.recorder {
-            r.tick(now_ns);
+            // Only ticks that changed something are kept: an idle host's
+            // recording does not grow by 50 ticks a second.
+            r.tick(now_ns, changed);
         }
-        for life in self.tracker.expire(now_ns) {
+        for life in lives {
             self.finished(life)?;
         }
         self.renderer.flush()

@@ -80,10 +80,9 @@ impl ProcessTable {
         self.signals.insert(target_pid, ts_ns, rec);
     }
 
-    pub(super) fn prune(&mut self, now_ns: u64) {
-        self.exits.prune(now_ns);
-        self.group_exits.prune(now_ns);
-        self.signals.prune(now_ns);
+    /// Returns how many entries went.
+    pub(super) fn prune(&mut self, now_ns: u64) -> usize {
+        self.exits.prune(now_ns) + self.group_exits.prune(now_ns) + self.signals.prune(now_ns)
     }
 
     /// How `p` ended, if a close it made at `ts_ns` was part of its exit.

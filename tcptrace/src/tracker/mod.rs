@@ -219,12 +219,20 @@ impl Tracker {
 
     /// Reports closed lives whose linger time has passed at `now_ns`.
     pub fn expire(&mut self, now_ns: u64) -> Vec<SocketLife> {
+        self.expire_changed(now_ns).0
+    }
+
+    /// [`Tracker::expire`], and whether it changed anything at all (a life
+    /// reported or a table entry aged out): a tick that changed nothing
+    /// need not be recorded, for a replay without it ends the same.
+    pub fn expire_changed(&mut self, now_ns: u64) -> (Vec<SocketLife>, bool) {
         let mut out = Vec::new();
         self.expire_into(now_ns, &mut out);
-        self.socketless.prune(now_ns);
-        self.synacks.prune(now_ns);
-        self.procs.prune(now_ns);
-        out
+        let pruned = self.socketless.prune(now_ns)
+            + self.synacks.prune(now_ns)
+            + self.procs.prune(now_ns);
+        let changed = pruned > 0 || !out.is_empty();
+        (out, changed)
     }
 
     /// Reports every life left, oldest first; open ones are marked `still_open`.

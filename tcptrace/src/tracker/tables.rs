@@ -93,13 +93,16 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> RecentMap<K, V, S> {
     }
 
     /// Drops entries past the cap or too old at `now_ns`, oldest first.
-    pub fn prune(&mut self, now_ns: u64) {
+    /// Returns how many entries went.
+    pub fn prune(&mut self, now_ns: u64) -> usize {
+        let before = self.map.len();
         while let Some((_, e)) = self.map.front() {
             if self.map.len() <= self.cap && !self.too_old(e.ts_ns, now_ns) {
                 break;
             }
             self.map.pop_front();
         }
+        before - self.map.len()
     }
 }
 
