@@ -228,9 +228,8 @@ impl Tracker {
     pub fn expire_changed(&mut self, now_ns: u64) -> (Vec<SocketLife>, bool) {
         let mut out = Vec::new();
         self.expire_into(now_ns, &mut out);
-        let pruned = self.socketless.prune(now_ns)
-            + self.synacks.prune(now_ns)
-            + self.procs.prune(now_ns);
+        let pruned =
+            self.socketless.prune(now_ns) + self.synacks.prune(now_ns) + self.procs.prune(now_ns);
         let changed = pruned > 0 || !out.is_empty();
         (out, changed)
     }
