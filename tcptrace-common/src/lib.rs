@@ -58,6 +58,14 @@ pub mod kind {
     /// ([`super::Event::value`] = `sk_err`; [`super::Event::seg_flags`] =
     /// retransmits | keepalive probes << 8).
     pub const ERROR_REPORT: u8 = 9;
+    /// `skb:kfree_skb` for a TCP segment that matters to a handshake or a
+    /// close (SYN, SYN/ACK, FIN, RST) or one dropped for accept-queue
+    /// overflow. The tuple is the segment's own (source → destination);
+    /// [`super::Event::value`] = drop reason; [`super::Event::seg_flags`] =
+    /// its TCP flags; [`super::Event::skaddr`] = `rx_sk` (the socket it was
+    /// matched to, 0 if none); [`super::Event::aux`] = `skb->sk` (the socket
+    /// still owning it: its sender, or its receiver found by early demux).
+    pub const DROP: u8 = 10;
 }
 
 /// Bits of [`Event::flags`].
@@ -276,7 +284,8 @@ impl SockOffsets {
 }
 
 /// Offsets of `struct sk_buff` fields (a reset sent with no full socket
-/// takes its addresses from the segment it answers); 0 when unknown.
+/// takes its addresses from the segment it answers; a dropped segment is
+/// read whole); 0 when unknown.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(serde::Serialize))]
@@ -284,8 +293,43 @@ pub struct SkbOffsets {
     pub head: u16,
     pub data: u16,
     pub network_header: u16,
-    pub _pad: u16,
+    /// `protocol` (the ethertype, network order).
+    pub protocol: u16,
+    /// `tail` (an offset from `head` on 64-bit kernels, a u32).
+    pub tail: u16,
+    /// `sk`: the socket that owns the buffer.
+    pub sk: u16,
+    /// `dev`: the device it came in on or goes out of.
+    pub dev: u16,
+    /// Where the drop program's one read of the buffer starts (8-aligned):
+    /// `protocol`, `network_header`, `tail` and `head` all lie within
+    /// [`SKB_WINDOW_BYTES`] of it. 0 when they do not: no drops then.
+    pub window: u16,
+    /// `net_device.nd_net` (a `struct net *`); 0 when unknown.
+    pub nd_net: u32,
+    pub _pad: u32,
 }
+
+/// Bytes of `struct sk_buff` the drop program reads in one go.
+pub const SKB_WINDOW_BYTES: usize = 32;
+
+/// Drop reasons the drop program tells apart, as numbered by the running
+/// kernel's `enum skb_drop_reason` ([`NO_REASON`] when it lacks one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct DropCodes {
+    /// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`: the segment completing a
+    /// handshake met a full accept queue; kept whatever its flags.
+    pub listen_overflow: u32,
+    /// `SKB_DROP_REASON_QUEUE_PURGE`: a socket's own queues freed at its
+    /// end (an unacknowledged FIN among them), not a segment lost on its
+    /// way: never reported.
+    pub queue_purge: u32,
+}
+
+/// A drop reason the running kernel does not have.
+pub const NO_REASON: u32 = u32::MAX;
 
 /// Offsets of `struct task_struct` and signal-handler fields; 0 when unknown.
 #[repr(C)]
@@ -356,9 +400,12 @@ pub struct Config {
     pub signal: ArgPos,
     pub process_fork: ArgPos,
     pub error_report: ArgPos,
+    /// `skb:kfree_skb`: skb, the reason (int0), `rx_sk` (sk).
+    pub drop: ArgPos,
     pub sock: SockOffsets,
     pub skb: SkbOffsets,
     pub task: TaskOffsets,
+    pub drop_codes: DropCodes,
     pub filter: Filter,
     /// Signals (bit n = signal n) worth reporting: those that kill by default.
     pub signal_mask: u64,
@@ -383,11 +430,18 @@ impl Config {
         signal: ArgPos::NONE,
         process_fork: ArgPos::NONE,
         error_report: ArgPos::NONE,
+        drop: ArgPos::NONE,
         sock: SockOffsets::NONE,
         skb: SkbOffsets {
             head: 0,
             data: 0,
             network_header: 0,
+            protocol: 0,
+            tail: 0,
+            sk: 0,
+            dev: 0,
+            window: 0,
+            nd_net: 0,
             _pad: 0,
         },
         task: TaskOffsets {
@@ -397,6 +451,10 @@ impl Config {
             sa_handler: 0,
             sigaction_size: 0,
             _pad: 0,
+        },
+        drop_codes: DropCodes {
+            listen_overflow: NO_REASON,
+            queue_purge: NO_REASON,
         },
         filter: Filter {
             flags: 0,
@@ -475,13 +533,16 @@ pub mod oddity {
     pub const EXIT_CODE_READ: u32 = 14;
     /// A signal's target's handlers: taken as default, reported (task).
     pub const HANDLER_READ: u32 = 15;
+    /// skb:kfree_skb: the dropped buffer or its headers unreadable (skb):
+    /// a drop not looked at (it may not have been TCP at all).
+    pub const DROP_READ: u32 = 16;
     /// One past the last code.
-    pub const END: u32 = 16;
+    pub const END: u32 = 17;
 
     /// Is an event, a kill or a followed process lost (a warning), or
     /// only an annotation (debug)?
     pub const fn loses_data(code: u32) -> bool {
-        code < SPORT_READ
+        code < SPORT_READ || code == DROP_READ
     }
 }
 
@@ -499,7 +560,8 @@ const _: () = assert!(core::mem::size_of::<Event>() == 152);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 48);
-const _: () = assert!(core::mem::size_of::<Config>() == 224);
+const _: () = assert!(core::mem::size_of::<SkbOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 256);
 
 #[cfg(feature = "user")]
 mod pod {
