@@ -284,8 +284,7 @@ impl SockOffsets {
 }
 
 /// Offsets of `struct sk_buff` fields (a reset sent with no full socket
-/// takes its addresses from the segment it answers; a dropped segment is
-/// read whole); 0 when unknown.
+/// takes its addresses from the segment it answers); 0 when unknown.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(serde::Serialize))]
@@ -293,6 +292,16 @@ pub struct SkbOffsets {
     pub head: u16,
     pub data: u16,
     pub network_header: u16,
+    pub _pad: u16,
+}
+
+/// More `struct sk_buff` fields, which only the drop program reads (it
+/// also reads [`SkbOffsets::head`] and [`SkbOffsets::network_header`]);
+/// 0 when unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct DropSkbOffsets {
     /// `protocol` (the ethertype, network order).
     pub protocol: u16,
     /// `tail` (an offset from `head` on 64-bit kernels, a u32).
@@ -305,9 +314,9 @@ pub struct SkbOffsets {
     /// `protocol`, `network_header`, `tail` and `head` all lie within
     /// [`SKB_WINDOW_BYTES`] of it. 0 when they do not: no drops then.
     pub window: u16,
-    /// `net_device.nd_net` (a `struct net *`); 0 when unknown.
+    pub _pad: u16,
+    /// `net_device.nd_net` (a `struct net *`).
     pub nd_net: u32,
-    pub _pad: u32,
 }
 
 /// Bytes of `struct sk_buff` the drop program reads in one go.
@@ -330,6 +339,19 @@ pub struct DropCodes {
 
 /// A drop reason the running kernel does not have.
 pub const NO_REASON: u32 = u32::MAX;
+
+/// What the drop program is told. Appended to [`Config`], so that the
+/// other programs read their fields at the offsets they always had (their
+/// code is the same, instruction for instruction).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct DropConfig {
+    /// `skb:kfree_skb`: skb, the reason (int0), `rx_sk` (sk).
+    pub args: ArgPos,
+    pub skb: DropSkbOffsets,
+    pub codes: DropCodes,
+}
 
 /// Offsets of `struct task_struct` and signal-handler fields; 0 when unknown.
 #[repr(C)]
@@ -400,12 +422,9 @@ pub struct Config {
     pub signal: ArgPos,
     pub process_fork: ArgPos,
     pub error_report: ArgPos,
-    /// `skb:kfree_skb`: skb, the reason (int0), `rx_sk` (sk).
-    pub drop: ArgPos,
     pub sock: SockOffsets,
     pub skb: SkbOffsets,
     pub task: TaskOffsets,
-    pub drop_codes: DropCodes,
     pub filter: Filter,
     /// Signals (bit n = signal n) worth reporting: those that kill by default.
     pub signal_mask: u64,
@@ -416,6 +435,7 @@ pub struct Config {
     /// wakeup threshold holds, so that a small ring still wakes its reader.
     pub query_every: u32,
     pub _pad: u32,
+    pub drop: DropConfig,
 }
 
 impl Config {
@@ -430,18 +450,11 @@ impl Config {
         signal: ArgPos::NONE,
         process_fork: ArgPos::NONE,
         error_report: ArgPos::NONE,
-        drop: ArgPos::NONE,
         sock: SockOffsets::NONE,
         skb: SkbOffsets {
             head: 0,
             data: 0,
             network_header: 0,
-            protocol: 0,
-            tail: 0,
-            sk: 0,
-            dev: 0,
-            window: 0,
-            nd_net: 0,
             _pad: 0,
         },
         task: TaskOffsets {
@@ -451,10 +464,6 @@ impl Config {
             sa_handler: 0,
             sigaction_size: 0,
             _pad: 0,
-        },
-        drop_codes: DropCodes {
-            listen_overflow: NO_REASON,
-            queue_purge: NO_REASON,
         },
         filter: Filter {
             flags: 0,
@@ -470,6 +479,22 @@ impl Config {
         wakeup_bytes: 0,
         query_every: 1,
         _pad: 0,
+        drop: DropConfig {
+            args: ArgPos::NONE,
+            skb: DropSkbOffsets {
+                protocol: 0,
+                tail: 0,
+                sk: 0,
+                dev: 0,
+                window: 0,
+                _pad: 0,
+                nd_net: 0,
+            },
+            codes: DropCodes {
+                listen_overflow: NO_REASON,
+                queue_purge: NO_REASON,
+            },
+        },
     };
 }
 
@@ -534,7 +559,9 @@ pub mod oddity {
     /// A signal's target's handlers: taken as default, reported (task).
     pub const HANDLER_READ: u32 = 15;
     /// skb:kfree_skb: the dropped buffer or its headers unreadable (skb):
-    /// a drop not looked at (it may not have been TCP at all).
+    /// a drop not looked at, most likely not TCP at all (debug level: the
+    /// warnings' codes stay below [`SPORT_READ`], which keeps the check
+    /// every program carries one comparison).
     pub const DROP_READ: u32 = 16;
     /// One past the last code.
     pub const END: u32 = 17;
@@ -542,7 +569,7 @@ pub mod oddity {
     /// Is an event, a kill or a followed process lost (a warning), or
     /// only an annotation (debug)?
     pub const fn loses_data(code: u32) -> bool {
-        code < SPORT_READ || code == DROP_READ
+        code < SPORT_READ
     }
 }
 
@@ -560,7 +587,7 @@ const _: () = assert!(core::mem::size_of::<Event>() == 152);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 48);
-const _: () = assert!(core::mem::size_of::<SkbOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<DropConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 256);
 
 #[cfg(feature = "user")]

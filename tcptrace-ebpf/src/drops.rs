@@ -50,10 +50,10 @@ const HEADERS_BYTES: usize = 56;
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
     let cfg = config();
-    let pos = &cfg.drop;
+    let pos = &cfg.drop.args;
     let args = Args::of(&ctx, pos);
     let reason = args.get(pos.int0) as u32;
-    if reason < FIRST_DROP_REASON || reason == cfg.drop_codes.queue_purge {
+    if reason < FIRST_DROP_REASON || reason == cfg.drop.codes.queue_purge {
         return 0;
     }
     let skb = args.get(pos.skb);
@@ -79,25 +79,25 @@ impl Segment {
     /// The segment in `skb`, when it is TCP and matters; two reads.
     #[inline(always)]
     fn read(skb: u64, reason: u32, cfg: &Config) -> Option<Segment> {
-        let o = &cfg.skb;
+        let (o, d) = (&cfg.skb, &cfg.drop.skb);
         // The loader leaves `window` 0 when the fields do not fit in one
         // read: the program is not attached then, but stay safe.
-        if o.window == 0 {
+        if d.window == 0 {
             return None;
         }
         // Helper call 1: the buffer's head fields, in one read.
-        let Some(words) = read_kernel::<[u64; SKB_WINDOW_BYTES / 8]>(skb + u64::from(o.window))
+        let Some(words) = read_kernel::<[u64; SKB_WINDOW_BYTES / 8]>(skb + u64::from(d.window))
         else {
             odd::oddity(oddity::DROP_READ, skb);
             return None;
         };
         let window = Window(words);
-        let protocol = window.get::<u16>(o.protocol, o.window);
+        let protocol = window.get::<u16>(d.protocol, d.window);
         if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
             return None;
         }
-        let network = window.get::<u16>(o.network_header, o.window);
-        let head = window.get::<u64>(o.head, o.window);
+        let network = window.get::<u16>(o.network_header, d.window);
+        let head = window.get::<u64>(o.head, d.window);
         if network == NO_HEADER || head == 0 {
             return None;
         }
@@ -140,13 +140,13 @@ impl Segment {
             };
         // Only bytes the buffer holds (its linear part ends at `tail`):
         // past it the flags would be whatever memory follows.
-        let tail = window.get::<u32>(o.tail, o.window);
-        if o.tail != 0 && u32::from(network) + ip_len + 14 > tail {
+        let tail = window.get::<u32>(d.tail, d.window);
+        if d.tail != 0 && u32::from(network) + ip_len + 14 > tail {
             return None;
         }
         let flags = ((tcp[3] >> 8) & 0xff) as u8;
         let matters = flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
-        if !matters && reason != cfg.drop_codes.listen_overflow {
+        if !matters && reason != cfg.drop.codes.listen_overflow {
             return None;
         }
         Some(Segment {
@@ -202,7 +202,7 @@ fn endpoints_pass(s: &Segment, cfg: &Config) -> bool {
 /// device it passed, for the `--netns` filter only (two or three reads).
 #[inline(always)]
 fn netns_of(sock: u64, skb: u64, cfg: &Config) -> u32 {
-    let (o, s) = (&cfg.sock, &cfg.skb);
+    let (o, s) = (&cfg.sock, &cfg.drop.skb);
     let net = if sock != 0 && o.net != tcptrace_common::ABSENT {
         read_kernel::<u64>(sock + u64::from(o.net))
     } else if s.dev != 0 && s.nd_net != 0 {
@@ -227,12 +227,12 @@ fn segment_event(s: &Segment, args: &Args, reason: u32, cfg: &Config) {
         count(counter::FILTERED);
         return;
     }
-    let rx_sk = args.get(cfg.drop.sk);
+    let rx_sk = args.get(cfg.drop.args.sk);
     // Helper call 3: the socket still owning the buffer, the one that sent
     // it (or the receiver early demux found): the only exact tie of a
     // segment dropped on its way out to its socket.
-    let owner_sk = if cfg.skb.sk != 0 {
-        read_kernel::<u64>(s.skb + u64::from(cfg.skb.sk)).unwrap_or(0)
+    let owner_sk = if cfg.drop.skb.sk != 0 {
+        read_kernel::<u64>(s.skb + u64::from(cfg.drop.skb.sk)).unwrap_or(0)
     } else {
         0
     };

@@ -13,7 +13,7 @@ mod reasons;
 
 use tcptrace_common::{ABSENT, ArgPos, Config, NO_ARG};
 
-use self::offsets::{skb_offsets, sock_offsets, task_offsets};
+use self::offsets::{drop_skb_offsets, skb_offsets, sock_offsets, task_offsets};
 pub use self::{
     btf::{ArgType, Btf},
     reasons::{DropReasons, Reasons, ResetReasons},
@@ -481,7 +481,7 @@ impl KernelLayout {
                 "signal_generate" => config.signal = pos,
                 "sched_process_fork" => config.process_fork = pos,
                 "inet_sk_error_report" => config.error_report = pos,
-                "kfree_skb" => config.drop = pos,
+                "kfree_skb" => config.drop.args = pos,
                 _ => {}
             }
             present.push(*tp);
@@ -489,7 +489,8 @@ impl KernelLayout {
         config.sock = sock_offsets(btf)?;
         config.skb = skb_offsets(btf);
         let drop_reasons = DropReasons::drops_from_btf(btf);
-        config.drop_codes = drop_reasons.drop_codes();
+        config.drop.skb = drop_skb_offsets(btf, &config.skb);
+        config.drop.codes = drop_reasons.drop_codes();
         config.task = task_offsets(btf);
         config.signal_mask = default_fatal_signals();
         let mut missing_fields = Vec::new();
@@ -507,10 +508,10 @@ impl KernelLayout {
             config.signal = ArgPos::NONE;
             missing_fields.push("signal senders (task_struct.tgid)");
         }
-        if config.drop != ArgPos::NONE && config.skb.window == 0 {
+        if config.drop.args != ArgPos::NONE && config.drop.skb.window == 0 {
             // The drop program reads sk_buff's head fields in one go; a
             // layout where they lie apart gets no drops (not a slow program).
-            config.drop = ArgPos::NONE;
+            config.drop.args = ArgPos::NONE;
             present.retain(|tp| tp.name != "kfree_skb");
             missing_fields
                 .push("drops (sk_buff.protocol, network_header, tail, head not together)");

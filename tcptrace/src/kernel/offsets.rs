@@ -3,7 +3,7 @@
 //! `struct sk_buff` and `struct task_struct`.
 
 use tcptrace_common::{
-    ABSENT, SKB_WINDOW_BYTES, SOCK_HEAD_BYTES, SkbOffsets, SockOffsets, TaskOffsets,
+    ABSENT, DropSkbOffsets, SKB_WINDOW_BYTES, SOCK_HEAD_BYTES, SkbOffsets, SockOffsets, TaskOffsets,
 };
 
 use super::{Btf, LayoutError};
@@ -73,26 +73,35 @@ pub(super) fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
 }
 
 pub(super) fn skb_offsets(btf: &Btf) -> SkbOffsets {
-    let at = |member: &str, size: u32| {
-        btf.member("sk_buff", member)
-            .filter(|&(_, s)| s == size)
-            .and_then(|(offset, _)| u16::try_from(offset).ok())
-            .unwrap_or(0)
-    };
-    let mut o = SkbOffsets {
-        head: at("head", 8),
-        data: at("data", 8),
-        network_header: at("network_header", 2),
-        protocol: at("protocol", 2),
-        // An offset from `head` (u32) on 64-bit kernels.
-        tail: at("tail", 4),
-        sk: at("sk", 8),
-        dev: at("dev", 8),
-        window: 0,
-        nd_net: btf.member_offset("net_device", "nd_net").unwrap_or(0),
+    SkbOffsets {
+        head: skb_field(btf, "head", 8),
+        data: skb_field(btf, "data", 8),
+        network_header: skb_field(btf, "network_header", 2),
         _pad: 0,
+    }
+}
+
+/// `sk_buff.member`'s offset when it has `size` bytes, else 0.
+fn skb_field(btf: &Btf, member: &str, size: u32) -> u16 {
+    btf.member("sk_buff", member)
+        .filter(|&(_, s)| s == size)
+        .and_then(|(offset, _)| u16::try_from(offset).ok())
+        .unwrap_or(0)
+}
+
+/// The `sk_buff` fields only the drop program reads.
+pub(super) fn drop_skb_offsets(btf: &Btf, skb: &SkbOffsets) -> DropSkbOffsets {
+    let mut o = DropSkbOffsets {
+        protocol: skb_field(btf, "protocol", 2),
+        // An offset from `head` (u32) on 64-bit kernels.
+        tail: skb_field(btf, "tail", 4),
+        sk: skb_field(btf, "sk", 8),
+        dev: skb_field(btf, "dev", 8),
+        window: 0,
+        _pad: 0,
+        nd_net: btf.member_offset("net_device", "nd_net").unwrap_or(0),
     };
-    o.window = skb_window(&o).unwrap_or(0);
+    o.window = skb_window(skb, &o).unwrap_or(0);
     o
 }
 
@@ -100,12 +109,12 @@ pub(super) fn skb_offsets(btf: &Btf) -> SkbOffsets {
 /// drop program needs before it knows whether a drop matters (they sit
 /// side by side on 6.x kernels: 24 bytes from `protocol` to the end of
 /// `head`); `None` when they do not fit.
-fn skb_window(o: &SkbOffsets) -> Option<u16> {
+fn skb_window(skb: &SkbOffsets, o: &DropSkbOffsets) -> Option<u16> {
     let fields = [
         (o.protocol, 2),
-        (o.network_header, 2),
+        (skb.network_header, 2),
         (o.tail, 4),
-        (o.head, 8),
+        (skb.head, 8),
     ];
     if fields.iter().any(|&(offset, _)| offset == 0) {
         return None;
@@ -143,25 +152,29 @@ pub(super) fn task_offsets(btf: &Btf) -> TaskOffsets {
 mod tests {
     use super::*;
 
-    fn skb(protocol: u16, network_header: u16, tail: u16, head: u16) -> SkbOffsets {
-        SkbOffsets {
-            protocol,
+    fn window(protocol: u16, network_header: u16, tail: u16, head: u16) -> Option<u16> {
+        let skb = SkbOffsets {
             network_header,
-            tail,
             head,
             ..SkbOffsets::default()
-        }
+        };
+        let drop = DropSkbOffsets {
+            protocol,
+            tail,
+            ..DropSkbOffsets::default()
+        };
+        skb_window(&skb, &drop)
     }
 
     #[test]
     fn the_drop_programs_skb_fields_are_read_in_one_window_or_not_at_all() {
         // Linux 6.18: protocol 176, network_header 180, tail 184, head 192.
-        assert_eq!(skb_window(&skb(176, 180, 184, 192)), Some(176));
+        assert_eq!(window(176, 180, 184, 192), Some(176));
         // Unaligned start: the window starts at the 8-byte boundary below.
-        assert_eq!(skb_window(&skb(178, 180, 184, 192)), Some(176));
+        assert_eq!(window(178, 180, 184, 192), Some(176));
         // Too far apart, a field unknown, or misaligned: no window.
-        assert_eq!(skb_window(&skb(176, 180, 184, 208)), None);
-        assert_eq!(skb_window(&skb(176, 0, 184, 192)), None);
-        assert_eq!(skb_window(&skb(176, 181, 184, 192)), None);
+        assert_eq!(window(176, 180, 184, 208), None);
+        assert_eq!(window(176, 0, 184, 192), None);
+        assert_eq!(window(176, 181, 184, 192), None);
     }
 }

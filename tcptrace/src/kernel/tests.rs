@@ -91,14 +91,15 @@ fn the_running_kernel_is_read_from_its_btf() {
         assert_eq!(layout.reasons.name(11), Some("TCP_ABORT_ON_CLOSE"));
     }
     // skb:kfree_skb(skb, location, reason, rx_sk) and the codes it needs.
-    assert_eq!((c.drop.skb, c.drop.int0, c.drop.sk), (0, 2, 3));
+    let d = c.drop;
+    assert_eq!((d.args.skb, d.args.int0, d.args.sk), (0, 2, 3));
     assert!(
-        c.skb.window > 0 && c.skb.sk > 0 && c.skb.tail > 0,
+        d.skb.window > 0 && d.skb.sk > 0 && d.skb.tail > 0,
         "{:?}",
-        c.skb
+        d.skb
     );
     let overflow = layout.drop_reasons.code("TCP_LISTEN_OVERFLOW").unwrap();
-    assert_eq!(c.drop_codes.listen_overflow, overflow);
+    assert_eq!(d.codes.listen_overflow, overflow);
     assert_eq!(
         layout
             .drop_reasons
