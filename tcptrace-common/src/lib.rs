@@ -66,6 +66,9 @@ pub mod kind {
     /// matched to, 0 if none); [`super::Event::aux`] = `skb->sk` (the socket
     /// still owning it: its sender, or its receiver found by early demux).
     pub const DROP: u8 = 10;
+    /// `oom:mark_victim`: the OOM killer chose a process ([`super::Event::aux`]
+    /// = its tgid); the SIGKILL it sent came just before.
+    pub const OOM_VICTIM: u8 = 11;
 }
 
 /// Bits of [`Event::flags`].
@@ -436,6 +439,8 @@ pub struct Config {
     pub query_every: u32,
     pub _pad: u32,
     pub drop: DropConfig,
+    /// `oom:mark_victim`: the victim (task). Appended, like [`DropConfig`].
+    pub oom_victim: ArgPos,
 }
 
 impl Config {
@@ -495,6 +500,7 @@ impl Config {
                 queue_purge: NO_REASON,
             },
         },
+        oom_victim: ArgPos::NONE,
     };
 }
 
@@ -539,7 +545,7 @@ pub mod oddity {
     pub const SEGMENT_READ: u32 = 5;
     /// The same: the segment's IP header is neither v4 nor v6 (version).
     pub const SEGMENT_VERSION: u32 = 6;
-    /// signal_generate: the target's tgid unreadable (task).
+    /// signal_generate or mark_victim: the target's tgid unreadable (task).
     pub const SIGNAL_TARGET_READ: u32 = 7;
     /// sched_process_fork: a tgid unreadable (child task).
     pub const FORK_READ: u32 = 8;
@@ -588,7 +594,7 @@ const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<DropConfig>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 256);
+const _: () = assert!(core::mem::size_of::<Config>() == 264);
 
 #[cfg(feature = "user")]
 mod pod {

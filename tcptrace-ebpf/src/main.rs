@@ -19,6 +19,7 @@
 
 mod drops;
 mod odd;
+mod oom;
 mod read;
 
 use aya_ebpf::{

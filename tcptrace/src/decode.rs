@@ -281,6 +281,14 @@ pub enum Record {
         sender: Proc,
         delivered: bool,
     },
+    /// `oom:mark_victim`: the OOM killer chose `victim_pid` (a process id),
+    /// just after generating its SIGKILL.
+    OomVictim {
+        ts_ns: u64,
+        victim_pid: u32,
+        /// The task on the CPU: whoever needed the memory, often the victim.
+        context: Proc,
+    },
 }
 
 impl Record {
@@ -293,7 +301,9 @@ impl Record {
             | Record::RetransmitSynAck { sock }
             | Record::Destroy { sock }
             | Record::ErrorReport { sock, .. } => sock.ts_ns,
-            Record::ProcessExit { ts_ns, .. } | Record::Signal { ts_ns, .. } => *ts_ns,
+            Record::ProcessExit { ts_ns, .. }
+            | Record::Signal { ts_ns, .. }
+            | Record::OomVictim { ts_ns, .. } => *ts_ns,
             Record::Drop(d) => d.ts_ns,
         }
     }
@@ -307,7 +317,10 @@ impl Record {
             | Record::RetransmitSynAck { sock }
             | Record::Destroy { sock }
             | Record::ErrorReport { sock, .. } => Some(sock),
-            Record::ProcessExit { .. } | Record::Signal { .. } | Record::Drop(_) => None,
+            Record::ProcessExit { .. }
+            | Record::Signal { .. }
+            | Record::OomVictim { .. }
+            | Record::Drop(_) => None,
         }
     }
 }
@@ -438,6 +451,11 @@ impl Decoder {
                 },
                 segment_flags: e.seg_flags as u8,
             }),
+            kind::OOM_VICTIM => Record::OomVictim {
+                ts_ns: e.ts_ns,
+                victim_pid: e.aux as u32,
+                context: *context.on_cpu(),
+            },
             kind::SIGNAL => Record::Signal {
                 ts_ns: e.ts_ns,
                 sig: e.value,

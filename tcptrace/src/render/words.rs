@@ -468,11 +468,19 @@ pub fn attribution_into(out: &mut String, life: &SocketLife, verdict: &Verdict) 
     true
 }
 
-/// `exit of nginx[4311], killed by SIGKILL from kill[4390] (core dumped)`.
+/// `exit of nginx[4311], killed by SIGKILL from kill[4390] (core dumped)`;
+/// `exit of hog[77], killed by the OOM killer (SIGKILL)`.
 fn exit_into(out: &mut String, e: &ExitInfo, life: &SocketLife) {
     out.push_str("exit of ");
     process_label_into(out, e.tgid, &e.comm, life);
     match (&e.signal, e.status) {
+        (Some(sig), _) if sig.oom_kill => {
+            // Its sender is only whoever needed the memory (often the
+            // victim itself): the OOM killer chose it.
+            out.push_str(", killed by the OOM killer (");
+            out.push_str(&sig.name);
+            out.push(')');
+        }
         (Some(sig), _) => {
             out.push_str(if sig.killed {
                 ", killed by "
