@@ -168,6 +168,13 @@ pub struct DropReason {
     pub name: Option<String>,
 }
 
+impl DropReason {
+    /// The segment completing a handshake met a full accept queue.
+    pub fn is_listen_overflow(&self) -> bool {
+        self.name.as_deref() == Some("TCP_LISTEN_OVERFLOW")
+    }
+}
+
 /// A TCP segment the kernel dropped (`skb:kfree_skb`): only SYN, SYN/ACK,
 /// FIN and RST segments, and any dropped for accept-queue overflow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

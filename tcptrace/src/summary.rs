@@ -150,7 +150,7 @@ impl Summary {
         let overflows: u64 = life
             .drop_counts
             .iter()
-            .filter(|c| c.reason.name.as_deref() == Some("TCP_LISTEN_OVERFLOW"))
+            .filter(|c| c.reason.is_listen_overflow())
             .map(|c| u64::from(c.count))
             .sum();
         let failures = HandshakeFailures {

@@ -253,7 +253,7 @@ pub fn segment_name(kind: SegmentKind, overflow: bool) -> &'static str {
 
 /// Was the segment dropped because the accept queue was full?
 pub fn is_listen_overflow(r: &DropReason) -> bool {
-    r.name.as_deref() == Some("TCP_LISTEN_OVERFLOW")
+    r.is_listen_overflow()
 }
 
 /// One dropped segment in a sentence, seen from `life`:
