@@ -110,6 +110,12 @@ pub struct SockError {
     pub retransmits: u8,
     /// Keepalive or zero-window probes unanswered (a keepalive timeout).
     pub probes: u8,
+    /// `TCP_USER_TIMEOUT` in ms, when set: the limit that gave up.
+    pub user_timeout_ms: Option<u32>,
+    /// The errno of an ICMP error just queued on the socket, reported
+    /// before TCP set `sk_err` (it may keep it soft, for connect() or
+    /// SO_ERROR to return).
+    pub icmp_queued: bool,
 }
 
 /// An RST from the peer.

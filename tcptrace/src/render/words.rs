@@ -155,12 +155,22 @@ pub fn incomplete(i: Incomplete) -> &'static str {
 /// about which timeout it was: `ETIMEDOUT: retransmission timeout, gave up
 /// after 3 retransmits`.
 pub fn error_into(out: &mut String, e: &SockError) {
+    let timed_out = e.errno.unsigned_abs() as i32 == libc::ETIMEDOUT;
+    if let (true, Some(ms)) = (timed_out, e.user_timeout_ms) {
+        let _ = write!(out, "ETIMEDOUT: TCP_USER_TIMEOUT ({ms} ms) expired");
+        if e.probes > 0 {
+            let _ = write!(out, " ({} probes)", e.probes);
+        } else if e.retransmits > 0 {
+            let _ = write!(out, ", after {} retransmits", e.retransmits);
+        }
+        return;
+    }
     let (name, what) = match e.errno.unsigned_abs() as i32 {
         libc::ETIMEDOUT if e.probes > 0 => {
             ("ETIMEDOUT", "probes unanswered (keepalive or zero window)")
         }
         libc::ETIMEDOUT if e.retransmits > 0 => ("ETIMEDOUT", "retransmission timeout"),
-        libc::ETIMEDOUT => ("ETIMEDOUT", "timed out (TCP_USER_TIMEOUT or no answer)"),
+        libc::ETIMEDOUT => ("ETIMEDOUT", "timed out (no answer)"),
         libc::EHOSTUNREACH => ("EHOSTUNREACH", "ICMP host unreachable"),
         libc::ENETUNREACH => ("ENETUNREACH", "ICMP network unreachable"),
         libc::ECONNREFUSED => ("ECONNREFUSED", "connection refused"),
@@ -177,6 +187,9 @@ pub fn error_into(out: &mut String, e: &SockError) {
     out.push_str(name);
     out.push_str(": ");
     out.push_str(what);
+    if e.icmp_queued {
+        out.push_str(" (ICMP error for this socket)");
+    }
     if e.probes > 0 && e.errno.unsigned_abs() as i32 == libc::ETIMEDOUT {
         let _ = write!(out, " ({} probes)", e.probes);
     } else if e.retransmits > 0 {

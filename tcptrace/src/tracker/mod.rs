@@ -172,16 +172,25 @@ impl Tracker {
                 errno,
                 retransmits,
                 probes,
+                user_timeout_ms,
+                icmp_queued,
             } => {
                 self.enter(sock, &mut out);
                 if let Some(t) = self.lives.get_mut(sock.skaddr) {
                     let life = &mut t.life;
-                    life.error = Some(SockError {
-                        offset_ns: life.offset(sock.ts_ns),
-                        errno: *errno,
-                        retransmits: *retransmits,
-                        probes: *probes,
-                    });
+                    // A report without an error says nothing; a queued ICMP
+                    // error does not hide the error that aborted the socket.
+                    let hard_known = life.error.as_ref().is_some_and(|e| !e.icmp_queued);
+                    if *errno != 0 && !(*icmp_queued && hard_known) {
+                        life.error = Some(SockError {
+                            offset_ns: life.offset(sock.ts_ns),
+                            errno: *errno,
+                            retransmits: *retransmits,
+                            probes: *probes,
+                            user_timeout_ms: *user_timeout_ms,
+                            icmp_queued: *icmp_queued,
+                        });
+                    }
                 }
             }
             Record::Destroy { sock } if self.evicted_open.remove(&sock.skaddr).is_some() => {
