@@ -338,6 +338,8 @@ fn push_life(out: &mut String, l: &SocketLife) {
     push_bool(out, l.still_open);
     out.push_str(r#","fin_wait2_orphan":"#);
     push_bool(out, l.fin_wait2_orphan);
+    out.push_str(r#","unaccepted":"#);
+    push_bool(out, l.unaccepted);
     out.push_str(r#","error":"#);
     match &l.error {
         Some(e) => {

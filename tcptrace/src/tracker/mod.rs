@@ -44,6 +44,9 @@ pub use self::life::unread_at_close;
 pub use crate::model::{Role, SocketLife};
 
 /// Most entries in each auxiliary table (exits, signals, pending resets).
+/// A listener's close resets its never-accepted children in the same
+/// call (`inet_csk_listen_stop`): microseconds apart, well within this.
+const LISTENER_CLOSE_NS: u64 = 10_000_000;
 pub const AUX_CAP: usize = 4096;
 /// Auxiliary entries older than this (event time) are forgotten.
 pub const AUX_MAX_AGE_NS: u64 = 10_000_000_000;
@@ -116,6 +119,10 @@ pub struct Tracker {
     /// counted, not started again as new mid-life lives: each socket is
     /// reported once. Bounded like the table itself.
     evicted_open: RecentMap<u64, ()>,
+    /// Listeners just closed, by port → the closing process: the RSTs
+    /// their never-accepted children get follow at once. (Not by netns:
+    /// the kernel program reads it only where a socket starts.)
+    listener_closes: RecentMap<u16, u32>,
     stats: TrackerStats,
 }
 
@@ -131,6 +138,7 @@ impl Tracker {
             socketless: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
             synacks: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
             evicted_open: RecentMap::new(evicted_cap, None),
+            listener_closes: RecentMap::new(AUX_CAP, Some(LISTENER_CLOSE_NS)),
             stats: TrackerStats::default(),
         }
     }
@@ -237,8 +245,10 @@ impl Tracker {
     pub fn expire_changed(&mut self, now_ns: u64) -> (Vec<SocketLife>, bool) {
         let mut out = Vec::new();
         self.expire_into(now_ns, &mut out);
-        let pruned =
-            self.socketless.prune(now_ns) + self.synacks.prune(now_ns) + self.procs.prune(now_ns);
+        let pruned = self.socketless.prune(now_ns)
+            + self.synacks.prune(now_ns)
+            + self.procs.prune(now_ns)
+            + self.listener_closes.prune(now_ns);
         let changed = pruned > 0 || !out.is_empty();
         (out, changed)
     }
@@ -374,6 +384,11 @@ impl Tracker {
             by: *p,
             exit: self.procs.exit_of(p, ts),
         });
+        if (old, new) == (TcpState::Listen, TcpState::Close)
+            && let Some(p) = sock.context.process()
+        {
+            self.listener_closes.insert(sock.local.port(), ts, p.tgid);
+        }
         let pending_synacks = (old, new) == (TcpState::SynRecv, TcpState::Established);
         let pending_synacks =
             pending_synacks.then(|| self.synacks.remove(&(sock.local, sock.remote)));

@@ -303,3 +303,20 @@ fn flags_and_labels() {
     assert_eq!(flags(0), "no flags");
     assert_eq!(proc_label(&nginx()), "nginx[4311]");
 }
+
+#[test]
+fn tcp_state_is_worded_by_who_sent_it() {
+    let r = RstReason {
+        code: Some(14),
+        name: Some("TCP_STATE".into()),
+    };
+    let text = |unaccepted| {
+        let mut s = String::new();
+        reason_text_in(&mut s, &r, unaccepted);
+        s
+    };
+    assert_eq!(text(Some(true)), "its listener closed before accepting it");
+    assert_eq!(text(Some(false)), "abortive close (SO_LINGER 0)");
+    // Unknown context (the summary's totals): both causes named.
+    assert!(text(None).contains("SO_LINGER 0") && text(None).contains("listener"));
+}
