@@ -36,7 +36,8 @@ pub enum ColorChoice {
 #[command(name = "tcptrace", version, about, long_about, max_term_width = 100)]
 pub struct Args {
     /// What to print: one ladder per socket when it ends (`sockets`), one
-    /// line per state transition as it happens (`stream`), or both.
+    /// line per state transition as it happens (`stream`), both, or nothing
+    /// (`none`: a daemon serving --metrics and/or recording with --write).
     #[arg(long, value_enum, default_value_t = View::Sockets)]
     pub view: View,
 
@@ -150,6 +151,19 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rotate_count: Option<u32>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics: PORT alone (on
+    /// 127.0.0.1), localhost:PORT or IP:PORT. Only loopback unless another
+    /// address is given (then a warning says so: labels name processes).
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr,
+          conflicts_with = "read")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// With --metrics: most values of each per-service label (process,
+    /// unit, container); sockets of further ones count under `other`.
+    #[arg(long, value_name = "K", default_value_t = crate::metrics::DEFAULT_MAX_SERIES,
+          requires = "metrics", value_parser = parse_max_series)]
+    pub metrics_max_series: usize,
+
     /// Replay recordings made with --write instead of tracing: no root, no
     /// BPF; the same views, JSON and summary as the live run. Several files
     /// of a rotated recording are read in the order they were written; `-`
@@ -182,6 +196,15 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
     }
 }
 
+fn parse_max_series(s: &str) -> Result<usize, String> {
+    let wanted = "a number of label values from 1 to 10000";
+    match s.parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("{n} is out of range: give {wanted}")),
+        Err(_) => Err(format!("`{s}` is not {wanted}")),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<u64, String> {
     let wanted = format!("a whole number of seconds from 1 to {MAX_DURATION_SECS}");
     match s.parse::<u64>() {
@@ -203,11 +226,19 @@ pub enum ArgsError {
     Netns { path: String, why: String },
     #[error("{0}: command not found (not a file in PATH, or not executable)")]
     CommandNotFound(String),
+    #[error(
+        "--view none shows nothing: give --metrics ADDR or --write FILE (or both) for it \
+         to have an output, or another --view"
+    )]
+    NothingToShow,
 }
 
 impl Args {
     /// The kernel-side filters and sizes.
     pub fn trace_options(&self) -> Result<TraceOptions, ArgsError> {
+        if self.view == View::None && self.metrics.is_none() && self.write.is_none() {
+            return Err(ArgsError::NothingToShow);
+        }
         let mut f = Filter::default();
         // A thread id stands for its process (the filter keys on tgids).
         let mut pids = Vec::new();
@@ -654,6 +685,35 @@ mod tests {
             "{err}"
         );
         assert!(parse(&["--duration", "3", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn view_none_needs_metrics_or_a_recording() {
+        let err = parse(&["--view", "none"])
+            .unwrap()
+            .trace_options()
+            .unwrap_err();
+        assert_eq!(err, ArgsError::NothingToShow);
+        assert!(err.to_string().contains("--metrics"), "{err}");
+        for ok in [
+            &["--view", "none", "--metrics", "9464"][..],
+            &["--view", "none", "--write", "/tmp/x.rec"],
+        ] {
+            assert!(parse(ok).unwrap().trace_options().is_ok(), "{ok:?}");
+        }
+        // A replay has neither.
+        let err = parse(&["--view", "none", "--read", "x.rec"])
+            .unwrap()
+            .read_filter()
+            .unwrap_err();
+        assert_eq!(err, ArgsError::NothingToShow);
+        assert!(parse(&["--metrics", "9464", "--read", "x.rec"]).is_err());
+        let args = parse(&["--metrics", "9464", "--metrics-max-series", "7"]).unwrap();
+        assert_eq!(args.metrics_max_series, 7);
+        assert!(parse(&["--metrics", "1", "--metrics-max-series", "0"]).is_err());
+        assert!(parse(&["--metrics-max-series", "5"]).is_err());
+        let err = parse(&["--metrics", "nonsense"]).unwrap_err().to_string();
+        assert!(err.contains("127.0.0.1:9464"), "{err}");
     }
 
     #[test]

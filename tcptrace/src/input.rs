@@ -136,7 +136,9 @@ impl RingPositions {
         let at = |offset: usize| {
             // SAFETY: page-aligned u64s inside the mapping, which lives as
             // long as self; the kernel writes them atomically.
-            unsafe { (*self.base.cast::<u8>().add(offset).cast::<AtomicU64>()).load(Ordering::Acquire) }
+            unsafe {
+                (*self.base.cast::<u8>().add(offset).cast::<AtomicU64>()).load(Ordering::Acquire)
+            }
         };
         let consumer = at(0);
         let producer = at(self.len / 2);

@@ -17,6 +17,7 @@ pub mod filter;
 pub mod input;
 pub mod kernel;
 pub mod loader;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod procs;
