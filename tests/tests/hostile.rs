@@ -227,10 +227,19 @@ fn silly_flags_get_a_clear_error_and_no_panic() {
         (&["--ring-size", "1099511627776"][..], "1073741824"),
         (&["--ring-size", "-1"][..], "not a number of bytes"),
         (&["--max-sockets", "-3"][..], "-3"),
-        (&["--write", "x.rec", "--rotate-count", "3"][..], "--rotate-size"),
+        (
+            &["--write", "x.rec", "--rotate-count", "3"][..],
+            "--rotate-size",
+        ),
         (&["--write", "x.rec", "--rotate-size", "0"][..], "0"),
-        (&["--read", "a.rec", "--write", "b.rec"][..], "cannot be used with"),
-        (&["--read", "a.rec", "--follow", "--pid", "1"][..], "cannot be used with"),
+        (
+            &["--read", "a.rec", "--write", "b.rec"][..],
+            "cannot be used with",
+        ),
+        (
+            &["--read", "a.rec", "--follow", "--pid", "1"][..],
+            "cannot be used with",
+        ),
     ] {
         let out = Command::new(tcptrace_binary()).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -243,7 +252,10 @@ fn silly_flags_get_a_clear_error_and_no_panic() {
 #[test]
 fn recordings_that_cannot_be_written_or_read_get_a_clear_error_before_tracing() {
     for (args, expect) in [
-        (&["--write", "/proc/tcptrace.rec"][..], "--write: cannot create the recording"),
+        (
+            &["--write", "/proc/tcptrace.rec"][..],
+            "--write: cannot create the recording",
+        ),
         (&["--read", "/nonexistent/t.rec"][..], "No such file"),
         (&["--read", "/etc/hostname"][..], "not a tcptrace recording"),
         (&["--read", "/etc/hostname", "-"][..], "stdin"),
