@@ -125,9 +125,10 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts it scraping `target` (job `tcptrace`) and waits until it is
-    /// ready; None (with a note) when Debian's prometheus is not installed.
-    pub fn start(target: SocketAddr) -> Option<Prometheus> {
+    /// Starts it scraping `target` (job `tcptrace`), evaluating the rule
+    /// files `rules`, and waits until it is ready; None (with a note) when
+    /// Debian's prometheus is not installed.
+    pub fn start(target: SocketAddr, rules: &[PathBuf]) -> Option<Prometheus> {
         let binary = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
             .into_iter()
             .find(|p| Path::new(p).exists());
@@ -142,8 +143,13 @@ impl Prometheus {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).unwrap();
+        let rule_files: String = rules
+            .iter()
+            .map(|r| format!("  - '{}'\n", r.display()))
+            .collect();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n{rule_files}\
              scrape_configs:\n  - job_name: tcptrace\n    static_configs:\n      - targets: ['{target}']\n"
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
@@ -215,6 +221,22 @@ impl Prometheus {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Every alerting or recording rule loaded: (name, health, last error).
+    pub fn rules(&self) -> Vec<(String, String, String)> {
+        let Ok(r) = get(self.addr, "/api/v1/rules", None) else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        v["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .map(|r| (text(&r["name"]), text(&r["health"]), text(&r["lastError"])))
+            .collect()
     }
 
     /// The one value of `promql`, 0 when it has none yet.

@@ -9,7 +9,9 @@
 //! - every system call of a traced run is allowed by the unit's
 //!   SystemCallFilter (with strace; skipped, with a note, without);
 //! - the DaemonSet is valid YAML with the fields a cluster requires and the
-//!   same capabilities as the unit.
+//!   same capabilities as the unit;
+//! - the alerting rules pass `promtool check rules` (the metrics test has a
+//!   real Prometheus evaluate them).
 
 use std::{
     collections::BTreeSet,
@@ -482,4 +484,23 @@ fn the_daemonset_has_what_tcptrace_needs() {
             "{path} not mounted"
         );
     }
+}
+
+#[test]
+fn the_alerting_rules_check() {
+    if !have("promtool") {
+        println!("note: promtool not found (`cargo xtask setup` installs it): rules not checked");
+        return;
+    }
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(deploy_file("tcptrace-alerts.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

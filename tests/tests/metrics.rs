@@ -142,7 +142,10 @@ fn prometheus_scrapes_the_paths_the_test_makes() {
     let port = reserved.port;
     let cli = daemon(port, &[]);
     let addr = cli.metrics_addr();
-    let Some(prom) = Prometheus::start(addr) else {
+    let alerts =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/tcptrace-alerts.yml");
+    let rules = std::fs::read_to_string(&alerts).unwrap();
+    let Some(prom) = Prometheus::start(addr, &[alerts]) else {
         return;
     };
     prom.wait_value(r#"up{job="tcptrace"}"#, Duration::from_secs(30), |v| {
@@ -260,8 +263,30 @@ fn prometheus_scrapes_the_paths_the_test_makes() {
     assert!(prom.value("tcptrace_cpu_seconds_total") > 0.0);
     assert!(prom.value("tcptrace_ring_size_bytes") > 0.0);
 
+    // deploy/'s alerting rules evaluate against what tcptrace exports.
+    let deadline = Instant::now() + limit;
+    loop {
+        let rules = prom.rules();
+        let ok = !rules.is_empty() && rules.iter().all(|(_, health, _)| health == "ok");
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alerting rules: {rules:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
     // The text format passes promtool, hostile names and all.
     let text = scrape(addr);
+    // And the rules name metrics that exist (an absent one would evaluate
+    // "ok" to nothing).
+    for name in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if name.starts_with("tcptrace_") {
+            assert!(
+                !prometheus::samples(&text, name).is_empty(),
+                "the alerting rules use {name}, which tcptrace does not export"
+            );
+        }
+    }
     if let Some(problems) = prometheus::promtool_problems(&text) {
         panic!("promtool check metrics: {problems}\n{text}");
     }
