@@ -192,6 +192,16 @@ impl Families {
     }
 }
 
+/// `--metrics-max-series`: 1 to 10000 values per label.
+pub fn parse_max_series(s: &str) -> Result<usize, String> {
+    let wanted = "a number of label values from 1 to 10000";
+    match s.parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("{n} is out of range: give {wanted}")),
+        Err(_) => Err(format!("`{s}` is not {wanted}")),
+    }
+}
+
 /// The metrics of a run: the registry the server encodes, tcptrace's
 /// health, and the sink that counts finished sockets.
 pub struct Metrics {

@@ -253,3 +253,37 @@ fn numbered_reasons_are_written_without_allocating() {
         "code_4294967295"
     );
 }
+
+#[test]
+fn the_cli_flags_view_none_needs_metrics_or_a_recording() {
+    use crate::cli::{Args, ArgsError};
+    use clap::Parser as _;
+    let parse = |args: &[&str]| {
+        Args::try_parse_from(std::iter::once("tcptrace").chain(args.iter().copied()))
+    };
+    let err = parse(&["--view", "none"])
+        .unwrap()
+        .trace_options()
+        .unwrap_err();
+    assert_eq!(err, ArgsError::NothingToShow);
+    assert!(err.to_string().contains("--metrics"), "{err}");
+    for ok in [
+        &["--view", "none", "--metrics", "9464"][..],
+        &["--view", "none", "--write", "/tmp/x.rec"],
+    ] {
+        assert!(parse(ok).unwrap().trace_options().is_ok(), "{ok:?}");
+    }
+    // A replay has neither.
+    let err = parse(&["--view", "none", "--read", "x.rec"])
+        .unwrap()
+        .read_filter()
+        .unwrap_err();
+    assert_eq!(err, ArgsError::NothingToShow);
+    assert!(parse(&["--metrics", "9464", "--read", "x.rec"]).is_err());
+    let args = parse(&["--metrics", "9464", "--metrics-max-series", "7"]).unwrap();
+    assert_eq!(args.metrics_max_series, 7);
+    assert!(parse(&["--metrics", "1", "--metrics-max-series", "0"]).is_err());
+    assert!(parse(&["--metrics-max-series", "5"]).is_err());
+    let err = parse(&["--metrics", "nonsense"]).unwrap_err().to_string();
+    assert!(err.contains("127.0.0.1:9464"), "{err}");
+}
