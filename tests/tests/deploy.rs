@@ -204,6 +204,8 @@ fn the_units_capabilities_are_enough_without_root() {
     cmd.args([
         "--view",
         "none",
+        "--duration",
+        "180",
         "--metrics",
         "127.0.0.1:0",
         "--port",
@@ -324,6 +326,8 @@ fn the_units_syscall_filter_allows_every_call_of_a_run() {
         .args([
             "--view",
             "none",
+            "--duration",
+            "180",
             "--metrics",
             "127.0.0.1:0",
             "--port",

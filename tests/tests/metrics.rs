@@ -82,12 +82,15 @@ fn linger_zero(s: &TcpStream) {
 }
 
 /// tcptrace as a headless daemon on `port`, serving metrics on a port the
-/// kernel picks.
+/// kernel picks. Every tcptrace these tests start ends by itself within
+/// `--duration`, should a failed test leave it behind.
 fn daemon(port: u16, extra: &[&str]) -> Cli {
     let port = port.to_string();
     let mut args = vec![
         "--view",
         "none",
+        "--duration",
+        "180",
         "--metrics",
         "127.0.0.1:0",
         "--port",
@@ -462,7 +465,16 @@ fn bad_metrics_addresses_fail_before_anything_is_loaded() {
     // A non-loopback address given explicitly is served, with a warning.
     let port = Reserved::new().port.to_string();
     let cli = Cli::start(
-        &["--view", "none", "--metrics", "0.0.0.0:0", "--port", &port],
+        &[
+            "--view",
+            "none",
+            "--duration",
+            "180",
+            "--metrics",
+            "0.0.0.0:0",
+            "--port",
+            &port,
+        ],
         Stdio::null(),
     );
     assert!(
@@ -488,6 +500,8 @@ fn the_daemon_needs_no_terminal_and_runs_until_sigterm() {
     cmd.args([
         "--view",
         "none",
+        "--duration",
+        "180",
         "--metrics",
         "127.0.0.1:0",
         "--port",
@@ -530,6 +544,8 @@ fn the_daemon_needs_no_terminal_and_runs_until_sigterm() {
         &[
             "--view",
             "none",
+            "--duration",
+            "180",
             "--write",
             file.to_str().unwrap(),
             "--port",
