@@ -3,6 +3,10 @@
 //!
 //! With AYA_BUILD_SKIP=1 (clippy, check, docs: no bpf-linker needed) an empty
 //! placeholder stands in; the loader refuses it with a clear message.
+//!
+//! Re-run (and so the object rebuilt) when tcptrace-ebpf changes (aya-build
+//! watches its directory) or tcptrace-common does (tcptrace's
+//! build-dependency on tcptrace-ebpf; see README "Development").
 use std::{env, fs, path::PathBuf};
 
 use anyhow::{Context as _, anyhow};

@@ -17,6 +17,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod odd;
 mod read;
 
 use aya_ebpf::{
@@ -27,7 +28,7 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     ABSENT, ArgPos, Config, DEFAULT_RING_BYTES, Event, IPPROTO_TCP, ListenerKey, NO_ARG, Task,
-    counter, filter, flag, kind, tcp_state,
+    counter, filter, flag, kind, oddity, tcp_state,
 };
 
 use core::{
@@ -97,7 +98,7 @@ fn config() -> &'static Config {
 }
 
 #[inline(always)]
-fn count(index: u32) {
+pub(crate) fn count(index: u32) {
     // Array lookups are inlined by the verifier: no helper call.
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, only this CPU writes it.
@@ -443,6 +444,8 @@ fn read_unread(sk: u64, event: &mut Event) {
     if let (Some(rcv_nxt), Some(copied)) = (rcv_nxt, copied) {
         event.unread = rcv_nxt.wrapping_sub(copied);
         event.flags |= flag::UNREAD_VALID;
+    } else {
+        odd::oddity(oddity::UNREAD_READ, sk);
     }
 }
 
@@ -499,11 +502,21 @@ fn set_state_event(ctx: &RawTracePointContext) {
     let args = Args::of(ctx, pos);
     let sk = args.get(pos.sk);
     let o = &config().sock;
-    if o.protocol != ABSENT && read_kernel::<u16>(sk + u64::from(o.protocol)) != Some(IPPROTO_TCP) {
-        count(counter::NOT_TCP);
-        return;
+    if o.protocol != ABSENT {
+        match read_kernel::<u16>(sk + u64::from(o.protocol)) {
+            Some(IPPROTO_TCP) => {}
+            Some(_) => {
+                count(counter::NOT_TCP);
+                return;
+            }
+            None => {
+                odd::oddity(oddity::SET_STATE_SOCK, sk);
+                return;
+            }
+        }
     }
     let Some(head) = SockHead::read(sk) else {
+        odd::oddity(oddity::SET_STATE_SOCK, sk);
         return;
     };
     let mut slot = MaybeUninit::uninit();
@@ -549,6 +562,7 @@ fn sock_event(ctx: &RawTracePointContext, pos: &ArgPos, event_kind: u8) -> i32 {
     };
     if tuple_of != 0 {
         let Some(head) = SockHead::read(tuple_of) else {
+            odd::oddity(oddity::SOCK_HEAD, u64::from(event_kind));
             return 0;
         };
         head.fill_endpoints(tuple_of, event);
@@ -607,11 +621,20 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     let args = Args::of(&ctx, pos);
     let sk = args.get(pos.sk);
     let o = &cfg.sock;
-    // UDP and raw sockets report errors here too.
-    if o.protocol == ABSENT || read_kernel::<u16>(sk + u64::from(o.protocol)) != Some(IPPROTO_TCP) {
+    if o.protocol == ABSENT {
         return 0;
     }
+    // UDP and raw sockets report errors here too.
+    match read_kernel::<u16>(sk + u64::from(o.protocol)) {
+        Some(IPPROTO_TCP) => {}
+        Some(_) => return 0,
+        None => {
+            odd::oddity(oddity::ERROR_REPORT_SOCK, sk);
+            return 0;
+        }
+    }
     let Some(head) = SockHead::read(sk) else {
+        odd::oddity(oddity::ERROR_REPORT_SOCK, sk);
         return 0;
     };
     let mut slot = MaybeUninit::uninit();
@@ -621,13 +644,18 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     event.aux = head.cookie();
     let byte = |offset: u16| {
         if offset == ABSENT {
-            0
-        } else {
-            read_kernel::<u8>(sk + u64::from(offset)).unwrap_or(0)
+            return 0;
         }
+        read_kernel::<u8>(sk + u64::from(offset)).unwrap_or_else(|| {
+            odd::oddity(oddity::ERROR_READ, sk);
+            0
+        })
     };
     if o.sk_err != ABSENT {
-        event.value = read_kernel::<i32>(sk + u64::from(o.sk_err)).unwrap_or(0) as u32;
+        match read_kernel::<i32>(sk + u64::from(o.sk_err)) {
+            Some(err) => event.value = err as u32,
+            None => odd::oddity(oddity::ERROR_READ, sk),
+        }
     }
     event.seg_flags = u16::from(byte(o.retransmits)) | (u16::from(byte(o.probes)) << 8);
     attach_owner(event);
@@ -657,11 +685,14 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
         event.flags |= flag::GROUP_DEAD;
     }
     let task = args.get(pos.task);
-    if cfg.task.exit_code != 0
-        && let Some(code) = read_kernel::<i32>(task + u64::from(cfg.task.exit_code))
-    {
-        event.value = code as u32;
-        event.flags |= flag::EXIT_CODE_VALID;
+    if cfg.task.exit_code != 0 {
+        match read_kernel::<i32>(task + u64::from(cfg.task.exit_code)) {
+            Some(code) => {
+                event.value = code as u32;
+                event.flags |= flag::EXIT_CODE_VALID;
+            }
+            None => odd::oddity(oddity::EXIT_CODE_READ, task),
+        }
     }
     submit(event);
     0
@@ -688,6 +719,7 @@ pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let Some(target) = read_kernel::<u32>(task + u64::from(cfg.task.tgid)) else {
+        odd::oddity(oddity::SIGNAL_TARGET_READ, task);
         return 0;
     };
     // SAFETY: read-only lookup of a plain value.
@@ -716,11 +748,16 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let args = Args::of(&ctx, pos);
     let tgid = |task: u64| read_kernel::<u32>(task + u64::from(cfg.task.tgid));
     let (Some(parent), Some(child)) = (tgid(args.get(pos.task)), tgid(args.get(pos.task2))) else {
+        odd::oddity(oddity::FORK_READ, args.get(pos.task2));
         return 0;
     };
     // SAFETY: read-only lookup of a plain value.
-    if parent != child && unsafe { PID_FILTER.get(parent) }.is_some() {
-        let _ = PID_FILTER.insert(child, 1, 0);
+    if parent != child
+        && unsafe { PID_FILTER.get(parent) }.is_some()
+        && PID_FILTER.insert(child, 1, 0).is_err()
+    {
+        // A plain hash map: full at 16384 processes.
+        odd::oddity(oddity::FOLLOW_FULL, u64::from(child));
     }
     0
 }

@@ -6,10 +6,10 @@ use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
 use tcptrace_common::{
-    AF_INET, AF_INET6, COMM_LEN, Event, SOCK_HEAD_BYTES, TaskOffsets, flag, tcp_state,
+    AF_INET, AF_INET6, COMM_LEN, Event, SOCK_HEAD_BYTES, TaskOffsets, flag, oddity, tcp_state,
 };
 
-use crate::config;
+use crate::{config, odd};
 
 /// One value of type `T` at kernel address `addr`.
 #[inline(always)]
@@ -91,7 +91,10 @@ impl SockHead {
         if net == 0 || o.net_inum == 0 {
             return 0;
         }
-        read_kernel::<u32>(net + u64::from(o.net_inum)).unwrap_or(0)
+        read_kernel::<u32>(net + u64::from(o.net_inum)).unwrap_or_else(|| {
+            odd::oddity(oddity::NETNS_READ, net);
+            0
+        })
     }
 
     /// Family, ports (host order) and addresses (network order) of the
@@ -105,8 +108,10 @@ impl SockHead {
             // A socket going to CLOSE has already given its port back
             // (skc_num is 0); inet_sport still names it. One more read,
             // on closes (and on connect, where the port is not chosen yet).
-            event.sport =
-                u16::from_be(read_kernel::<u16>(sk + u64::from(o.inet_sport)).unwrap_or(0));
+            match read_kernel::<u16>(sk + u64::from(o.inet_sport)) {
+                Some(port) => event.sport = u16::from_be(port),
+                None => odd::oddity(oddity::SPORT_READ, sk),
+            }
         }
         event.dport = u16::from_be(self.get::<u16>(o.dport));
         let (saddr, daddr) = if event.family == AF_INET6 {
@@ -115,6 +120,9 @@ impl SockHead {
                 self.get::<[u32; 4]>(o.v6_daddr),
             )
         } else {
+            if event.family != AF_INET {
+                odd::oddity(oddity::FAMILY, u64::from(event.family));
+            }
             (
                 [self.get::<u32>(o.saddr), 0, 0, 0],
                 [self.get::<u32>(o.daddr), 0, 0, 0],
@@ -153,16 +161,19 @@ pub fn reset_without_full_socket(skb: u64, event: &mut Event) {
         read_kernel::<u64>(skb + u64::from(o.data)),
         read_kernel::<u16>(skb + u64::from(o.network_header)),
     ) else {
+        odd::oddity(oddity::SEGMENT_READ, skb);
         return;
     };
     // The TCP header's first 16 bytes: ports, sequence numbers, flags.
     let Some(tcp) = read_kernel::<[u32; 4]>(data) else {
+        odd::oddity(oddity::SEGMENT_READ, skb);
         return;
     };
     let ip = head + u64::from(network);
     // The IPv6 header is the longer of the two: read its first 40 bytes
     // (an IPv4 header with options is longer than 20, never shorter).
     let Some(iph) = read_kernel::<[u32; 10]>(ip) else {
+        odd::oddity(oddity::SEGMENT_READ, skb);
         return;
     };
     let version = (iph[0] & 0xf0) >> 4;
@@ -172,9 +183,13 @@ pub fn reset_without_full_socket(skb: u64, event: &mut Event) {
             [iph[6], iph[7], iph[8], iph[9]],
             [iph[2], iph[3], iph[4], iph[5]],
         )
-    } else {
+    } else if version == 4 {
         event.family = AF_INET;
         ([iph[4], 0, 0, 0], [iph[3], 0, 0, 0])
+    } else {
+        // Neither header: its addresses would be garbage.
+        odd::oddity(oddity::SEGMENT_VERSION, u64::from(version));
+        return;
     };
     put_addr(&mut event.saddr, local);
     put_addr(&mut event.daddr, remote);
@@ -194,9 +209,16 @@ pub fn has_handler(task: u64, sig: i32, o: &TaskOffsets) -> bool {
         return false;
     }
     let Some(sighand) = read_kernel::<u64>(task + u64::from(o.sighand)) else {
+        odd::oddity(oddity::HANDLER_READ, task);
         return false;
     };
     let slot = u64::from(o.sa_handler) + (sig as u64 - 1) * u64::from(o.sigaction_size);
-    // SIG_DFL is 0.
-    read_kernel::<u64>(sighand + slot).is_some_and(|handler| handler != 0)
+    match read_kernel::<u64>(sighand + slot) {
+        // SIG_DFL is 0.
+        Some(handler) => handler != 0,
+        None => {
+            odd::oddity(oddity::HANDLER_READ, task);
+            false
+        }
+    }
 }

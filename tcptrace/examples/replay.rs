@@ -12,7 +12,9 @@
 //!
 //! `--out DIR` also writes colour/timestamp/wide variants; `--only none`
 //! generates the events and nothing else (a baseline for instruction counts
-//! under `valgrind --tool=callgrind`).
+//! under `valgrind --tool=callgrind`); `--only json-paths` compares the
+//! direct JSON writer with serde's derives on the same lives and records,
+//! in seconds of reader CPU per million events.
 //!
 //! Reported: ns per event (best of `--reps`), decode included, as the reader
 //! does it (`Decoder::decode` of a ring-buffer `Event`, then `Pipeline::record`,
@@ -321,6 +323,10 @@ fn main() -> io::Result<()> {
         }
     }
     let events = churn(n);
+    if only.as_deref() == Some("json-paths") {
+        json_paths(&events, reps);
+        return Ok(());
+    }
     let decoder = Decoder::new(ResetReasons::from_pairs([
         (1, "NO_SOCKET"),
         (11, "TCP_ABORT_ON_CLOSE"),
@@ -358,4 +364,81 @@ fn main() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The JSON lines, written by the direct writer and by serde's derives
+/// (`render::json::reference`), timed on the same lives and records (the
+/// tracker and classifier run once, untimed). Reported per million kernel
+/// events: the sockets view writes one line per life, the stream view one
+/// per record.
+fn json_paths(events: &[Event], reps: usize) {
+    use tcptrace::{classify::classify, render::json, tracker::Tracker};
+    let decoder = Decoder::default();
+    let records: Vec<_> = events
+        .iter()
+        .map(|e| decoder.decode(e).expect("decodable"))
+        .collect();
+    let mut tracker = Tracker::new(TrackerOptions::default());
+    let mut lives = Vec::new();
+    for r in &records {
+        lives.extend(tracker.observe(r));
+    }
+    lives.extend(tracker.finish());
+    let verdicts: Vec<_> = lives.iter().map(classify).collect();
+    let best = |f: &dyn Fn() -> usize| {
+        (0..reps.max(1))
+            .map(|_| {
+                let start = Instant::now();
+                black_box(f());
+                start.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let per_million = |secs: f64| secs * 1e6 / events.len() as f64;
+    let sockets_direct = best(&|| {
+        lives
+            .iter()
+            .zip(&verdicts)
+            .map(|(l, v)| json::socket_line(l, v).map_or(0, |s| s.len()))
+            .sum()
+    });
+    let sockets_serde = best(&|| {
+        lives
+            .iter()
+            .zip(&verdicts)
+            .map(|(l, v)| json::reference::socket_line(l, v).len())
+            .sum()
+    });
+    let stream_direct = best(&|| {
+        records
+            .iter()
+            .map(|r| json::record_line(r).map_or(0, |s| s.len()))
+            .sum()
+    });
+    let stream_serde = best(&|| {
+        records
+            .iter()
+            .map(|r| json::reference::record_line(r).len())
+            .sum()
+    });
+    println!(
+        "{} events, {} lives; seconds of CPU per million events (best of {reps})",
+        events.len(),
+        lives.len()
+    );
+    for (view, direct, serde) in [
+        ("sockets-json", sockets_direct, sockets_serde),
+        ("stream-json", stream_direct, stream_serde),
+    ] {
+        let (d, s) = (per_million(direct), per_million(serde));
+        println!(
+            "{view:<13} direct {d:.3} s/M  serde {s:.3} s/M  serde costs {:+.3} s/M{}",
+            s - d,
+            if s - d > 0.1 {
+                "  (over the 0.1 s/M bar)"
+            } else {
+                ""
+            }
+        );
+    }
 }

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+// Recordings made before a counter existed read it as 0.
+#[serde(default)]
 pub struct Counters {
     /// Events that passed the kernel filters and were offered to the ring.
     pub produced: u64,
@@ -25,6 +27,10 @@ pub struct Counters {
     /// Skipped runs whose event a second program made instead (see
     /// `inet_sock_set_state_nested`): nothing was lost there.
     pub recovered: u64,
+    /// Rare paths the kernel program met (a kernel read that failed, an
+    /// unknown address family, a full map): each is also logged, in words,
+    /// under the `tcptrace::kernel` log target (see `kernel_log`).
+    pub odd: u64,
 }
 
 impl Counters {

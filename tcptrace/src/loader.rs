@@ -24,6 +24,7 @@ use crate::{
     decode::{Decoder, Record},
     input::LiveInput,
     kernel::{self, KernelLayout},
+    kernel_log::{self, KernelLog},
     snapshot::Seeds,
 };
 
@@ -179,6 +180,8 @@ pub struct Tracer {
     detached_socket_misses: u64,
     detached_misses: u64,
     layout: KernelLayout,
+    /// Reads the kernel program's log (None when it could not start).
+    _kernel_log: Option<KernelLog>,
 }
 
 impl Tracer {
@@ -210,9 +213,13 @@ impl Tracer {
         // Rust eBPF carries no CO-RE relocations, so aya needs no kernel BTF.
         // EbpfLoader::new has parsed it already; dropping it here frees those
         // megabytes before the load instead of after.
+        // The kernel logs only what our log filters let through: the
+        // verifier drops its code for the levels above (by default, debug).
+        let log_level = kernel_log::kernel_level(log::max_level());
         let mut ebpf = EbpfLoader::new()
             .btf(None)
             .override_global("CONFIG", &config, true)
+            .override_global(aya_log::LEVEL, &log_level, false)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .load(KERNEL_OBJECT)?;
         release_freed_memory();
@@ -238,6 +245,9 @@ impl Tracer {
         for tp in &order {
             load(&mut ebpf, tp)?;
         }
+        // Once the programs hold the log's map (a failed start closes our
+        // descriptor of it), and before they can log anything.
+        let kernel_log = KernelLog::start(&mut ebpf);
         for tp in &order {
             attach(&mut ebpf, tp)?;
         }
@@ -262,6 +272,7 @@ impl Tracer {
             detached_socket_misses: 0,
             detached_misses: 0,
             layout,
+            _kernel_log: kernel_log,
         })
     }
 
@@ -349,6 +360,7 @@ impl Tracer {
             undecodable: self.undecodable,
             missed: self.recursion_misses(),
             recovered: self.kernel_count(counter::RECOVERED),
+            odd: self.kernel_count(counter::ODD),
         }
     }
 

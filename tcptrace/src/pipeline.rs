@@ -18,12 +18,14 @@ use std::{
 
 use crate::{
     cgroups::{CgroupNames, Workload},
-    classify::{Verdict, classify},
+    classify::classify,
     counters::Counters,
     decode::{Decoder, Proc, Record, event_from_bytes},
     filter::EventFilter,
+    model::Verdict,
     recording::Recorder,
-    render::{RenderOptions, Renderer, Summary},
+    render::{RenderOptions, Renderer, write_summary},
+    summary::Summary,
     tracker::{SocketLife, Tracker, TrackerOptions, TrackerStats},
 };
 
@@ -174,10 +176,13 @@ impl<W: Write> Pipeline<W> {
 
     /// Reports lives whose late events can no longer come.
     pub fn tick(&mut self, now_ns: u64) -> io::Result<()> {
+        let (lives, changed) = self.tracker.expire_changed(now_ns);
         if let Some(r) = &mut self.recorder {
-            r.tick(now_ns);
+            // Only ticks that changed something are kept: an idle host's
+            // recording does not grow by 50 ticks a second.
+            r.tick(now_ns, changed);
         }
-        for life in self.tracker.expire(now_ns) {
+        for life in lives {
             self.finished(life)?;
         }
         let stats = self.tracker.stats();
@@ -289,7 +294,12 @@ impl<W: Write> Pipeline<W> {
         self.filtered
     }
 
+    /// The counts of every socket reported so far, for any output.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
     pub fn write_summary(&self, out: &mut dyn Write, counters: &Counters) -> io::Result<()> {
-        self.summary.write(out, counters, &self.tracker.stats())
+        write_summary(out, &self.summary, counters, &self.tracker.stats())
     }
 }

@@ -15,6 +15,7 @@ use tcptrace::{
     cli::Args,
     decode::{Context, Record},
     loader::TraceOptions,
+    render::words,
 };
 use tcptrace_tests::{DEADLINE, State, Trace, netns::Netns, touches};
 
@@ -268,7 +269,7 @@ fn sigkill_with_unread_data_is_an_rst_attributed_to_the_kill() {
         matches!(verdict.close, Close::ResetSent { .. }),
         "{verdict:#?}"
     );
-    let said = verdict.attribution.clone().unwrap_or_default();
+    let said = words::attribution(&life, &verdict).unwrap_or_default();
     assert!(
         said.contains("killed by SIGKILL") && said.contains("tt-victim"),
         "{said}"
@@ -306,7 +307,7 @@ fn sigterm_with_nothing_unread_closes_with_a_fin_attributed_to_the_kill() {
         signal.sender.as_ref().map(|s| s.tgid),
         Some(std::process::id())
     );
-    let said = verdict.attribution.clone().unwrap_or_default();
+    let said = words::attribution(&life, &verdict).unwrap_or_default();
     assert!(said.contains("SIGTERM") && said.contains("FIN"), "{said}");
 }
 
@@ -336,7 +337,7 @@ fn a_normal_exit_closes_gracefully_and_shows_its_exit_code() {
         .unwrap_or_else(|| panic!("no exit attribution: {life:#?}"));
     assert_eq!(exit.status, Some(3), "{exit:#?}");
     assert!(exit.signal.is_none(), "{exit:#?}");
-    let said = verdict.attribution.clone().unwrap_or_default();
+    let said = words::attribution(&life, &verdict).unwrap_or_default();
     assert!(
         said.contains("exit code 3") && said.contains("FIN"),
         "{said}"

@@ -26,9 +26,10 @@ use tcptrace::{
     classify::{Close, Open, Side, Verdict},
     decode::{Proc, Record},
     loader::TraceOptions,
+    render::words,
     tracker::{Role, SocketLife},
 };
-use tcptrace_tests::{DEADLINE, State as S, Trace, netns::Netns};
+use tcptrace_tests::{DEADLINE, State as S, Trace, linger_zero, netns::Netns};
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
@@ -214,26 +215,6 @@ fn connect(listener: &TcpListener) -> (TcpStream, TcpStream, u16) {
     (client, bounded(served), port)
 }
 
-/// SO_LINGER {on, 0 s}: close() then aborts the connection with an RST.
-fn linger_zero(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid `linger` of the size given, on a socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
-}
-
-/// The life's transitions, in order.
 fn path(life: &SocketLife) -> Vec<(S, S)> {
     life.steps.iter().map(|s| (s.old, s.new)).collect()
 }
@@ -267,7 +248,7 @@ fn assert_passive_open(life: &SocketLife, verdict: &Verdict, listener: SocketAdd
             established: true,
             handshake_ns: Some(_),
             listener: Some(l),
-        } => assert_eq!(*l, listener.to_string(), "{verdict:#?}"),
+        } => assert_eq!(*l, listener, "{verdict:#?}"),
         other => panic!("not a passive open from {listener}: {other:?}\n{life:#?}"),
     }
 }
@@ -805,7 +786,7 @@ fn unread_close(ip: IpAddr) {
     let err = client.read(&mut [0; 16]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
 
-    let (_, sv) = expect_abortive_server_close(
+    let (s, sv) = expect_abortive_server_close(
         &mut trace,
         laddr,
         cport,
@@ -813,7 +794,7 @@ fn unread_close(ip: IpAddr) {
         "TCP_ABORT_ON_CLOSE",
         SENT.len() as u32,
     );
-    let attribution = sv.attribution.as_deref().unwrap_or_default();
+    let attribution = words::attribution(&s, &sv).unwrap_or_default();
     assert!(
         attribution.ends_with(&format!("· {} bytes never read", SENT.len())),
         "{sv:#?}"

@@ -7,13 +7,12 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Shutdown, TcpListener, TcpStream},
-    os::fd::AsRawFd,
     path::PathBuf,
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use tcptrace_tests::{Cli, as_nobody, tcptrace_binary};
+use tcptrace_tests::{Cli, as_nobody, linger_zero, tcptrace_binary};
 
 /// A directory of the test's own, readable by `nobody`, removed at the end.
 struct Scratch(PathBuf);
@@ -124,24 +123,6 @@ fn kind_for_port(lines: &[String], port: u16) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-fn linger_zero(s: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid `linger` of the size given, on a socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
 }
 
 /// The five paths, each on a port of its own; returns those ports.

@@ -151,3 +151,72 @@ fn test(extra: &[OsString]) -> Result<ExitCode> {
         Ok(ExitCode::FAILURE)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::util;
+
+    /// tcptrace's build.rs builds the kernel object with a nested cargo the
+    /// outer one cannot see into: only its build-dependency on tcptrace-ebpf
+    /// makes a change to tcptrace-ebpf or tcptrace-common re-run it. Cargo
+    /// silently ignores that edge if tcptrace-ebpf has no library target.
+    #[test]
+    fn kernel_object_sources_are_a_build_dependency_of_tcptrace() {
+        let out = std::process::Command::new(util::cargo())
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--no-deps",
+                "--offline",
+            ])
+            .current_dir(util::repo_root())
+            .output()
+            .expect("cargo metadata runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let packages = meta["packages"].as_array().expect("packages");
+        let package = |name: &str| {
+            packages
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{name} is not in the workspace"))
+        };
+        let depends = |on: &serde_json::Value, name: &str, kind: serde_json::Value| {
+            on["dependencies"]
+                .as_array()
+                .is_some_and(|deps| deps.iter().any(|d| d["name"] == name && d["kind"] == kind))
+        };
+        let has_target = |p: &serde_json::Value, kind: &str| {
+            p["targets"].as_array().is_some_and(|targets| {
+                targets.iter().any(|t| {
+                    t["kind"]
+                        .as_array()
+                        .is_some_and(|kinds| kinds.iter().any(|k| k == kind))
+                })
+            })
+        };
+        let tcptrace = package("tcptrace");
+        let ebpf = package("tcptrace-ebpf");
+        assert!(
+            has_target(tcptrace, "custom-build"),
+            "tcptrace has no build.rs"
+        );
+        assert!(
+            depends(tcptrace, "tcptrace-ebpf", "build".into()),
+            "tcptrace must build-depend on tcptrace-ebpf"
+        );
+        assert!(
+            has_target(ebpf, "lib"),
+            "tcptrace-ebpf needs a library target, or cargo ignores the build-dependency"
+        );
+        assert!(
+            depends(ebpf, "tcptrace-common", serde_json::Value::Null),
+            "tcptrace-ebpf no longer depends on tcptrace-common"
+        );
+    }
+}

@@ -65,6 +65,8 @@ pub mod kind {
 /// What a recording's reader needs to decode and render its records, and
 /// what a person receiving it wants to know about where it came from.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+// Fields added later read as their default from older files.
+#[serde(default)]
 pub struct Header {
     /// Size of each kernel record in this file.
     pub event_size: u32,
@@ -94,6 +96,7 @@ pub struct Header {
 
 /// The last frame of a recording: how complete it is.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Trailer {
     pub counters: Counters,
     /// Wall-clock time (ns since the epoch) when recording stopped.

@@ -141,10 +141,15 @@ impl Recorder {
         self.maybe_hand_over();
     }
 
-    /// The pipeline was ticked at `now_ns` (lingering lives expire on it).
-    pub fn tick(&mut self, now_ns: u64) {
-        put_frame(&mut self.buf, kind::TICK, &now_ns.to_le_bytes());
-        self.maybe_hand_over();
+    /// The pipeline was ticked at `now_ns` (lingering lives expire on it);
+    /// only a tick that `changed` the pipeline's state is written.
+    pub fn tick(&mut self, now_ns: u64, changed: bool) {
+        if changed {
+            put_frame(&mut self.buf, kind::TICK, &now_ns.to_le_bytes());
+        }
+        if !self.buf.is_empty() {
+            self.maybe_hand_over();
+        }
     }
 
     /// New losses were seen at `now_ns`.

@@ -67,6 +67,31 @@ pub(crate) fn escape_into(out: &mut String, s: &str) {
     out.push_str(&s[start..]);
 }
 
+/// [`escape`] of what was written to `buf` since `start`, in place: for
+/// text made of parts some of which are names. Costs a scan when nothing
+/// needs escaping (the usual case).
+pub(crate) fn escape_from(buf: &mut String, start: usize) {
+    if let Some(i) = first_to_escape(&buf[start..]) {
+        let rest = buf.split_off(start + i);
+        escape_into(buf, &rest);
+    }
+}
+
+/// Where the first character that [`escape_into`] changes starts.
+fn first_to_escape(s: &str) -> Option<usize> {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        i += plain_ascii_run(&bytes[i..]);
+        let c = s[i..].chars().next()?;
+        if !is_plain(c) {
+            return Some(i);
+        }
+        i += c.len_utf8();
+    }
+    None
+}
+
 /// How many bytes at the start of `bytes` are printable ASCII other than a
 /// backslash (never escaped), looked at eight at a time.
 fn plain_ascii_run(bytes: &[u8]) -> usize {
@@ -128,7 +153,7 @@ fn is_invisible(c: char) -> bool {
 mod tests {
     use std::borrow::Cow;
 
-    use super::{escape, escape_into};
+    use super::{escape, escape_from, escape_into};
 
     #[test]
     fn escapes_terminal_escapes_newlines_and_backslashes() {
@@ -182,6 +207,18 @@ mod tests {
             one_by_one.push_str(&escape(c.encode_utf8(&mut [0; 4])));
         }
         assert_eq!(one_by_one, escape(&all));
+        // In place, after what was written before.
+        for s in [
+            all.as_str(),
+            "active open · closed by nginx[1] → FIN",
+            "a\\b",
+        ] {
+            let mut out = String::from("\x1b kept ");
+            let start = out.len();
+            out.push_str(s);
+            escape_from(&mut out, start);
+            assert_eq!(out, format!("\x1b kept {}", escape(s)));
+        }
     }
 
     #[test]

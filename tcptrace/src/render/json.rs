@@ -8,11 +8,11 @@
 //! {"type": "socket", "socket": <SocketLife>, "verdict": <Verdict>}
 //! ```
 //!
-//! * `<SocketLife>`: see [`crate::tracker`] (skaddr, family, local, remote,
+//! * `<SocketLife>`: see [`crate::model`] (skaddr, family, local, remote,
 //!   role, owner, start/end/duration ns, steps, resets sent and received,
 //!   retransmits, time_wait, closed_by, exit, unread and the incomplete flags).
-//! * `<Verdict>`: see [`crate::classify`] (open, close, incomplete, summary,
-//!   attribution).
+//! * `<Verdict>`: see [`crate::classify`] (open, close, incomplete as codes;
+//!   summary, attribution and a reason's text worded by [`super::words`]).
 //!
 //! **Stream view** — one line per record, as it arrives:
 //!
@@ -40,22 +40,29 @@
 //! the raw bytes the kernel reported (lossy UTF-8), escaped only as JSON
 //! requires.
 //!
-//! The lines are written directly (no serde on this path: it is per event),
-//! byte for byte as `serde_json` writes the types' `Serialize` derives, which
-//! stay the reference: `tests::direct_json_matches_serde` compares the two
-//! over every fixture. A field added to a type must be added here too.
+//! The lines are written directly, not through serde: measured with
+//! `cargo run --release -p tcptrace --example replay -- --only json-paths`
+//! (200k churn events, 2 vCPU), serde's derives cost 0.37–0.49 s more reader
+//! CPU per million events in the sockets view and 0.65–0.71 s more in the
+//! stream view than this writer — over the 0.1 s/M the project allows for
+//! the convenience. They are written byte for byte as `serde_json` writes the types' `Serialize` derives, with
+//! the verdict's words beside its codes: [`reference`] is that, with serde,
+//! and `tests::direct_json_matches_serde` compares the two over every
+//! fixture. A field added to a type must be added here too.
 
-use std::io;
+use std::{io, net::SocketAddr};
 
+use self::verdict::push_verdict;
 use super::{push_addr, push_hex, push_u64};
 use crate::{
-    classify::{Close, Incomplete, Open, RstReason, Side, Verdict},
     decode::{Context, Proc, Record, ResetReason, SockInfo, TcpState},
-    tracker::{
+    model::{
         ExitInfo, Family, ResetReceived, ResetSent, Retransmit, RetransmitKind, SignalInfo,
-        SocketLife, Step,
+        SocketLife, Step, Verdict,
     },
 };
+
+mod verdict;
 
 /// `{"type":"socket","socket":…,"verdict":…}`, without the newline.
 pub fn socket_line(life: &SocketLife, verdict: &Verdict) -> io::Result<String> {
@@ -76,7 +83,7 @@ pub(crate) fn push_socket_line(out: &mut String, life: &SocketLife, verdict: &Ve
     out.push_str(r#"{"type":"socket","socket":"#);
     push_life(out, life);
     out.push_str(r#","verdict":"#);
-    push_verdict(out, verdict);
+    push_verdict(out, life, verdict);
     out.push('}');
 }
 
@@ -253,14 +260,7 @@ fn push_life(out: &mut String, l: &SocketLife) {
         None => out.push_str("null"),
     }
     out.push_str(r#","listener":"#);
-    match &l.listener {
-        Some(a) => {
-            out.push('"');
-            push_addr(out, a);
-            out.push('"');
-        }
-        None => out.push_str("null"),
-    }
+    push_opt_addr(out, l.listener.as_ref());
     out.push_str(r#","children":"#);
     push_u64(out, u64::from(l.children));
     out.push_str(r#","start_ns":"#);
@@ -417,109 +417,6 @@ fn push_signal(out: &mut String, s: &SignalInfo) {
     out.push('}');
 }
 
-fn push_verdict(out: &mut String, v: &Verdict) {
-    out.push_str(r#"{"open":{"kind":""#);
-    out.push_str(v.open.kind());
-    out.push('"');
-    match &v.open {
-        Open::Active {
-            established,
-            handshake_ns,
-        } => {
-            out.push_str(r#","established":"#);
-            push_bool(out, *established);
-            out.push_str(r#","handshake_ns":"#);
-            push_opt_u64(out, *handshake_ns);
-        }
-        Open::Passive {
-            established,
-            handshake_ns,
-            listener,
-        } => {
-            out.push_str(r#","established":"#);
-            push_bool(out, *established);
-            out.push_str(r#","handshake_ns":"#);
-            push_opt_u64(out, *handshake_ns);
-            out.push_str(r#","listener":"#);
-            push_opt_str(out, listener.as_deref());
-        }
-        Open::Listen | Open::NoSocket | Open::Unknown => {}
-    }
-    out.push_str(r#"},"close":{"kind":""#);
-    out.push_str(v.close.kind());
-    out.push('"');
-    match &v.close {
-        Close::Active { time_wait } => {
-            out.push_str(r#","time_wait":"#);
-            push_bool(out, *time_wait);
-        }
-        Close::Refused { side, reason } => {
-            out.push_str(match side {
-                Side::Client => r#","side":"client","reason":"#,
-                Side::Server => r#","side":"server","reason":"#,
-            });
-            match reason {
-                Some(r) => push_rst_reason(out, r),
-                None => out.push_str("null"),
-            }
-        }
-        Close::ResetReceived { state }
-        | Close::StillOpen { state }
-        | Close::ClosedUnseen { state } => {
-            out.push_str(r#","state":"#);
-            push_opt_state(out, *state);
-        }
-        Close::ResetSent { state, reason } => {
-            out.push_str(r#","state":"#);
-            push_opt_state(out, *state);
-            out.push_str(r#","reason":"#);
-            push_rst_reason(out, reason);
-        }
-        Close::HandshakeTimeout { syn_retransmits } => {
-            out.push_str(r#","syn_retransmits":"#);
-            push_u64(out, u64::from(*syn_retransmits));
-        }
-        Close::NoSocketReset { segment_flags } => {
-            out.push_str(r#","segment_flags":"#);
-            push_u64(out, u64::from(*segment_flags));
-        }
-        Close::Passive
-        | Close::PeerNeverClosed
-        | Close::Simultaneous
-        | Close::HandshakeFailed
-        | Close::Aborted
-        | Close::StoppedListening
-        | Close::Unknown => {}
-    }
-    out.push_str(r#"},"incomplete":["#);
-    for (i, what) in v.incomplete.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(match what {
-            Incomplete::StartedMidLife => r#""started_mid_life""#,
-            Incomplete::Evicted => r#""evicted""#,
-            Incomplete::EventsLost => r#""events_lost""#,
-            Incomplete::Gap => r#""gap""#,
-        });
-    }
-    out.push_str(r#"],"summary":"#);
-    push_str(out, &v.summary);
-    out.push_str(r#","attribution":"#);
-    push_opt_str(out, v.attribution.as_deref());
-    out.push('}');
-}
-
-fn push_rst_reason(out: &mut String, r: &RstReason) {
-    out.push_str(r#"{"code":"#);
-    push_opt_u64(out, r.code.map(u64::from));
-    out.push_str(r#","name":"#);
-    push_opt_str(out, r.name.as_deref());
-    out.push_str(r#","text":"#);
-    push_str(out, &r.text);
-    out.push('}');
-}
-
 fn push_opt_reset_reason(out: &mut String, r: Option<&ResetReason>) {
     match r {
         Some(r) => {
@@ -563,6 +460,17 @@ fn push_proc_fields(out: &mut String, p: &Proc) {
     push_str(out, &p.comm);
     out.push_str(r#","cgroup_id":"#);
     push_u64(out, p.cgroup_id);
+}
+
+fn push_opt_addr(out: &mut String, a: Option<&SocketAddr>) {
+    match a {
+        Some(a) => {
+            out.push('"');
+            push_addr(out, a);
+            out.push('"');
+        }
+        None => out.push_str("null"),
+    }
 }
 
 fn push_opt_proc(out: &mut String, p: Option<&Proc>) {
@@ -618,9 +526,14 @@ fn push_opt_i64(out: &mut String, n: Option<i64>) {
     }
 }
 
+/// Bytes that go into a JSON string as they are.
+fn json_plain(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
 /// A JSON string, escaped exactly as `serde_json` escapes it.
 fn push_str(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if json_plain(s.as_bytes()) {
         out.push('"');
         out.push_str(s);
         out.push('"');
@@ -637,58 +550,10 @@ fn push_opt_str(out: &mut String, s: Option<&str>) {
     }
 }
 
-/// The serde derives that the direct writer must match.
+/// The serde derives that the direct writer must match (public for the
+/// `replay` example, which measures the two against each other).
+#[doc(hidden)]
+pub mod reference;
+
 #[cfg(test)]
-pub(crate) mod reference {
-    use serde::{Serialize, Serializer};
-
-    use crate::{classify::Verdict, decode::Record, tracker::SocketLife};
-
-    #[derive(Serialize)]
-    struct SocketLine<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        socket: &'a SocketLife,
-        verdict: &'a Verdict,
-    }
-
-    #[derive(Serialize)]
-    struct RecordLine<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        skaddr_hex: Option<Hex>,
-        #[serde(flatten)]
-        record: &'a Record,
-    }
-
-    struct Hex(u64);
-
-    impl Serialize for Hex {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_str(&format_args!("{:#x}", self.0))
-        }
-    }
-
-    pub(crate) fn socket_line(life: &SocketLife, verdict: &Verdict) -> String {
-        let line = SocketLine {
-            kind: "socket",
-            socket: life,
-            verdict,
-        };
-        serde_json::to_string(&line).unwrap()
-    }
-
-    pub(crate) fn record_line(record: &Record) -> String {
-        let kind = match record {
-            Record::State { .. } => "transition",
-            _ => "event",
-        };
-        let line = RecordLine {
-            kind,
-            skaddr_hex: record.sock().map(|s| Hex(s.skaddr)),
-            record,
-        };
-        serde_json::to_string(&line).unwrap()
-    }
-}
+mod tests;

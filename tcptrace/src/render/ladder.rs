@@ -13,12 +13,13 @@
 //! ```
 
 use super::{
-    RenderOptions, Tone, escape::escape_into, pad_ascii, pad_from, paint_end, paint_start,
-    push_addr, push_hex, push_ms, push_u64, push_wall_clock, trim_end_from,
+    RenderOptions, Tone,
+    escape::{escape_from, escape_into},
+    pad_ascii, pad_from, paint_end, paint_start, push_addr, push_hex, push_ms, push_u64,
+    push_wall_clock, trim_end_from, words,
 };
-use crate::classify::{RstReason, Verdict};
 use crate::decode::{Context, Proc, TcpState};
-use crate::tracker::{RetransmitKind, Role, SocketLife, Step};
+use crate::model::{RetransmitKind, Role, RstReason, SocketLife, Step, Verdict};
 
 /// One row of a ladder: where it comes from, in time order once sorted.
 #[derive(Clone, Copy, Debug)]
@@ -82,7 +83,9 @@ pub(crate) fn write(
             RowKind::ResetSent => {
                 let r = &life.resets_sent[i];
                 columns(buf, "RST sent", "RST →");
-                escape_into(buf, &RstReason::from_kernel(r.reason.as_ref()).long());
+                let reason = buf.len();
+                words::reason_long_into(buf, &RstReason::from_kernel(r.reason.as_ref()));
+                escape_from(buf, reason);
                 let note = buf.len();
                 buf.push(' ');
                 if !context_note(buf, &r.context, life, false) {
@@ -120,14 +123,20 @@ pub(crate) fn write(
     }
     let painted = paint_start(buf, opts.color, Tone::Bold);
     buf.push_str("  = ");
-    escape_into(buf, &verdict.summary);
+    let summary = buf.len();
+    words::summary_into(buf, life, verdict);
+    escape_from(buf, summary);
     paint_end(buf, painted);
     buf.push('\n');
-    if let Some(attribution) = &verdict.attribution {
+    let mark = buf.len();
+    buf.push_str("  ");
+    let attribution = buf.len();
+    if words::attribution_into(buf, life, verdict) {
         // Only process names in it can need escaping; the rest is our text.
-        buf.push_str("  ");
-        escape_into(buf, attribution);
+        escape_from(buf, attribution);
         buf.push('\n');
+    } else {
+        buf.truncate(mark);
     }
     buf.push('\n');
 }

@@ -1,7 +1,8 @@
 //! Render: the last step of the pipeline. Turns records into a tcpstates-like
 //! stream ([`View::Stream`]) and finished socket lives into ladders
 //! ([`View::Sockets`]), as text or as JSON lines (schema: [`json`]), and
-//! writes the exit [`Summary`].
+//! writes the exit summary ([`summary`]). The sentences about a socket come
+//! from [`words`]: the stages before only hand over codes and fields.
 //!
 //! Every process name printed as text goes through [`escape()`]: names are
 //! untrusted. JSON carries raw names, escaped by serde.
@@ -11,7 +12,8 @@ pub mod json;
 mod ladder;
 mod snapshot;
 mod stream;
-mod summary;
+pub mod summary;
+pub mod words;
 
 use std::{
     fmt::Write as _,
@@ -19,8 +21,14 @@ use std::{
     net::SocketAddr,
 };
 
-pub use self::{escape::escape, summary::Summary};
-use crate::{classify::Verdict, decode::Record, tracker::SocketLife};
+pub use self::{
+    escape::escape,
+    summary::{summary_json, write_summary},
+};
+use crate::{
+    decode::Record,
+    model::{SocketLife, Verdict},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum View {
@@ -205,13 +213,6 @@ pub(crate) fn push_hex(buf: &mut String, n: u64, width: usize) {
     }
     // SAFETY: ASCII hex digits only.
     buf.push_str(unsafe { std::str::from_utf8_unchecked(&digits[i..]) });
-}
-
-/// An address as `Display` writes it, as a new string.
-pub(crate) fn addr_string(addr: &SocketAddr) -> String {
-    let mut s = String::with_capacity(24);
-    push_addr(&mut s, addr);
-    s
 }
 
 /// An address as `Display` writes it (`127.0.0.1:80`, `[::1]:80`).

@@ -1,12 +1,13 @@
 //! The stream view: one line per state transition as it happens, with the
 //! columns of bcc's tcpstates, plus a line per RST and retransmit.
 
+use hashlink::LruCache;
+
 use super::{
     RenderOptions, Tone, escape::escape_into, pad_ascii, pad_from, paint_end, paint_start,
     push_addr, push_hex, push_ms, push_u64, push_wall_clock, push_zero_padded, trim_end_from,
 };
 use crate::decode::{Context, Record, SockInfo, TcpState};
-use crate::tracker::{FastHash, RecentMap};
 
 /// Sockets whose last transition time is remembered for the MS column.
 const MS_SOCKETS: usize = 65536;
@@ -19,9 +20,11 @@ pub(crate) struct Stream {
     /// The first record's time: the origin of relative times.
     t0: Option<u64>,
     header_done: bool,
-    /// skaddr → time of its last transition (bounded; forgotten at CLOSE,
-    /// as tcpstates does, so a reused skaddr starts again at 0).
-    last: RecentMap<u64, u64, FastHash>,
+    /// skaddr → time of its last transition (the view's own: it sees every
+    /// record as it comes, before the tracker). Bounded, the least recently
+    /// updated forgotten first; forgotten at CLOSE, as tcpstates does, so a
+    /// reused skaddr starts again at 0.
+    last: LruCache<u64, u64, foldhash::fast::FixedState>,
 }
 
 impl Default for Stream {
@@ -29,7 +32,7 @@ impl Default for Stream {
         Stream {
             t0: None,
             header_done: false,
-            last: RecentMap::new(MS_SOCKETS, None),
+            last: LruCache::with_hasher(MS_SOCKETS, Default::default()),
         }
     }
 }
@@ -158,11 +161,12 @@ impl Stream {
 
     /// ms the socket spent in the state it leaves now; 0 for its first.
     fn ms_in_old_state(&mut self, skaddr: u64, ts: u64, new: TcpState) -> u64 {
-        let since = self.last.get(&skaddr, ts).copied();
+        // A look that does not make the entry newer: only updates do.
+        let since = self.last.peek(&skaddr).copied();
         if new == TcpState::Close {
             self.last.remove(&skaddr);
         } else {
-            self.last.insert(skaddr, ts, ts);
+            self.last.insert(skaddr, ts);
         }
         since.map_or(0, |t| ts.saturating_sub(t))
     }

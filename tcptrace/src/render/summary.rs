@@ -1,159 +1,156 @@
-//! The exit summary (stderr): event accounting, sockets, open and close
-//! paths, RST reasons and handshake-time percentiles.
+//! The exit summary (stderr): event accounting, then the [`Summary`] of
+//! every socket: open and close paths, RST reasons, handshake-time
+//! percentiles.
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     io::{self, Write},
 };
 
-use serde::{Serialize, Serializer, ser::SerializeStruct};
+use super::{escape, fmt_ms, words};
+use crate::{counters::Counters, model::RstReason, summary::Summary, tracker::TrackerStats};
 
-use super::{escape, fmt_ms};
-use crate::{
-    classify::{RstReason, Verdict},
-    counters::Counters,
-    tracker::{SocketLife, TrackerStats},
-};
-
-/// Counts of every finished socket, for the end of a run.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Summary {
-    /// Socket lives reported (socketless resets included).
-    pub sockets: u64,
-    /// By `Open::kind()`.
-    pub opens: BTreeMap<&'static str, u64>,
-    /// By `Close::kind()`.
-    pub closes: BTreeMap<&'static str, u64>,
-    /// Every RST sent, by the kernel's reason name.
-    pub resets_sent: BTreeMap<String, u64>,
-    /// Lives reported incomplete, by reason.
-    pub incomplete: BTreeMap<&'static str, u64>,
-    /// Closes made while the closing process exited, and of those, by a signal.
-    pub closed_by_exit: u64,
-    pub closed_by_signal: u64,
-    pub handshake_active: Histogram,
-    pub handshake_passive: Histogram,
+/// The summary as text, with the event and tracker accounting before it.
+pub fn write_summary(
+    out: &mut dyn Write,
+    summary: &Summary,
+    counters: &Counters,
+    tracker: &TrackerStats,
+) -> io::Result<()> {
+    let c = counters;
+    writeln!(out, "tcptrace summary")?;
+    writeln!(
+        out,
+        "  events:     {} produced, {} received, {} lost, {} filtered in kernel, {} non-TCP, {} undecodable",
+        c.produced, c.received, c.lost, c.filtered, c.not_tcp, c.undecodable
+    )?;
+    if c.missed > 0 {
+        writeln!(
+            out,
+            "  skipped:    {} program runs skipped by the kernel (an interrupt re-entered a \
+             running program on that CPU); their events never existed",
+            c.missed
+        )?;
+    }
+    if c.recovered > 0 {
+        writeln!(
+            out,
+            "  recovered:  {} events of runs the kernel skipped (an interrupt re-entered \
+             inet_sock_set_state), made by its second program: nothing lost",
+            c.recovered
+        )?;
+    }
+    if c.odd > 0 {
+        writeln!(
+            out,
+            "  kernel:     {} oddities (a failed kernel read, an unknown address family, \
+             a full map): each logged, warnings above, all with RUST_LOG=tcptrace::kernel=debug",
+            c.odd
+        )?;
+    }
+    writeln!(
+        out,
+        "  sockets:    {} seen, {} evicted (table full), {} tracked at most, {} socketless RSTs",
+        tracker.sockets_seen, tracker.evicted, tracker.peak_tracked, tracker.socketless_resets
+    )?;
+    if tracker.after_eviction > 0 {
+        writeln!(
+            out,
+            "              {} later events of evicted sockets counted, not reported again \
+             (--max-sockets raises the table)",
+            tracker.after_eviction
+        )?;
+    }
+    writeln!(out, "  opens:      {}", counts(&summary.opens))?;
+    writeln!(out, "  closes:     {}", counts(&summary.closes))?;
+    if !summary.resets_sent.is_empty() {
+        writeln!(out, "  RST sent:   {}", counts(&reset_reasons(summary)))?;
+    }
+    if summary.closed_by_exit > 0 {
+        writeln!(
+            out,
+            "  exits:      {} sockets closed by a process exit ({} killed by a signal)",
+            summary.closed_by_exit, summary.closed_by_signal
+        )?;
+    }
+    if !summary.incomplete.is_empty() {
+        writeln!(
+            out,
+            "  incomplete: {}",
+            counts(&incomplete_reasons(summary))
+        )?;
+    }
+    for (what, h) in [
+        ("active ", &summary.handshake_active),
+        ("passive", &summary.handshake_passive),
+    ] {
+        if let Some(p) = h.percentiles() {
+            writeln!(
+                out,
+                "  handshake {what}  n={}  p50 {} ms  p90 {} ms  p99 {} ms  max {} ms",
+                p.count,
+                fmt_ms(p.p50_ns),
+                fmt_ms(p.p90_ns),
+                fmt_ms(p.p99_ns),
+                fmt_ms(p.max_ns)
+            )?;
+        }
+    }
+    if c.lost > 0 {
+        writeln!(
+            out,
+            "  WARNING: {} events lost (ring buffer full): some sockets are incomplete; use a larger ring buffer",
+            c.lost
+        )?;
+    }
+    Ok(())
 }
 
-impl Summary {
-    pub fn add(&mut self, life: &SocketLife, verdict: &Verdict) {
-        self.sockets += 1;
-        *self.opens.entry(verdict.open.kind()).or_default() += 1;
-        *self.closes.entry(verdict.close.kind()).or_default() += 1;
-        for r in &life.resets_sent {
-            let reason = RstReason::from_kernel(r.reason.as_ref());
-            let key = reason.name.unwrap_or(reason.text);
-            *self.resets_sent.entry(key).or_default() += 1;
-        }
-        for i in &verdict.incomplete {
-            *self.incomplete.entry(i.describe()).or_default() += 1;
-        }
-        if let Some(exit) = &life.exit {
-            self.closed_by_exit += 1;
-            self.closed_by_signal += u64::from(exit.signal.is_some());
-        }
-        let histogram = match verdict.open.kind() {
-            "active" => &mut self.handshake_active,
-            "passive" => &mut self.handshake_passive,
-            _ => return,
+/// Everything [`write_summary`] says, as one JSON object (codes, not words).
+pub fn summary_json(
+    summary: &Summary,
+    counters: &Counters,
+    tracker: &TrackerStats,
+) -> serde_json::Value {
+    serde_json::json!({
+        "type": "summary",
+        "counters": counters,
+        "tracker": tracker,
+        "summary": summary,
+    })
+}
+
+/// RSTs sent, each reason named as a ladder names it (the kernel's name,
+/// else its number or its absence in words), in that name's order.
+fn reset_reasons(summary: &Summary) -> BTreeMap<Cow<'_, str>, u64> {
+    let resets = &summary.resets_sent;
+    let mut named: BTreeMap<Cow<str>, u64> = resets
+        .by_name
+        .iter()
+        .map(|(name, &n)| (Cow::Borrowed(name.as_str()), n))
+        .collect();
+    for (&code, &n) in &resets.by_code {
+        let reason = RstReason {
+            code: Some(code),
+            name: None,
         };
-        if let Some(ns) = verdict.open.handshake_ns() {
-            histogram.record(ns);
-        }
+        *named.entry(words::reason_text(&reason).into()).or_default() += n;
     }
+    if resets.no_reason > 0 {
+        let unknown = words::reason_text(&RstReason::from_kernel(None));
+        *named.entry(unknown.into()).or_default() += resets.no_reason;
+    }
+    named
+}
 
-    pub fn write(
-        &self,
-        out: &mut dyn Write,
-        counters: &Counters,
-        tracker: &TrackerStats,
-    ) -> io::Result<()> {
-        let c = counters;
-        writeln!(out, "tcptrace summary")?;
-        writeln!(
-            out,
-            "  events:     {} produced, {} received, {} lost, {} filtered in kernel, {} non-TCP, {} undecodable",
-            c.produced, c.received, c.lost, c.filtered, c.not_tcp, c.undecodable
-        )?;
-        if c.missed > 0 {
-            writeln!(
-                out,
-                "  skipped:    {} program runs skipped by the kernel (an interrupt re-entered a \
-                 running program on that CPU); their events never existed",
-                c.missed
-            )?;
-        }
-        if c.recovered > 0 {
-            writeln!(
-                out,
-                "  recovered:  {} events of runs the kernel skipped (an interrupt re-entered \
-                 inet_sock_set_state), made by its second program: nothing lost",
-                c.recovered
-            )?;
-        }
-        writeln!(
-            out,
-            "  sockets:    {} seen, {} evicted (table full), {} tracked at most, {} socketless RSTs",
-            tracker.sockets_seen, tracker.evicted, tracker.peak_tracked, tracker.socketless_resets
-        )?;
-        if tracker.after_eviction > 0 {
-            writeln!(
-                out,
-                "              {} later events of evicted sockets counted, not reported again \
-                 (--max-sockets raises the table)",
-                tracker.after_eviction
-            )?;
-        }
-        writeln!(out, "  opens:      {}", counts(&self.opens))?;
-        writeln!(out, "  closes:     {}", counts(&self.closes))?;
-        if !self.resets_sent.is_empty() {
-            writeln!(out, "  RST sent:   {}", counts(&self.resets_sent))?;
-        }
-        if self.closed_by_exit > 0 {
-            writeln!(
-                out,
-                "  exits:      {} sockets closed by a process exit ({} killed by a signal)",
-                self.closed_by_exit, self.closed_by_signal
-            )?;
-        }
-        if !self.incomplete.is_empty() {
-            writeln!(out, "  incomplete: {}", counts(&self.incomplete))?;
-        }
-        for (what, h) in [
-            ("active ", &self.handshake_active),
-            ("passive", &self.handshake_passive),
-        ] {
-            if let Some(p) = h.percentiles() {
-                writeln!(
-                    out,
-                    "  handshake {what}  n={}  p50 {} ms  p90 {} ms  p99 {} ms  max {} ms",
-                    p.count,
-                    fmt_ms(p.p50_ns),
-                    fmt_ms(p.p90_ns),
-                    fmt_ms(p.p99_ns),
-                    fmt_ms(p.max_ns)
-                )?;
-            }
-        }
-        if c.lost > 0 {
-            writeln!(
-                out,
-                "  WARNING: {} events lost (ring buffer full): some sockets are incomplete; use a larger ring buffer",
-                c.lost
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Everything above as one JSON object.
-    pub fn to_json(&self, counters: &Counters, tracker: &TrackerStats) -> serde_json::Value {
-        serde_json::json!({
-            "type": "summary",
-            "counters": counters,
-            "tracker": tracker,
-            "summary": self,
-        })
-    }
+/// Lives incomplete, by the words for why (in their order).
+fn incomplete_reasons(summary: &Summary) -> BTreeMap<&'static str, u64> {
+    summary
+        .incomplete
+        .iter()
+        .map(|(&i, &n)| (words::incomplete(i), n))
+        .collect()
 }
 
 /// "active 20, passive 18" — keys escaped: reason names come from the kernel.
@@ -168,115 +165,154 @@ fn counts<K: AsRef<str>>(map: &BTreeMap<K, u64>) -> String {
     parts.join(", ")
 }
 
-/// Sub-buckets per power of two: values are kept to within 1/16 (~6%).
-const SUB_BITS: u32 = 4;
-const SUB: u64 = 1 << SUB_BITS;
-const BUCKETS: usize = ((64 - SUB_BITS as usize) + 1) * SUB as usize;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::classify;
+    use crate::decode::{Record, ResetReason};
+    use crate::tracker::fixtures::*;
 
-/// A log-linear histogram of nanoseconds: fixed memory however long the run.
-#[derive(Clone, Debug)]
-pub struct Histogram {
-    buckets: Vec<u64>,
-    count: u64,
-    min: u64,
-    max: u64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            buckets: vec![0; BUCKETS],
-            count: 0,
-            min: u64::MAX,
-            max: 0,
-        }
-    }
-}
-
-/// Percentiles of a [`Histogram`], in ns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Percentiles {
-    pub count: u64,
-    pub p50_ns: u64,
-    pub p90_ns: u64,
-    pub p99_ns: u64,
-    pub max_ns: u64,
-}
-
-impl Histogram {
-    fn index(v: u64) -> usize {
-        if v < SUB {
-            return v as usize;
-        }
-        let exp = 63 - v.leading_zeros(); // >= SUB_BITS
-        let sub = (v >> (exp - SUB_BITS)) & (SUB - 1);
-        ((exp - SUB_BITS + 1) as usize) * SUB as usize + sub as usize
-    }
-
-    /// The middle of bucket `i`.
-    fn value(i: usize) -> u64 {
-        let (row, sub) = ((i as u64) / SUB, (i as u64) % SUB);
-        if row == 0 {
-            return sub;
-        }
-        let shift = row - 1;
-        let low = (SUB + sub) << shift;
-        low + ((1u64 << shift) >> 1)
-    }
-
-    pub fn record(&mut self, ns: u64) {
-        if let Some(b) = self.buckets.get_mut(Self::index(ns)) {
-            *b += 1;
-        }
-        self.count += 1;
-        self.min = self.min.min(ns);
-        self.max = self.max.max(ns);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    /// The value at quantile `q` (0..=1), within the bucket's precision,
-    /// never outside the values recorded.
-    pub fn quantile(&self, q: f64) -> Option<u64> {
-        if self.count == 0 {
-            return None;
-        }
-        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
-        if rank == self.count {
-            return Some(self.max);
-        }
-        let mut seen = 0;
-        for (i, &n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(Self::value(i).clamp(self.min, self.max));
+    fn summary_of(scenarios: &[Vec<Record>]) -> Summary {
+        let mut s = Summary::default();
+        for recs in scenarios {
+            for life in run(recs) {
+                s.add(&life, &classify(&life));
             }
         }
-        Some(self.max)
+        s
     }
 
-    pub fn percentiles(&self) -> Option<Percentiles> {
-        Some(Percentiles {
-            count: self.count,
-            p50_ns: self.quantile(0.50)?,
-            p90_ns: self.quantile(0.90)?,
-            p99_ns: self.quantile(0.99)?,
-            max_ns: self.max,
-        })
+    #[test]
+    fn summary_counts_paths_reasons_and_handshakes() {
+        let s = summary_of(&[
+            client_closes_first(),
+            refused(),
+            killed(),
+            handshake_timeout(),
+        ]);
+        let counters = Counters {
+            produced: 40,
+            received: 38,
+            lost: 2,
+            filtered: 5,
+            ..Counters::default()
+        };
+        let stats = TrackerStats {
+            sockets_seen: 9,
+            evicted: 1,
+            peak_tracked: 3,
+            socketless_resets: 1,
+            ..TrackerStats::default()
+        };
+        let mut out = Vec::new();
+        write_summary(&mut out, &s, &counters, &stats).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "tcptrace summary",
+                "  events:     40 produced, 38 received, 2 lost, 5 filtered in kernel, 0 non-TCP, 0 undecodable",
+                "  sockets:    9 seen, 1 evicted (table full), 3 tracked at most, 1 socketless RSTs",
+                "  opens:      active 4, listen 2, no_socket 1, passive 2",
+                "  closes:     active 1, handshake_timeout 1, passive 1, refused 2, reset_received 1, reset_sent 1, still_open 1, stopped_listening 1",
+                "  RST sent:   NO_SOCKET 1, TCP_ABORT_ON_CLOSE 1",
+                "  exits:      1 sockets closed by a process exit (1 killed by a signal)",
+                "  handshake active   n=2  p50 0.062 ms  p90 0.062 ms  p99 0.062 ms  max 0.062 ms",
+                "  handshake passive  n=2  p50 0.002 ms  p90 0.002 ms  p99 0.002 ms  max 0.002 ms",
+                "  WARNING: 2 events lost (ring buffer full): some sockets are incomplete; use a larger ring buffer",
+            ]
+        );
+        let v = summary_json(&s, &counters, &stats);
+        assert_eq!(v["summary"]["closes"]["refused"], 2);
+        assert_eq!(v["summary"]["handshake_active"]["p50_ns"], 62_000);
+        assert_eq!(v["counters"]["lost"], 2);
+        assert_eq!(v["tracker"]["evicted"], 1);
     }
-}
 
-impl Serialize for Histogram {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.percentiles() {
-            Some(p) => p.serialize(s),
-            None => {
-                let mut st = s.serialize_struct("Percentiles", 1)?;
-                st.serialize_field("count", &0)?;
-                st.end()
-            }
+    #[test]
+    fn summary_names_runs_the_kernel_skipped() {
+        let counters = Counters {
+            produced: 10,
+            received: 10,
+            missed: 3,
+            ..Counters::default()
+        };
+        let mut out = Vec::new();
+        write_summary(
+            &mut out,
+            &Summary::default(),
+            &counters,
+            &TrackerStats::default(),
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("  skipped:    3 program runs skipped by the kernel"),
+            "{text}"
+        );
+        // No oddities, no line about them.
+        assert!(!text.contains("oddities"), "{text}");
+    }
+
+    #[test]
+    fn summary_names_kernel_oddities_in_text_and_json() {
+        let counters = Counters {
+            odd: 2,
+            ..Counters::default()
+        };
+        let mut out = Vec::new();
+        let stats = TrackerStats::default();
+        write_summary(&mut out, &Summary::default(), &counters, &stats).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\n  kernel:     2 oddities ("), "{text}");
+        // The `tcptrace-summary {json}` line is the counters, as serialised.
+        assert_eq!(serde_json::to_value(counters).unwrap()["odd"], 2);
+        assert_eq!(
+            summary_json(&Summary::default(), &counters, &stats)["counters"]["odd"],
+            2
+        );
+        assert_eq!(serde_json::to_value(Counters::default()).unwrap()["odd"], 0);
+    }
+
+    #[test]
+    fn summary_words_reasons_and_incompleteness_in_their_order() {
+        let c = client();
+        let mut lives = run(&[c.by(10, &python()).st(1, 4)]);
+        lives[0].mark_lost_events();
+        lives[0].evicted = true;
+        lives[0].gap = true;
+        let mut unnamed = c.irq(20).send_reset(Some(7), None);
+        if let Record::SendReset { reason, .. } = &mut unnamed {
+            *reason = Some(ResetReason {
+                code: 77,
+                name: None,
+            });
         }
+        lives.extend(run(&[
+            unnamed,
+            c.irq(30).send_reset(Some(7), None),
+            c.irq(40).send_reset(Some(7), Some((14, "TCP_STATE"))),
+        ]));
+        let mut s = Summary::default();
+        for life in &lives {
+            s.add(life, &classify(life));
+        }
+        let mut out = Vec::new();
+        write_summary(&mut out, &s, &Counters::default(), &TrackerStats::default()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "  RST sent:   TCP_STATE 1, reason 77 1, reason unknown (kernel < 6.10) 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  incomplete: a transition went unseen 1, events lost 1, evicted (table full) 1, \
+                 started mid-life 4\n"
+            ),
+            "{text}"
+        );
     }
 }

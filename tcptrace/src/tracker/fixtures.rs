@@ -36,6 +36,11 @@ pub(crate) fn killer() -> Proc {
     proc_(4390, "kill")
 }
 
+/// A name made to forge terminal output: an escape and a newline.
+pub(crate) fn hostile() -> Proc {
+    proc_(666, "evil\x1b[31m\n")
+}
+
 pub(crate) fn swapper() -> Proc {
     proc_(0, "swapper/3")
 }

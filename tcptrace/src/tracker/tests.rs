@@ -1,5 +1,7 @@
 use super::fixtures::*;
 use super::*;
+use crate::model::RetransmitKind;
+use crate::render::words;
 
 fn steps(life: &SocketLife) -> Vec<(u8, u8)> {
     life.steps
@@ -99,102 +101,6 @@ fn refused_reports_the_socketless_reset_at_once_and_annotates_the_client() {
     assert_eq!(peer.reason.unwrap().name.as_deref(), Some("NO_SOCKET"));
     assert_eq!(c.closed_by, None, "the RST closed it, not python3");
     assert!(!c.destroyed && !c.still_open);
-}
-
-#[test]
-fn abortive_close_is_attributed_only_once_its_rst_is_sent() {
-    let lives = run(&linger0());
-    let s = life_of(&lives, SERVER_SK);
-    assert_eq!(s.closed_by, Some(nginx()));
-    assert_eq!(s.unread, Some(0));
-    assert_eq!(s.resets_sent.len(), 1);
-    assert_eq!(s.resets_sent[0].reason.as_ref().map(|r| r.code), Some(14));
-    assert_eq!(s.resets_sent[0].offset_ns, us(2003) - us(1064));
-    assert!(s.destroyed && !s.time_wait);
-    let c = life_of(&lives, CLIENT_SK);
-    assert_eq!(c.resets_received[0].state, Some(TcpState::Established));
-    assert_eq!(c.closed_by, None);
-
-    // Without the RST the X→CLOSE in process context proves nothing.
-    let no_rst: Vec<Record> = linger0()
-        .into_iter()
-        .filter(|r| !matches!(r, Record::SendReset { .. }))
-        .collect();
-    assert_eq!(life_of(&run(&no_rst), SERVER_SK).closed_by, None);
-}
-
-#[test]
-fn a_close_after_a_received_reset_is_the_peers_doing() {
-    // On loopback the client's CLOSE may run in nginx's context.
-    let mut recs = linger0();
-    let c = client();
-    recs[7] = c.by(2002, &nginx()).close(1, 0);
-    let c = life_of(&run(&recs), CLIENT_SK);
-    assert_eq!(c.closed_by, None);
-}
-
-#[test]
-fn unread_data_is_kept_and_attributes_the_close() {
-    let lives = run(&unread_close());
-    let s = life_of(&lives, SERVER_SK);
-    assert_eq!(s.unread, Some(13));
-    assert_eq!(s.closed_by, Some(nginx()));
-    assert_eq!(
-        s.resets_sent[0]
-            .reason
-            .as_ref()
-            .and_then(|r| r.name.as_deref()),
-        Some("TCP_ABORT_ON_CLOSE")
-    );
-}
-
-#[test]
-fn sigkill_attributes_the_close_to_the_exit_and_the_killer() {
-    let s = life_of(&run(&killed()), SERVER_SK);
-    assert_eq!(s.closed_by, Some(nginx()));
-    let exit = s.exit.unwrap();
-    assert_eq!((exit.pid, exit.comm.as_str()), (4311, "nginx"));
-    assert_eq!(
-        (exit.exit_code, exit.status, exit.core_dumped),
-        (Some(9), None, false)
-    );
-    let sig = exit.signal.unwrap();
-    assert_eq!((sig.number, sig.name.as_str()), (9, "SIGKILL"));
-    assert_eq!(sig.sender, Some(killer()));
-    assert_eq!(s.unread, Some(5));
-}
-
-#[test]
-fn normal_exit_keeps_the_status() {
-    let s = life_of(&run(&exit_code_3()), SERVER_SK);
-    assert_eq!(s.closed_by, Some(nginx()));
-    let exit = s.exit.unwrap();
-    assert_eq!((exit.exit_code, exit.status), (Some(0x300), Some(3)));
-    assert_eq!(exit.signal, None);
-    assert!(s.time_wait);
-    // python3 closing later is not nginx's exit.
-    let c = life_of(&run(&exit_code_3()), CLIENT_SK);
-    assert_eq!((c.closed_by, c.exit), (Some(python()), None));
-}
-
-#[test]
-fn an_exit_long_ago_or_of_another_task_does_not_count() {
-    let (c, py) = (client(), python());
-    let old_exit = vec![
-        exit(0, &py, 0),
-        c.local("127.0.0.1:0").by(1000, &py).st(7, 2),
-        c.by(1062, &py).st(2, 1),
-        // 11 s later, beyond AUX_MAX_AGE_NS.
-        c.by(11_001_000, &py).st(1, 4),
-    ];
-    assert_eq!(life_of(&run(&old_exit), CLIENT_SK).exit, None);
-    let other = vec![
-        exit(1500, &nginx(), 9),
-        c.local("127.0.0.1:0").by(1000, &py).st(7, 2),
-        c.by(1062, &py).st(2, 1),
-        c.by(2000, &py).st(1, 4),
-    ];
-    assert_eq!(life_of(&run(&other), CLIENT_SK).exit, None);
 }
 
 #[test]
@@ -420,48 +326,14 @@ fn synack_retransmits_move_from_the_listener_to_the_child() {
 }
 
 #[test]
-fn lists_and_aux_tables_are_bounded() {
+fn lists_are_bounded() {
     let c = client();
     let mut recs = vec![c.by(0, &python()).st(2, 1)];
     recs.extend((1..200).map(|i| c.irq(i).retransmit(1)));
     let l = &run(&recs)[0];
     assert_eq!(l.data_retransmits, 199);
     assert_eq!(l.retransmits.len(), MAX_ROWS);
-
-    let mut m: RecentMap<u32, u32> = RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS));
-    for i in 0..5000 {
-        m.insert(i, u64::from(i), i);
-    }
-    assert_eq!(m.len(), AUX_CAP);
-    assert_eq!(m.get(&0, 5000), None);
-    assert_eq!(m.get(&4999, 5000), Some(&4999));
-    // Re-inserting one key many times keeps its bookkeeping bounded.
-    for i in 0..100_000u64 {
-        m.insert(7, i, 7);
-    }
-    assert!(m.order.len() <= 2 * AUX_CAP + 16);
-    // Age: one fresh insert ten seconds later sweeps the old ones out.
-    m.insert(1, AUX_MAX_AGE_NS + 200_000, 1);
-    assert_eq!(m.len(), 1);
-    assert_eq!(
-        m.get(&1, 3 * AUX_MAX_AGE_NS),
-        None,
-        "too old when looked up"
-    );
-}
-
-#[test]
-fn signal_names() {
-    assert_eq!(signal_name(9), "SIGKILL");
-    assert_eq!(signal_name(15), "SIGTERM");
-    assert_eq!(signal_name(6), "SIGABRT");
-    assert_eq!(signal_name(34), "SIGRTMIN");
-    assert_eq!(signal_name(36), "SIGRTMIN+2");
-    assert_eq!(signal_name(49), "SIGRTMIN+15");
-    assert_eq!(signal_name(50), "SIGRTMAX-14");
-    assert_eq!(signal_name(64), "SIGRTMAX");
-    assert_eq!(signal_name(32), "signal 32");
-    assert_eq!(signal_name(99), "signal 99");
+    // The auxiliary tables: see tables::tests.
 }
 
 #[test]
@@ -475,160 +347,6 @@ fn mark_events_lost_flags_live_lives_only() {
     let lives = t.finish();
     assert!(life_of(&lives, CLIENT_SK).events_lost);
     assert!(!life_of(&lives, SERVER_SK).events_lost);
-}
-
-#[test]
-fn json_schema_of_a_life() {
-    let lives = run(&killed());
-    let v = serde_json::to_value(life_of(&lives, SERVER_SK)).unwrap();
-    assert_eq!(v["skaddr"], "0xffff888123457000");
-    assert_eq!(v["family"], "ipv4");
-    assert_eq!(v["local"], "127.0.0.1:8099");
-    assert_eq!(v["remote"], "127.0.0.1:45126");
-    assert_eq!(v["role"], "server");
-    assert_eq!(v["listener"], "0.0.0.0:8099");
-    assert_eq!(v["owner"]["comm"], "nginx");
-    assert_eq!(v["owner"]["tgid"], 4311);
-    assert_eq!(v["state"], "CLOSE");
-    assert_eq!(v["steps"][0]["old"], "LISTEN");
-    assert_eq!(v["steps"][0]["new"], "SYN_RECV");
-    assert_eq!(v["steps"][0]["offset_ns"], 0);
-    assert_eq!(v["steps"][0]["context"]["kind"], "softirq");
-    assert_eq!(v["steps"][2]["context"]["kind"], "process");
-    assert_eq!(v["steps"][2]["context"]["comm"], "nginx");
-    assert_eq!(v["resets_sent"][0]["reason"]["code"], 11);
-    assert_eq!(v["resets_sent"][0]["reason"]["name"], "TCP_ABORT_ON_CLOSE");
-    assert_eq!(v["resets_sent"][0]["state"], "CLOSE");
-    assert_eq!(v["closed_by"]["pid"], 4311);
-    assert_eq!(v["exit"]["signal"]["name"], "SIGKILL");
-    assert_eq!(v["exit"]["signal"]["sender"]["comm"], "kill");
-    assert_eq!(v["exit"]["exit_code"], 9);
-    assert_eq!(v["unread"], 5);
-    assert_eq!(v["duration_ns"], us(2020) - us(1064));
-    for flag in [
-        "started_mid_life",
-        "evicted",
-        "still_open",
-        "events_lost",
-        "socketless",
-    ] {
-        assert_eq!(v[flag], false, "{flag}");
-    }
-    assert_eq!(v["destroyed"], true);
-
-    let v6 = S::new(CLIENT_SK, "[::1]:45126", "[::1]:8099").owner(&python());
-    let lives = run(&[v6.by(0, &python()).st(2, 1)]);
-    let v = serde_json::to_value(&lives[0]).unwrap();
-    assert_eq!(
-        (v["family"].as_str(), v["remote"].as_str()),
-        (Some("ipv6"), Some("[::1]:8099"))
-    );
-    assert_eq!(v["listener"], serde_json::Value::Null);
-}
-
-#[test]
-fn unread_data_attributes_an_abortive_close_even_without_its_rst() {
-    let no_rst: Vec<Record> = unread_close()
-        .into_iter()
-        .filter(|r| !matches!(r, Record::SendReset { .. }))
-        .collect();
-    assert_eq!(life_of(&run(&no_rst), SERVER_SK).closed_by, Some(nginx()));
-    // FIN_WAIT2→CLOSE (the peer's FIN, delivered in the peer's context on
-    // loopback) proves nothing, unread data or not.
-    let c = client();
-    let lives = run(&[
-        c.by(0, &python()).st(1, 4),
-        c.irq(10).st(4, 5),
-        c.by(20, &nginx()).close(5, 7),
-    ]);
-    assert_eq!(
-        lives[0].closed_by,
-        Some(python()),
-        "from ESTABLISHED→FIN_WAIT1, not nginx"
-    );
-    assert!(lives[0].time_wait);
-}
-
-#[test]
-fn a_thread_killed_through_its_process_finds_the_signal_by_tgid() {
-    let worker = Proc {
-        pid: 4312,
-        ..nginx()
-    };
-    let (s, c) = (server(), client());
-    let mut recs = handshake();
-    recs.extend([
-        signal(1990, 9, 4311, &killer()),
-        exit(2010, &worker, 9),
-        s.by(2020, &worker).close(1, 0),
-        c.irq(2021).receive_reset(),
-        c.irq(2022).close(1, 0),
-        s.by(2023, &worker)
-            .send_reset(Some(7), Some((14, "TCP_STATE"))),
-    ]);
-    let life = life_of(&run(&recs), SERVER_SK);
-    assert_eq!(life.closed_by, Some(worker));
-    let exit = life.exit.unwrap();
-    assert_eq!((exit.pid, exit.tgid), (4312, 4311));
-    let sig = exit.signal.unwrap();
-    assert_eq!((sig.name.as_str(), sig.killed), ("SIGKILL", true));
-    assert_eq!(sig.sender, Some(killer()));
-}
-
-#[test]
-fn without_an_exit_code_a_seen_signal_is_reported_but_not_as_the_killer() {
-    let (s, ng) = (server(), nginx());
-    let mut recs = handshake();
-    recs.extend([
-        signal(1990, 15, 4311, &killer()),
-        Record::ProcessExit {
-            ts_ns: us(2000),
-            task: ng,
-            exit_code: None,
-            group_dead: true,
-        },
-        s.by(2010, &ng).st(1, 4),
-    ]);
-    let exit = life_of(&run(&recs), SERVER_SK).exit.unwrap();
-    assert_eq!((exit.exit_code, exit.status), (None, None));
-    let sig = exit.signal.unwrap();
-    assert_eq!((sig.number, sig.killed), (15, false));
-}
-
-#[test]
-fn undelivered_signals_and_signals_to_others_are_ignored() {
-    let (s, ng) = (server(), nginx());
-    let mut recs = handshake();
-    recs.extend([
-        Record::Signal {
-            ts_ns: us(1980),
-            sig: 9,
-            target_pid: 4311,
-            sender: killer(),
-            delivered: false,
-        },
-        signal(1985, 9, 9999, &killer()),
-        exit(2000, &ng, 9),
-        s.by(2010, &ng).st(1, 4),
-    ]);
-    let sig = life_of(&run(&recs), SERVER_SK)
-        .exit
-        .unwrap()
-        .signal
-        .unwrap();
-    assert_eq!((sig.number, sig.sender, sig.killed), (9, None, true));
-}
-
-#[test]
-fn expire_prunes_the_process_tables() {
-    let mut t = Tracker::new(TrackerOptions::default());
-    t.observe(&exit(0, &nginx(), 0));
-    t.observe(&signal(0, 9, 1, &killer()));
-    assert_eq!((t.procs.exits.len(), t.procs.signals.len()), (1, 1));
-    t.expire(us(0) + AUX_MAX_AGE_NS + 1);
-    assert!(
-        t.procs.exits.is_empty() && t.procs.group_exits.is_empty() && t.procs.signals.is_empty()
-    );
 }
 
 #[test]
@@ -710,10 +428,10 @@ fn at_exit_a_socket_the_kernel_no_longer_has_is_closed_unseen_not_still_open() {
     assert!(gone.gone_unseen && !gone.still_open);
     let v = crate::classify::classify(&gone);
     assert_eq!(v.close.kind(), "closed_unseen");
+    let summary = words::summary(&gone, &v);
     assert!(
-        v.summary.contains("close unseen (last seen in FIN_WAIT1"),
-        "{}",
-        v.summary
+        summary.contains("close unseen (last seen in FIN_WAIT1"),
+        "{summary}"
     );
     assert!(v.incomplete.contains(&crate::classify::Incomplete::Gap));
 
@@ -777,17 +495,18 @@ fn a_socketless_reset_is_a_refusal_only_when_it_answered_a_syn() {
         };
         let lives = run(&[rec]);
         assert!(lives[0].socketless);
-        crate::classify::classify(&lives[0])
+        let v = crate::classify::classify(&lives[0]);
+        (words::summary(&lives[0], &v), v)
     };
     // A SYN to a closed port: refused.
-    assert_eq!(verdict_for(Some(0x02)).close.kind(), "refused");
+    assert_eq!(verdict_for(Some(0x02)).1.close.kind(), "refused");
     // A late FIN|ACK of a connection this host already reset: not refused.
-    let late = verdict_for(Some(0x11));
+    let (summary, late) = verdict_for(Some(0x11));
     assert_eq!(late.close.kind(), "no_socket_reset");
-    assert!(late.summary.contains("FIN|ACK"), "{}", late.summary);
-    assert!(late.summary.contains("no longer has"), "{}", late.summary);
+    assert!(summary.contains("FIN|ACK"), "{summary}");
+    assert!(summary.contains("no longer has"), "{summary}");
     // A kernel that does not say: as before.
-    assert_eq!(verdict_for(None).close.kind(), "refused");
+    assert_eq!(verdict_for(None).1.close.kind(), "refused");
 }
 
 #[test]
@@ -808,45 +527,10 @@ fn fin_wait2_to_close_without_the_peers_fin_is_an_orphan_not_time_wait() {
     assert!(l.fin_wait2_orphan && !l.time_wait, "{l:#?}");
     let v = crate::classify::classify(l);
     assert_eq!(v.close.kind(), "peer_never_closed");
-    assert!(v.summary.contains("peer has not closed"), "{}", v.summary);
+    let summary = words::summary(l, &v);
+    assert!(summary.contains("peer has not closed"), "{summary}");
     // With the peer's FIN: the ordinary 4-way close into TIME_WAIT.
     let normal = run(&path(true));
     assert!(normal[0].time_wait && !normal[0].fin_wait2_orphan);
     assert_eq!(crate::classify::classify(&normal[0]).close.kind(), "active");
-}
-
-#[test]
-fn a_thread_that_closes_is_named_after_its_process() {
-    use crate::decode::{Context, Proc};
-    let c = client();
-    let owner = python();
-    // Another thread of the owner's process, with a name of its own.
-    let thread = Proc {
-        pid: owner.tgid + 7,
-        comm: "bg_worker".into(),
-        ..owner
-    };
-    let mut close = c.by(20, &owner).st(1, 4);
-    if let crate::decode::Record::State { sock, .. } = &mut close {
-        sock.context = Context::Process(thread);
-    }
-    let lives = run(&[
-        c.by(0, &owner).st(7, 2),
-        c.irq(10).st(2, 1),
-        close,
-        c.irq(30).st(4, 5),
-        c.irq(31).fin_wait2_close(true),
-    ]);
-    let v = crate::classify::classify(&lives[0]);
-    let expected = format!(
-        "closed by {}[{}] (thread bg_worker)",
-        &*owner.comm, owner.tgid
-    );
-    assert!(
-        v.attribution
-            .as_deref()
-            .is_some_and(|a| a.starts_with(&expected)),
-        "{:?}",
-        v.attribution
-    );
 }

@@ -1,0 +1,333 @@
+//! One socket's life as the tracker reports it.
+//!
+//! # JSON schema of a [`SocketLife`] (stable; snake_case)
+//!
+//! ```text
+//! {
+//!   "skaddr": "0xffff888123456000",   // kernel struct sock address; "0x0" when socketless
+//!   "family": "ipv4" | "ipv6",
+//!   "local": "127.0.0.1:45126",       // IPv6 as "[::1]:8099"
+//!   "remote": "127.0.0.1:8099",
+//!   "role": "client" | "server" | "listener" | "unknown",
+//!   "owner": {"pid","tgid","comm","cgroup_id"} | null,
+//!   "listener": "0.0.0.0:8099" | null, // server child: the listening address it came from
+//!   "children": 0,                     // listener: children seen accepted
+//!   "start_ns": 0, "end_ns": 0,        // CLOCK_MONOTONIC; end = the →CLOSE, else the last event
+//!   "duration_ns": 0, "last_ns": 0,    // last_ns: the last event of any kind
+//!   "state": "CLOSE" | null,           // last known state; null for a socketless reset
+//!   "steps": [{"offset_ns", "old", "new", "context"}],
+//!   "resets_sent": [{"offset_ns", "state", "reason": {"code","name"} | null, "context"}],
+//!   "resets_received": [{"offset_ns", "state", "context"}],
+//!   "retransmits": [{"offset_ns", "kind": "syn" | "synack" | "data", "number"}],
+//!   "syn_retransmits": 0, "synack_retransmits": 0, "data_retransmits": 0,
+//!   "self_transitions": 0,             // folded X→X transitions
+//!   "time_wait": false,                // handed to the TIME_WAIT minisock
+//!   "closed_by": {"pid","tgid","comm","cgroup_id"} | null,
+//!   "exit": {"pid","tgid","comm","exit_code","status",
+//!            "signal": {"number","name","sender","killed"} | null,
+//!            "core_dumped"} | null,   // the closer was exiting
+//!   "unread": 13 | null,               // bytes never read, from the →CLOSE
+//!   "peer_reset": <resets_sent item> | null, // the socketless RST that refused this connect
+//!   "socketless": false, "destroyed": false,
+//!   "netns": 4026531840 | null,          // network namespace inode
+//!   "workload": {"unit": "nginx.service" | null, "container": "<64 hex>" | null} | null,
+//!   "fin_wait2_orphan": false,          // FIN acked, peer never closed (CLOSE_WAIT leak?)
+//!   "error": {"offset_ns", "errno": 110, "retransmits": 3, "probes": 0} | null,
+//!   "started_mid_life": false, "evicted": false, "still_open": false,
+//!   "gone_unseen": false,               // open as far as seen, gone from the kernel at exit
+//!   "events_lost": false,
+//!   "gap": false                        // a transition never reached tcptrace
+//! }
+//! ```
+//! `context` is `{"kind":"process","pid","tgid","comm","cgroup_id"}` or
+//! `{"kind":"softirq","on_cpu":{"pid","tgid","comm","cgroup_id"}}`.
+//! States use the kernel's names (`"SYN_SENT"`); offsets are ns from `start_ns`.
+
+use std::{fmt::Display, net::SocketAddr};
+
+use serde::{Serialize, Serializer};
+
+use crate::decode::{Comm, Context, Proc, ResetReason, TcpState};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Client,
+    Server,
+    Listener,
+    Unknown,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+            Role::Listener => "listener",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// One state transition of a life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// ns since the life's start.
+    pub offset_ns: u64,
+    pub old: TcpState,
+    pub new: TcpState,
+    pub context: Context,
+}
+
+/// An RST this socket (or, when socketless, this host) sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ResetSent {
+    pub offset_ns: u64,
+    /// The tracepoint's `state`: usually CLOSE, as the kernel closes first.
+    pub state: Option<TcpState>,
+    /// `None` before Linux 6.10 (no `reason` field).
+    pub reason: Option<ResetReason>,
+    pub context: Context,
+    /// TCP flags of the segment answered, for an RST sent without a full
+    /// socket (`None` otherwise): a SYN means a refused connection.
+    pub segment_flags: Option<u8>,
+}
+
+/// The error the kernel set on the socket (`sk_err`), and the counts that
+/// tell which timeout it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SockError {
+    pub offset_ns: u64,
+    pub errno: i32,
+    /// Unacknowledged-data retransmissions (a retransmission timeout).
+    pub retransmits: u8,
+    /// Keepalive or zero-window probes unanswered (a keepalive timeout).
+    pub probes: u8,
+}
+
+/// An RST from the peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ResetReceived {
+    pub offset_ns: u64,
+    /// The socket's state when it arrived (the state it then left).
+    pub state: Option<TcpState>,
+    pub context: Context,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetransmitKind {
+    Syn,
+    Synack,
+    Data,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Retransmit {
+    pub offset_ns: u64,
+    pub kind: RetransmitKind,
+    /// 1 for the first retransmit of this kind.
+    pub number: u32,
+}
+
+/// A fatal signal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SignalInfo {
+    pub number: u32,
+    /// `SIGKILL`, `SIGRTMIN+3`, or `signal 99`.
+    pub name: String,
+    /// Who sent it, when `signal_generate` saw it.
+    pub sender: Option<Proc>,
+    /// The exit code proves the signal killed the process; false when the
+    /// exit code is unknown and the signal was only seen being sent.
+    pub killed: bool,
+}
+
+/// How the process that closed a socket ended: the close was part of its exit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExitInfo {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: Comm,
+    /// The kernel's raw `exit_code`.
+    pub exit_code: Option<i32>,
+    /// `exit(status)` when it exited on its own.
+    pub status: Option<i32>,
+    /// The signal that killed it.
+    pub signal: Option<SignalInfo>,
+    pub core_dumped: bool,
+}
+
+/// Everything tcptrace learned about one socket, from its first event to its end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SocketLife {
+    #[serde(serialize_with = "ser_hex")]
+    pub skaddr: u64,
+    pub family: Family,
+    #[serde(serialize_with = "ser_display")]
+    pub local: SocketAddr,
+    #[serde(serialize_with = "ser_display")]
+    pub remote: SocketAddr,
+    pub role: Role,
+    /// The first owner the kernel reported; never guessed from context.
+    pub owner: Option<Proc>,
+    /// Network namespace (inode number, as `lsns`/`ip netns identify` show).
+    pub netns: Option<u32>,
+    /// The owner's systemd unit or container, from its cgroup (filled in
+    /// by the session, which knows the host's cgroups).
+    pub workload: Option<crate::cgroups::Workload>,
+    /// Server child: the listening address it was accepted from.
+    #[serde(serialize_with = "ser_opt_display")]
+    pub listener: Option<SocketAddr>,
+    /// Listener: children seen accepted from it.
+    pub children: u32,
+    pub start_ns: u64,
+    /// The `→CLOSE`, else the last event.
+    pub end_ns: u64,
+    pub duration_ns: u64,
+    /// The last event of any kind (late RSTs come after `end_ns`).
+    pub last_ns: u64,
+    /// Last known state; `None` for a socketless reset.
+    pub state: Option<TcpState>,
+    pub steps: Vec<Step>,
+    pub resets_sent: Vec<ResetSent>,
+    pub resets_received: Vec<ResetReceived>,
+    pub retransmits: Vec<Retransmit>,
+    pub syn_retransmits: u32,
+    pub synack_retransmits: u32,
+    pub data_retransmits: u32,
+    pub self_transitions: u32,
+    /// Ended FIN_WAIT2→CLOSE or CLOSING→CLOSE without an RST: the TIME_WAIT
+    /// minisock took over (the full socket never reports TIME_WAIT).
+    pub time_wait: bool,
+    /// The process whose own syscall (or exit) closed the socket.
+    pub closed_by: Option<Proc>,
+    /// Set when `closed_by` was exiting.
+    pub exit: Option<ExitInfo>,
+    /// Bytes the application never read, from the `→CLOSE` record.
+    pub unread: Option<u32>,
+    /// The socketless RST (seen on this host) that refused this connect.
+    pub peer_reset: Option<ResetSent>,
+    /// A reset sent with no socket: the life has that one event only.
+    pub socketless: bool,
+    pub destroyed: bool,
+    pub started_mid_life: bool,
+    /// Reported early, still open, because the table was full.
+    pub evicted: bool,
+    /// Still open when tracing stopped.
+    pub still_open: bool,
+    /// Ended FIN_WAIT2→CLOSE although the peer had not sent its FIN: the
+    /// kernel keeps the orphan in a FIN_WAIT2 mini-socket for
+    /// tcp_fin_timeout while the peer may sit in CLOSE_WAIT (a leak there).
+    pub fin_wait2_orphan: bool,
+    /// The socket's error, when the kernel set one (the last).
+    pub error: Option<SockError>,
+    /// Not closed as far as tcptrace saw, but gone from the kernel when
+    /// tracing stopped: its closing transitions never reached tcptrace.
+    pub gone_unseen: bool,
+    /// Set by the session when the ring buffer lost events during this life.
+    pub events_lost: bool,
+    /// A transition did not start where the previous one ended: the kernel
+    /// made one that never reached tcptrace.
+    pub gap: bool,
+}
+impl SocketLife {
+    /// Marks the life incomplete because the ring buffer lost events.
+    pub fn mark_lost_events(&mut self) {
+        self.events_lost = true;
+    }
+
+    /// ns from the life's start (records may arrive slightly out of order).
+    pub fn offset(&self, ts_ns: u64) -> u64 {
+        ts_ns.saturating_sub(self.start_ns)
+    }
+
+    /// The transition `old → new`, if the life made it.
+    pub fn step(&self, old: TcpState, new: TcpState) -> Option<&Step> {
+        self.steps.iter().find(|s| s.old == old && s.new == new)
+    }
+
+    /// The last transition into CLOSE.
+    pub fn close_step(&self) -> Option<&Step> {
+        self.steps.iter().rev().find(|s| s.new == TcpState::Close)
+    }
+}
+
+pub(crate) fn ser_hex<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:#x}"))
+}
+
+pub(crate) fn ser_display<S: Serializer, T: Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+pub(crate) fn ser_opt_display<S: Serializer, T: Display>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::tracker::fixtures::*;
+
+    #[test]
+    fn json_schema_of_a_life() {
+        let lives = run(&killed());
+        let v = serde_json::to_value(life_of(&lives, SERVER_SK)).unwrap();
+        assert_eq!(v["skaddr"], "0xffff888123457000");
+        assert_eq!(v["family"], "ipv4");
+        assert_eq!(v["local"], "127.0.0.1:8099");
+        assert_eq!(v["remote"], "127.0.0.1:45126");
+        assert_eq!(v["role"], "server");
+        assert_eq!(v["listener"], "0.0.0.0:8099");
+        assert_eq!(v["owner"]["comm"], "nginx");
+        assert_eq!(v["owner"]["tgid"], 4311);
+        assert_eq!(v["state"], "CLOSE");
+        assert_eq!(v["steps"][0]["old"], "LISTEN");
+        assert_eq!(v["steps"][0]["new"], "SYN_RECV");
+        assert_eq!(v["steps"][0]["offset_ns"], 0);
+        assert_eq!(v["steps"][0]["context"]["kind"], "softirq");
+        assert_eq!(v["steps"][2]["context"]["kind"], "process");
+        assert_eq!(v["steps"][2]["context"]["comm"], "nginx");
+        assert_eq!(v["resets_sent"][0]["reason"]["code"], 11);
+        assert_eq!(v["resets_sent"][0]["reason"]["name"], "TCP_ABORT_ON_CLOSE");
+        assert_eq!(v["resets_sent"][0]["state"], "CLOSE");
+        assert_eq!(v["closed_by"]["pid"], 4311);
+        assert_eq!(v["exit"]["signal"]["name"], "SIGKILL");
+        assert_eq!(v["exit"]["signal"]["sender"]["comm"], "kill");
+        assert_eq!(v["exit"]["exit_code"], 9);
+        assert_eq!(v["unread"], 5);
+        assert_eq!(v["duration_ns"], us(2020) - us(1064));
+        for flag in [
+            "started_mid_life",
+            "evicted",
+            "still_open",
+            "events_lost",
+            "socketless",
+        ] {
+            assert_eq!(v[flag], false, "{flag}");
+        }
+        assert_eq!(v["destroyed"], true);
+
+        let v6 = S::new(CLIENT_SK, "[::1]:45126", "[::1]:8099").owner(&python());
+        let lives = run(&[v6.by(0, &python()).st(2, 1)]);
+        let v = serde_json::to_value(&lives[0]).unwrap();
+        assert_eq!(
+            (v["family"].as_str(), v["remote"].as_str()),
+            (Some("ipv6"), Some("[::1]:8099"))
+        );
+        assert_eq!(v["listener"], serde_json::Value::Null);
+    }
+}

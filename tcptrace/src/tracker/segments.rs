@@ -1,0 +1,159 @@
+//! What the wire showed besides transitions: RSTs sent and received, and
+//! retransmits, each added to its socket's life (a socketless RST makes a
+//! life of its own, and is remembered to annotate the connect it refused).
+
+use super::{
+    Tracker,
+    attribution::set_closer,
+    life::{new_life, push_capped},
+};
+use crate::{
+    decode::{Context, ResetReason, SockInfo, TcpState},
+    model::{ResetReceived, ResetSent, Retransmit, RetransmitKind, Role, SocketLife},
+};
+
+/// A socketless RST, kept briefly to annotate the connect it refused.
+#[derive(Clone, Debug)]
+pub(super) struct PendingReset {
+    ts_ns: u64,
+    state: Option<TcpState>,
+    reason: Option<ResetReason>,
+    context: Context,
+    segment_flags: Option<u8>,
+}
+
+impl Tracker {
+    /// The socketless RST that answered this connecting socket's SYN.
+    pub(super) fn refusal_for(&self, sock: &SockInfo) -> Option<PendingReset> {
+        self.socketless
+            .get(&(sock.remote, sock.local), sock.ts_ns)
+            .cloned()
+    }
+
+    pub(super) fn on_send_reset(
+        &mut self,
+        sock: &SockInfo,
+        state: Option<TcpState>,
+        reason: &Option<ResetReason>,
+        segment_flags: Option<u8>,
+        out: &mut Vec<SocketLife>,
+    ) {
+        let pending = PendingReset {
+            ts_ns: sock.ts_ns,
+            state,
+            reason: reason.clone(),
+            context: sock.context,
+            segment_flags,
+        };
+        if sock.skaddr == 0 || !self.lives.contains(sock.skaddr) {
+            // Nothing to attach to: report it alone, now.
+            let mut life = new_life(sock);
+            life.state = state;
+            life.resets_sent
+                .push(pending_to_sent(&life, pending.clone()));
+            if sock.skaddr == 0 {
+                life.socketless = true;
+                life.role = Role::Server;
+                self.stats.socketless_resets += 1;
+                self.socketless
+                    .insert((sock.local, sock.remote), sock.ts_ns, pending);
+            } else {
+                life.started_mid_life = true;
+                self.stats.orphan_resets += 1;
+            }
+            out.push(life);
+            return;
+        }
+        self.enter(sock, out);
+        let Some(t) = self.lives.get_mut(sock.skaddr) else {
+            return;
+        };
+        let row = pending_to_sent(&t.life, pending);
+        push_capped(&mut t.life.resets_sent, row);
+        if let Some(closer) = t.abort_candidate.take() {
+            set_closer(&mut t.life, closer);
+        }
+    }
+
+    pub(super) fn on_receive_reset(&mut self, sock: &SockInfo, out: &mut Vec<SocketLife>) {
+        let refusal = self.refusal_for(sock);
+        self.enter(sock, out);
+        let Some(t) = self.lives.get_mut(sock.skaddr) else {
+            return;
+        };
+        let life = &mut t.life;
+        let row = ResetReceived {
+            offset_ns: life.offset(sock.ts_ns),
+            state: life.state,
+            context: sock.context,
+        };
+        push_capped(&mut life.resets_received, row);
+        if life.state == Some(TcpState::SynSent)
+            && life.peer_reset.is_none()
+            && let Some(r) = refusal
+        {
+            life.peer_reset = Some(pending_to_sent(life, r));
+        }
+    }
+
+    pub(super) fn on_retransmit(
+        &mut self,
+        sock: &SockInfo,
+        state: Option<TcpState>,
+        out: &mut Vec<SocketLife>,
+    ) {
+        self.enter(sock, out);
+        let Some(t) = self.lives.get_mut(sock.skaddr) else {
+            return;
+        };
+        let life = &mut t.life;
+        let offset_ns = life.offset(sock.ts_ns);
+        let (kind, count) = match state.or(life.state) {
+            Some(TcpState::SynSent) => (RetransmitKind::Syn, &mut life.syn_retransmits),
+            Some(TcpState::SynRecv) => (RetransmitKind::Synack, &mut life.synack_retransmits),
+            _ => (RetransmitKind::Data, &mut life.data_retransmits),
+        };
+        *count = count.saturating_add(1);
+        let row = Retransmit {
+            offset_ns,
+            kind,
+            number: *count,
+        };
+        push_capped(&mut life.retransmits, row);
+    }
+
+    /// Counted on the listener (or TFO child) and remembered by the request's
+    /// tuple, for the child socket created when the handshake completes.
+    pub(super) fn on_synack_retransmit(&mut self, sock: &SockInfo) {
+        let key = (sock.local, sock.remote);
+        match self.synacks.get_mut(&key) {
+            Some(n) => *n = n.saturating_add(1),
+            None => self.synacks.insert(key, sock.ts_ns, 1),
+        }
+        if let Some(t) = self.lives.get_mut(sock.skaddr) {
+            let life = &mut t.life;
+            life.synack_retransmits = life.synack_retransmits.saturating_add(1);
+            life.last_ns = life.last_ns.max(sock.ts_ns);
+            let row = Retransmit {
+                offset_ns: life.offset(sock.ts_ns),
+                kind: RetransmitKind::Synack,
+                number: life.synack_retransmits,
+            };
+            push_capped(&mut life.retransmits, row);
+            if life.role != Role::Listener {
+                // A TFO child counts its own; no child is to come.
+                self.synacks.remove(&key);
+            }
+        }
+    }
+}
+
+pub(super) fn pending_to_sent(life: &SocketLife, r: PendingReset) -> ResetSent {
+    ResetSent {
+        offset_ns: life.offset(r.ts_ns),
+        state: r.state,
+        reason: r.reason,
+        context: r.context,
+        segment_flags: r.segment_flags,
+    }
+}
