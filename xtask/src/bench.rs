@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: what tracing costs, in scenarios.
 //!
 //! - churn: for each mode (workload pinned to CPU 0, or every CPU busy), runs
-//!   the configurations interleaved (A B C D E A B C D E …): no tracer,
-//!   tcptrace to a file (text and --json), and bpftrace printing or counting
-//!   the same tracepoint. Each run starts the tracer, waits until it has
+//!   the configurations interleaved (A B C D E F A B C D E F …): no tracer,
+//!   tcptrace to a file (text and --json), tcptrace as a metrics daemon
+//!   (`--view none --metrics`: nothing printed, every finished socket
+//!   counted), and bpftrace printing or counting the same tracepoint. Each run starts the tracer, waits until it has
 //!   attached, runs the `churn` workload, stops the tracer with SIGINT and
 //!   collects connections/s, the tracer's CPU time, peak RSS, the BPF
 //!   programs' run time and skipped runs (per program) and tcptrace's own
@@ -151,15 +152,18 @@ pub enum Config {
     None,
     Tcptrace,
     TcptraceJson,
+    /// `tcptrace --view none --metrics 127.0.0.1:0`: the daemon's cost.
+    TcptraceMetrics,
     BpftracePrint,
     BpftraceCount,
 }
 
 impl Config {
-    const ALL: [Config; 5] = [
+    const ALL: [Config; 6] = [
         Config::None,
         Config::Tcptrace,
         Config::TcptraceJson,
+        Config::TcptraceMetrics,
         Config::BpftracePrint,
         Config::BpftraceCount,
     ];
@@ -169,13 +173,17 @@ impl Config {
             Config::None => "none",
             Config::Tcptrace => "tcptrace",
             Config::TcptraceJson => "tcptrace-json",
+            Config::TcptraceMetrics => "tcptrace-metrics",
             Config::BpftracePrint => "bpftrace-print",
             Config::BpftraceCount => "bpftrace-count",
         }
     }
 
     pub fn is_tcptrace(self) -> bool {
-        matches!(self, Config::Tcptrace | Config::TcptraceJson)
+        matches!(
+            self,
+            Config::Tcptrace | Config::TcptraceJson | Config::TcptraceMetrics
+        )
     }
 
     pub fn is_bpftrace(self) -> bool {
@@ -1083,6 +1091,12 @@ fn tracer_command(ctx: &Ctx, config: Config) -> Result<Option<Command>> {
         Config::TcptraceJson => {
             let mut c = command(&ctx.tcptrace)?;
             c.arg("--json");
+            Some(c)
+        }
+        Config::TcptraceMetrics => {
+            // A port of the kernel's choosing: nothing else to collide with.
+            let mut c = command(&ctx.tcptrace)?;
+            c.args(["--view", "none", "--metrics", "127.0.0.1:0"]);
             Some(c)
         }
         Config::BpftracePrint | Config::BpftraceCount => {

@@ -964,7 +964,7 @@ impl Report {
              wrongly thought open say what a burst of closes costs its accuracy. Raw numbers: \
              `target/bench/results.json`; this file is rewritten by every run.\n\n\
              Flags: `--scenarios churn,bulk,massclose`, `--reps N`, `--seconds S`, \
-             `--configs none,tcptrace,tcptrace-json,bpftrace-print,bpftrace-count`, \
+             `--configs none,tcptrace,tcptrace-json,tcptrace-metrics,bpftrace-print,bpftrace-count`, \
              `--modes pinned,saturated`, `--ceiling-max-clients K`, `--ports N`, `--base-port P`, \
              `--bulk-seconds S`, `--bulk-connections C`, `--bulk-unpinned`, `--bulk-port P`, \
              `--massclose-conns N`, `--massclose-runs R`, `--massclose-port P`, \
