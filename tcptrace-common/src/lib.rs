@@ -61,6 +61,14 @@ pub mod kind {
     /// errno of the ICMP error just queued; [`super::Event::unread`] =
     /// `icsk_user_timeout` in ms, 0 when not set or unknown).
     pub const ERROR_REPORT: u8 = 9;
+    /// `skb:kfree_skb` for a TCP segment that matters to a handshake or a
+    /// close (SYN, SYN/ACK, FIN, RST) or one dropped for accept-queue
+    /// overflow. The tuple is the segment's own (source → destination);
+    /// [`super::Event::value`] = drop reason; [`super::Event::seg_flags`] =
+    /// its TCP flags; [`super::Event::skaddr`] = `rx_sk` (the socket it was
+    /// matched to, 0 if none); [`super::Event::aux`] = `skb->sk` (the socket
+    /// still owning it: its sender, or its receiver found by early demux).
+    pub const DROP: u8 = 10;
 }
 
 /// In an error report's [`Event::value`]: the errno is that of an ICMP
@@ -308,6 +316,64 @@ pub struct SkbOffsets {
     pub _pad: u16,
 }
 
+/// More `struct sk_buff` fields, which only the drop program reads (it
+/// also reads [`SkbOffsets::head`] and [`SkbOffsets::network_header`]);
+/// 0 when unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct DropSkbOffsets {
+    /// `protocol` (the ethertype, network order).
+    pub protocol: u16,
+    /// `tail` (an offset from `head` on 64-bit kernels, a u32).
+    pub tail: u16,
+    /// `sk`: the socket that owns the buffer.
+    pub sk: u16,
+    /// `dev`: the device it came in on or goes out of.
+    pub dev: u16,
+    /// Where the drop program's one read of the buffer starts (8-aligned):
+    /// `protocol`, `network_header`, `tail` and `head` all lie within
+    /// [`SKB_WINDOW_BYTES`] of it. 0 when they do not: no drops then.
+    pub window: u16,
+    pub _pad: u16,
+    /// `net_device.nd_net` (a `struct net *`).
+    pub nd_net: u32,
+}
+
+/// Bytes of `struct sk_buff` the drop program reads in one go.
+pub const SKB_WINDOW_BYTES: usize = 32;
+
+/// Drop reasons the drop program tells apart, as numbered by the running
+/// kernel's `enum skb_drop_reason` ([`NO_REASON`] when it lacks one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct DropCodes {
+    /// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`: the segment completing a
+    /// handshake met a full accept queue; kept whatever its flags.
+    pub listen_overflow: u32,
+    /// `SKB_DROP_REASON_QUEUE_PURGE`: a socket's own queues freed at its
+    /// end (an unacknowledged FIN among them), not a segment lost on its
+    /// way: never reported.
+    pub queue_purge: u32,
+}
+
+/// A drop reason the running kernel does not have.
+pub const NO_REASON: u32 = u32::MAX;
+
+/// What the drop program is told. Appended to [`Config`], so that the
+/// other programs read their fields at the offsets they always had (their
+/// code is the same, instruction for instruction).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct DropConfig {
+    /// `skb:kfree_skb`: skb, the reason (int0), `rx_sk` (sk).
+    pub args: ArgPos,
+    pub skb: DropSkbOffsets,
+    pub codes: DropCodes,
+}
+
 /// Offsets of `struct task_struct` and signal-handler fields; 0 when unknown.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -390,6 +456,7 @@ pub struct Config {
     /// wakeup threshold holds, so that a small ring still wakes its reader.
     pub query_every: u32,
     pub _pad: u32,
+    pub drop: DropConfig,
 }
 
 impl Config {
@@ -433,6 +500,22 @@ impl Config {
         wakeup_bytes: 0,
         query_every: 1,
         _pad: 0,
+        drop: DropConfig {
+            args: ArgPos::NONE,
+            skb: DropSkbOffsets {
+                protocol: 0,
+                tail: 0,
+                sk: 0,
+                dev: 0,
+                window: 0,
+                _pad: 0,
+                nd_net: 0,
+            },
+            codes: DropCodes {
+                listen_overflow: NO_REASON,
+                queue_purge: NO_REASON,
+            },
+        },
     };
 }
 
@@ -496,8 +579,13 @@ pub mod oddity {
     pub const EXIT_CODE_READ: u32 = 14;
     /// A signal's target's handlers: taken as default, reported (task).
     pub const HANDLER_READ: u32 = 15;
+    /// skb:kfree_skb: the dropped buffer or its headers unreadable (skb):
+    /// a drop not looked at, most likely not TCP at all (debug level: the
+    /// warnings' codes stay below [`SPORT_READ`], which keeps the check
+    /// every program carries one comparison).
+    pub const DROP_READ: u32 = 16;
     /// One past the last code.
-    pub const END: u32 = 16;
+    pub const END: u32 = 17;
 
     /// Is an event, a kill or a followed process lost (a warning), or
     /// only an annotation (debug)?
@@ -520,7 +608,8 @@ const _: () = assert!(core::mem::size_of::<Event>() == 152);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 56);
-const _: () = assert!(core::mem::size_of::<Config>() == 232);
+const _: () = assert!(core::mem::size_of::<DropConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 264);
 
 #[cfg(feature = "user")]
 mod pod {

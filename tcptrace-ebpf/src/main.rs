@@ -17,6 +17,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod drops;
 mod odd;
 mod read;
 

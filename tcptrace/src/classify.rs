@@ -19,7 +19,9 @@
 //!          | {"kind": "refused", "side": "client" | "server", "reason": <reason> | null}
 //!          | {"kind": "reset_received", "state": "ESTABLISHED" | null}
 //!          | {"kind": "reset_sent", "state": "ESTABLISHED" | null, "reason": <reason>}
-//!          | {"kind": "handshake_timeout", "syn_retransmits": 3}
+//!          | {"kind": "handshake_timeout", "syn_retransmits": 3,
+//!             "syns_dropped": {"count": 4, "reason": {"code": 12, "name": "NETFILTER_DROP"}}
+//!                             | null}   // its SYNs dropped on this host
 //!          | {"kind": "handshake_failed"} | {"kind": "aborted"}
 //!          | {"kind": "stopped_listening"}
 //!          | {"kind": "still_open", "state": "ESTABLISHED" | null}
@@ -41,11 +43,11 @@
 //! ([`crate::render::escape`]) before printing to a terminal.
 
 use crate::decode::TcpState;
-use crate::model::{ResetSent, Role, SocketLife};
+use crate::model::{Direction, ResetSent, Role, SegmentKind, SocketLife};
 
 // The classifier's output: callers that classify need no other module for
 // its types.
-pub use crate::model::{Close, Incomplete, Open, RstReason, Side, Verdict};
+pub use crate::model::{Close, Incomplete, LocalDrops, Open, RstReason, Side, Verdict};
 
 /// TCP header flag bits.
 const TCP_SYN: u8 = 0x02;
@@ -107,6 +109,19 @@ fn state_before(row: Option<TcpState>, life: &SocketLife) -> Option<TcpState> {
     }
 }
 
+/// The socket's own SYNs that the kernel dropped before they left.
+fn syns_dropped(life: &SocketLife) -> Option<LocalDrops> {
+    let mut syns = life
+        .drops
+        .iter()
+        .filter(|d| d.direction == Direction::Outgoing && d.kind() == SegmentKind::Syn);
+    let first = syns.next()?;
+    Some(LocalDrops {
+        count: 1 + syns.count() as u32,
+        reason: first.reason.clone(),
+    })
+}
+
 fn close_of(life: &SocketLife) -> Close {
     use TcpState::{Close as Closed, CloseWait, Closing, FinWait1, Listen, SynSent};
     let sent: Option<&ResetSent> = life.resets_sent.first();
@@ -143,6 +158,7 @@ fn close_of(life: &SocketLife) -> Close {
             _ if life.closed_by.is_some() => Close::Aborted,
             _ if life.syn_retransmits > 0 => Close::HandshakeTimeout {
                 syn_retransmits: life.syn_retransmits,
+                syns_dropped: syns_dropped(life),
             },
             _ => Close::HandshakeFailed,
         };
@@ -322,7 +338,13 @@ mod tests {
     #[test]
     fn handshake_timeout_and_failure() {
         let c = verdict_of(&handshake_timeout(), CLIENT_SK);
-        assert_eq!(c.close, Close::HandshakeTimeout { syn_retransmits: 3 });
+        assert_eq!(
+            c.close,
+            Close::HandshakeTimeout {
+                syn_retransmits: 3,
+                syns_dropped: None
+            }
+        );
         assert_eq!(
             c.open,
             Open::Active {
@@ -421,7 +443,10 @@ mod tests {
                 side: Side::Client,
                 reason: None,
             },
-            Close::HandshakeTimeout { syn_retransmits: 1 },
+            Close::HandshakeTimeout {
+                syn_retransmits: 1,
+                syns_dropped: None,
+            },
             Close::StoppedListening,
             Close::StillOpen { state: None },
         ];

@@ -5,9 +5,13 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::Serialize;
-use tcptrace_common::{COMM_LEN, Event, Task, flag, kind};
+use tcptrace_common::{Event, Task, flag, kind};
 
-use crate::kernel::ResetReasons;
+use crate::kernel::{DropReasons, ResetReasons};
+
+mod comm;
+
+pub use self::comm::Comm;
 
 pub use tcptrace_common::{AF_INET, AF_INET6};
 
@@ -101,189 +105,6 @@ impl Proc {
     }
 }
 
-/// A task's name, inline: the kernel's bytes up to the first NUL, as UTF-8
-/// (bytes that are not valid UTF-8 become U+FFFD, as
-/// [`String::from_utf8_lossy`] does). `Copy`, so that records and the rows
-/// made of them never allocate for names; derefs to `&str`.
-#[derive(Clone, Copy)]
-pub struct Comm {
-    len: u8,
-    /// UTF-8; room for every byte of a raw name replaced by U+FFFD.
-    bytes: [u8; Comm::CAPACITY],
-}
-
-impl Comm {
-    /// Most bytes a name holds: [`COMM_LEN`] invalid bytes, 3 bytes each.
-    pub const CAPACITY: usize = 3 * COMM_LEN;
-
-    /// The name in a kernel `comm` buffer: up to the first NUL and at most
-    /// [`COMM_LEN`] bytes, lossy UTF-8.
-    pub fn from_raw(raw: &[u8]) -> Comm {
-        let raw = &raw[..raw.len().min(COMM_LEN)];
-        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-        let raw = &raw[..end];
-        // Names are nearly always ASCII: copy them whole.
-        if raw.is_ascii() {
-            let mut c = Comm::default();
-            c.bytes[..raw.len()].copy_from_slice(raw);
-            c.len = raw.len() as u8;
-            return c;
-        }
-        match std::str::from_utf8(raw) {
-            Ok(s) => Comm::truncated(s),
-            Err(_) => {
-                let mut c = Comm::default();
-                for chunk in raw.utf8_chunks() {
-                    c.push(chunk.valid());
-                    if !chunk.invalid().is_empty() {
-                        c.push(char::REPLACEMENT_CHARACTER.encode_utf8(&mut [0; 4]));
-                    }
-                }
-                c
-            }
-        }
-    }
-
-    /// [`Comm::from_raw`] of a whole kernel buffer, with a fast path for the
-    /// usual ASCII name: the bytes are looked at as one 128-bit word.
-    fn from_task_comm(raw: &[u8; COMM_LEN]) -> Comm {
-        const LO: u128 = u128::from_le_bytes([0x01; COMM_LEN]);
-        const HI: u128 = u128::from_le_bytes([0x80; COMM_LEN]);
-        let word = u128::from_le_bytes(*raw);
-        // The lowest flagged byte is the first NUL (flags above it can be false).
-        let zeros = word.wrapping_sub(LO) & !word & HI;
-        let len = (zeros.trailing_zeros() / 8) as usize;
-        let name = match len {
-            COMM_LEN => word,
-            n => word & ((1u128 << (n * 8)) - 1),
-        };
-        if name & HI != 0 {
-            return Comm::from_raw(&raw[..]);
-        }
-        let mut c = Comm::default();
-        c.bytes[..COMM_LEN].copy_from_slice(&name.to_le_bytes());
-        c.len = len as u8;
-        c
-    }
-
-    /// `s`, cut at a character boundary to [`Comm::CAPACITY`] bytes.
-    fn truncated(s: &str) -> Comm {
-        let mut c = Comm::default();
-        c.push(s);
-        c
-    }
-
-    /// Appends what fits of `s` (whole characters only).
-    fn push(&mut self, s: &str) {
-        let len = usize::from(self.len);
-        let mut n = s.len().min(Comm::CAPACITY - len);
-        while !s.is_char_boundary(n) {
-            n -= 1;
-        }
-        self.bytes[len..len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n as u8;
-    }
-
-    pub fn as_str(&self) -> &str {
-        let bytes = &self.bytes[..usize::from(self.len)];
-        // SAFETY: only UTF-8 is ever copied in below `len`: ASCII names
-        // (`from_raw`, `from_task_comm`) or whole characters (`push`).
-        unsafe { std::str::from_utf8_unchecked(bytes) }
-    }
-}
-
-impl Default for Comm {
-    fn default() -> Self {
-        Comm {
-            len: 0,
-            bytes: [0; Comm::CAPACITY],
-        }
-    }
-}
-
-/// For names that do not come from the kernel (tests, fixtures): cut at a
-/// character boundary to [`Comm::CAPACITY`] bytes.
-impl From<&str> for Comm {
-    fn from(s: &str) -> Comm {
-        Comm::truncated(s)
-    }
-}
-
-impl std::ops::Deref for Comm {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl AsRef<str> for Comm {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl PartialEq for Comm {
-    fn eq(&self, other: &Comm) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for Comm {}
-
-impl std::hash::Hash for Comm {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state)
-    }
-}
-
-impl PartialEq<str> for Comm {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for Comm {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl PartialEq<String> for Comm {
-    fn eq(&self, other: &String) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<Comm> for str {
-    fn eq(&self, other: &Comm) -> bool {
-        self == other.as_str()
-    }
-}
-
-impl PartialEq<Comm> for &str {
-    fn eq(&self, other: &Comm) -> bool {
-        *self == other.as_str()
-    }
-}
-
-impl std::fmt::Display for Comm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self.as_str(), f)
-    }
-}
-
-impl std::fmt::Debug for Comm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl Serialize for Comm {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
 /// Who was running when an event fired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -337,6 +158,50 @@ pub struct SockInfo {
 pub struct ResetReason {
     pub code: u32,
     pub name: Option<String>,
+}
+
+/// A drop reason: the kernel's number (`enum skb_drop_reason`) and, when
+/// the running kernel names it, its name (`NETFILTER_DROP`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct DropReason {
+    pub code: u32,
+    pub name: Option<String>,
+}
+
+/// A TCP segment the kernel dropped (`skb:kfree_skb`): only SYN, SYN/ACK,
+/// FIN and RST segments, and any dropped for accept-queue overflow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SegmentDrop {
+    pub ts_ns: u64,
+    pub cpu: u32,
+    /// The socket the kernel had matched the segment to (`rx_sk`).
+    #[serde(serialize_with = "ser_opt_hex")]
+    pub rx_sk: Option<u64>,
+    /// The socket that still owned the buffer (`skb->sk`): its sender for
+    /// a segment dropped on its way out, its receiver when early demux had
+    /// found one.
+    #[serde(serialize_with = "ser_opt_hex")]
+    pub skb_sk: Option<u64>,
+    /// The segment's own addresses: it went from `source` to `destination`.
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub context: Context,
+    /// The owner of `rx_sk` (else `skb_sk`), from the kernel's owner map.
+    pub owner: Option<Proc>,
+    /// Read only with the `--netns` filter on.
+    pub netns: Option<u32>,
+    pub reason: DropReason,
+    /// The segment's TCP flags.
+    pub segment_flags: u8,
+}
+
+/// Kernel addresses as the socket lines print them (`"0xffff…"`): the raw
+/// number exceeds 2^53, which parsers that read doubles cannot hold.
+fn ser_opt_hex<S: serde::Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(&format_args!("{v:#x}")),
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -412,6 +277,8 @@ pub enum Record {
         exit_code: Option<i32>,
         group_dead: bool,
     },
+    /// `skb:kfree_skb`: a segment of a handshake or a close dropped.
+    Drop(SegmentDrop),
     /// `signal:signal_generate` for a signal that kills by default.
     Signal {
         ts_ns: u64,
@@ -433,6 +300,7 @@ impl Record {
             | Record::Destroy { sock }
             | Record::ErrorReport { sock, .. } => sock.ts_ns,
             Record::ProcessExit { ts_ns, .. } | Record::Signal { ts_ns, .. } => *ts_ns,
+            Record::Drop(d) => d.ts_ns,
         }
     }
 
@@ -445,7 +313,7 @@ impl Record {
             | Record::RetransmitSynAck { sock }
             | Record::Destroy { sock }
             | Record::ErrorReport { sock, .. } => Some(sock),
-            Record::ProcessExit { .. } | Record::Signal { .. } => None,
+            Record::ProcessExit { .. } | Record::Signal { .. } | Record::Drop(_) => None,
         }
     }
 }
@@ -480,15 +348,25 @@ pub fn event_from_bytes(bytes: &[u8]) -> Result<Event, DecodeError> {
     Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
-/// Turns raw events into records, naming RST reasons as the running kernel does.
+/// Turns raw events into records, naming RST and drop reasons as the
+/// running kernel (or the recording's) does.
 #[derive(Clone, Debug, Default)]
 pub struct Decoder {
     reasons: ResetReasons,
+    drop_reasons: DropReasons,
 }
 
 impl Decoder {
     pub fn new(reasons: ResetReasons) -> Decoder {
-        Decoder { reasons }
+        Decoder {
+            reasons,
+            drop_reasons: DropReasons::default(),
+        }
+    }
+
+    pub fn with_drop_reasons(mut self, drop_reasons: DropReasons) -> Decoder {
+        self.drop_reasons = drop_reasons;
+        self
     }
 
     pub fn decode_bytes(&self, bytes: &[u8]) -> Result<Record, DecodeError> {
@@ -552,6 +430,22 @@ impl Decoder {
                 user_timeout_ms: (e.unread != 0).then_some(e.unread),
                 icmp_queued: e.value & tcptrace_common::QUEUED_ERROR != 0,
             },
+            kind::DROP => Record::Drop(SegmentDrop {
+                ts_ns: e.ts_ns,
+                cpu: e.cpu,
+                rx_sk: (e.skaddr != 0).then_some(e.skaddr),
+                skb_sk: (e.aux != 0).then_some(e.aux),
+                source: SocketAddr::new(ip(e.family, &e.saddr), e.sport),
+                destination: SocketAddr::new(ip(e.family, &e.daddr), e.dport),
+                context,
+                owner: (e.flags & flag::OWNER_KNOWN != 0).then(|| Proc::from_task(&e.owner)),
+                netns: (e.netns != 0).then_some(e.netns),
+                reason: DropReason {
+                    code: e.value,
+                    name: self.drop_reasons.name(e.value).map(str::to_owned),
+                },
+                segment_flags: e.seg_flags as u8,
+            }),
             kind::SIGNAL => Record::Signal {
                 ts_ns: e.ts_ns,
                 sig: e.value,
@@ -566,155 +460,4 @@ impl Decoder {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn task(pid: u32, comm: &[u8]) -> Task {
-        let mut t = Task {
-            pid,
-            tgid: pid,
-            ..Task::default()
-        };
-        t.comm[..comm.len()].copy_from_slice(comm);
-        t
-    }
-
-    #[test]
-    fn decodes_an_ipv4_state_change_from_raw_bytes() {
-        let mut e = Event {
-            ts_ns: 5,
-            skaddr: 0xffff_0000_1234,
-            kind: kind::STATE,
-            oldstate: 2,
-            newstate: 1,
-            flags: flag::OWNER_KNOWN,
-            family: AF_INET,
-            sport: 45126,
-            dport: 8099,
-            context: task(7, b"curl"),
-            owner: task(7, b"curl"),
-            ..Event::default()
-        };
-        e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        e.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
-        // SAFETY: viewing plain data as bytes, as the ring buffer delivers it.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&e as *const Event).cast::<u8>(),
-                core::mem::size_of::<Event>(),
-            )
-        };
-        let r = Decoder::default().decode_bytes(bytes).unwrap();
-        let Record::State {
-            sock,
-            old,
-            new,
-            unread,
-            ..
-        } = r
-        else {
-            panic!("not a state record: {r:?}")
-        };
-        assert_eq!(
-            (old, new, unread),
-            (TcpState::SynSent, TcpState::Established, None)
-        );
-        assert_eq!(sock.local, "127.0.0.1:45126".parse().unwrap());
-        assert_eq!(sock.remote, "127.0.0.2:8099".parse().unwrap());
-        assert_eq!(sock.context.process().unwrap().comm, "curl");
-        assert_eq!(sock.owner.unwrap().pid, 7);
-    }
-
-    #[test]
-    fn decodes_ipv6_and_softirq_context() {
-        let mut e = Event {
-            kind: kind::STATE,
-            oldstate: 1,
-            newstate: 8,
-            flags: flag::SOFTIRQ,
-            family: AF_INET6,
-            context: task(0, b"swapper/1"),
-            ..Event::default()
-        };
-        e.saddr[15] = 1;
-        let r = Decoder::default().decode(&e).unwrap();
-        let sock = r.sock().unwrap();
-        assert_eq!(sock.local.ip(), "::1".parse::<IpAddr>().unwrap());
-        assert!(sock.context.process().is_none());
-        assert!(sock.owner.is_none());
-    }
-
-    #[test]
-    fn comm_is_the_lossy_name_up_to_the_first_nul() {
-        let cases: &[&[u8]] = &[
-            b"",
-            b"ab\0\xff\xfe",
-            b"\x7f\x01x",
-            b"\x80",
-            b"fifteen-chars-x",
-            b"curl",
-            b"swapper/1\0junk",
-            b"0123456789abcdef",
-            b"caf\xc3\xa9",
-            b"bad\xff\xfeutf8",
-            b"\xf0\x9f\x92",
-            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
-            b"\xe8\xbf\x9b\xe7\xa8\x8b\xc3",
-            b"evil\x1b[31m\n",
-        ];
-        for &raw in cases {
-            let mut t = task(1, b"");
-            t.comm[..raw.len()].copy_from_slice(raw);
-            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-            let want = String::from_utf8_lossy(&raw[..end]).into_owned();
-            let comm = Proc::from_task(&t).comm;
-            assert_eq!(comm, want, "{raw:?}");
-            assert_eq!(format!("{comm}|{comm:?}"), format!("{want}|{want:?}"));
-            assert_eq!(
-                serde_json::to_string(&comm).unwrap(),
-                serde_json::to_string(&want).unwrap()
-            );
-        }
-        assert_eq!(Comm::from("x".repeat(60).as_str()).len(), Comm::CAPACITY);
-        assert_eq!(Comm::from("é".repeat(30).as_str()).len(), Comm::CAPACITY);
-        assert_eq!(format!("[{:<6}]", Comm::from("ab")), "[ab    ]");
-    }
-
-    #[test]
-    fn rejects_short_items_and_unknown_kinds_and_states() {
-        assert!(matches!(
-            Decoder::default().decode_bytes(&[0; 10]),
-            Err(DecodeError::Size(10, _))
-        ));
-        let e = Event {
-            kind: 99,
-            ..Event::default()
-        };
-        assert_eq!(Decoder::default().decode(&e), Err(DecodeError::Kind(99)));
-        let e = Event {
-            kind: kind::STATE,
-            oldstate: 40,
-            newstate: 1,
-            ..Event::default()
-        };
-        assert_eq!(Decoder::default().decode(&e), Err(DecodeError::State(40)));
-    }
-
-    #[test]
-    fn names_reset_reasons_from_the_kernel_table() {
-        let reasons = ResetReasons::from_pairs([(11, "TCP_ABORT_ON_CLOSE")]);
-        let e = Event {
-            kind: kind::SEND_RESET,
-            newstate: 7,
-            flags: flag::REASON_VALID,
-            value: 11,
-            ..Event::default()
-        };
-        let Record::SendReset { reason, state, .. } = Decoder::new(reasons).decode(&e).unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(state, Some(TcpState::Close));
-        assert_eq!(reason.unwrap().name.as_deref(), Some("TCP_ABORT_ON_CLOSE"));
-    }
-}
+mod tests;

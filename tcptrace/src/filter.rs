@@ -41,11 +41,17 @@ impl EventFilter {
 
     fn endpoints_pass(&self, e: &Event) -> bool {
         let f = &self.filter;
+        let ports = |local: u16, remote: u16| {
+            (f.flags & filter::LPORT == 0 || local == f.lport)
+                && (f.flags & filter::RPORT == 0 || remote == f.rport)
+        };
+        // A dropped segment's source is local when it was sent, its
+        // destination when it was received: either will do.
+        let either_way = e.kind == kind::DROP && ports(e.dport, e.sport);
         (f.flags & filter::NETNS == 0 || e.netns == f.netns)
             && (f.flags & filter::FAMILY == 0 || e.family == f.family)
             && (f.flags & filter::PORT == 0 || e.sport == f.port || e.dport == f.port)
-            && (f.flags & filter::LPORT == 0 || e.sport == f.lport)
-            && (f.flags & filter::RPORT == 0 || e.dport == f.rport)
+            && (ports(e.sport, e.dport) || either_way)
     }
 
     /// The socket's owner when known; otherwise the task that caused the
@@ -97,6 +103,28 @@ mod tests {
         assert!(f.passes(&e));
         e.flags |= flag::SOFTIRQ;
         assert!(!f.passes(&e));
+    }
+
+    #[test]
+    fn a_dropped_segments_ports_are_judged_either_way_round() {
+        let mut f = EventFilter::default();
+        f.filter.flags = filter::LPORT | filter::RPORT;
+        (f.filter.lport, f.filter.rport) = (8099, 45126);
+        let mut incoming = event(45126, 8099, None);
+        assert!(
+            !f.passes(&incoming),
+            "a socket's own ends are never swapped"
+        );
+        incoming.kind = kind::DROP;
+        assert!(f.passes(&incoming));
+        assert!(f.passes(&Event {
+            kind: kind::DROP,
+            ..event(8099, 45126, None)
+        }));
+        assert!(!f.passes(&Event {
+            kind: kind::DROP,
+            ..event(8099, 1, None)
+        }));
     }
 
     #[test]

@@ -196,6 +196,10 @@ pub fn describe(code: u32, detail: u64) -> Option<String> {
         HANDLER_READ => format!(
             "task {detail:#x}: its signal handlers were unreadable: the signal is taken as fatal"
         ),
+        DROP_READ => format!(
+            "kfree_skb: the dropped buffer (skb {detail:#x}) or its headers were unreadable: \
+             a drop was not looked at"
+        ),
         _ => return None,
     };
     Some(text)

@@ -266,7 +266,8 @@ impl Tracer {
             ebpf,
             ring: Some(ring),
             counters,
-            decoder: Decoder::new(layout.reasons.clone()),
+            decoder: Decoder::new(layout.reasons.clone())
+                .with_drop_reasons(layout.drop_reasons.clone()),
             received: Arc::new(AtomicU64::new(0)),
             undecodable: 0,
             detached_socket_misses: 0,

@@ -168,6 +168,9 @@ impl<W: Write> Pipeline<W> {
         for output in &mut self.outputs {
             output.record(record)?;
         }
+        if let Record::Drop(d) = record {
+            self.summary.add_drop(d);
+        }
         for life in self.tracker.observe(record) {
             self.finished(life)?;
         }
@@ -252,6 +255,7 @@ impl<W: Write> Pipeline<W> {
         let procs = match record {
             Record::ProcessExit { task, .. } => [Some(task), None],
             Record::Signal { .. } => [None, None],
+            Record::Drop(d) => [d.owner.as_ref(), d.context.process()],
             _ => match record.sock() {
                 Some(s) => [s.owner.as_ref(), s.context.process()],
                 None => [None, None],

@@ -10,7 +10,7 @@ use crate::{
     cli::Args,
     counters::Counters,
     decode::Decoder,
-    kernel::ResetReasons,
+    kernel::Reasons,
     pipeline::Pipeline,
     recording::{Frame, Header, RecordingSet, Trailer, read_set},
     render::RenderOptions,
@@ -77,7 +77,7 @@ pub fn feed<W: Write>(set: &mut RecordingSet, pipeline: &mut Pipeline<W>) -> io:
     Ok(fed)
 }
 
-/// A pipeline for a recording with `header`: its RST reason names, its
+/// A pipeline for a recording with `header`: its RST and drop reason names, its
 /// table size, its cgroup names.
 pub fn pipeline_for<W: Write>(
     header: &Header,
@@ -85,19 +85,19 @@ pub fn pipeline_for<W: Write>(
     render: RenderOptions,
     out: W,
 ) -> Pipeline<W> {
-    let reasons = ResetReasons::from_pairs(
-        header
-            .reset_reasons
-            .iter()
-            .map(|(code, name)| (*code, name.as_str())),
-    );
+    let names = |pairs: &std::collections::BTreeMap<u32, String>| {
+        Reasons::from_pairs(pairs.iter().map(|(code, name)| (*code, name.as_str())))
+    };
     // The recording's own table size: the same evictions as live.
     let tracker = TrackerOptions {
         max_sockets: header.max_sockets as usize,
         ..tracker
     };
     Pipeline::new(tracker, render, out)
-        .with_decoder(Decoder::new(reasons))
+        .with_decoder(
+            Decoder::new(names(&header.reset_reasons))
+                .with_drop_reasons(names(&header.drop_reasons)),
+        )
         .with_recorded_cgroups()
 }
 
@@ -222,6 +222,58 @@ fn utc_date_time(ns: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use bytes::BytesMut;
+    use tcptrace_common::{AF_INET, Event, kind};
+
+    use super::*;
+    use crate::{
+        recording::{kind as frame, put_frame, put_preamble},
+        render::View,
+    };
+
+    #[test]
+    fn a_recordings_own_drop_reason_names_name_its_drops() {
+        let header = Header {
+            event_size: size_of::<Event>() as u32,
+            max_sockets: 64,
+            drop_reasons: [(12, "NETFILTER_DROP".to_owned())].into(),
+            ..Header::default()
+        };
+        let drop = Event {
+            kind: kind::DROP,
+            family: AF_INET,
+            value: 12,
+            seg_flags: 0x02,
+            ..Event::default()
+        };
+        // SAFETY: viewing plain #[repr(C)] data as bytes, as the ring holds it.
+        let raw = unsafe {
+            std::slice::from_raw_parts((&raw const drop).cast::<u8>(), size_of::<Event>())
+        };
+        let mut file = BytesMut::new();
+        put_preamble(&mut file, &header).unwrap();
+        put_frame(&mut file, frame::EVENT, raw);
+        let path = std::env::temp_dir().join(format!("tcptrace-drops-{}.rec", std::process::id()));
+        std::fs::write(&path, &file).unwrap();
+        let mut set = read_set(std::slice::from_ref(&path)).unwrap();
+        let render = RenderOptions {
+            view: View::Stream,
+            json: true,
+            ..RenderOptions::default()
+        };
+        let mut pipeline =
+            pipeline_for(set.header(), TrackerOptions::default(), render, Vec::new());
+        let fed = feed(&mut set, &mut pipeline).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(fed.fault.is_none(), "{:?}", fed.fault);
+        let text = String::from_utf8(pipeline.output().clone()).unwrap();
+        assert!(
+            text.contains(r#""reason":{"code":12,"name":"NETFILTER_DROP"},"segment_flags":2"#),
+            "{text}"
+        );
+        assert_eq!(pipeline.summary().drops.by_name["NETFILTER_DROP"], 1);
+    }
+
     #[test]
     fn dates_are_utc_and_civil() {
         assert_eq!(super::utc_date_time(0), "1970-01-01 00:00:00 UTC");

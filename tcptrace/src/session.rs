@@ -420,6 +420,7 @@ fn recording_header(args: &Args, tracer: &Tracer, render: &RenderOptions) -> Hea
         wall_offset_ns: render.wall_offset_ns as i64,
         own_netns: render.own_netns,
         reset_reasons: layout.reasons.pairs().clone(),
+        drop_reasons: layout.drop_reasons.pairs().clone(),
         kernel: layout.facts(),
         filters: args.filter_words(),
         ring_bytes: args.ring_size,

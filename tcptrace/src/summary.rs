@@ -8,7 +8,13 @@ use std::collections::BTreeMap;
 
 use serde::{Serialize, Serializer, ser::SerializeStruct};
 
-use crate::model::{Incomplete, Open, SocketLife, Verdict};
+use crate::{
+    decode::SegmentDrop,
+    model::{Incomplete, Open, Role, SocketLife, Verdict},
+};
+
+/// Most listener owners counted one by one; the rest are added together.
+const MAX_LISTENER_OWNERS: usize = 256;
 
 /// Counts of every finished socket, for the end of a run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -26,6 +32,10 @@ pub struct Summary {
     /// Closes made while the closing process exited, and of those, by a signal.
     pub closed_by_exit: u64,
     pub closed_by_signal: u64,
+    /// Every dropped segment (of a handshake or a close), by reason.
+    pub drops: DropCounts,
+    /// Handshakes failing on the server side, from the listeners reported.
+    pub listeners: ListenerFailures,
     pub handshake_active: Histogram,
     pub handshake_passive: Histogram,
 }
@@ -47,8 +57,60 @@ impl ResetCounts {
     }
 }
 
+/// Dropped segments, by the kernel's reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DropCounts {
+    /// By the kernel's name for the reason.
+    pub by_name: BTreeMap<String, u64>,
+    /// By number, for reasons the kernel did not name.
+    pub by_code: BTreeMap<u32, u64>,
+}
+
+impl DropCounts {
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty() && self.by_code.is_empty()
+    }
+}
+
+/// A listener's failed handshakes: SYN/ACKs it had to send again, and
+/// handshake ACKs dropped because its accept queue was full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HandshakeFailures {
+    pub synack_retransmits: u64,
+    pub accept_queue_overflows: u64,
+}
+
+impl HandshakeFailures {
+    fn add(&mut self, other: HandshakeFailures) {
+        self.synack_retransmits += other.synack_retransmits;
+        self.accept_queue_overflows += other.accept_queue_overflows;
+    }
+}
+
+/// Handshake failures of every listener reported, in all and by owner.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ListenerFailures {
+    #[serde(flatten)]
+    pub total: HandshakeFailures,
+    /// By owner (`comm[tgid]`, raw: escape before printing; `unknown`
+    /// for listeners whose owner tcptrace did not learn; `others` past
+    /// the first 256 owners).
+    pub by_owner: BTreeMap<String, HandshakeFailures>,
+}
+
 impl Summary {
+    /// A dropped segment, counted once whatever socket it was tied to.
+    pub fn add_drop(&mut self, d: &SegmentDrop) {
+        match &d.reason.name {
+            Some(name) => *self.drops.by_name.entry(name.clone()).or_default() += 1,
+            None => *self.drops.by_code.entry(d.reason.code).or_default() += 1,
+        }
+    }
+
     pub fn add(&mut self, life: &SocketLife, verdict: &Verdict) {
+        if life.role == Role::Listener {
+            self.add_listener(life);
+        }
         self.sockets += 1;
         *self.opens.entry(verdict.open.kind()).or_default() += 1;
         *self.closes.entry(verdict.close.kind()).or_default() += 1;
@@ -77,6 +139,34 @@ impl Summary {
         if let Some(ns) = verdict.open.handshake_ns() {
             histogram.record(ns);
         }
+    }
+}
+
+impl Summary {
+    fn add_listener(&mut self, life: &SocketLife) {
+        let overflows: u64 = life
+            .drop_counts
+            .iter()
+            .filter(|c| c.reason.name.as_deref() == Some("TCP_LISTEN_OVERFLOW"))
+            .map(|c| u64::from(c.count))
+            .sum();
+        let failures = HandshakeFailures {
+            synack_retransmits: u64::from(life.synack_retransmits),
+            accept_queue_overflows: overflows,
+        };
+        if failures == HandshakeFailures::default() {
+            return;
+        }
+        let l = &mut self.listeners;
+        l.total.add(failures);
+        let mut owner = match &life.owner {
+            Some(p) => format!("{}[{}]", &*p.comm, p.tgid),
+            None => "unknown".to_owned(),
+        };
+        if l.by_owner.len() >= MAX_LISTENER_OWNERS && !l.by_owner.contains_key(&owner) {
+            owner = "others".to_owned();
+        }
+        l.by_owner.entry(owner).or_default().add(failures);
     }
 }
 

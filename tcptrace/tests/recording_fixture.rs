@@ -29,6 +29,8 @@ fn the_version_1_fixture_reads_with_its_kernel_facts() {
     assert_eq!(h.filters, ["--comm", "python3"]);
     assert!(h.kernel_release.starts_with("6.18"), "{}", h.kernel_release);
     assert!(h.reset_reasons.values().any(|n| n == "NO_SOCKET"));
+    // Written before drops were traced: the field reads as empty.
+    assert!(h.drop_reasons.is_empty());
     assert!(
         h.kernel["tracepoints"]
             .as_array()

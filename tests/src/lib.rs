@@ -82,9 +82,9 @@ impl Trace {
     }
 
     fn keeps(&self, record: &Record) -> bool {
-        match record.sock() {
-            Some(_) => self.ports.iter().any(|&p| touches(record, p)),
-            None => true,
+        match record {
+            Record::ProcessExit { .. } | Record::Signal { .. } => true,
+            _ => self.ports.iter().any(|&p| touches(record, p)),
         }
     }
 
@@ -182,10 +182,15 @@ impl Trace {
     }
 }
 
-/// Does this record concern a socket with `port` at either end?
+/// Does this record concern a socket (or a dropped segment) with `port`
+/// at either end?
 pub fn touches(r: &Record, port: u16) -> bool {
-    r.sock()
-        .is_some_and(|s| s.local.port() == port || s.remote.port() == port)
+    match r {
+        Record::Drop(d) => d.source.port() == port || d.destination.port() == port,
+        _ => r
+            .sock()
+            .is_some_and(|s| s.local.port() == port || s.remote.port() == port),
+    }
 }
 
 /// A one-line description of a record, for failure messages.

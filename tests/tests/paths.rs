@@ -918,13 +918,24 @@ fn handshake_timeout(ip: IpAddr) {
     // The kernel's own count (TcpExtTCPSynRetrans) is 2 here: the retry
     // limit is a time budget, and the second retransmit fits in it.
     assert!(c.syn_retransmits >= 1, "{c:#?}");
+    let Close::HandshakeTimeout {
+        syn_retransmits,
+        syns_dropped,
+    } = &cv.close
+    else {
+        panic!("not a handshake timeout: {cv:#?}\n{c:#?}");
+    };
+    assert_eq!(*syn_retransmits, c.syn_retransmits, "{c:#?}");
+    // The SYNs met this host's own input rule (loopback): each was dropped
+    // here, none lost on the way. No socket held them, so the drops were
+    // tied to the client by their addresses.
+    let dropped = syns_dropped.as_ref().unwrap_or_else(|| panic!("{c:#?}"));
     assert_eq!(
-        cv.close,
-        Close::HandshakeTimeout {
-            syn_retransmits: c.syn_retransmits
-        },
+        dropped.reason.name.as_deref(),
+        Some("NETFILTER_DROP"),
         "{c:#?}"
     );
+    assert!(dropped.count >= 2, "the first SYN and a retransmit: {c:#?}");
     assert_eq!(
         path(c),
         [(S::Close, S::SynSent), (S::SynSent, S::Close)],

@@ -2,19 +2,22 @@
 //! all of it is read from the kernel's own BTF (`/sys/kernel/btf/vmlinux`):
 //! which tracepoints exist and where each passes its arguments
 //! (`btf_trace_<name>`), struct offsets (`struct sock`, `sk_buff`,
-//! `task_struct`), and RST reason names (`enum sk_rst_reason`). A new kernel
+//! `task_struct`), and RST and drop reason names (`enum sk_rst_reason`,
+//! `enum skb_drop_reason`). A new kernel
 //! means one place to look. The event orders this kernel produces per TCP
 //! path are written down in `docs/kernel-behaviour.md`.
 
 pub mod btf;
+mod offsets;
+mod reasons;
 
-use std::collections::BTreeMap;
+use tcptrace_common::{ABSENT, ArgPos, Config, NO_ARG};
 
-use tcptrace_common::{
-    ABSENT, ArgPos, Config, NO_ARG, SOCK_HEAD_BYTES, SkbOffsets, SockOffsets, TaskOffsets,
+use self::offsets::{drop_skb_offsets, skb_offsets, sock_offsets, task_offsets};
+pub use self::{
+    btf::{ArgType, Btf},
+    reasons::{DropReasons, Reasons, ResetReasons},
 };
-
-pub use self::btf::{ArgType, Btf};
 
 /// Where the kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -223,6 +226,22 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         args: &[need(Slot::Sk, SK)],
     },
     Tracepoint {
+        group: "skb",
+        name: "kfree_skb",
+        program: "kfree_skb",
+        since: "5.17 (drop reasons; rx_sk since 6.11)",
+        required: false,
+        purpose: "segments of handshakes and closes dropped on this host, with the kernel's reason",
+        also: &[],
+        // (struct sk_buff *, void *location, enum skb_drop_reason,
+        // struct sock *rx_sk): without the reason a drop says too little.
+        args: &[
+            need(Slot::Skb, Role::Ptr("sk_buff")),
+            need(Slot::Int0, Role::Int(0)),
+            may(Slot::Sk, SK),
+        ],
+    },
+    Tracepoint {
         group: "sched",
         name: "sched_process_fork",
         program: "sched_process_fork",
@@ -258,43 +277,6 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
     },
 ];
 
-/// RST reason names as the running kernel names them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ResetReasons(BTreeMap<u32, String>);
-
-impl ResetReasons {
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (u32, &'a str)>) -> ResetReasons {
-        ResetReasons(pairs.into_iter().map(|(k, v)| (k, v.to_owned())).collect())
-    }
-
-    pub fn name(&self, code: u32) -> Option<&str> {
-        self.0.get(&code).map(String::as_str)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Every code and its name.
-    pub fn pairs(&self) -> &BTreeMap<u32, String> {
-        &self.0
-    }
-
-    /// `enum sk_rst_reason` without its `SK_RST_REASON_` prefix, the names
-    /// the tracepoint itself prints.
-    fn from_btf(btf: &Btf) -> ResetReasons {
-        ResetReasons(
-            btf.enum_values("sk_rst_reason")
-                .into_iter()
-                .map(|(value, name)| {
-                    let short = name.strip_prefix("SK_RST_REASON_").unwrap_or(&name);
-                    (value, short.to_owned())
-                })
-                .collect(),
-        )
-    }
-}
-
 /// A tracepoint this kernel lacks, or whose arguments tcptrace does not
 /// recognise, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -310,6 +292,8 @@ pub struct KernelLayout {
     /// Argument positions and offsets for the kernel program.
     pub config: Config,
     pub reasons: ResetReasons,
+    /// `enum skb_drop_reason`'s names (empty without the drop tracepoint).
+    pub drop_reasons: DropReasons,
     /// Optional tracepoints this kernel lacks, with what is lost.
     pub missing: Vec<Missing>,
     /// Present tracepoints (attach these).
@@ -418,125 +402,6 @@ fn describe(args: &[ArgType]) -> String {
     names.join(", ")
 }
 
-/// The head fields of `struct sock_common`, as offsets the kernel program can
-/// load from its copy: inside [`SOCK_HEAD_BYTES`] and aligned to their size.
-fn head_field(btf: &Btf, member: &str, size: u32) -> Option<u16> {
-    let (offset, actual) = btf.member("sock_common", member)?;
-    let fits = offset + size <= SOCK_HEAD_BYTES as u32;
-    let aligned = offset % size.min(8) == 0;
-    (actual == size && fits && aligned).then_some(offset as u16)
-}
-
-fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
-    let required = |member: &'static str, size: u32| {
-        head_field(btf, member, size).ok_or(LayoutError::Field("sock_common", member))
-    };
-    let optional = |member: &str, size: u32| head_field(btf, member, size).unwrap_or(ABSENT);
-    let mut o = SockOffsets::NONE;
-    o.daddr = required("skc_daddr", 4)?;
-    o.saddr = required("skc_rcv_saddr", 4)?;
-    o.dport = required("skc_dport", 2)?;
-    o.num = required("skc_num", 2)?;
-    o.family = required("skc_family", 2)?;
-    o.state = required("skc_state", 1)?;
-    o.v6_daddr = optional("skc_v6_daddr", 16);
-    o.v6_saddr = optional("skc_v6_rcv_saddr", 16);
-    o.cookie = optional("skc_cookie", 8);
-    // possible_net_t: a struct net pointer (kernels with network namespaces).
-    o.net = optional("skc_net", 8);
-    o.net_inum = btf
-        .member_offset("net", "ns")
-        .zip(btf.member_offset("ns_common", "inum"))
-        .map_or(0, |(ns, inum)| ns + inum);
-    // A bitfield before Linux 5.6: then the kernel program skips the check.
-    o.protocol = btf
-        .member("sock", "sk_protocol")
-        .filter(|&(_, size)| size == 2)
-        .and_then(|(offset, _)| u16::try_from(offset).ok())
-        .unwrap_or(ABSENT);
-    o.inet_sport = btf
-        .member("inet_sock", "inet_sport")
-        .filter(|&(_, size)| size == 2)
-        .and_then(|(offset, _)| u16::try_from(offset).ok())
-        .unwrap_or(0);
-    o.flags = optional("skc_flags", 8);
-    let sized = |st: &str, member: &str, size: u32| {
-        btf.member(st, member)
-            .filter(|&(_, s)| s == size)
-            .and_then(|(offset, _)| u16::try_from(offset).ok())
-            .unwrap_or(ABSENT)
-    };
-    o.sk_err = sized("sock", "sk_err", 4);
-    o.retransmits = sized("inet_connection_sock", "icsk_retransmits", 1);
-    o.probes = sized("inet_connection_sock", "icsk_probes_out", 1);
-    o.user_timeout = sized("inet_connection_sock", "icsk_user_timeout", 4);
-    // An ICMP error: the newest skb on the socket's error queue, and the
-    // errno in its control block (struct sock_exterr_skb in skb->cb).
-    let queue = btf.member("sock", "sk_error_queue").map(|(at, _)| at);
-    let tail = btf.member("sk_buff_head", "prev").filter(|&(_, s)| s == 8);
-    let cb = btf.member("sk_buff", "cb").map(|(at, _)| at);
-    let ee = btf.member("sock_exterr_skb", "ee").map(|(at, _)| at);
-    let errno = btf
-        .member("sock_extended_err", "ee_errno")
-        .filter(|&(_, s)| s == 4);
-    if let (Some(q), Some((t, _)), Some(cb), Some(ee), Some((e, _))) = (queue, tail, cb, ee, errno)
-        && let (Ok(q), Ok(t), Ok(errno)) = (
-            u16::try_from(q),
-            u16::try_from(t),
-            u16::try_from(cb + ee + e),
-        )
-    {
-        (o.error_queue, o.queue_prev, o.queued_errno) = (q, t, errno);
-    }
-    o.done_bit = btf
-        .enum_values("sock_flags")
-        .into_iter()
-        .find(|(_, name)| name == "SOCK_DONE")
-        .and_then(|(bit, _)| u16::try_from(bit).ok())
-        .filter(|&bit| bit < 64)
-        .unwrap_or(ABSENT);
-    let tcp = |member: &str| btf.member_offset("tcp_sock", member).unwrap_or(0);
-    o.tcp_rcv_nxt = tcp("rcv_nxt");
-    o.tcp_copied_seq = tcp("copied_seq");
-    Ok(o)
-}
-
-fn skb_offsets(btf: &Btf) -> SkbOffsets {
-    let at = |member: &str, size: u32| {
-        btf.member("sk_buff", member)
-            .filter(|&(_, s)| s == size)
-            .and_then(|(offset, _)| u16::try_from(offset).ok())
-            .unwrap_or(0)
-    };
-    SkbOffsets {
-        head: at("head", 8),
-        data: at("data", 8),
-        network_header: at("network_header", 2),
-        _pad: 0,
-    }
-}
-
-fn task_offsets(btf: &Btf) -> TaskOffsets {
-    let at = |st: &str, member: &str| btf.member_offset(st, member).unwrap_or(0);
-    // sighand->action[sig - 1].sa.sa_handler
-    let handler = btf
-        .member("sighand_struct", "action")
-        .zip(btf.member_offset("k_sigaction", "sa"))
-        .zip(btf.member_offset("sigaction", "sa_handler"));
-    let (sa_handler, sigaction_size) = match (handler, btf.struct_size("k_sigaction")) {
-        (Some((((action, _), sa), h)), Some(size)) => (action + sa + h, size),
-        _ => (0, 0),
-    };
-    TaskOffsets {
-        exit_code: at("task_struct", "exit_code"),
-        tgid: at("task_struct", "tgid"),
-        sighand: at("task_struct", "sighand"),
-        sa_handler,
-        sigaction_size,
-        _pad: 0,
-    }
-}
-
 /// Signals whose default action ends the process (term or core dump).
 pub fn default_fatal_signals() -> u64 {
     [
@@ -616,12 +481,16 @@ impl KernelLayout {
                 "signal_generate" => config.signal = pos,
                 "sched_process_fork" => config.process_fork = pos,
                 "inet_sk_error_report" => config.error_report = pos,
+                "kfree_skb" => config.drop.args = pos,
                 _ => {}
             }
             present.push(*tp);
         }
         config.sock = sock_offsets(btf)?;
         config.skb = skb_offsets(btf);
+        let drop_reasons = DropReasons::drops_from_btf(btf);
+        config.drop.skb = drop_skb_offsets(btf, &config.skb);
+        config.drop.codes = drop_reasons.drop_codes();
         config.task = task_offsets(btf);
         config.signal_mask = default_fatal_signals();
         let mut missing_fields = Vec::new();
@@ -639,9 +508,18 @@ impl KernelLayout {
             config.signal = ArgPos::NONE;
             missing_fields.push("signal senders (task_struct.tgid)");
         }
+        if config.drop.args != ArgPos::NONE && config.drop.skb.window == 0 {
+            // The drop program reads sk_buff's head fields in one go; a
+            // layout where they lie apart gets no drops (not a slow program).
+            config.drop.args = ArgPos::NONE;
+            present.retain(|tp| tp.name != "kfree_skb");
+            missing_fields
+                .push("drops (sk_buff.protocol, network_header, tail, head not together)");
+        }
         Ok(KernelLayout {
             config,
-            reasons: ResetReasons::from_btf(btf),
+            reasons: ResetReasons::resets_from_btf(btf),
+            drop_reasons,
             missing,
             present,
             missing_fields,

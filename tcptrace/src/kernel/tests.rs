@@ -1,4 +1,5 @@
 use super::*;
+use tcptrace_common::SOCK_HEAD_BYTES;
 
 fn spec(name: &str) -> &'static Tracepoint {
     TRACEPOINTS.iter().find(|tp| tp.name == name).unwrap()
@@ -89,6 +90,49 @@ fn the_running_kernel_is_read_from_its_btf() {
         assert_eq!(layout.reasons.name(1), Some("NO_SOCKET"));
         assert_eq!(layout.reasons.name(11), Some("TCP_ABORT_ON_CLOSE"));
     }
+    // skb:kfree_skb(skb, location, reason, rx_sk) and the codes it needs.
+    let d = c.drop;
+    assert_eq!((d.args.skb, d.args.int0, d.args.sk), (0, 2, 3));
+    assert!(
+        d.skb.window > 0 && d.skb.sk > 0 && d.skb.tail > 0,
+        "{:?}",
+        d.skb
+    );
+    let overflow = layout.drop_reasons.code("TCP_LISTEN_OVERFLOW").unwrap();
+    assert_eq!(d.codes.listen_overflow, overflow);
+    assert_eq!(
+        layout
+            .drop_reasons
+            .code("NETFILTER_DROP")
+            .map(|code| layout.drop_reasons.name(code)),
+        Some(Some("NETFILTER_DROP"))
+    );
+    for not_a_reason in ["NOT_DROPPED_YET", "CONSUMED", "MAX", "SUBSYS_MASK"] {
+        assert_eq!(
+            layout.drop_reasons.code(not_a_reason),
+            None,
+            "{not_a_reason}"
+        );
+    }
+}
+
+#[test]
+fn drops_need_their_reason_and_not_their_socket() {
+    let now = [
+        ptr("sk_buff"),
+        ArgType::Other,
+        ArgType::Integer,
+        ptr("sock"),
+    ];
+    let pos = arg_positions(spec("kfree_skb"), &now).unwrap();
+    assert_eq!((pos.skb, pos.int0, pos.sk, pos.nargs), (0, 2, 3, 4));
+    // 5.17 to 6.10: no rx_sk.
+    let no_rx_sk = [ptr("sk_buff"), ArgType::Other, ArgType::Integer];
+    let pos = arg_positions(spec("kfree_skb"), &no_rx_sk).unwrap();
+    assert_eq!((pos.int0, pos.sk), (2, NO_ARG));
+    // Before 5.17: no reason, no drops.
+    let old = [ptr("sk_buff"), ArgType::Other];
+    assert_eq!(arg_positions(spec("kfree_skb"), &old), None);
 }
 
 #[test]

@@ -19,6 +19,12 @@
 //!   "resets_sent": [{"offset_ns", "state", "reason": {"code","name"} | null, "context"}],
 //!   "resets_received": [{"offset_ns", "state", "context"}],
 //!   "retransmits": [{"offset_ns", "kind": "syn" | "synack" | "data", "number"}],
+//!   "drops": [{"offset_ns", "reason": {"code": 12, "name": "NETFILTER_DROP" | null},
+//!              "segment_flags": 2,            // the dropped segment's TCP flags
+//!              "direction": "outgoing" | "incoming", // sent by this socket, or to it
+//!              "joined_by": "socket" | "tuple" | "listener_port"}],
+//!   "drop_counts": [{"reason": {"code","name"}, "segment": "syn" | "syn_ack" | "fin"
+//!                    | "rst" | "ack", "count": 18}], // every drop, past the rows' cap
 //!   "syn_retransmits": 0, "synack_retransmits": 0, "data_retransmits": 0,
 //!   "self_transitions": 0,             // folded X→X transitions
 //!   "time_wait": false,                // handed to the TIME_WAIT minisock
@@ -48,7 +54,7 @@ use std::{fmt::Display, net::SocketAddr};
 
 use serde::{Serialize, Serializer};
 
-use crate::decode::{Comm, Context, Proc, ResetReason, TcpState};
+use crate::decode::{Comm, Context, DropReason, Proc, ResetReason, TcpState};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,6 +150,82 @@ pub struct Retransmit {
     pub number: u32,
 }
 
+/// Which way a dropped segment was going, seen from the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Sent by this socket; dropped before it left the host.
+    Outgoing,
+    /// Sent to this socket; dropped on its way in, or ignored by it.
+    Incoming,
+}
+
+/// How tcptrace tied a drop to a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinedBy {
+    /// The kernel named the socket (`rx_sk`, or the buffer's owner).
+    Socket,
+    /// By the segment's addresses.
+    Tuple,
+    /// A SYN to, or SYN/ACK from, a listener's port and address.
+    ListenerPort,
+}
+
+/// What kind of segment was dropped, from its TCP flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentKind {
+    Syn,
+    SynAck,
+    Fin,
+    Rst,
+    /// Neither of the above: an ACK (or data), e.g. the one completing a
+    /// handshake, dropped when the accept queue is full.
+    Ack,
+}
+
+impl SegmentKind {
+    pub fn of(flags: u8) -> SegmentKind {
+        const FIN: u8 = 0x01;
+        const SYN: u8 = 0x02;
+        const RST: u8 = 0x04;
+        const ACK: u8 = 0x10;
+        match flags {
+            f if f & RST != 0 => SegmentKind::Rst,
+            f if f & SYN != 0 && f & ACK != 0 => SegmentKind::SynAck,
+            f if f & SYN != 0 => SegmentKind::Syn,
+            f if f & FIN != 0 => SegmentKind::Fin,
+            _ => SegmentKind::Ack,
+        }
+    }
+}
+
+/// A segment of this socket's connection that the kernel dropped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SegmentDropped {
+    pub offset_ns: u64,
+    pub reason: DropReason,
+    pub segment_flags: u8,
+    pub direction: Direction,
+    pub joined_by: JoinedBy,
+}
+
+impl SegmentDropped {
+    pub fn kind(&self) -> SegmentKind {
+        SegmentKind::of(self.segment_flags)
+    }
+}
+
+/// Drops of one reason and kind of segment: every one, past the rows' cap
+/// (a listener under a SYN flood or with a full accept queue has many).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DropCount {
+    pub reason: DropReason,
+    pub segment: SegmentKind,
+    pub count: u32,
+}
+
 /// A fatal signal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SignalInfo {
@@ -207,6 +289,10 @@ pub struct SocketLife {
     pub resets_sent: Vec<ResetSent>,
     pub resets_received: Vec<ResetReceived>,
     pub retransmits: Vec<Retransmit>,
+    /// Its segments the kernel dropped (the first [`crate::tracker::MAX_ROWS`]).
+    pub drops: Vec<SegmentDropped>,
+    /// Every drop, by reason and kind of segment.
+    pub drop_counts: Vec<DropCount>,
     pub syn_retransmits: u32,
     pub synack_retransmits: u32,
     pub data_retransmits: u32,

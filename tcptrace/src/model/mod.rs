@@ -10,8 +10,8 @@ mod verdict;
 
 pub use self::{
     life::{
-        ExitInfo, Family, ResetReceived, ResetSent, Retransmit, RetransmitKind, Role, SignalInfo,
-        SockError, SocketLife, Step,
+        Direction, DropCount, ExitInfo, Family, JoinedBy, ResetReceived, ResetSent, Retransmit,
+        RetransmitKind, Role, SegmentDropped, SegmentKind, SignalInfo, SockError, SocketLife, Step,
     },
-    verdict::{Close, Incomplete, Open, RstReason, Side, Verdict},
+    verdict::{Close, Incomplete, LocalDrops, Open, RstReason, Side, Verdict},
 };

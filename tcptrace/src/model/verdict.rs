@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use super::life::ser_opt_display;
-use crate::decode::{ResetReason, TcpState};
+use crate::decode::{DropReason, ResetReason, TcpState};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Verdict {
@@ -93,6 +93,8 @@ pub enum Close {
     /// SYN_SENT→CLOSE with no RST, after SYN retransmits.
     HandshakeTimeout {
         syn_retransmits: u32,
+        /// Its SYNs that never left this host.
+        syns_dropped: Option<LocalDrops>,
     },
     /// SYN_SENT→CLOSE with neither RST nor retransmit (e.g. an ICMP error).
     HandshakeFailed,
@@ -119,6 +121,14 @@ pub enum Close {
         state: Option<TcpState>,
     },
     Unknown,
+}
+
+/// Segments of a socket the kernel dropped on this host, and why (the
+/// first one's reason).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LocalDrops {
+    pub count: u32,
+    pub reason: DropReason,
 }
 
 /// Ordered, so that counts of them keep a stable order.

@@ -86,6 +86,9 @@ pub struct Header {
     pub own_netns: Option<u32>,
     /// `enum sk_rst_reason`, as the recording kernel names it.
     pub reset_reasons: BTreeMap<u32, String>,
+    /// `enum skb_drop_reason`, as the recording kernel names it (empty in
+    /// recordings made before drops were traced).
+    pub drop_reasons: BTreeMap<u32, String>,
     /// The tracepoints, argument positions and struct offsets used.
     pub kernel: serde_json::Value,
     /// The filters in force (the command line's filter flags).

@@ -30,6 +30,13 @@
 //! {"type": "event", "event": "process_exit", "ts_ns", "task": {...}, "exit_code": 9 | null, "group_dead": true}
 //! {"type": "event", "event": "signal", "ts_ns", "sig": 9, "target_pid": 4311, "sender": {...}, "delivered": true}
 //!   (only signals that kill their target are reported: delivered is always true)
+//! {"type": "event", "event": "drop", "ts_ns", "cpu",
+//!  "rx_sk": "0xffff888123458000" | null,   // the socket the kernel matched it to
+//!  "skb_sk": "0xffff888123456000" | null,  // the socket still owning it (its sender)
+//!  "source": "127.0.0.1:45126", "destination": "127.0.0.1:8099", // the segment's own
+//!  "context": {...}, "owner": {...} | null, "netns": null,
+//!  "reason": {"code": 12, "name": "NETFILTER_DROP" | null}, "segment_flags": 2}
+//!   (only SYN, SYN/ACK, FIN and RST segments, and those dropped for accept-queue overflow)
 //! ```
 //!
 //! State changes are `"type": "transition"`; every other record is
@@ -52,16 +59,18 @@
 
 use std::{io, net::SocketAddr};
 
+pub(crate) use self::record::push_record_line;
 use self::verdict::push_verdict;
 use super::{push_addr, push_hex, push_u64};
 use crate::{
-    decode::{Context, Proc, Record, ResetReason, SockInfo, TcpState},
+    decode::{Context, DropReason, Proc, Record, ResetReason, TcpState},
     model::{
-        ExitInfo, Family, ResetReceived, ResetSent, Retransmit, RetransmitKind, SignalInfo,
-        SocketLife, Step, Verdict,
+        Direction, DropCount, ExitInfo, Family, JoinedBy, ResetReceived, ResetSent, Retransmit,
+        RetransmitKind, SegmentDropped, SegmentKind, SignalInfo, SocketLife, Step, Verdict,
     },
 };
 
+mod record;
 mod verdict;
 
 /// `{"type":"socket","socket":…,"verdict":…}`, without the newline.
@@ -85,150 +94,6 @@ pub(crate) fn push_socket_line(out: &mut String, life: &SocketLife, verdict: &Ve
     out.push_str(r#","verdict":"#);
     push_verdict(out, life, verdict);
     out.push('}');
-}
-
-/// [`record_line`], appended to `out`.
-pub(crate) fn push_record_line(out: &mut String, record: &Record) {
-    out.push_str(match record {
-        Record::State { .. } => r#"{"type":"transition""#,
-        _ => r#"{"type":"event""#,
-    });
-    if let Some(sock) = record.sock() {
-        // The skaddr as sockets print it: the raw number exceeds 2^53, which
-        // JSON parsers that use doubles cannot hold exactly.
-        out.push_str(r#","skaddr_hex":"0x"#);
-        push_hex(out, sock.skaddr, 0);
-        out.push('"');
-    }
-    match record {
-        Record::State {
-            sock,
-            old,
-            new,
-            unread,
-            peer_fin,
-        } => {
-            out.push_str(r#","event":"state""#);
-            push_sock_fields(out, sock);
-            out.push_str(r#","old":"#);
-            push_state(out, *old);
-            out.push_str(r#","new":"#);
-            push_state(out, *new);
-            out.push_str(r#","unread":"#);
-            push_opt_u64(out, unread.map(u64::from));
-            out.push_str(r#","peer_fin":"#);
-            match peer_fin {
-                Some(b) => push_bool(out, *b),
-                None => out.push_str("null"),
-            }
-        }
-        Record::SendReset {
-            sock,
-            state,
-            reason,
-            segment_flags,
-        } => {
-            out.push_str(r#","event":"send_reset""#);
-            push_sock_fields(out, sock);
-            out.push_str(r#","state":"#);
-            push_opt_state(out, *state);
-            out.push_str(r#","reason":"#);
-            push_opt_reset_reason(out, reason.as_ref());
-            out.push_str(r#","segment_flags":"#);
-            push_opt_u64(out, segment_flags.map(u64::from));
-        }
-        Record::ReceiveReset { sock } => {
-            out.push_str(r#","event":"receive_reset""#);
-            push_sock_fields(out, sock);
-        }
-        Record::Retransmit { sock, state } => {
-            out.push_str(r#","event":"retransmit""#);
-            push_sock_fields(out, sock);
-            out.push_str(r#","state":"#);
-            push_opt_state(out, *state);
-        }
-        Record::RetransmitSynAck { sock } => {
-            out.push_str(r#","event":"retransmit_syn_ack""#);
-            push_sock_fields(out, sock);
-        }
-        Record::Destroy { sock } => {
-            out.push_str(r#","event":"destroy""#);
-            push_sock_fields(out, sock);
-        }
-        Record::ErrorReport {
-            sock,
-            errno,
-            retransmits,
-            probes,
-            user_timeout_ms,
-            icmp_queued,
-        } => {
-            out.push_str(r#","event":"error""#);
-            push_sock_fields(out, sock);
-            push_error_fields(
-                out,
-                *errno,
-                *retransmits,
-                *probes,
-                *user_timeout_ms,
-                *icmp_queued,
-            );
-        }
-        Record::ProcessExit {
-            ts_ns,
-            task,
-            exit_code,
-            group_dead,
-        } => {
-            out.push_str(r#","event":"process_exit","ts_ns":"#);
-            push_u64(out, *ts_ns);
-            out.push_str(r#","task":"#);
-            push_proc(out, task);
-            out.push_str(r#","exit_code":"#);
-            push_opt_i64(out, exit_code.map(i64::from));
-            out.push_str(r#","group_dead":"#);
-            push_bool(out, *group_dead);
-        }
-        Record::Signal {
-            ts_ns,
-            sig,
-            target_pid,
-            sender,
-            delivered,
-        } => {
-            out.push_str(r#","event":"signal","ts_ns":"#);
-            push_u64(out, *ts_ns);
-            out.push_str(r#","sig":"#);
-            push_u64(out, u64::from(*sig));
-            out.push_str(r#","target_pid":"#);
-            push_u64(out, u64::from(*target_pid));
-            out.push_str(r#","sender":"#);
-            push_proc(out, sender);
-            out.push_str(r#","delivered":"#);
-            push_bool(out, *delivered);
-        }
-    }
-    out.push('}');
-}
-
-/// The fields of a [`SockInfo`], each after a comma (it is flattened).
-fn push_sock_fields(out: &mut String, sock: &SockInfo) {
-    out.push_str(r#","ts_ns":"#);
-    push_u64(out, sock.ts_ns);
-    out.push_str(r#","cpu":"#);
-    push_u64(out, u64::from(sock.cpu));
-    out.push_str(r#","skaddr":"#);
-    push_u64(out, sock.skaddr);
-    out.push_str(r#","local":""#);
-    push_addr(out, &sock.local);
-    out.push_str(r#"","remote":""#);
-    push_addr(out, &sock.remote);
-    out.push_str(r#"","context":"#);
-    push_context(out, &sock.context);
-    out.push_str(r#","owner":"#);
-    push_opt_proc(out, sock.owner.as_ref());
-    out.push_str(r#","netns":"#);
-    push_opt_u64(out, sock.netns.map(u64::from));
 }
 
 /// `,"errno":N,"retransmits":N,"probes":N,"user_timeout_ms":N|null,
@@ -302,6 +167,10 @@ fn push_life(out: &mut String, l: &SocketLife) {
     push_list(out, &l.resets_received, push_reset_received);
     out.push_str(r#","retransmits":"#);
     push_list(out, &l.retransmits, push_retransmit);
+    out.push_str(r#","drops":"#);
+    push_list(out, &l.drops, push_segment_dropped);
+    out.push_str(r#","drop_counts":"#);
+    push_list(out, &l.drop_counts, push_drop_count);
     out.push_str(r#","syn_retransmits":"#);
     push_u64(out, u64::from(l.syn_retransmits));
     out.push_str(r#","synack_retransmits":"#);
@@ -411,6 +280,50 @@ fn push_retransmit(out: &mut String, r: &Retransmit) {
         RetransmitKind::Data => r#","kind":"data","number":"#,
     });
     push_u64(out, u64::from(r.number));
+    out.push('}');
+}
+
+fn push_segment_dropped(out: &mut String, d: &SegmentDropped) {
+    out.push_str(r#"{"offset_ns":"#);
+    push_u64(out, d.offset_ns);
+    out.push_str(r#","reason":"#);
+    push_drop_reason(out, &d.reason);
+    out.push_str(r#","segment_flags":"#);
+    push_u64(out, u64::from(d.segment_flags));
+    out.push_str(match d.direction {
+        Direction::Outgoing => r#","direction":"outgoing","joined_by":""#,
+        Direction::Incoming => r#","direction":"incoming","joined_by":""#,
+    });
+    out.push_str(match d.joined_by {
+        JoinedBy::Socket => "socket",
+        JoinedBy::Tuple => "tuple",
+        JoinedBy::ListenerPort => "listener_port",
+    });
+    out.push_str("\"}");
+}
+
+fn push_drop_count(out: &mut String, c: &DropCount) {
+    out.push_str(r#"{"reason":"#);
+    push_drop_reason(out, &c.reason);
+    out.push_str(r#","segment":""#);
+    out.push_str(match c.segment {
+        SegmentKind::Syn => "syn",
+        SegmentKind::SynAck => "syn_ack",
+        SegmentKind::Fin => "fin",
+        SegmentKind::Rst => "rst",
+        SegmentKind::Ack => "ack",
+    });
+    out.push_str(r#"","count":"#);
+    push_u64(out, u64::from(c.count));
+    out.push('}');
+}
+
+/// `{"code":12,"name":"NETFILTER_DROP"}`.
+fn push_drop_reason(out: &mut String, r: &DropReason) {
+    out.push_str(r#"{"code":"#);
+    push_u64(out, u64::from(r.code));
+    out.push_str(r#","name":"#);
+    push_opt_str(out, r.name.as_deref());
     out.push('}');
 }
 

@@ -19,7 +19,9 @@ use super::{
     push_wall_clock, trim_end_from, words,
 };
 use crate::decode::{Context, Proc, TcpState};
-use crate::model::{RetransmitKind, Role, RstReason, SocketLife, Step, Verdict};
+use crate::model::{
+    Direction, RetransmitKind, Role, RstReason, SegmentKind, SocketLife, Step, Verdict,
+};
 
 /// One row of a ladder: where it comes from, in time order once sorted.
 #[derive(Clone, Copy, Debug)]
@@ -36,6 +38,7 @@ enum RowKind {
     ResetSent,
     ResetReceived,
     Retransmit,
+    Drop,
 }
 
 /// Appends the ladder of `life` to `buf` (`rows` is scratch).
@@ -53,7 +56,7 @@ pub(crate) fn write(
     for row in rows.iter() {
         let i = row.index as usize;
         let tone = match row.kind {
-            RowKind::ResetSent => Tone::Red,
+            RowKind::ResetSent | RowKind::Drop => Tone::Red,
             RowKind::ResetReceived => Tone::Yellow,
             RowKind::Step | RowKind::Retransmit => Tone::Plain,
         };
@@ -112,6 +115,12 @@ pub(crate) fn write(
                 push_u64(buf, u64::from(r.number));
                 buf.push(')');
             }
+            RowKind::Drop => {
+                let d = &life.drops[i];
+                let words = buf.len();
+                words::drop_into(buf, d.kind(), &d.reason, d.direction, 1, life);
+                escape_from(buf, words);
+            }
         }
         trim_end_from(buf, line);
         paint_end(buf, painted);
@@ -122,6 +131,7 @@ pub(crate) fn write(
         push_u64(buf, u64::from(life.data_retransmits));
         buf.push_str(" data retransmits\n");
     }
+    counted_lines(buf, life, opts);
     let painted = paint_start(buf, opts.color, Tone::Bold);
     buf.push_str("  = ");
     let summary = buf.len();
@@ -140,6 +150,41 @@ pub(crate) fn write(
         buf.truncate(mark);
     }
     buf.push('\n');
+}
+
+/// What a ladder counts rather than lists: a listener's handshake failures
+/// (its SYN/ACK retransmits, its drops by reason), and the drops of other
+/// sockets past their rows.
+fn counted_lines(buf: &mut String, life: &SocketLife, opts: &RenderOptions) {
+    let listener = life.role == Role::Listener;
+    if listener && life.synack_retransmits > 0 {
+        buf.push_str("  · ");
+        words::synack_retransmits_into(buf, life.synack_retransmits);
+        buf.push('\n');
+    }
+    if listener {
+        for c in &life.drop_counts {
+            let painted = paint_start(buf, opts.color, Tone::Red);
+            buf.push_str("  · ");
+            let line = buf.len();
+            let direction = match c.segment {
+                SegmentKind::SynAck => Direction::Outgoing,
+                _ => Direction::Incoming,
+            };
+            words::drop_into(buf, c.segment, &c.reason, direction, c.count, life);
+            escape_from(buf, line);
+            paint_end(buf, painted);
+            buf.push('\n');
+        }
+        return;
+    }
+    let total: u64 = life.drop_counts.iter().map(|c| u64::from(c.count)).sum();
+    let unlisted = total.saturating_sub(life.drops.len() as u64);
+    if unlisted > 0 {
+        buf.push_str("  · ");
+        words::more_drops_into(buf, unlisted);
+        buf.push('\n');
+    }
 }
 
 /// The label and wire columns, padded, and the space before the note.
@@ -341,12 +386,25 @@ fn collect_rows(rows: &mut Vec<RowRef>, life: &SocketLife) {
             index: i as u32,
         });
     }
+    let listener = life.role == Role::Listener;
     for (i, r) in life.retransmits.iter().enumerate() {
-        // Counted in a line of their own: rows would drown the ladder.
-        if r.kind != RetransmitKind::Data {
+        // Counted in a line of their own: rows would drown the ladder (a
+        // listener's SYN/ACK retransmits are its handshakes', by the dozen).
+        let counted = r.kind == RetransmitKind::Data || listener;
+        if !counted {
             rows.push(RowRef {
                 offset_ns: r.offset_ns,
                 kind: RowKind::Retransmit,
+                index: i as u32,
+            });
+        }
+    }
+    if !listener {
+        // A listener counts its drops by reason instead.
+        for (i, d) in life.drops.iter().enumerate() {
+            rows.push(RowRef {
+                offset_ns: d.offset_ns,
+                kind: RowKind::Drop,
                 index: i as u32,
             });
         }

@@ -1,13 +1,19 @@
 //! The stream view: one line per state transition as it happens, with the
-//! columns of bcc's tcpstates, plus a line per RST and retransmit.
+//! columns of bcc's tcpstates, plus a line per RST, retransmit and dropped
+//! segment (whose LADDR and RADDR are its own source and destination).
 
 use hashlink::LruCache;
 
 use super::{
-    RenderOptions, Tone, escape::escape_into, pad_ascii, pad_from, paint_end, paint_start,
-    push_addr, push_hex, push_ms, push_u64, push_wall_clock, push_zero_padded, trim_end_from,
+    RenderOptions, Tone,
+    escape::{escape_from, escape_into},
+    pad_ascii, pad_from, paint_end, paint_start, push_addr, push_hex, push_ms, push_u64,
+    push_wall_clock, push_zero_padded, trim_end_from, words,
 };
-use crate::decode::{Context, Record, SockInfo, TcpState};
+use crate::{
+    decode::{Context, Proc, Record, SegmentDrop, TcpState},
+    model::SegmentKind,
+};
 
 /// Sockets whose last transition time is remembered for the MS column.
 const MS_SOCKETS: usize = 65536;
@@ -45,6 +51,8 @@ enum What<'a> {
     ReceiveReset,
     Retransmit(Option<TcpState>),
     RetransmitSynAck,
+    /// A dropped segment (its addresses are the segment's own).
+    Drop(&'a SegmentDrop),
 }
 
 impl Stream {
@@ -61,6 +69,7 @@ impl Stream {
             Record::ReceiveReset { .. } => (What::ReceiveReset, Tone::Yellow),
             Record::Retransmit { state, .. } => (What::Retransmit(*state), Tone::Plain),
             Record::RetransmitSynAck { .. } => (What::RetransmitSynAck, Tone::Plain),
+            Record::Drop(d) => (What::Drop(d), Tone::Red),
             // Exits and signals only feed attribution; a destroy says nothing new.
             // Errors are told in the socket's verdict.
             Record::Destroy { .. }
@@ -70,8 +79,18 @@ impl Stream {
                 return;
             }
         };
-        let Some(sock) = rec.sock() else {
-            return;
+        // The columns: the socket, whose it is, and its two ends (a
+        // dropped segment's own source and destination).
+        let (skaddr, owner, context, local, remote) = match (rec.sock(), &what) {
+            (Some(s), _) => (s.skaddr, s.owner.as_ref(), &s.context, s.local, s.remote),
+            (None, What::Drop(d)) => (
+                d.rx_sk.or(d.skb_sk).unwrap_or(0),
+                d.owner.as_ref(),
+                &d.context,
+                d.source,
+                d.destination,
+            ),
+            (None, _) => return,
         };
         if !self.header_done {
             self.header_done = true;
@@ -92,19 +111,19 @@ impl Stream {
         pad_ascii(buf, line, w);
         buf.push(' ');
         let col = buf.len();
-        match sock.skaddr {
+        match skaddr {
             0 => buf.push('-'),
             sk => push_hex(buf, sk, 16),
         }
         pad_ascii(buf, col, 16);
         buf.push(' ');
-        who(buf, sock);
+        who(buf, owner, context);
         let col = buf.len();
-        push_addr(buf, &sock.local);
+        push_addr(buf, &local);
         pad_ascii(buf, col, aw);
         buf.push(' ');
         let col = buf.len();
-        push_addr(buf, &sock.remote);
+        push_addr(buf, &remote);
         pad_ascii(buf, col, aw);
         buf.push(' ');
         let col = buf.len();
@@ -146,6 +165,16 @@ impl Stream {
             }
             What::RetransmitSynAck => {
                 buf.push_str("SYN/ACK retransmit");
+                None
+            }
+            What::Drop(d) => {
+                let kind = SegmentKind::of(d.segment_flags);
+                let overflow = words::is_listen_overflow(&d.reason);
+                buf.push_str(words::segment_name(kind, overflow));
+                buf.push_str(" dropped reason=");
+                let reason = buf.len();
+                words::drop_reason_into(buf, &d.reason);
+                escape_from(buf, reason);
                 None
             }
         };
@@ -211,9 +240,9 @@ fn addr_width(opts: &RenderOptions) -> usize {
 /// PID and COMM, padded, each with the space after it: the owner if known,
 /// else the process whose own context the event ran in; never the
 /// bystander a softirq interrupted.
-fn who(buf: &mut String, sock: &SockInfo) {
+fn who(buf: &mut String, owner: Option<&Proc>, context: &Context) {
     let col = buf.len();
-    match (&sock.owner, &sock.context) {
+    match (owner, context) {
         (Some(p), _) | (None, Context::Process(p)) if !p.is_idle() => {
             push_u64(buf, u64::from(p.tgid));
             pad_ascii(buf, col, 7);

@@ -9,7 +9,12 @@ use std::{
 };
 
 use super::{escape, fmt_ms, words};
-use crate::{counters::Counters, model::RstReason, summary::Summary, tracker::TrackerStats};
+use crate::{
+    counters::Counters,
+    model::RstReason,
+    summary::{HandshakeFailures, Summary},
+    tracker::TrackerStats,
+};
 
 /// The summary as text, with the event and tracker accounting before it.
 pub fn write_summary(
@@ -66,6 +71,39 @@ pub fn write_summary(
     writeln!(out, "  closes:     {}", counts(&summary.closes))?;
     if !summary.resets_sent.is_empty() {
         writeln!(out, "  RST sent:   {}", counts(&reset_reasons(summary)))?;
+    }
+    if !summary.drops.is_empty() || tracker.drops_unjoined > 0 {
+        let mut line = counts(&drop_reasons(summary));
+        if tracker.drops_unjoined > 0 {
+            line.push_str(&format!(
+                " ({} tied to no socket tcptrace tracked)",
+                tracker.drops_unjoined
+            ));
+        }
+        writeln!(out, "  drops:      {line}")?;
+    }
+    let l = &summary.listeners;
+    if l.total != HandshakeFailures::default() {
+        let by_owner: Vec<String> = l
+            .by_owner
+            .iter()
+            .map(|(owner, f)| {
+                format!(
+                    "{} {}+{}",
+                    escape(owner),
+                    f.accept_queue_overflows,
+                    f.synack_retransmits
+                )
+            })
+            .collect();
+        writeln!(
+            out,
+            "  listeners:  {} handshake ACKs dropped (accept queue full) + {} SYN/ACK \
+             retransmits: {}",
+            l.total.accept_queue_overflows,
+            l.total.synack_retransmits,
+            by_owner.join(", ")
+        )?;
     }
     if summary.closed_by_exit > 0 {
         writeln!(
@@ -144,6 +182,20 @@ fn reset_reasons(summary: &Summary) -> BTreeMap<Cow<'_, str>, u64> {
     named
 }
 
+/// Dropped segments, each reason as the kernel names it (else its number).
+fn drop_reasons(summary: &Summary) -> BTreeMap<Cow<'_, str>, u64> {
+    let drops = &summary.drops;
+    let mut named: BTreeMap<Cow<str>, u64> = drops
+        .by_name
+        .iter()
+        .map(|(name, &n)| (Cow::Borrowed(name.as_str()), n))
+        .collect();
+    for (&code, &n) in &drops.by_code {
+        *named.entry(format!("reason {code}").into()).or_default() += n;
+    }
+    named
+}
+
 /// Lives incomplete, by the words for why (in their order).
 fn incomplete_reasons(summary: &Summary) -> BTreeMap<&'static str, u64> {
     summary
@@ -180,6 +232,49 @@ mod tests {
             }
         }
         s
+    }
+
+    #[test]
+    fn drops_are_counted_by_reason_and_listeners_by_owner() {
+        let mut s = Summary::default();
+        for r in dropped_here() {
+            if let Record::Drop(d) = &r {
+                s.add_drop(d);
+            }
+        }
+        for life in run(&dropped_here()) {
+            s.add(&life, &classify(&life));
+        }
+        let stats = TrackerStats {
+            drops: 4,
+            drops_unjoined: 1,
+            ..TrackerStats::default()
+        };
+        let mut out = Vec::new();
+        write_summary(&mut out, &s, &Counters::default(), &stats).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let has = |line: &str| text.lines().any(|l| l == line);
+        assert!(
+            has("  drops:      NETFILTER_DROP 2, TCP_LISTEN_OVERFLOW 2 \
+                 (1 tied to no socket tcptrace tracked)"),
+            "{text}"
+        );
+        assert!(
+            has(
+                "  listeners:  2 handshake ACKs dropped (accept queue full) + 1 SYN/ACK \
+                 retransmits: nginx[4311] 2+1"
+            ),
+            "{text}"
+        );
+        let v = summary_json(&s, &Counters::default(), &stats);
+        let l = &v["summary"]["listeners"];
+        assert_eq!(
+            (&l["accept_queue_overflows"], &l["synack_retransmits"]),
+            (&serde_json::json!(2), &serde_json::json!(1))
+        );
+        assert_eq!(l["by_owner"]["nginx[4311]"]["accept_queue_overflows"], 2);
+        assert_eq!(v["summary"]["drops"]["by_name"]["NETFILTER_DROP"], 2);
+        assert_eq!(v["tracker"]["drops_unjoined"], 1);
     }
 
     #[test]

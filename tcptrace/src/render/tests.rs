@@ -459,3 +459,69 @@ fn number_address_and_padding_helpers_match_format() {
         assert_eq!(s, addr.to_string());
     }
 }
+
+#[test]
+fn ladders_tell_what_was_dropped_and_where() {
+    let lives = run(&dropped_here());
+    let text = ladder(&life_of(&lives, CLIENT_SK), opts(View::Sockets));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[1..6],
+        [
+            "  +0.000    CLOSE → SYN_SENT           SYN →",
+            "  +0.001    SYN dropped on this host: NETFILTER_DROP",
+            "  +1000.000 SYN retransmit             SYN → (retransmit #1)",
+            "  +1000.001 SYN dropped on this host: NETFILTER_DROP",
+            "  +3000.000 SYN_SENT → CLOSE                              in softirq",
+        ],
+        "{text}"
+    );
+    assert_eq!(
+        lines[6],
+        "  = active open (not established) · handshake timeout (1 SYN retransmits, no RST): \
+         2 SYNs dropped on this host (NETFILTER_DROP)"
+    );
+    let text = ladder(&life_of(&lives, LISTENER_SK), opts(View::Sockets));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[1..5],
+        [
+            "  +0.000    CLOSE → LISTEN",
+            "  +4000.000 LISTEN → CLOSE",
+            "  · 1 SYN/ACK retransmit (a handshake not completed at the first SYN/ACK)",
+            "  · 2 × handshake ACK dropped: accept queue of nginx[4311] full (TCP_LISTEN_OVERFLOW)",
+        ],
+        "{text}"
+    );
+}
+
+#[test]
+fn the_stream_shows_drops_with_the_segments_own_addresses() {
+    let recs = dropped_here();
+    let text = stream(&recs[2..3], opts(View::Stream));
+    let line = text.lines().nth(1).unwrap();
+    assert!(
+        line.contains("ffff888123456000 2251    python3")
+            && line.contains(
+                "10.0.0.5:51000        10.0.0.99:443         SYN dropped reason=NETFILTER_DROP"
+            ),
+        "{line}"
+    );
+    let json = stream(
+        &recs[5..6],
+        RenderOptions {
+            json: true,
+            ..opts(View::Stream)
+        },
+    );
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["event"].as_str()),
+        (Some("event"), Some("drop"))
+    );
+    assert_eq!(v["rx_sk"], "0xffff888123458000");
+    assert_eq!(v["skb_sk"], serde_json::Value::Null);
+    assert_eq!(v["source"], "127.0.0.1:45126");
+    assert_eq!(v["reason"]["name"], "TCP_LISTEN_OVERFLOW");
+    assert_eq!(v["segment_flags"], 0x10);
+}

@@ -9,8 +9,11 @@
 use std::fmt::Write as _;
 
 use crate::{
-    decode::{Proc, TcpState},
-    model::{Close, ExitInfo, Incomplete, Open, RstReason, Side, SockError, SocketLife, Verdict},
+    decode::{DropReason, Proc, TcpState},
+    model::{
+        Close, Direction, ExitInfo, Incomplete, Open, RstReason, SegmentKind, Side, SockError,
+        SocketLife, Verdict,
+    },
 };
 
 use super::push_u64;
@@ -110,11 +113,24 @@ pub fn close_into(out: &mut String, close: &Close, unaccepted: Option<bool>) {
             out.push_str(": ");
             return reason_long_in(out, reason, unaccepted);
         }
-        Close::HandshakeTimeout { syn_retransmits } => {
+        Close::HandshakeTimeout {
+            syn_retransmits,
+            syns_dropped,
+        } => {
             let _ = write!(
                 out,
                 "handshake timeout ({syn_retransmits} SYN retransmits, no RST)"
             );
+            if let Some(d) = syns_dropped {
+                // Nothing was lost on the way: they never left this host.
+                let _ = write!(out, ": {} SYN", d.count);
+                if d.count != 1 {
+                    out.push('s');
+                }
+                out.push_str(" dropped on this host (");
+                drop_reason_into(out, &d.reason);
+                out.push(')');
+            }
             return;
         }
         Close::HandshakeFailed => "handshake failed (no RST, no retransmit: ICMP error?)",
@@ -226,6 +242,95 @@ pub fn push_tcp_flags(out: &mut String, flags: u8) {
     if first {
         out.push_str("no flags");
     }
+}
+
+/// A drop reason as the kernel names it (`NETFILTER_DROP`), or its number.
+pub fn drop_reason_into(out: &mut String, r: &DropReason) {
+    match &r.name {
+        Some(name) => out.push_str(name),
+        None => {
+            out.push_str("reason ");
+            push_u64(out, u64::from(r.code));
+        }
+    }
+}
+
+/// What a segment is called in a sentence: `SYN`, `SYN/ACK`, `FIN`,
+/// `RST`; `handshake ACK` for the one an accept-queue overflow drops.
+pub fn segment_name(kind: SegmentKind, overflow: bool) -> &'static str {
+    match kind {
+        SegmentKind::Syn => "SYN",
+        SegmentKind::SynAck => "SYN/ACK",
+        SegmentKind::Fin => "FIN",
+        SegmentKind::Rst => "RST",
+        SegmentKind::Ack if overflow => "handshake ACK",
+        SegmentKind::Ack => "ACK",
+    }
+}
+
+/// Was the segment dropped because the accept queue was full?
+pub fn is_listen_overflow(r: &DropReason) -> bool {
+    r.name.as_deref() == Some("TCP_LISTEN_OVERFLOW")
+}
+
+/// One dropped segment in a sentence, seen from `life`:
+/// `SYN dropped on this host: NETFILTER_DROP`, `RST ignored:
+/// TCP_INVALID_SEQUENCE`, `handshake ACK dropped: accept queue of
+/// nginx[4311] full (TCP_LISTEN_OVERFLOW)`. `count` above 1 is put first
+/// (`18 × handshake ACK dropped: …`).
+pub fn drop_into(
+    out: &mut String,
+    kind: SegmentKind,
+    reason: &DropReason,
+    direction: Direction,
+    count: u32,
+    life: &SocketLife,
+) {
+    if count > 1 {
+        push_u64(out, u64::from(count));
+        out.push_str(" × ");
+    }
+    let overflow = is_listen_overflow(reason);
+    out.push_str(segment_name(kind, overflow));
+    if overflow {
+        out.push_str(" dropped: accept queue of ");
+        match &life.owner {
+            Some(p) => proc_label_into(out, p),
+            None => out.push_str("the listener"),
+        }
+        out.push_str(" full (");
+        drop_reason_into(out, reason);
+        return out.push(')');
+    }
+    // A segment the TCP stack itself turned away (its reasons are TCP_*)
+    // reached the socket and was ignored by it; anything else (a firewall,
+    // routing, a qdisc) dropped it on this host.
+    let by_tcp = reason
+        .name
+        .as_deref()
+        .is_some_and(|n| n.starts_with("TCP_"));
+    out.push_str(match (direction, by_tcp) {
+        (Direction::Incoming, true) => " ignored: ",
+        (Direction::Incoming, false) => " received, dropped on this host: ",
+        (Direction::Outgoing, _) => " dropped on this host: ",
+    });
+    drop_reason_into(out, reason);
+}
+
+/// `3 SYN/ACK retransmits (handshakes not completed at the first one)`.
+pub fn synack_retransmits_into(out: &mut String, n: u32) {
+    push_u64(out, u64::from(n));
+    out.push_str(if n == 1 {
+        " SYN/ACK retransmit (a handshake not completed at the first SYN/ACK)"
+    } else {
+        " SYN/ACK retransmits (handshakes not completed at the first SYN/ACK)"
+    });
+}
+
+/// `5 more drops (counted, not listed)`.
+pub fn more_drops_into(out: &mut String, n: u64) {
+    push_u64(out, n);
+    out.push_str(" more dropped segments (counted, not listed)");
 }
 
 /// Kernel reason name → (plain words, short form for the attribution line).

@@ -3,7 +3,9 @@
 
 use std::net::SocketAddr;
 
-use crate::decode::{Context, Proc, Record, ResetReason, SockInfo, TcpState};
+use crate::decode::{
+    Context, DropReason, Proc, Record, ResetReason, SegmentDrop, SockInfo, TcpState,
+};
 use crate::tracker::{SocketLife, Tracker, TrackerOptions};
 
 /// Monotonic time of `us` µs after the base.
@@ -156,6 +158,44 @@ impl S {
 
     pub(crate) fn destroy(&self) -> Record {
         Record::Destroy { sock: self.0 }
+    }
+}
+
+/// TCP flags of the segments drops are about.
+pub(crate) const SYN: u8 = 0x02;
+pub(crate) const SYN_ACK: u8 = 0x12;
+pub(crate) const ACK: u8 = 0x10;
+pub(crate) const FIN_ACK: u8 = 0x11;
+pub(crate) const RST: u8 = 0x04;
+
+pub(crate) const NETFILTER_DROP: (u32, &str) = (12, "NETFILTER_DROP");
+pub(crate) const LISTEN_OVERFLOW: (u32, &str) = (40, "TCP_LISTEN_OVERFLOW");
+pub(crate) const INVALID_SEQUENCE: (u32, &str) = (42, "TCP_INVALID_SEQUENCE");
+
+/// A segment from `source` to `destination` dropped at `t` µs in softirq,
+/// as `skb:kfree_skb` reports it: no socket named unless set on it.
+pub(crate) fn dropped(
+    t: u64,
+    source: &str,
+    destination: &str,
+    flags: u8,
+    reason: (u32, &str),
+) -> SegmentDrop {
+    SegmentDrop {
+        ts_ns: us(t),
+        cpu: 1,
+        rx_sk: None,
+        skb_sk: None,
+        source: addr(source),
+        destination: addr(destination),
+        context: Context::Softirq { on_cpu: swapper() },
+        owner: None,
+        netns: None,
+        reason: DropReason {
+            code: reason.0,
+            name: Some(reason.1.to_owned()),
+        },
+        segment_flags: flags,
     }
 }
 
@@ -344,6 +384,38 @@ pub(crate) fn handshake_timeout() -> Vec<Record> {
         c.irq(3_001_000).retransmit(2),
         c.irq(7_001_000).retransmit(2),
         c.irq(15_001_000).close(2, 0),
+    ]
+}
+
+/// A connect whose SYNs this host's firewall drops on their way out, and a
+/// listener whose accept queue overflows.
+pub(crate) fn dropped_here() -> Vec<Record> {
+    let (l, ng, py) = (listener(), nginx(), python());
+    let c = S::new(CLIENT_SK, "10.0.0.5:51000", "10.0.0.99:443").owner(&py);
+    let syn = |t| {
+        let mut d = dropped(t, "10.0.0.5:51000", "10.0.0.99:443", SYN, NETFILTER_DROP);
+        d.skb_sk = Some(CLIENT_SK);
+        d.owner = Some(py);
+        Record::Drop(d)
+    };
+    let overflow = |t| {
+        let mut d = dropped(t, "127.0.0.1:45126", "127.0.0.1:8099", ACK, LISTEN_OVERFLOW);
+        d.rx_sk = Some(LISTENER_SK);
+        d.owner = Some(ng);
+        Record::Drop(d)
+    };
+    let req = S::new(LISTENER_SK, "127.0.0.1:8099", "127.0.0.1:45126");
+    vec![
+        l.by(0, &ng).st(7, 10),
+        c.local("10.0.0.5:0").by(1000, &py).st(7, 2),
+        syn(1001),
+        c.irq(1_001_000).retransmit(2),
+        syn(1_001_001),
+        overflow(1_500_000),
+        req.irq(2_000_000).synack_retransmit(),
+        overflow(2_000_001),
+        c.irq(3_001_000).close(2, 0),
+        l.by(4_000_000, &ng).close(10, 0),
     ]
 }
 

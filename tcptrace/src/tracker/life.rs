@@ -33,6 +33,8 @@ pub(super) fn new_life(sock: &SockInfo) -> SocketLife {
         resets_sent: Vec::new(),
         resets_received: Vec::new(),
         retransmits: Vec::new(),
+        drops: Vec::new(),
+        drop_counts: Vec::new(),
         syn_retransmits: 0,
         synack_retransmits: 0,
         data_retransmits: 0,

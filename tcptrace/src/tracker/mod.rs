@@ -16,11 +16,12 @@
 //! The life's data is in [`crate::model`] (with its JSON schema); here is how
 //! records build it: this module runs the state machine (a life per socket,
 //! observed, expired, finished); [`life`] builds one life from its socket's
-//! records; [`segments`] adds RSTs and retransmits; [`attribution`] says who
-//! closed a socket and how that process ended; [`tables`] holds the bounded
-//! tables.
+//! records; [`segments`] adds RSTs and retransmits; [`drops`] ties dropped
+//! segments to their sockets; [`attribution`] says who closed a socket and
+//! how that process ended; [`tables`] holds the bounded tables.
 
 mod attribution;
+mod drops;
 mod life;
 mod segments;
 mod tables;
@@ -31,6 +32,7 @@ use serde::Serialize;
 
 use self::{
     attribution::{Closer, ProcessTable, attribute_close, closing},
+    drops::{PendingDrops, claim, pending_drops},
     life::{absorb, finalize, infer_role, new_life, push_step, starts_life},
     segments::{PendingReset, pending_to_sent},
     tables::{Lives, RecentMap},
@@ -92,6 +94,11 @@ pub struct TrackerStats {
     pub after_eviction: u64,
     /// Folded X→X transitions.
     pub self_transitions: u64,
+    /// Segments of handshakes and closes the kernel dropped.
+    pub drops: u64,
+    /// Of those, drops tied to no socket tcptrace tracked (a peer's SYN to
+    /// a closed port, a socket already reported, ...).
+    pub drops_unjoined: u64,
 }
 
 /// A life being tracked, with what only the tracker needs.
@@ -115,6 +122,8 @@ pub struct Tracker {
     socketless: RecentMap<Tuple, PendingReset>,
     /// SYN/ACK retransmits by request (local, remote), for the child to come.
     synacks: RecentMap<Tuple, u32>,
+    /// Dropped segments waiting for the life with their tuple.
+    pending_drops: PendingDrops,
     /// Sockets evicted while open (skaddr), so that their later events are
     /// counted, not started again as new mid-life lives: each socket is
     /// reported once. Bounded like the table itself.
@@ -137,6 +146,7 @@ impl Tracker {
             procs: ProcessTable::new(),
             socketless: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
             synacks: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
+            pending_drops: pending_drops(),
             evicted_open: RecentMap::new(evicted_cap, None),
             listener_closes: RecentMap::new(AUX_CAP, Some(LISTENER_CLOSE_NS)),
             stats: TrackerStats::default(),
@@ -209,7 +219,7 @@ impl Tracker {
                 Some(mut t) => {
                     t.life.destroyed = true;
                     t.life.last_ns = t.life.last_ns.max(sock.ts_ns);
-                    out.push(finalize(t));
+                    out.push(self.settle(t));
                 }
                 None => self.stats.ignored += 1,
             },
@@ -230,6 +240,7 @@ impl Tracker {
                     self.procs.on_signal(*ts_ns, *sig, *target_pid, sender);
                 }
             }
+            Record::Drop(d) => self.on_drop(d),
         }
         out
     }
@@ -248,7 +259,8 @@ impl Tracker {
         let pruned = self.socketless.prune(now_ns)
             + self.synacks.prune(now_ns)
             + self.procs.prune(now_ns)
-            + self.listener_closes.prune(now_ns);
+            + self.listener_closes.prune(now_ns)
+            + self.prune_pending(now_ns);
         let changed = pruned > 0 || !out.is_empty();
         (out, changed)
     }
@@ -274,17 +286,19 @@ impl Tracker {
             .map(|(sk, t)| (t.life.start_ns, sk))
             .collect();
         skaddrs.sort_unstable();
-        skaddrs
-            .into_iter()
-            .filter_map(|(_, sk)| self.lives.take(sk))
-            .map(|mut t| {
-                let open = t.life.state != Some(TcpState::Close);
-                let gone = alive.is_some_and(|a| !a.contains(&(t.life.local, t.life.remote)));
-                t.life.still_open = open && !gone;
-                t.life.gone_unseen = open && gone;
-                finalize(t)
-            })
-            .collect()
+        let mut out = Vec::with_capacity(skaddrs.len());
+        for (_, sk) in skaddrs {
+            let Some(mut t) = self.lives.take(sk) else {
+                continue;
+            };
+            let open = t.life.state != Some(TcpState::Close);
+            let gone = alive.is_some_and(|a| !a.contains(&(t.life.local, t.life.remote)));
+            t.life.still_open = open && !gone;
+            t.life.gone_unseen = open && gone;
+            out.push(self.settle(t));
+        }
+        self.give_up_pending();
+        out
     }
 
     pub fn stats(&self) -> TrackerStats {
@@ -304,8 +318,18 @@ impl Tracker {
 
     fn expire_into(&mut self, now_ns: u64, out: &mut Vec<SocketLife>) {
         while let Some(t) = self.lives.take_expired(now_ns) {
-            out.push(finalize(t));
+            out.push(self.settle(t));
         }
+    }
+
+    /// The life of `t` as reported, with the drops that waited for it.
+    fn settle(&mut self, mut t: Tracked) -> SocketLife {
+        claim(
+            &mut self.pending_drops,
+            &mut self.stats.drops_unjoined,
+            &mut t.life,
+        );
+        finalize(t)
     }
 
     /// Starts tracking `life`, evicting the least recently active if full.
@@ -320,7 +344,7 @@ impl Tracker {
                 self.stats.evicted += 1;
                 self.evicted_open.insert(sk, t.life.last_ns, ());
             }
-            out.push(finalize(t));
+            out.push(self.settle(t));
         }
         let tracked = Tracked {
             life,
@@ -337,7 +361,12 @@ impl Tracker {
     /// it active and takes what the record knows about the socket.
     fn enter(&mut self, sock: &SockInfo, out: &mut Vec<SocketLife>) {
         if let Some(t) = self.lives.touch(sock.skaddr) {
+            let learns_port = t.life.local.port() == 0 && sock.local.port() != 0;
             absorb(&mut t.life, sock);
+            if learns_port {
+                // A connecting socket's drops may be waiting for its port.
+                self.claim_pending(sock.skaddr);
+            }
             return;
         }
         if self.evicted_open.get(&sock.skaddr, sock.ts_ns).is_some() {
@@ -369,7 +398,7 @@ impl Tracker {
             self.evicted_open.remove(&sock.skaddr);
             // skaddr reuse: the old life is over.
             if let Some(t) = self.lives.take(sock.skaddr) {
-                out.push(finalize(t));
+                out.push(self.settle(t));
             }
             let mut life = new_life(sock);
             life.role = role;

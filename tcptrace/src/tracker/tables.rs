@@ -82,7 +82,6 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> RecentMap<K, V, S> {
         self.map.len()
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -95,14 +94,28 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> RecentMap<K, V, S> {
     /// Drops entries past the cap or too old at `now_ns`, oldest first.
     /// Returns how many entries went.
     pub fn prune(&mut self, now_ns: u64) -> usize {
+        self.prune_each(now_ns, |_| {})
+    }
+
+    /// [`RecentMap::prune`], handing each value that goes to `gone`.
+    pub fn prune_each(&mut self, now_ns: u64, mut gone: impl FnMut(V)) -> usize {
         let before = self.map.len();
         while let Some((_, e)) = self.map.front() {
             if self.map.len() <= self.cap && !self.too_old(e.ts_ns, now_ns) {
                 break;
             }
-            self.map.pop_front();
+            if let Some((_, e)) = self.map.pop_front() {
+                gone(e.value);
+            }
         }
         before - self.map.len()
+    }
+
+    /// Empties the map, handing each value to `gone`.
+    pub fn drain_each(&mut self, mut gone: impl FnMut(V)) {
+        while let Some((_, e)) = self.map.pop_front() {
+            gone(e.value);
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 use super::*;
-use crate::classify::{Close, Incomplete, Open, RstReason, Side, Verdict, classify};
-use crate::decode::{ResetReason, TcpState};
+use crate::classify::{Close, Incomplete, LocalDrops, Open, RstReason, Side, Verdict, classify};
+use crate::decode::{Context, DropReason, ResetReason, TcpState};
 use crate::tracker::fixtures::*;
 
 /// The direct JSON writer against the serde derives it stands in for, over
@@ -39,6 +39,16 @@ fn direct_json_matches_serde() {
         v6.irq(14).receive_reset(),
         v6.irq(15).destroy(),
     ];
+    // Drops: unnamed reasons, hostile names, IPv6, both sockets named.
+    let mut odd_drop = dropped(16, "[::1]:45126", "[fe80::1%2]:8099", 0xff, (7, "q\"x"));
+    odd_drop.rx_sk = Some(CLIENT_SK);
+    odd_drop.skb_sk = Some(u64::MAX);
+    odd_drop.owner = Some(odd);
+    odd_drop.netns = Some(4026531840);
+    extra.push(Record::Drop(odd_drop.clone()));
+    odd_drop.reason.name = None;
+    odd_drop.context = Context::Process(odd);
+    extra.push(Record::Drop(odd_drop));
     if let Record::SendReset { reason, .. } = &mut extra[5] {
         *reason = Some(ResetReason {
             code: 77,
@@ -65,6 +75,7 @@ fn direct_json_matches_serde() {
         exit_code_3(),
         simultaneous(),
         handshake_timeout(),
+        dropped_here(),
         extra,
     ];
     let mut lives = Vec::new();
@@ -128,7 +139,20 @@ fn direct_json_matches_serde() {
             state: Some(TcpState::NewSynRecv),
             reason,
         },
-        Close::HandshakeTimeout { syn_retransmits: 0 },
+        Close::HandshakeTimeout {
+            syn_retransmits: 0,
+            syns_dropped: None,
+        },
+        Close::HandshakeTimeout {
+            syn_retransmits: 2,
+            syns_dropped: Some(LocalDrops {
+                count: 3,
+                reason: DropReason {
+                    code: 12,
+                    name: Some("NETFILTER\"DROP".into()),
+                },
+            }),
+        },
         Close::HandshakeFailed,
         Close::Aborted,
         Close::StoppedListening,

@@ -2,8 +2,8 @@
 //! [`Verdict`] write them, and beside them the words for them.
 
 use super::{
-    json_plain, push_bool, push_opt_addr, push_opt_state, push_opt_str, push_opt_u64, push_str,
-    push_u64,
+    json_plain, push_bool, push_drop_reason, push_opt_addr, push_opt_state, push_opt_str,
+    push_opt_u64, push_str, push_u64,
 };
 use crate::{
     model::{Close, Open, RstReason, Side, SocketLife, Verdict},
@@ -69,9 +69,23 @@ pub(super) fn push_verdict(out: &mut String, life: &SocketLife, v: &Verdict) {
             out.push_str(r#","reason":"#);
             push_rst_reason(out, reason, Some(life.unaccepted));
         }
-        Close::HandshakeTimeout { syn_retransmits } => {
+        Close::HandshakeTimeout {
+            syn_retransmits,
+            syns_dropped,
+        } => {
             out.push_str(r#","syn_retransmits":"#);
             push_u64(out, u64::from(*syn_retransmits));
+            out.push_str(r#","syns_dropped":"#);
+            match syns_dropped {
+                Some(d) => {
+                    out.push_str(r#"{"count":"#);
+                    push_u64(out, u64::from(d.count));
+                    out.push_str(r#","reason":"#);
+                    push_drop_reason(out, &d.reason);
+                    out.push('}');
+                }
+                None => out.push_str("null"),
+            }
         }
         Close::NoSocketReset { segment_flags } => {
             out.push_str(r#","segment_flags":"#);

@@ -320,3 +320,90 @@ fn tcp_state_is_worded_by_who_sent_it() {
     // Unknown context (the summary's totals): both causes named.
     assert!(text(None).contains("SO_LINGER 0") && text(None).contains("listener"));
 }
+
+#[test]
+fn drops_are_told_from_the_sockets_side() {
+    use crate::decode::DropReason;
+    use crate::model::{Direction, SegmentKind};
+    let life = life_of(&run(&client_closes_first()), LISTENER_SK);
+    let reason = |code, name: Option<&str>| DropReason {
+        code,
+        name: name.map(str::to_owned),
+    };
+    let told = |kind, r: &DropReason, direction, count, life: &SocketLife| {
+        let mut s = String::new();
+        drop_into(&mut s, kind, r, direction, count, life);
+        s
+    };
+    let netfilter = reason(12, Some("NETFILTER_DROP"));
+    assert_eq!(
+        told(SegmentKind::Syn, &netfilter, Direction::Outgoing, 1, &life),
+        "SYN dropped on this host: NETFILTER_DROP"
+    );
+    assert_eq!(
+        told(SegmentKind::Syn, &netfilter, Direction::Incoming, 3, &life),
+        "3 × SYN received, dropped on this host: NETFILTER_DROP"
+    );
+    assert_eq!(
+        told(
+            SegmentKind::Rst,
+            &reason(42, Some("TCP_INVALID_SEQUENCE")),
+            Direction::Incoming,
+            1,
+            &life
+        ),
+        "RST ignored: TCP_INVALID_SEQUENCE"
+    );
+    let overflow = reason(40, Some("TCP_LISTEN_OVERFLOW"));
+    assert_eq!(
+        told(SegmentKind::Ack, &overflow, Direction::Incoming, 18, &life),
+        "18 × handshake ACK dropped: accept queue of nginx[4311] full (TCP_LISTEN_OVERFLOW)"
+    );
+    let mut ownerless = life.clone();
+    ownerless.owner = None;
+    assert_eq!(
+        told(
+            SegmentKind::Ack,
+            &overflow,
+            Direction::Incoming,
+            1,
+            &ownerless
+        ),
+        "handshake ACK dropped: accept queue of the listener full (TCP_LISTEN_OVERFLOW)"
+    );
+    assert_eq!(
+        told(
+            SegmentKind::Fin,
+            &reason(99, None),
+            Direction::Outgoing,
+            1,
+            &life
+        ),
+        "FIN dropped on this host: reason 99"
+    );
+}
+
+#[test]
+fn a_handshake_timeout_says_when_its_syns_never_left() {
+    use crate::decode::DropReason;
+    use crate::model::LocalDrops;
+    let mut s = String::new();
+    close_into(
+        &mut s,
+        &Close::HandshakeTimeout {
+            syn_retransmits: 2,
+            syns_dropped: Some(LocalDrops {
+                count: 3,
+                reason: DropReason {
+                    code: 12,
+                    name: Some("NETFILTER_DROP".into()),
+                },
+            }),
+        },
+        None,
+    );
+    assert_eq!(
+        s,
+        "handshake timeout (2 SYN retransmits, no RST): 3 SYNs dropped on this host (NETFILTER_DROP)"
+    );
+}

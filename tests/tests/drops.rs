@@ -1,0 +1,351 @@
+//! Segments this host drops itself, against the real kernel: a connect
+//! whose SYNs its own firewall drops on their way out, and a listener that
+//! never accepts, whose full accept queue drops the ACKs completing its
+//! handshakes. Each runs in a network namespace of its own (created and
+//! removed by the test), on a port also held in the test's namespace so
+//! that no other test's socket carries it.
+
+use std::{
+    io::Write,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use tcptrace::{
+    classify::Close,
+    decode::Record,
+    loader::TraceOptions,
+    model::{Direction, JoinedBy, SegmentKind, SocketLife, Verdict},
+    render::{RenderOptions, Renderer, View, words},
+    tracker::Role,
+};
+use tcptrace_tests::{DEADLINE, Trace, netns::Netns};
+
+const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+/// A tracer that sees only what has `port` at either end.
+fn trace(port: u16) -> Trace {
+    let mut opts = TraceOptions::default();
+    opts.filter.flags |= tcptrace_common::filter::PORT;
+    opts.filter.port = port;
+    Trace::start_with(opts, &[port])
+}
+
+/// A port number free here, held until the test ends (see the module doc).
+fn reserve_port(ip: IpAddr) -> (TcpListener, u16) {
+    let l = TcpListener::bind((ip, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
+/// The ladder tcptrace prints for a life.
+fn ladder(life: &SocketLife, verdict: &Verdict) -> String {
+    let opts = RenderOptions {
+        view: View::Sockets,
+        ..RenderOptions::default()
+    };
+    let mut r = Renderer::new(Vec::new(), opts);
+    r.socket(life, verdict).unwrap();
+    String::from_utf8(r.into_inner()).unwrap()
+}
+
+fn syns_dropped_on_the_way_out(ip: IpAddr) {
+    let (_reserved, port) = reserve_port(ip);
+    let mut trace = trace(port);
+    let ns = Netns::new("synout");
+    // One SYN retransmit, then give up: about 3 s.
+    ns.sysctl("net.ipv4.tcp_syn_retries", "1");
+    ns.nft(&format!(
+        "add table inet tt; \
+         add chain inet tt out {{ type filter hook output priority 0; }}; \
+         add rule inet tt out tcp dport {port} tcp flags & syn == syn drop"
+    ));
+    let target = SocketAddr::new(ip, port);
+    let err = ns.enter(move || {
+        // The cap only bounds the test should the sysctl not apply.
+        TcpStream::connect_timeout(&target, Duration::from_secs(9)).unwrap_err()
+    });
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    let (c, cv) = trace.wait_life_where("the client whose SYNs never left", &[port], |l| {
+        l.role == Role::Client && l.remote == target
+    });
+
+    assert!(c.syn_retransmits >= 1, "{c:#?}");
+    let Close::HandshakeTimeout {
+        syn_retransmits,
+        syns_dropped,
+    } = &cv.close
+    else {
+        panic!("not a handshake timeout: {cv:#?}\n{c:#?}");
+    };
+    assert_eq!(*syn_retransmits, c.syn_retransmits);
+    let dropped = syns_dropped.as_ref().unwrap_or_else(|| panic!("{c:#?}"));
+    assert_eq!(
+        dropped.reason.name.as_deref(),
+        Some("NETFILTER_DROP"),
+        "{c:#?}"
+    );
+    // The first SYN and each retransmit, all dropped here.
+    assert!(dropped.count >= 2, "{c:#?}");
+    assert!(dropped.count <= c.syn_retransmits + 1, "{c:#?}");
+    // Each was still owned by the client's socket (skb->sk): tied exactly,
+    // even the first, sent before the socket's port was known.
+    for d in &c.drops {
+        assert_eq!(
+            (d.kind(), d.direction, d.joined_by),
+            (SegmentKind::Syn, Direction::Outgoing, JoinedBy::Socket),
+            "{c:#?}"
+        );
+    }
+    let text = ladder(&c, &cv);
+    assert!(
+        text.contains("SYN dropped on this host: NETFILTER_DROP"),
+        "{text}"
+    );
+    let summary = words::summary(&c, &cv);
+    assert!(
+        summary.contains("SYNs dropped on this host (NETFILTER_DROP)"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn an_ipv4_connect_whose_syns_its_own_firewall_drops_says_so() {
+    syns_dropped_on_the_way_out(V4);
+}
+
+#[test]
+fn an_ipv6_connect_whose_syns_its_own_firewall_drops_says_so() {
+    syns_dropped_on_the_way_out(V6);
+}
+
+/// `listen(2)` with `backlog`: the accept queue then holds `backlog + 1`.
+fn listen(addr: SocketAddr, backlog: i32) -> TcpListener {
+    let socket = std::net::TcpListener::bind(addr).unwrap();
+    // Re-listen with the small backlog (std listens with 128).
+    // SAFETY: plain syscall on a socket we own.
+    let rc = unsafe { libc::listen(socket.as_raw_fd(), backlog) };
+    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+    socket
+}
+
+/// Just enough of a socket to bind before connecting (std cannot).
+mod raw {
+    use std::{
+        net::{IpAddr, SocketAddr, TcpStream},
+        os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    };
+
+    pub struct Socket(OwnedFd);
+
+    fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match addr {
+            SocketAddr::V4(a) => {
+                let sa = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*a.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                unsafe { (&raw mut ss).cast::<libc::sockaddr_in>().write(sa) };
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sa = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: 0,
+                };
+                // SAFETY: as above, for sockaddr_in6.
+                unsafe { (&raw mut ss).cast::<libc::sockaddr_in6>().write(sa) };
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (ss, len as libc::socklen_t)
+    }
+
+    impl Socket {
+        /// A TCP socket bound to an ephemeral port of `ip`, and that port.
+        pub fn bound(ip: IpAddr) -> (Socket, u16) {
+            let family = if ip.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
+            // SAFETY: plain syscall; the fd is owned at once.
+            let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            // SAFETY: a fresh fd nobody else owns.
+            let s = Socket(unsafe { OwnedFd::from_raw_fd(fd) });
+            let (ss, len) = sockaddr(SocketAddr::new(ip, 0));
+            // SAFETY: a valid sockaddr of the length given.
+            let rc = unsafe { libc::bind(fd, (&raw const ss).cast(), len) };
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            let port = TcpStream::from(s.0.try_clone().unwrap())
+                .local_addr()
+                .unwrap()
+                .port();
+            (s, port)
+        }
+
+        /// Starts connecting without waiting: the SYN is sent.
+        pub fn connect_nowait(self, to: SocketAddr) -> TcpStream {
+            let stream = TcpStream::from(self.0);
+            stream.set_nonblocking(true).unwrap();
+            let (ss, len) = sockaddr(to);
+            // SAFETY: a valid sockaddr of the length given.
+            let rc = unsafe { libc::connect(stream.as_raw_fd(), (&raw const ss).cast(), len) };
+            let err = std::io::Error::last_os_error();
+            assert!(
+                rc == 0 || err.raw_os_error() == Some(libc::EINPROGRESS),
+                "connect: {err}"
+            );
+            stream
+        }
+    }
+}
+
+/// The accept queue of a listener that never accepts, made to overflow:
+/// three clients' handshakes are answered while the queue has room, but
+/// their final ACKs are held back (a rule drops them) until four other
+/// connections have filled it; then each of the three sends a byte, its
+/// ACK, which completes a handshake that no longer fits:
+/// TCP_LISTEN_OVERFLOW, the listener named as `rx_sk`.
+fn accept_queue_overflow(ip: IpAddr) {
+    let (_reserved, port) = reserve_port(ip);
+    let mut trace = trace(port);
+    let ns = Netns::new("accq");
+    let addr = SocketAddr::new(ip, port);
+    let (listener, held, late, lister) = ns.enter(move || {
+        let listener = listen(addr, 3);
+        let mut held = vec![TcpStream::connect(addr).unwrap()];
+        let late: Vec<_> = (0..3).map(|_| raw::Socket::bound(ip)).collect();
+        let ports: Vec<String> = late.iter().map(|(_, p)| p.to_string()).collect();
+        // Their handshake ACKs (no SYN, FIN or RST) do not reach the listener.
+        let rule = format!(
+            "add table inet tt; \
+             add chain inet tt in {{ type filter hook input priority 0; }}; \
+             add rule inet tt in tcp dport {port} tcp sport {{ {} }} \
+             tcp flags & (syn | rst | fin) == 0 drop",
+            ports.join(", ")
+        );
+        let nft = |args: &[&str]| {
+            let out = std::process::Command::new("nft")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "nft: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        nft(&[&rule]);
+        let late: Vec<TcpStream> = late
+            .into_iter()
+            .map(|(s, _)| s.connect_nowait(addr))
+            .collect();
+        // Each client is ESTABLISHED once its SYN/ACK is in: wait for it.
+        let start = Instant::now();
+        for s in &late {
+            while s.peer_addr().is_err() || s.take_error().unwrap().is_some() {
+                assert!(start.elapsed() < DEADLINE, "a late client never connected");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // The queue fills: 1 + 3 = 4 children, one more than its backlog.
+        held.extend((0..3).map(|_| TcpStream::connect(addr).unwrap()));
+        nft(&["delete table inet tt"]);
+        let me = std::process::id();
+        (listener, held, late, me)
+    });
+    for mut s in &late {
+        s.set_nonblocking(false).unwrap();
+        s.write_all(b"x").unwrap();
+    }
+    // Each late client's byte (and each retransmit of it) is dropped on the
+    // listener: wait until the kernel has said so three times.
+    trace.wait_for(
+        "three accept-queue overflows",
+        |r| matches!(r, Record::Drop(_)),
+        |t| {
+            let n = t
+                .records
+                .iter()
+                .filter(|r| {
+                    matches!(r, Record::Drop(d)
+                        if d.reason.name.as_deref() == Some("TCP_LISTEN_OVERFLOW"))
+                })
+                .count();
+            (n >= 3).then_some(n)
+        },
+    );
+    // The requests stay half-open: the listener resends their SYN/ACKs
+    // after a second.
+    trace.wait_for(
+        "a SYN/ACK retransmit",
+        |r| matches!(r, Record::RetransmitSynAck { .. }),
+        |t| {
+            t.records
+                .iter()
+                .any(|r| matches!(r, Record::RetransmitSynAck { .. }))
+                .then_some(())
+        },
+    );
+    drop(listener);
+    let (l, lv) = trace.wait_life_where("the listener", &[port], |l| {
+        l.role == Role::Listener && l.local.port() == port
+    });
+    drop((held, late));
+
+    let owner = l.owner.unwrap_or_else(|| panic!("no owner: {l:#?}"));
+    assert_eq!(owner.tgid, lister, "{l:#?}");
+    let overflows: Vec<_> = l
+        .drop_counts
+        .iter()
+        .filter(|c| c.reason.name.as_deref() == Some("TCP_LISTEN_OVERFLOW"))
+        .collect();
+    assert_eq!(overflows.len(), 1, "{l:#?}");
+    assert!(overflows[0].count >= 3, "{l:#?}");
+    assert_eq!(overflows[0].segment, SegmentKind::Ack, "{l:#?}");
+    for d in l
+        .drops
+        .iter()
+        .filter(|d| words::is_listen_overflow(&d.reason))
+    {
+        assert_eq!(
+            (d.direction, d.joined_by),
+            (Direction::Incoming, JoinedBy::Socket),
+            "the kernel named the listener (rx_sk): {l:#?}"
+        );
+    }
+    assert!(l.synack_retransmits >= 1, "{l:#?}");
+    let text = ladder(&l, &lv);
+    assert!(text.contains("SYN/ACK retransmit"), "{text}");
+    let want = format!(
+        "handshake ACK dropped: accept queue of {}[{}] full (TCP_LISTEN_OVERFLOW)",
+        &*owner.comm, owner.tgid
+    );
+    assert!(text.contains(&want), "{want}\n{text}");
+}
+
+#[test]
+fn a_listener_that_never_accepts_over_ipv4_counts_its_accept_queue_overflows() {
+    accept_queue_overflow(V4);
+}
+
+#[test]
+fn a_listener_that_never_accepts_over_ipv6_counts_its_accept_queue_overflows() {
+    accept_queue_overflow(V6);
+}
