@@ -56,7 +56,10 @@ pub mod kind {
     pub const SIGNAL: u8 = 8;
     /// `sock:inet_sk_error_report`: a TCP socket's error was set
     /// ([`super::Event::value`] = `sk_err`; [`super::Event::seg_flags`] =
-    /// retransmits | keepalive probes << 8).
+    /// retransmits | keepalive probes << 8; [`super::Event::value`] has
+    /// [`super::QUEUED_ERROR`] set when `sk_err` was 0 and it holds the
+    /// errno of the ICMP error just queued; [`super::Event::unread`] =
+    /// `icsk_user_timeout` in ms, 0 when not set or unknown).
     pub const ERROR_REPORT: u8 = 9;
     /// `skb:kfree_skb` for a TCP segment that matters to a handshake or a
     /// close (SYN, SYN/ACK, FIN, RST) or one dropped for accept-queue
@@ -70,6 +73,10 @@ pub mod kind {
     /// = its tgid); the SIGKILL it sent came just before.
     pub const OOM_VICTIM: u8 = 11;
 }
+
+/// In an error report's [`Event::value`]: the errno is that of an ICMP
+/// error just queued (TCP has not set `sk_err` yet, and may never).
+pub const QUEUED_ERROR: u32 = 1 << 16;
 
 /// Bits of [`Event::flags`].
 pub mod flag {
@@ -257,6 +264,16 @@ pub struct SockOffsets {
     pub sk_err: u16,
     pub retransmits: u16,
     pub probes: u16,
+    /// `icsk_user_timeout` (u32, ms; 0 = not set), ABSENT when unknown.
+    pub user_timeout: u16,
+    /// `sk_error_queue` in `struct sock`, `prev` in its `sk_buff_head` (the
+    /// newest skb; the head itself when empty), and `ee.ee_errno` of the
+    /// `sock_exterr_skb` in an skb's `cb` (an offset in `struct sk_buff`):
+    /// an ICMP error is queued and reported before TCP sets `sk_err`.
+    /// ABSENT when unknown.
+    pub error_queue: u16,
+    pub queue_prev: u16,
+    pub queued_errno: u16,
     pub _pad: u16,
 }
 
@@ -282,6 +299,10 @@ impl SockOffsets {
         sk_err: ABSENT,
         retransmits: ABSENT,
         probes: ABSENT,
+        user_timeout: ABSENT,
+        error_queue: ABSENT,
+        queue_prev: ABSENT,
+        queued_errno: ABSENT,
         _pad: 0,
     };
 }
@@ -539,9 +560,9 @@ const _: () = assert!(core::mem::size_of::<Task>() == 32);
 const _: () = assert!(core::mem::size_of::<Event>() == 152);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 56);
 const _: () = assert!(core::mem::size_of::<DropConfig>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 264);
+const _: () = assert!(core::mem::size_of::<Config>() == 272);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -5,7 +5,9 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use tcptrace_common::{ABSENT, ArgPos, IPPROTO_TCP, NO_ARG, filter, flag, kind, oddity};
+use tcptrace_common::{
+    ABSENT, ArgPos, IPPROTO_TCP, NO_ARG, QUEUED_ERROR, filter, flag, kind, oddity,
+};
 
 use crate::{
     Args, attach_owner, config, finish_sock_event, new_event, odd,
@@ -124,7 +126,30 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
             None => odd::oddity(oddity::ERROR_READ, sk),
         }
     }
+    // No error set yet: an ICMP error was just queued (ip_icmp_error
+    // reports it before TCP decides to set sk_err, or only sk_err_soft):
+    // its errno is in the newest queued skb's control block.
+    if event.value == 0 && o.error_queue != ABSENT && o.queued_errno != ABSENT {
+        let queue = sk + u64::from(o.error_queue);
+        let skb = read_kernel::<u64>(queue + u64::from(o.queue_prev)).unwrap_or(0);
+        // An empty queue's `prev` points at the queue head itself.
+        if skb != 0 && skb != queue {
+            match read_kernel::<u32>(skb + u64::from(o.queued_errno)) {
+                Some(err) if err != 0 => event.value = err | QUEUED_ERROR,
+                Some(_) => {}
+                None => odd::oddity(oddity::ERROR_READ, sk),
+            }
+        }
+    }
     event.seg_flags = u16::from(byte(o.retransmits)) | (u16::from(byte(o.probes)) << 8);
+    // TCP_USER_TIMEOUT, when set, is what gave up (not tcp_retries2 or the
+    // keepalive count): one more read, on this rare path only.
+    if o.user_timeout != ABSENT {
+        match read_kernel::<u32>(sk + u64::from(o.user_timeout)) {
+            Some(ms) => event.unread = ms,
+            None => odd::oddity(oddity::ERROR_READ, sk),
+        }
+    }
     attach_owner(event);
     finish_sock_event(event);
     0

@@ -36,7 +36,8 @@ pub enum ColorChoice {
 #[command(name = "tcptrace", version, about, long_about, max_term_width = 100)]
 pub struct Args {
     /// What to print: one ladder per socket when it ends (`sockets`), one
-    /// line per state transition as it happens (`stream`), or both.
+    /// line per state transition as it happens (`stream`), both, or nothing
+    /// (`none`: a daemon serving --metrics and/or recording with --write).
     #[arg(long, value_enum, default_value_t = View::Sockets)]
     pub view: View,
 
@@ -150,6 +151,19 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rotate_count: Option<u32>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics: PORT alone (on
+    /// 127.0.0.1), localhost:PORT or IP:PORT. Only loopback unless another
+    /// address is given (then a warning says so: labels name processes).
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr,
+          conflicts_with = "read")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// With --metrics: most values of each per-service label (process,
+    /// unit, container); sockets of further ones count under `other`.
+    #[arg(long, value_name = "K", default_value_t = crate::metrics::DEFAULT_MAX_SERIES,
+          requires = "metrics", value_parser = crate::metrics::parse_max_series)]
+    pub metrics_max_series: usize,
+
     /// Replay recordings made with --write instead of tracing: no root, no
     /// BPF; the same views, JSON and summary as the live run. Several files
     /// of a rotated recording are read in the order they were written; `-`
@@ -203,11 +217,19 @@ pub enum ArgsError {
     Netns { path: String, why: String },
     #[error("{0}: command not found (not a file in PATH, or not executable)")]
     CommandNotFound(String),
+    #[error(
+        "--view none shows nothing: give --metrics ADDR or --write FILE (or both) for it \
+         to have an output, or another --view"
+    )]
+    NothingToShow,
 }
 
 impl Args {
     /// The kernel-side filters and sizes.
     pub fn trace_options(&self) -> Result<TraceOptions, ArgsError> {
+        if self.view == View::None && self.metrics.is_none() && self.write.is_none() {
+            return Err(ArgsError::NothingToShow);
+        }
         let mut f = Filter::default();
         // A thread id stands for its process (the filter keys on tgids).
         let mut pids = Vec::new();

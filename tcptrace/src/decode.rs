@@ -268,6 +268,12 @@ pub enum Record {
         retransmits: u8,
         /// Keepalive (or zero-window) probes sent unanswered.
         probes: u8,
+        /// `TCP_USER_TIMEOUT` in ms, when the socket had one set.
+        user_timeout_ms: Option<u32>,
+        /// No error was set yet: `errno` is that of an ICMP error just
+        /// queued on the socket (TCP may then abort it, or keep the error
+        /// soft, for a non-blocking connect() or SO_ERROR to report).
+        icmp_queued: bool,
     },
     /// `sched:sched_process_exit`.
     ProcessExit {
@@ -438,9 +444,11 @@ impl Decoder {
             },
             kind::ERROR_REPORT => Record::ErrorReport {
                 sock: sock(),
-                errno: e.value as i32,
+                errno: (e.value & 0xffff) as i32,
                 retransmits: (e.seg_flags & 0xff) as u8,
                 probes: (e.seg_flags >> 8) as u8,
+                user_timeout_ms: (e.unread != 0).then_some(e.unread),
+                icmp_queued: e.value & tcptrace_common::QUEUED_ERROR != 0,
             },
             kind::DROP => Record::Drop(SegmentDrop {
                 ts_ns: e.ts_ns,

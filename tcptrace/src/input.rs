@@ -15,7 +15,7 @@
 //! same frames).
 
 use std::{
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -70,6 +70,87 @@ pub struct LiveInput {
     rx: UnboundedReceiver<Batch>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    gauge: InputGauge,
+}
+
+/// How full the input is, readable from anywhere at any time (metrics).
+#[derive(Clone, Debug)]
+pub struct InputGauge {
+    /// Bytes of records taken from the ring and not yet processed.
+    backlog: Arc<AtomicUsize>,
+    ring: Option<Arc<RingPositions>>,
+}
+
+impl InputGauge {
+    /// Bytes read out of the ring that the main thread has not processed.
+    pub fn backlog_bytes(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Bytes in the kernel's ring not yet consumed (`None` when its
+    /// positions could not be mapped).
+    pub fn ring_used_bytes(&self) -> Option<u64> {
+        self.ring.as_ref().map(|r| r.used())
+    }
+}
+
+/// The ring's consumer and producer positions, from a read-only mapping
+/// of their two pages (aya 0.14's `RingBuf` keeps its own mapping
+/// private). The kernel allows read-only mappings of every page of a ring.
+#[derive(Debug)]
+struct RingPositions {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: a read-only shared mapping of two u64 counters the kernel
+// updates; they are only read, atomically.
+unsafe impl Send for RingPositions {}
+unsafe impl Sync for RingPositions {}
+
+impl RingPositions {
+    fn map(fd: BorrowedFd<'_>) -> std::io::Result<RingPositions> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = 2 * page;
+        // SAFETY: a fresh read-only mapping of the ring fd's first two
+        // pages (consumer position, then producer position).
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(RingPositions { base, len })
+    }
+
+    /// producer − consumer: bytes written (or reserved) and not yet read.
+    fn used(&self) -> u64 {
+        let at = |offset: usize| {
+            // SAFETY: page-aligned u64s inside the mapping, which lives as
+            // long as self; the kernel writes them atomically.
+            unsafe {
+                (*self.base.cast::<u8>().add(offset).cast::<AtomicU64>()).load(Ordering::Acquire)
+            }
+        };
+        let consumer = at(0);
+        let producer = at(self.len / 2);
+        producer.saturating_sub(consumer)
+    }
+}
+
+impl Drop for RingPositions {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
 }
 
 impl LiveInput {
@@ -78,14 +159,29 @@ impl LiveInput {
         let (tx, rx) = unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
+        let ring_positions = RingPositions::map(ring.as_fd())
+            .map_err(|e| log::debug!("cannot map the ring's positions: {e}"))
+            .ok()
+            .map(Arc::new);
+        let gauge = InputGauge {
+            backlog: Arc::new(AtomicUsize::new(0)),
+            ring: ring_positions,
+        };
+        let backlog = gauge.backlog.clone();
         let thread = std::thread::Builder::new()
             .name("tcptrace-ring".into())
-            .spawn(move || read_ring(ring, &tx, &thread_stop, &received))?;
+            .spawn(move || read_ring(ring, &tx, &thread_stop, &received, backlog))?;
         Ok(LiveInput {
             rx,
             stop,
             thread: Some(thread),
+            gauge,
         })
+    }
+
+    /// How full the ring and the backlog are.
+    pub fn gauge(&self) -> InputGauge {
+        self.gauge.clone()
     }
 
     /// The next batch; `None` once the thread has ended (after [`stop`]).
@@ -116,9 +212,9 @@ fn read_ring(
     tx: &UnboundedSender<Batch>,
     stop: &AtomicBool,
     received: &AtomicU64,
+    backlog: Arc<AtomicUsize>,
 ) {
     let fd = ring.as_raw_fd();
-    let backlog = Arc::new(AtomicUsize::new(0));
     let mut buf = BytesMut::with_capacity(BATCH_BYTES);
     let mut count = 0u64;
     loop {

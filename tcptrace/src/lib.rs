@@ -20,6 +20,7 @@ pub mod input;
 pub mod kernel;
 pub mod kernel_log;
 pub mod loader;
+pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod pipeline;

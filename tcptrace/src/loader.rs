@@ -378,6 +378,15 @@ impl Tracer {
             .unwrap_or(0)
     }
 
+    /// Each loaded program's name and fdinfo counts (none once detached).
+    pub fn program_stats(&self, mut each: impl FnMut(&str, ProgramStats)) {
+        for (name, program) in self.ebpf.programs() {
+            if let Ok(fd) = program.fd() {
+                each(name, program_stats(fd));
+            }
+        }
+    }
+
     /// Runs of our programs that the kernel skipped (recursion guard), from
     /// each program's fdinfo: the kernel's own count, not an estimate, less
     /// the skipped runs whose event the backup program made. The backup's
@@ -413,15 +422,54 @@ impl Tracer {
 
 /// A loaded program's `recursion_misses`, from its fdinfo.
 fn program_misses(fd: &aya::programs::ProgramFd) -> u64 {
-    let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("recursion_misses:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
+    program_stats(fd).recursion_misses
+}
+
+/// What the kernel counts for one loaded program (its fdinfo).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Time spent running and runs: 0 unless `kernel.bpf_stats_enabled=1`.
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+    /// Runs skipped by the kernel's recursion guard.
+    pub recursion_misses: u64,
+}
+
+/// Reads a program's fdinfo into a stack buffer: cheap enough to be read
+/// every second for metrics, and allocates nothing.
+fn program_stats(fd: &aya::programs::ProgramFd) -> ProgramStats {
+    use std::io::{Read as _, Write as _};
+    let mut path = [0u8; 48];
+    let len = {
+        let mut w = &mut path[..];
+        let _ = write!(w, "/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+        48 - w.len()
+    };
+    let mut stats = ProgramStats::default();
+    let Ok(path) = std::str::from_utf8(&path[..len]) else {
+        return stats;
+    };
+    // A program's fdinfo is a few hundred bytes.
+    let mut buf = [0u8; 2048];
+    let Ok(n) = std::fs::File::open(path).and_then(|mut f| f.read(&mut buf)) else {
+        return stats;
+    };
+    for line in buf[..n].split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let value = std::str::from_utf8(&line[colon + 1..])
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        match &line[..colon] {
+            b"run_time_ns" => stats.run_time_ns = value,
+            b"run_cnt" => stats.run_cnt = value,
+            b"recursion_misses" => stats.recursion_misses = value,
+            _ => {}
+        }
+    }
+    stats
 }
 
 /// Listeners and sockets that existed at start get their owners before

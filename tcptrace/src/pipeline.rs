@@ -1,8 +1,9 @@
 //! The pipeline, the same for every input: raw kernel records and the
 //! steps that drive time (ticks, losses, the exit check) come in, from the
 //! live ring buffer or a recording; decoded records, finished lives and
-//! their verdicts go out to the renderers and the summary, and the raw
-//! steps to the recorder, when there is one.
+//! their verdicts go out to the renderers and the summary, the raw steps
+//! to the recorder, when there is one, and everything to the extra
+//! [`Output`]s (metrics).
 //!
 //! Replaying a recording gives the live run's output because nothing here
 //! reads a clock or the host: time is the records' and the ticks', and the
@@ -21,11 +22,31 @@ use crate::{
     counters::Counters,
     decode::{Decoder, Proc, Record, event_from_bytes},
     filter::EventFilter,
+    model::Verdict,
     recording::Recorder,
     render::{RenderOptions, Renderer, write_summary},
     summary::Summary,
-    tracker::{SocketLife, Tracker, TrackerOptions},
+    tracker::{SocketLife, Tracker, TrackerOptions, TrackerStats},
 };
+
+/// A sink beside the renderers: told every decoded record, every finished
+/// life with its verdict, and every tick. Adding an output is adding one
+/// module that implements this.
+pub trait Output {
+    /// A decoded record, as it arrives. Called per event: keep it cheap.
+    fn record(&mut self, _record: &Record) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// A finished life and its verdict.
+    fn finished(&mut self, life: &SocketLife, verdict: &Verdict) -> io::Result<()>;
+
+    /// Time moved on to `now_ns` (every drain, some 50 times a second);
+    /// `tracker` is the socket table as it now stands.
+    fn tick(&mut self, _now_ns: u64, _tracker: &TrackerStats) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 /// The kernel's sockets at exit: (local, remote) of each.
 pub type AliveSockets = HashSet<(SocketAddr, SocketAddr)>;
@@ -52,6 +73,7 @@ pub struct Pipeline<W: Write> {
     recorder: Option<Recorder>,
     renderer: Renderer<W>,
     summary: Summary,
+    outputs: Vec<Box<dyn Output>>,
     /// Monotonic time of the latest loss: lives that began before it may
     /// miss events and are marked incomplete.
     last_loss_ns: Option<u64>,
@@ -73,6 +95,7 @@ impl<W: Write> Pipeline<W> {
             recorder: None,
             renderer: Renderer::new(out, render),
             summary: Summary::default(),
+            outputs: Vec::new(),
             last_loss_ns: None,
             undecodable: 0,
             filtered: 0,
@@ -101,6 +124,12 @@ impl<W: Write> Pipeline<W> {
     /// Every step is also written to `recorder`.
     pub fn with_recorder(mut self, recorder: Recorder) -> Self {
         self.recorder = Some(recorder);
+        self
+    }
+
+    /// Also feeds `output`.
+    pub fn with_output(mut self, output: Box<dyn Output>) -> Self {
+        self.outputs.push(output);
         self
     }
 
@@ -136,6 +165,9 @@ impl<W: Write> Pipeline<W> {
     /// One decoded record.
     pub fn record(&mut self, record: &Record) -> io::Result<()> {
         self.renderer.transition(record)?;
+        for output in &mut self.outputs {
+            output.record(record)?;
+        }
         if let Record::Drop(d) = record {
             self.summary.add_drop(d);
         }
@@ -155,6 +187,10 @@ impl<W: Write> Pipeline<W> {
         }
         for life in lives {
             self.finished(life)?;
+        }
+        let stats = self.tracker.stats();
+        for output in &mut self.outputs {
+            output.tick(now_ns, &stats)?;
         }
         self.renderer.flush()
     }
@@ -185,6 +221,11 @@ impl<W: Write> Pipeline<W> {
         self.renderer.flush()
     }
 
+    /// Kernel records the recorder could not write so far (0 without one).
+    pub fn recording_dropped(&self) -> u64 {
+        self.recorder.as_ref().map_or(0, Recorder::events_dropped)
+    }
+
     /// The recorder, to be finished with the run's counters.
     pub fn take_recorder(&mut self) -> Option<Recorder> {
         self.recorder.take()
@@ -199,6 +240,9 @@ impl<W: Write> Pipeline<W> {
         }
         let verdict = classify(&life);
         self.summary.add(&life, &verdict);
+        for output in &mut self.outputs {
+            output.finished(&life, &verdict)?;
+        }
         self.renderer.socket(&life, &verdict)
     }
 

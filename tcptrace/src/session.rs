@@ -23,10 +23,12 @@ use crate::{
     input::Batch,
     loader::TraceOptions,
     loader::Tracer,
+    metrics::{Metrics, MetricsListener},
     output::OutputQueue,
     pipeline::AliveSockets,
     recording::{self, Header, Recorder, RecorderReport, Rotation},
     render::RenderOptions,
+    render::View,
     render::write_snapshot,
     snapshot::{Holder, OpenSocket, Snapshot},
     sockdiag,
@@ -69,6 +71,16 @@ pub fn wall_offset_ns() -> i128 {
 /// the end of `-- COMMAND`, whose exit code it then returns.
 pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
     let mut trace = args.trace_options()?;
+    // --metrics: bound before anything is loaded, so that a bad address
+    // fails first.
+    let metrics_listener = args.metrics.map(MetricsListener::bind).transpose()?;
+    if let Some(l) = metrics_listener.as_ref().filter(|l| l.beyond_loopback()) {
+        eprintln!(
+            "tcptrace: warning: --metrics {}: reachable from beyond this host; its labels \
+             name this host's processes and services",
+            l.addr
+        );
+    }
     // `-- COMMAND`: a cgroup of its own, made before anything is loaded.
     let command_cgroup = if args.command.is_empty() {
         None
@@ -156,7 +168,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
     };
     // Rendering never waits for stdout's reader: see output.rs.
     // With a command, its stdout stays its own: the report goes to stderr.
-    let out = if command_cgroup.is_some() {
+    let out = if args.view == View::None {
+        // Nothing is printed: no terminal or reader is needed.
+        OutputQueue::new(io::sink(), None)
+    } else if command_cgroup.is_some() {
         OutputQueue::stderr()
     } else {
         OutputQueue::stdout()
@@ -174,17 +189,33 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
             .context("--write: starting the recording")?;
         pipeline = pipeline.with_recorder(recorder);
     }
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            let metrics = Metrics::new(args.metrics_max_series);
+            let addr = listener.addr;
+            metrics.serve(listener).context("serving --metrics")?;
+            pipeline = pipeline.with_output(metrics.sink());
+            Some((metrics, addr))
+        }
+        None => None,
+    };
 
     // The ring is emptied on a thread of its own; batches come here.
     let mut input = tracer.live_input().context("starting the ring reader")?;
+    if let Some((m, _)) = &metrics {
+        m.watch_input(input.gauge(), args.ring_size);
+    }
     let on = |kind: SignalKind, name: &str| {
         signal(kind).with_context(|| format!("installing the {name} handler"))
     };
     // INT, TERM, HUP and QUIT all stop cleanly (summary, open sockets);
-    // USR1 prints the summary so far and goes on.
+    // USR1 prints the summary so far and goes on. HUP ignored at start
+    // (nohup) stays ignored: a daemon so started outlives its terminal.
     let mut sigint = on(SignalKind::interrupt(), "SIGINT")?;
     let mut sigterm = on(SignalKind::terminate(), "SIGTERM")?;
-    let mut sighup = on(SignalKind::hangup(), "SIGHUP")?;
+    let mut sighup = (!ignored_at_start(libc::SIGHUP))
+        .then(|| on(SignalKind::hangup(), "SIGHUP"))
+        .transpose()?;
     let mut sigquit = on(SignalKind::quit(), "SIGQUIT")?;
     let mut sigusr1 = on(SignalKind::user_defined1(), "SIGUSR1")?;
     let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
@@ -205,11 +236,18 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
     }
     let mut deadline = deadline;
 
-    eprintln!(
-        "tcptrace: tracing TCP sockets ({} view{}); Ctrl-C to stop",
-        format!("{:?}", args.view).to_lowercase(),
-        if args.json { ", JSON" } else { "" }
-    );
+    let mut showing = match args.view {
+        View::None => "no view".to_owned(),
+        view => format!(
+            "{} view{}",
+            format!("{view:?}").to_lowercase(),
+            if args.json { ", JSON" } else { "" }
+        ),
+    };
+    if let Some((_, addr)) = &metrics {
+        showing.push_str(&format!("; metrics at http://{addr}/metrics"));
+    }
+    eprintln!("tcptrace: tracing TCP sockets ({showing}); Ctrl-C or SIGTERM to stop");
 
     let mut output_error = None;
     loop {
@@ -219,7 +257,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
         let woke = tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sighup.recv() => break,
+            _ = recv_if_handled(&mut sighup) => break,
             _ = sigquit.recv() => break,
             _ = sigusr1.recv() => {
                 if !args.no_summary {
@@ -263,6 +301,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
                 pipeline.note_loss(now);
             }
             result = pipeline.tick(now);
+            if let Some((m, _)) = &metrics {
+                let out = pipeline.output().stats();
+                m.read_health(&tracer, &out, pipeline.recording_dropped());
+            }
         }
         if let Err(e) = result {
             output_error = Some(e);
@@ -441,6 +483,25 @@ fn kernel_sockets() -> Option<AliveSockets> {
             })
             .collect(),
     )
+}
+
+/// Was `sig` ignored when tcptrace started (as `nohup` leaves SIGHUP)?
+fn ignored_at_start(sig: libc::c_int) -> bool {
+    // SAFETY: a zeroed sigaction for the kernel to fill; a null new
+    // action only reads the current one.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    let read = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } == 0;
+    read && old.sa_sigaction == libc::SIG_IGN
+}
+
+/// The next `signal`, or never when it is not handled.
+async fn recv_if_handled(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_deadline(deadline: Option<Instant>) {

@@ -5,6 +5,7 @@
 //! traffic, so each test picks out its own sockets by their ports.
 
 pub mod netns;
+pub mod prometheus;
 
 use std::{
     net::SocketAddr,
@@ -351,6 +352,17 @@ impl Cli {
             stderr,
             stderr_lines,
         }
+    }
+
+    /// Where `--metrics` serves, as tcptrace said when it started.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.stderr_lines
+            .iter()
+            .find_map(|l| {
+                let rest = l.split("metrics at http://").nth(1)?;
+                rest.split("/metrics").next()?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no metrics address said: {:#?}", self.stderr_lines))
     }
 
     pub fn signal(&self, sig: i32) {

@@ -467,3 +467,91 @@ fn the_cgroup_filter_keeps_one_cgroup_and_drops_the_rest_in_the_kernel() {
         cli_options(&["--cgroup", cgroup.0.to_str().unwrap()])
     });
 }
+
+/// Listens with room for a few connections it never accepts.
+const NEVER_ACCEPTS: &str = "
+l = socket.socket()
+l.bind(('127.0.0.1', 0))
+l.listen(8)
+say('listening', l.getsockname()[1])
+time.sleep(60)
+";
+
+#[test]
+fn a_listener_killed_with_unaccepted_children_resets_them_and_no_linger_is_blamed() {
+    let mut server = Program::spawn("tt-backlog", NEVER_ACCEPTS, &[]);
+    let port: u16 = server.line().split(' ').nth(1).unwrap().parse().unwrap();
+    let mut trace = Trace::start(&[port]);
+    // Two connections complete their handshake into the accept queue.
+    let clients: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let client_port = clients[0].local_addr().unwrap().port();
+    server.kill(libc::SIGKILL);
+    server.wait();
+    // The server-side child of the first connection.
+    let (life, verdict) = trace.wait_life(port, client_port);
+    let seen: Vec<String> = trace.records.iter().map(tcptrace_tests::describe).collect();
+    assert!(life.unaccepted, "{life:#?}\nrecords: {seen:#?}");
+    let reason = life.resets_sent.first().and_then(|r| r.reason.as_ref());
+    assert_eq!(
+        reason.and_then(|r| r.name.as_deref()),
+        Some("TCP_STATE"),
+        "{life:#?}"
+    );
+    let told = format!(
+        "{} / {}",
+        words::summary(&life, &verdict),
+        words::attribution(&life, &verdict).unwrap_or_default()
+    );
+    assert!(!told.contains("SO_LINGER"), "{told}");
+    assert!(
+        told.contains("listener closed before accepting it"),
+        "{told}"
+    );
+    assert!(told.contains("tt-backlog["), "{told}");
+}
+
+/// Connects; a second thread named `bgworker` takes a file table of its
+/// own (so the socket's last reference is its), then the main thread
+/// closes its copy: the socket is closed by the worker's exit.
+const THREADED: &str = "
+import ctypes, threading
+libc = ctypes.CDLL(None, use_errno=True)
+c = socket.create_connection(('127.0.0.1', int(sys.argv[2])))
+ready = threading.Event()
+def worker():
+    open('/proc/self/task/%d/comm' % threading.get_native_id(), 'w').write('bgworker')
+    assert libc.unshare(0x400) == 0  # CLONE_FILES
+    ready.set()
+    time.sleep(60)
+threading.Thread(target=worker, daemon=True).start()
+ready.wait()
+port = c.getsockname()[1]
+c.close()
+say('connected', port)
+time.sleep(60)
+";
+
+#[test]
+fn a_multithreaded_process_killed_is_named_first_and_its_thread_after() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut trace = Trace::start(&[port]);
+    let mut victim = Program::spawn("tt-threaded", THREADED, &[&port.to_string()]);
+    let (_served, _) = listener.accept().unwrap();
+    let victim_port: u16 = victim.line().split(' ').nth(1).unwrap().parse().unwrap();
+    victim.kill(libc::SIGKILL);
+    victim.wait();
+    let (life, verdict) = trace.wait_life(victim_port, port);
+    let said = words::attribution(&life, &verdict).unwrap_or_default();
+    let expect = format!(
+        "closed by exit of tt-threaded[{}] (thread bgworker)",
+        victim.pid()
+    );
+    assert!(
+        said.starts_with(&expect),
+        "expected {expect:?}, got {said:?}"
+    );
+    assert!(said.contains("killed by SIGKILL"), "{said}");
+}

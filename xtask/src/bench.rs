@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: what tracing costs, in scenarios.
 //!
 //! - churn: for each mode (workload pinned to CPU 0, or every CPU busy), runs
-//!   the configurations interleaved (A B C D E A B C D E …): no tracer,
-//!   tcptrace to a file (text and --json), and bpftrace printing or counting
-//!   the same tracepoint. Each run starts the tracer, waits until it has
+//!   the configurations interleaved (A B C D E F A B C D E F …): no tracer,
+//!   tcptrace to a file (text and --json), tcptrace as a metrics daemon
+//!   (`--view none --metrics`: nothing printed, every finished socket
+//!   counted), and bpftrace printing or counting the same tracepoint. Each run starts the tracer, waits until it has
 //!   attached, runs the `churn` workload, stops the tracer with SIGINT and
 //!   collects connections/s, the tracer's CPU time, peak RSS, the BPF
 //!   programs' run time and skipped runs (per program) and tcptrace's own
@@ -125,16 +126,25 @@ pub enum Scenario {
     /// A child holding many connections SIGKILLed under tcptrace --json
     /// (--massclose-*): runs skipped, sockets wrongly left open.
     Massclose,
+    /// The JSON lines written by tcptrace's direct writer against serde's
+    /// derives (the `replay` example): reader CPU per million events.
+    Json,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 3] = [Scenario::Churn, Scenario::Bulk, Scenario::Massclose];
+    const ALL: [Scenario; 4] = [
+        Scenario::Churn,
+        Scenario::Bulk,
+        Scenario::Massclose,
+        Scenario::Json,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Churn => "churn",
             Scenario::Bulk => "bulk",
             Scenario::Massclose => "massclose",
+            Scenario::Json => "json",
         }
     }
 }
@@ -151,15 +161,18 @@ pub enum Config {
     None,
     Tcptrace,
     TcptraceJson,
+    /// `tcptrace --view none --metrics 127.0.0.1:0`: the daemon's cost.
+    TcptraceMetrics,
     BpftracePrint,
     BpftraceCount,
 }
 
 impl Config {
-    const ALL: [Config; 5] = [
+    const ALL: [Config; 6] = [
         Config::None,
         Config::Tcptrace,
         Config::TcptraceJson,
+        Config::TcptraceMetrics,
         Config::BpftracePrint,
         Config::BpftraceCount,
     ];
@@ -169,13 +182,17 @@ impl Config {
             Config::None => "none",
             Config::Tcptrace => "tcptrace",
             Config::TcptraceJson => "tcptrace-json",
+            Config::TcptraceMetrics => "tcptrace-metrics",
             Config::BpftracePrint => "bpftrace-print",
             Config::BpftraceCount => "bpftrace-count",
         }
     }
 
     pub fn is_tcptrace(self) -> bool {
-        matches!(self, Config::Tcptrace | Config::TcptraceJson)
+        matches!(
+            self,
+            Config::Tcptrace | Config::TcptraceJson | Config::TcptraceMetrics
+        )
     }
 
     pub fn is_bpftrace(self) -> bool {
@@ -395,6 +412,8 @@ impl Run {
                 Scenario::Churn => self.churn.is_some(),
                 Scenario::Bulk => self.bulk.is_some(),
                 Scenario::Massclose => self.massclose.is_some(),
+                // Not a run: the example prints its own figures.
+                Scenario::Json => false,
             }
     }
 
@@ -406,7 +425,7 @@ impl Run {
         match self.scenario {
             Scenario::Churn => self.churn.as_ref().map(|c| c.rate),
             Scenario::Bulk => self.bulk.as_ref().map(|b| b.rate),
-            Scenario::Massclose => None,
+            Scenario::Massclose | Scenario::Json => None,
         }
     }
 
@@ -419,7 +438,7 @@ impl Run {
         match self.scenario {
             Scenario::Churn => self.churn.as_ref().map(|c| c.seconds),
             Scenario::Bulk => self.bulk.as_ref().map(|b| b.seconds),
-            Scenario::Massclose => None,
+            Scenario::Massclose | Scenario::Json => None,
         }
     }
 }
@@ -623,8 +642,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
     }
     drop(stats);
+    let json_paths = if wants(Scenario::Json) {
+        Some(json_paths(&ctx, &root)?)
+    } else {
+        None
+    };
 
-    let report = report::Report::new(&ctx.args, runs, ceiling_result, started.elapsed(), load);
+    let mut report = report::Report::new(&ctx.args, runs, ceiling_result, started.elapsed(), load);
+    report.json_paths = json_paths;
     let md = report.markdown();
     println!("\n{md}");
     fs::write(ctx.dir.join("results.md"), &md).context("writing results.md")?;
@@ -645,6 +670,40 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
 /// The bulk scenario's configurations, in their interleaved order.
 pub const BULK_CONFIGS: [Config; 2] = [Config::None, Config::Tcptrace];
+
+/// The `replay` example's comparison of the two JSON writers, as it
+/// prints it (seconds of CPU per million events, best of the reps).
+fn json_paths(ctx: &Ctx, root: &Path) -> Result<String> {
+    println!("bench: json: the direct JSON writer against serde's derives");
+    if !ctx.args.no_build {
+        run(command(util::cargo())?
+            .args([
+                "build",
+                "--release",
+                "--package",
+                "tcptrace",
+                "--example",
+                "replay",
+            ])
+            .current_dir(root))?;
+    }
+    let example = util::target_dir().join("release/examples/replay");
+    let reps = ctx.args.reps.max(3).to_string();
+    let out = command(&example)?
+        .args(["--only", "json-paths", "-n", "200000", "--reps", &reps])
+        .output()
+        .with_context(|| format!("running {}", example.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            example.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("{text}");
+    Ok(text)
+}
 
 fn ceiling(ctx: &Ctx) -> Result<Ceiling> {
     println!("bench: drop-free ceiling of tcptrace (workload unpinned, more clients each step)");
@@ -1083,6 +1142,12 @@ fn tracer_command(ctx: &Ctx, config: Config) -> Result<Option<Command>> {
         Config::TcptraceJson => {
             let mut c = command(&ctx.tcptrace)?;
             c.arg("--json");
+            Some(c)
+        }
+        Config::TcptraceMetrics => {
+            // A port of the kernel's choosing: nothing else to collide with.
+            let mut c = command(&ctx.tcptrace)?;
+            c.args(["--view", "none", "--metrics", "127.0.0.1:0"]);
             Some(c)
         }
         Config::BpftracePrint | Config::BpftraceCount => {

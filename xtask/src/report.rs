@@ -199,6 +199,8 @@ pub struct Report {
     pub scenario_targets: Vec<Target>,
     pub ceiling: Option<Ceiling>,
     pub runs: Vec<Run>,
+    /// The JSON scenario's output, as the `replay` example printed it.
+    pub json_paths: Option<String>,
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -572,6 +574,7 @@ impl Report {
             scenario_targets,
             ceiling,
             runs,
+            json_paths: None,
         }
     }
 
@@ -723,6 +726,20 @@ impl Report {
                 }
             }
             let _ = writeln!(s);
+        }
+
+        if let Some(text) = &self.json_paths {
+            let _ = writeln!(
+                s,
+                "### JSON lines: the direct writer against serde's derives\n\n\
+                 The same lives and records written as JSON lines by tcptrace's writer \
+                 (`render/json.rs`) and by serde's derives of the same types \
+                 (`render/json/reference.rs`, which a test holds byte-identical), timed by \
+                 `cargo run --release -p tcptrace --example replay -- --only json-paths`: \
+                 reader CPU per million kernel events. serde would be the one path if it \
+                 cost at most 0.1 s/M more.\n\n```\n{}```\n",
+                text
+            );
         }
 
         if let Some(c) = &self.ceiling {
@@ -963,8 +980,8 @@ impl Report {
              under `tcptrace --json`: the runs the kernel skipped and the sockets tcptrace \
              wrongly thought open say what a burst of closes costs its accuracy. Raw numbers: \
              `target/bench/results.json`; this file is rewritten by every run.\n\n\
-             Flags: `--scenarios churn,bulk,massclose`, `--reps N`, `--seconds S`, \
-             `--configs none,tcptrace,tcptrace-json,bpftrace-print,bpftrace-count`, \
+             Flags: `--scenarios churn,bulk,massclose,json`, `--reps N`, `--seconds S`, \
+             `--configs none,tcptrace,tcptrace-json,tcptrace-metrics,bpftrace-print,bpftrace-count`, \
              `--modes pinned,saturated`, `--ceiling-max-clients K`, `--ports N`, `--base-port P`, \
              `--bulk-seconds S`, `--bulk-connections C`, `--bulk-unpinned`, `--bulk-port P`, \
              `--massclose-conns N`, `--massclose-runs R`, `--massclose-port P`, \

@@ -28,6 +28,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux", // taskset for the benchmark, mount
     "bpftool",    // inspecting loaded programs and maps when debugging
     "nginx",      // a real pre-fork server (master + workers) in the owner tests
+    "prometheus", // a real scraper of --metrics, and promtool, in the metrics tests
+    "strace",     // the deployment test checks the unit's syscall filter against a run
 ];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -337,8 +339,9 @@ fn debian_packages() -> Result<()> {
     apt(&["update", "-q"])?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
-    // Servers (nginx) must not start as system services on install: the
-    // tests start their own, on loopback, with their own configuration.
+    // Servers (nginx, prometheus) must not start as system services on
+    // install: the tests start their own, on loopback, with their own
+    // configuration and storage.
     let _no_services = NoServiceStarts::new()?;
     apt(&args)
 }

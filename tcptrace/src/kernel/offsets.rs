@@ -59,6 +59,25 @@ pub(super) fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
     o.sk_err = sized("sock", "sk_err", 4);
     o.retransmits = sized("inet_connection_sock", "icsk_retransmits", 1);
     o.probes = sized("inet_connection_sock", "icsk_probes_out", 1);
+    o.user_timeout = sized("inet_connection_sock", "icsk_user_timeout", 4);
+    // An ICMP error: the newest skb on the socket's error queue, and the
+    // errno in its control block (struct sock_exterr_skb in skb->cb).
+    let queue = btf.member("sock", "sk_error_queue").map(|(at, _)| at);
+    let tail = btf.member("sk_buff_head", "prev").filter(|&(_, s)| s == 8);
+    let cb = btf.member("sk_buff", "cb").map(|(at, _)| at);
+    let ee = btf.member("sock_exterr_skb", "ee").map(|(at, _)| at);
+    let errno = btf
+        .member("sock_extended_err", "ee_errno")
+        .filter(|&(_, s)| s == 4);
+    if let (Some(q), Some((t, _)), Some(cb), Some(ee), Some((e, _))) = (queue, tail, cb, ee, errno)
+        && let (Ok(q), Ok(t), Ok(errno)) = (
+            u16::try_from(q),
+            u16::try_from(t),
+            u16::try_from(cb + ee + e),
+        )
+    {
+        (o.error_queue, o.queue_prev, o.queued_errno) = (q, t, errno);
+    }
     o.done_bit = btf
         .enum_values("sock_flags")
         .into_iter()

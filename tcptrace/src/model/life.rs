@@ -39,6 +39,7 @@
 //!   "netns": 4026531840 | null,          // network namespace inode
 //!   "workload": {"unit": "nginx.service" | null, "container": "<64 hex>" | null} | null,
 //!   "fin_wait2_orphan": false,          // FIN acked, peer never closed (CLOSE_WAIT leak?)
+//!   "unaccepted": false,                // reset by its listener's close, never accepted
 //!   "error": {"offset_ns", "errno": 110, "retransmits": 3, "probes": 0} | null,
 //!   "started_mid_life": false, "evicted": false, "still_open": false,
 //!   "gone_unseen": false,               // open as far as seen, gone from the kernel at exit
@@ -117,6 +118,12 @@ pub struct SockError {
     pub retransmits: u8,
     /// Keepalive or zero-window probes unanswered (a keepalive timeout).
     pub probes: u8,
+    /// `TCP_USER_TIMEOUT` in ms, when set: the limit that gave up.
+    pub user_timeout_ms: Option<u32>,
+    /// The errno of an ICMP error just queued on the socket, reported
+    /// before TCP set `sk_err` (it may keep it soft, for connect() or
+    /// SO_ERROR to return).
+    pub icmp_queued: bool,
 }
 
 /// An RST from the peer.
@@ -316,6 +323,9 @@ pub struct SocketLife {
     /// kernel keeps the orphan in a FIN_WAIT2 mini-socket for
     /// tcp_fin_timeout while the peer may sit in CLOSE_WAIT (a leak there).
     pub fin_wait2_orphan: bool,
+    /// A server child reset as its listener closed, in the same process
+    /// within moments: a connection the listener never accepted.
+    pub unaccepted: bool,
     /// The socket's error, when the kernel set one (the last).
     pub error: Option<SockError>,
     /// Not closed as far as tcptrace saw, but gone from the kernel when

@@ -175,6 +175,11 @@ impl Recorder {
         put_json_frame(&mut self.buf, kind::ALIVE, &pairs);
     }
 
+    /// Kernel records not written so far: the disk did not keep up.
+    pub fn events_dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
     /// Writes the trailer and what is left, waiting at most `grace` for a
     /// stalled disk.
     pub fn finish(

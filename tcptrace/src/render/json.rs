@@ -98,14 +98,26 @@ pub(crate) fn push_socket_line(out: &mut String, life: &SocketLife, verdict: &Ve
     out.push('}');
 }
 
-/// `,"errno":N,"retransmits":N,"probes":N` of a socket error.
-fn push_error_fields(out: &mut String, errno: i32, retransmits: u8, probes: u8) {
+/// `,"errno":N,"retransmits":N,"probes":N,"user_timeout_ms":N|null,
+/// "icmp_queued":B` of a socket error.
+fn push_error_fields(
+    out: &mut String,
+    errno: i32,
+    retransmits: u8,
+    probes: u8,
+    user_timeout_ms: Option<u32>,
+    icmp_queued: bool,
+) {
     out.push_str(r#","errno":"#);
     push_u64(out, u64::from(errno.unsigned_abs()));
     out.push_str(r#","retransmits":"#);
     push_u64(out, u64::from(retransmits));
     out.push_str(r#","probes":"#);
     push_u64(out, u64::from(probes));
+    out.push_str(r#","user_timeout_ms":"#);
+    push_opt_u64(out, user_timeout_ms.map(u64::from));
+    out.push_str(r#","icmp_queued":"#);
+    push_bool(out, icmp_queued);
 }
 
 fn push_life(out: &mut String, l: &SocketLife) {
@@ -197,12 +209,21 @@ fn push_life(out: &mut String, l: &SocketLife) {
     push_bool(out, l.still_open);
     out.push_str(r#","fin_wait2_orphan":"#);
     push_bool(out, l.fin_wait2_orphan);
+    out.push_str(r#","unaccepted":"#);
+    push_bool(out, l.unaccepted);
     out.push_str(r#","error":"#);
     match &l.error {
         Some(e) => {
             out.push_str(r#"{"offset_ns":"#);
             push_u64(out, e.offset_ns);
-            push_error_fields(out, e.errno, e.retransmits, e.probes);
+            push_error_fields(
+                out,
+                e.errno,
+                e.retransmits,
+                e.probes,
+                e.user_timeout_ms,
+                e.icmp_queued,
+            );
             out.push('}');
         }
         None => out.push_str("null"),

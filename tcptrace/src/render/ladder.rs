@@ -86,9 +86,10 @@ pub(crate) fn write(
             RowKind::ResetSent => {
                 let r = &life.resets_sent[i];
                 columns(buf, "RST sent", "RST →");
-                let reason = buf.len();
-                words::reason_long_into(buf, &RstReason::from_kernel(r.reason.as_ref()));
-                escape_from(buf, reason);
+                let start = buf.len();
+                let reason = RstReason::from_kernel(r.reason.as_ref());
+                words::reason_long_in(buf, &reason, Some(life.unaccepted));
+                escape_from(buf, start);
                 let note = buf.len();
                 buf.push(' ');
                 if !context_note(buf, &r.context, life, false) {

@@ -38,6 +38,8 @@ pub enum View {
     /// One line per state transition, as it happens (like bcc's tcpstates).
     Stream,
     Both,
+    /// Nothing on stdout: for `--metrics` and `--write` (a daemon).
+    None,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -81,7 +83,7 @@ impl<W: Write> Renderer<W> {
     /// A record as it arrives (stream view; ignored in the sockets view).
     pub fn transition(&mut self, rec: &Record) -> io::Result<()> {
         match (self.opts.view, self.opts.json) {
-            (View::Sockets, _) => Ok(()),
+            (View::Sockets | View::None, _) => Ok(()),
             (_, true) => {
                 self.text.clear();
                 json::push_record_line(&mut self.text, rec);
@@ -99,7 +101,7 @@ impl<W: Write> Renderer<W> {
     /// A finished socket (sockets view; ignored in the stream view).
     pub fn socket(&mut self, life: &SocketLife, verdict: &Verdict) -> io::Result<()> {
         match (self.opts.view, self.opts.json) {
-            (View::Stream, _) => Ok(()),
+            (View::Stream | View::None, _) => Ok(()),
             (_, true) => {
                 self.text.clear();
                 json::push_socket_line(&mut self.text, life, verdict);

@@ -30,7 +30,9 @@ pub fn summary_into(out: &mut String, life: &SocketLife, verdict: &Verdict) {
     // The non-empty parts, joined by " · ".
     let start = out.len();
     push_part(out, start, |s| open_into(s, &verdict.open));
-    push_part(out, start, |s| close_into(s, &verdict.close));
+    push_part(out, start, |s| {
+        close_into(s, &verdict.close, Some(life.unaccepted))
+    });
     if let Some(e) = &life.error {
         push_part(out, start, |s| error_into(s, e));
     }
@@ -78,7 +80,9 @@ pub fn open_into(out: &mut String, open: &Open) {
 }
 
 /// `active close (4-way)`, `reset by peer in ESTABLISHED`, ...
-pub fn close_into(out: &mut String, close: &Close) {
+/// `unaccepted`: whether the socket was a child reset by its listener's
+/// close (what an RST's TCP_STATE reason then means); `None` when unknown.
+pub fn close_into(out: &mut String, close: &Close, unaccepted: Option<bool>) {
     let state = |s: &Option<TcpState>| s.map_or("an unknown state", TcpState::name);
     let fixed = match close {
         Close::Active { time_wait: true } => "active close (4-way)",
@@ -107,7 +111,7 @@ pub fn close_into(out: &mut String, close: &Close) {
             out.push_str("RST sent in ");
             out.push_str(state(s));
             out.push_str(": ");
-            return reason_long_into(out, reason);
+            return reason_long_in(out, reason, unaccepted);
         }
         Close::HandshakeTimeout {
             syn_retransmits,
@@ -171,12 +175,22 @@ pub fn incomplete(i: Incomplete) -> &'static str {
 /// about which timeout it was: `ETIMEDOUT: retransmission timeout, gave up
 /// after 3 retransmits`.
 pub fn error_into(out: &mut String, e: &SockError) {
+    let timed_out = e.errno.unsigned_abs() as i32 == libc::ETIMEDOUT;
+    if let (true, Some(ms)) = (timed_out, e.user_timeout_ms) {
+        let _ = write!(out, "ETIMEDOUT: TCP_USER_TIMEOUT ({ms} ms) expired");
+        if e.probes > 0 {
+            let _ = write!(out, " ({} probes)", e.probes);
+        } else if e.retransmits > 0 {
+            let _ = write!(out, ", after {} retransmits", e.retransmits);
+        }
+        return;
+    }
     let (name, what) = match e.errno.unsigned_abs() as i32 {
         libc::ETIMEDOUT if e.probes > 0 => {
             ("ETIMEDOUT", "probes unanswered (keepalive or zero window)")
         }
         libc::ETIMEDOUT if e.retransmits > 0 => ("ETIMEDOUT", "retransmission timeout"),
-        libc::ETIMEDOUT => ("ETIMEDOUT", "timed out (TCP_USER_TIMEOUT or no answer)"),
+        libc::ETIMEDOUT => ("ETIMEDOUT", "timed out (no answer)"),
         libc::EHOSTUNREACH => ("EHOSTUNREACH", "ICMP host unreachable"),
         libc::ENETUNREACH => ("ENETUNREACH", "ICMP network unreachable"),
         libc::ECONNREFUSED => ("ECONNREFUSED", "connection refused"),
@@ -193,6 +207,9 @@ pub fn error_into(out: &mut String, e: &SockError) {
     out.push_str(name);
     out.push_str(": ");
     out.push_str(what);
+    if e.icmp_queued {
+        out.push_str(" (ICMP error for this socket)");
+    }
     if e.probes > 0 && e.errno.unsigned_abs() as i32 == libc::ETIMEDOUT {
         let _ = write!(out, " ({} probes)", e.probes);
     } else if e.retransmits > 0 {
@@ -375,6 +392,35 @@ pub fn reason_text(r: &RstReason) -> String {
 
 /// [`reason_text`], appended to `out`.
 pub fn reason_text_into(out: &mut String, r: &RstReason) {
+    reason_text_in(out, r, None);
+}
+
+/// What a reason means from who sent it, where the kernel's one name
+/// covers several causes: (words, short form). TCP_STATE is sent both by
+/// an abortive close (SO_LINGER 0) and to the children a listener never
+/// accepted when it closes — no linger there.
+fn reason_in_context(
+    r: &RstReason,
+    unaccepted: Option<bool>,
+) -> Option<(&'static str, &'static str)> {
+    match (r.name.as_deref(), unaccepted) {
+        (Some("TCP_STATE"), Some(true)) => Some((
+            "its listener closed before accepting it",
+            "listener closed, never accepted",
+        )),
+        (Some("TCP_STATE"), Some(false)) => {
+            Some(("abortive close (SO_LINGER 0)", "abortive close"))
+        }
+        _ => None,
+    }
+}
+
+/// [`reason_text_into`] for the reset of a socket that was (`Some(true)`)
+/// or was not a never-accepted child; `None` when unknown.
+pub fn reason_text_in(out: &mut String, r: &RstReason, unaccepted: Option<bool>) {
+    if let Some((text, _)) = reason_in_context(r, unaccepted) {
+        return out.push_str(text);
+    }
     match (known_reason(r), &r.name, r.code) {
         (Some((_, text, _)), ..) => out.push_str(text),
         (None, Some(name), _) => out.push_str(name),
@@ -396,8 +442,13 @@ pub fn reason_long(r: &RstReason) -> String {
 
 /// [`reason_long`], appended to `out`.
 pub fn reason_long_into(out: &mut String, r: &RstReason) {
+    reason_long_in(out, r, None);
+}
+
+/// [`reason_long_into`], in the context [`reason_text_in`] takes.
+pub fn reason_long_in(out: &mut String, r: &RstReason, unaccepted: Option<bool>) {
     let start = out.len();
-    reason_text_into(out, r);
+    reason_text_in(out, r, unaccepted);
     match &r.name {
         Some(name) if out[start..] != **name => {
             out.push_str(" (");
@@ -431,8 +482,13 @@ pub fn attribution_into(out: &mut String, life: &SocketLife, verdict: &Verdict) 
             None => process_label_into(out, by.tgid, &by.comm, life),
         }
         match &verdict.close {
-            Close::ResetSent { reason, .. } => match (known_reason(reason), &reason.name) {
-                (Some((.., short)), Some(name)) if short != name => {
+            Close::ResetSent { reason, .. } => match (
+                reason_in_context(reason, Some(life.unaccepted))
+                    .map(|(_, short)| short)
+                    .or_else(|| known_reason(reason).map(|(.., short)| *short)),
+                &reason.name,
+            ) {
+                (Some(short), Some(name)) if short != name => {
                     out.push_str(" → RST (");
                     out.push_str(short);
                     out.push_str(", ");

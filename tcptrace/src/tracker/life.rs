@@ -50,6 +50,7 @@ pub(super) fn new_life(sock: &SockInfo) -> SocketLife {
         evicted: false,
         still_open: false,
         fin_wait2_orphan: false,
+        unaccepted: false,
         error: None,
         gone_unseen: false,
         events_lost: false,

@@ -46,6 +46,9 @@ pub use self::life::unread_at_close;
 pub use crate::model::{Role, SocketLife};
 
 /// Most entries in each auxiliary table (exits, signals, pending resets).
+/// A listener's close resets its never-accepted children in the same
+/// call (`inet_csk_listen_stop`): microseconds apart, well within this.
+const LISTENER_CLOSE_NS: u64 = 10_000_000;
 pub const AUX_CAP: usize = 4096;
 /// Auxiliary entries older than this (event time) are forgotten.
 pub const AUX_MAX_AGE_NS: u64 = 10_000_000_000;
@@ -125,6 +128,10 @@ pub struct Tracker {
     /// counted, not started again as new mid-life lives: each socket is
     /// reported once. Bounded like the table itself.
     evicted_open: RecentMap<u64, ()>,
+    /// Listeners just closed, by port → the closing process: the RSTs
+    /// their never-accepted children get follow at once. (Not by netns:
+    /// the kernel program reads it only where a socket starts.)
+    listener_closes: RecentMap<u16, u32>,
     stats: TrackerStats,
 }
 
@@ -141,6 +148,7 @@ impl Tracker {
             synacks: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
             pending_drops: pending_drops(),
             evicted_open: RecentMap::new(evicted_cap, None),
+            listener_closes: RecentMap::new(AUX_CAP, Some(LISTENER_CLOSE_NS)),
             stats: TrackerStats::default(),
         }
     }
@@ -182,16 +190,25 @@ impl Tracker {
                 errno,
                 retransmits,
                 probes,
+                user_timeout_ms,
+                icmp_queued,
             } => {
                 self.enter(sock, &mut out);
                 if let Some(t) = self.lives.get_mut(sock.skaddr) {
                     let life = &mut t.life;
-                    life.error = Some(SockError {
-                        offset_ns: life.offset(sock.ts_ns),
-                        errno: *errno,
-                        retransmits: *retransmits,
-                        probes: *probes,
-                    });
+                    // A report without an error says nothing; a queued ICMP
+                    // error does not hide the error that aborted the socket.
+                    let hard_known = life.error.as_ref().is_some_and(|e| !e.icmp_queued);
+                    if *errno != 0 && !(*icmp_queued && hard_known) {
+                        life.error = Some(SockError {
+                            offset_ns: life.offset(sock.ts_ns),
+                            errno: *errno,
+                            retransmits: *retransmits,
+                            probes: *probes,
+                            user_timeout_ms: *user_timeout_ms,
+                            icmp_queued: *icmp_queued,
+                        });
+                    }
                 }
             }
             Record::Destroy { sock } if self.evicted_open.remove(&sock.skaddr).is_some() => {
@@ -245,6 +262,7 @@ impl Tracker {
         let pruned = self.socketless.prune(now_ns)
             + self.synacks.prune(now_ns)
             + self.procs.prune(now_ns)
+            + self.listener_closes.prune(now_ns)
             + self.prune_pending(now_ns);
         let changed = pruned > 0 || !out.is_empty();
         (out, changed)
@@ -398,6 +416,11 @@ impl Tracker {
             by: *p,
             exit: self.procs.exit_of(p, ts),
         });
+        if (old, new) == (TcpState::Listen, TcpState::Close)
+            && let Some(p) = sock.context.process()
+        {
+            self.listener_closes.insert(sock.local.port(), ts, p.tgid);
+        }
         let pending_synacks = (old, new) == (TcpState::SynRecv, TcpState::Established);
         let pending_synacks =
             pending_synacks.then(|| self.synacks.remove(&(sock.local, sock.remote)));

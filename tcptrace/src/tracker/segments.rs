@@ -68,6 +68,14 @@ impl Tracker {
         let Some(t) = self.lives.get_mut(sock.skaddr) else {
             return;
         };
+        // A child reset by the process that just closed its listener, on
+        // that port: a connection the listener never accepted.
+        let closed_by_listener = sock.context.process().is_some_and(|p| {
+            self.listener_closes.get(&sock.local.port(), sock.ts_ns) == Some(&p.tgid)
+        });
+        if closed_by_listener && t.life.listener.is_some() {
+            t.life.unaccepted = true;
+        }
         let row = pending_to_sent(&t.life, pending);
         push_capped(&mut t.life.resets_sent, row);
         if let Some(closer) = t.abort_candidate.take() {

@@ -83,10 +83,19 @@ pub(crate) fn push_record_line(out: &mut String, record: &Record) {
             errno,
             retransmits,
             probes,
+            user_timeout_ms,
+            icmp_queued,
         } => {
             out.push_str(r#","event":"error""#);
             push_sock_fields(out, sock);
-            push_error_fields(out, *errno, *retransmits, *probes);
+            push_error_fields(
+                out,
+                *errno,
+                *retransmits,
+                *probes,
+                *user_timeout_ms,
+                *icmp_queued,
+            );
         }
         Record::ProcessExit {
             ts_ns,

@@ -51,24 +51,23 @@ struct WordedReason<'a> {
 }
 
 impl<'a> WordedReason<'a> {
-    fn new(reason: &'a RstReason) -> Self {
-        WordedReason {
-            reason,
-            text: words::reason_text(reason),
-        }
+    fn new(reason: &'a RstReason, unaccepted: Option<bool>) -> Self {
+        let mut text = String::new();
+        words::reason_text_in(&mut text, reason, unaccepted);
+        WordedReason { reason, text }
     }
 }
 
 impl<'a> WordedClose<'a> {
-    fn new(close: &'a Close) -> Self {
+    fn new(close: &'a Close, unaccepted: bool) -> Self {
         match close {
             Close::Refused { side, reason } => WordedClose::Refused {
                 side: *side,
-                reason: reason.as_ref().map(WordedReason::new),
+                reason: reason.as_ref().map(|r| WordedReason::new(r, None)),
             },
             Close::ResetSent { state, reason } => WordedClose::ResetSent {
                 state: *state,
-                reason: WordedReason::new(reason),
+                reason: WordedReason::new(reason, Some(unaccepted)),
             },
             other => WordedClose::Other(other),
         }
@@ -99,7 +98,7 @@ pub fn socket_line(life: &SocketLife, verdict: &Verdict) -> String {
         socket: life,
         verdict: WordedVerdict {
             open: &verdict.open,
-            close: WordedClose::new(&verdict.close),
+            close: WordedClose::new(&verdict.close, life.unaccepted),
             incomplete: &verdict.incomplete,
             summary: words::summary(life, verdict),
             attribution: words::attribution(life, verdict),

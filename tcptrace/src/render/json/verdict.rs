@@ -52,7 +52,8 @@ pub(super) fn push_verdict(out: &mut String, life: &SocketLife, v: &Verdict) {
                 Side::Server => r#","side":"server","reason":"#,
             });
             match reason {
-                Some(r) => push_rst_reason(out, r),
+                // The peer's reason: its context is not known here.
+                Some(r) => push_rst_reason(out, r, None),
                 None => out.push_str("null"),
             }
         }
@@ -66,7 +67,7 @@ pub(super) fn push_verdict(out: &mut String, life: &SocketLife, v: &Verdict) {
             out.push_str(r#","state":"#);
             push_opt_state(out, *state);
             out.push_str(r#","reason":"#);
-            push_rst_reason(out, reason);
+            push_rst_reason(out, reason, Some(life.unaccepted));
         }
         Close::HandshakeTimeout {
             syn_retransmits,
@@ -120,13 +121,13 @@ pub(super) fn push_verdict(out: &mut String, life: &SocketLife, v: &Verdict) {
     out.push('}');
 }
 
-fn push_rst_reason(out: &mut String, r: &RstReason) {
+fn push_rst_reason(out: &mut String, r: &RstReason, unaccepted: Option<bool>) {
     out.push_str(r#"{"code":"#);
     push_opt_u64(out, r.code.map(u64::from));
     out.push_str(r#","name":"#);
     push_opt_str(out, r.name.as_deref());
     out.push_str(r#","text":"#);
-    push_str_with(out, |s| words::reason_text_into(s, r));
+    push_str_with(out, |s| words::reason_text_in(s, r, unaccepted));
     out.push('}');
 }
 

@@ -12,7 +12,7 @@ fn told(records: &[Record], skaddr: u64) -> (String, Option<String>) {
 
 #[test]
 fn errors_are_told_with_what_the_counts_say() {
-    let text = |errno, retransmits, probes| {
+    let with_timeout = |errno, retransmits, probes, user_timeout_ms| {
         let mut s = String::new();
         error_into(
             &mut s,
@@ -21,10 +21,13 @@ fn errors_are_told_with_what_the_counts_say() {
                 errno,
                 retransmits,
                 probes,
+                user_timeout_ms,
+                icmp_queued: false,
             },
         );
         s
     };
+    let text = |errno, retransmits, probes| with_timeout(errno, retransmits, probes, None);
     assert_eq!(
         text(libc::ETIMEDOUT, 15, 0),
         "ETIMEDOUT: retransmission timeout, gave up after 15 retransmits"
@@ -38,6 +41,20 @@ fn errors_are_told_with_what_the_counts_say() {
         "EHOSTUNREACH: ICMP host unreachable"
     );
     assert_eq!(text(4242, 0, 0), "error 4242");
+    // TCP_USER_TIMEOUT bounds both: it is what gave up.
+    assert_eq!(
+        with_timeout(libc::ETIMEDOUT, 3, 0, Some(1500)),
+        "ETIMEDOUT: TCP_USER_TIMEOUT (1500 ms) expired, after 3 retransmits"
+    );
+    assert_eq!(
+        with_timeout(libc::ETIMEDOUT, 0, 2, Some(800)),
+        "ETIMEDOUT: TCP_USER_TIMEOUT (800 ms) expired (2 probes)"
+    );
+    // Set, but another error: not mentioned.
+    assert_eq!(
+        with_timeout(libc::ECONNRESET, 0, 0, Some(800)),
+        "ECONNRESET: connection reset by peer"
+    );
 }
 
 #[test]
@@ -300,6 +317,23 @@ fn an_oom_kill_is_the_oom_killers() {
 }
 
 #[test]
+fn tcp_state_is_worded_by_who_sent_it() {
+    let r = RstReason {
+        code: Some(14),
+        name: Some("TCP_STATE".into()),
+    };
+    let text = |unaccepted| {
+        let mut s = String::new();
+        reason_text_in(&mut s, &r, unaccepted);
+        s
+    };
+    assert_eq!(text(Some(true)), "its listener closed before accepting it");
+    assert_eq!(text(Some(false)), "abortive close (SO_LINGER 0)");
+    // Unknown context (the summary's totals): both causes named.
+    assert!(text(None).contains("SO_LINGER 0") && text(None).contains("listener"));
+}
+
+#[test]
 fn drops_are_told_from_the_sockets_side() {
     use crate::decode::DropReason;
     use crate::model::{Direction, SegmentKind};
@@ -378,6 +412,7 @@ fn a_handshake_timeout_says_when_its_syns_never_left() {
                 },
             }),
         },
+        None,
     );
     assert_eq!(
         s,
