@@ -69,6 +69,9 @@ pub mod kind {
     /// matched to, 0 if none); [`super::Event::aux`] = `skb->sk` (the socket
     /// still owning it: its sender, or its receiver found by early demux).
     pub const DROP: u8 = 10;
+    /// `oom:mark_victim`: the OOM killer chose a process ([`super::Event::aux`]
+    /// = its tgid); the SIGKILL it sent came just before.
+    pub const OOM_VICTIM: u8 = 11;
 }
 
 /// In an error report's [`Event::value`]: the errno is that of an ICMP
@@ -457,6 +460,8 @@ pub struct Config {
     pub query_every: u32,
     pub _pad: u32,
     pub drop: DropConfig,
+    /// `oom:mark_victim`: the victim (task). Appended, like [`DropConfig`].
+    pub oom_victim: ArgPos,
 }
 
 impl Config {
@@ -516,6 +521,7 @@ impl Config {
                 queue_purge: NO_REASON,
             },
         },
+        oom_victim: ArgPos::NONE,
     };
 }
 
@@ -539,60 +545,7 @@ pub mod counter {
     pub const COUNT: u32 = 6;
 }
 
-/// What the kernel program's rare paths report: the code it logs (through
-/// aya-log, target [`oddity::LOG_TARGET`], as `"<code> <detail in hex>"`),
-/// which userspace turns into words. Numbers, not text, in the kernel: each
-/// distinct message would be a few hundred instructions of byte copies in
-/// every program that can log it.
-pub mod oddity {
-    /// The log target of the kernel program's messages.
-    pub const LOG_TARGET: &str = "tcptrace::kernel";
-    // Event or data lost (logged as warnings); the detail in parentheses.
-    /// inet_sock_set_state: the socket's protocol or head unreadable (sk).
-    pub const SET_STATE_SOCK: u32 = 1;
-    /// A tcp: tracepoint: the socket's head unreadable (event kind).
-    pub const SOCK_HEAD: u32 = 2;
-    /// inet_sk_error_report: the socket unreadable (sk).
-    pub const ERROR_REPORT_SOCK: u32 = 3;
-    /// A socket of neither AF_INET nor AF_INET6 (the family).
-    pub const FAMILY: u32 = 4;
-    /// tcp_send_reset without a full socket: the segment unreadable (skb).
-    pub const SEGMENT_READ: u32 = 5;
-    /// The same: the segment's IP header is neither v4 nor v6 (version).
-    pub const SEGMENT_VERSION: u32 = 6;
-    /// signal_generate: the target's tgid unreadable (task).
-    pub const SIGNAL_TARGET_READ: u32 = 7;
-    /// sched_process_fork: a tgid unreadable (child task).
-    pub const FORK_READ: u32 = 8;
-    /// sched_process_fork: the pid filter map is full (child tgid).
-    pub const FOLLOW_FULL: u32 = 9;
-    // Only an annotation lost (logged at debug level).
-    /// The local port after the socket gave it back (sk).
-    pub const SPORT_READ: u32 = 10;
-    /// The network namespace's inode (struct net).
-    pub const NETNS_READ: u32 = 11;
-    /// Unread bytes at a close (sk).
-    pub const UNREAD_READ: u32 = 12;
-    /// sk_err, retransmits or probes at an error report (sk).
-    pub const ERROR_READ: u32 = 13;
-    /// An exiting task's exit code (task).
-    pub const EXIT_CODE_READ: u32 = 14;
-    /// A signal's target's handlers: taken as default, reported (task).
-    pub const HANDLER_READ: u32 = 15;
-    /// skb:kfree_skb: the dropped buffer or its headers unreadable (skb):
-    /// a drop not looked at, most likely not TCP at all (debug level: the
-    /// warnings' codes stay below [`SPORT_READ`], which keeps the check
-    /// every program carries one comparison).
-    pub const DROP_READ: u32 = 16;
-    /// One past the last code.
-    pub const END: u32 = 17;
-
-    /// Is an event, a kill or a followed process lost (a warning), or
-    /// only an annotation (debug)?
-    pub const fn loses_data(code: u32) -> bool {
-        code < SPORT_READ
-    }
-}
+pub mod oddity;
 
 /// The smallest ring: a busy CPU makes a hundred events (a few connections'
 /// worth) before the reader can be scheduled, and a smaller ring loses them.
@@ -609,7 +562,7 @@ const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 56);
 const _: () = assert!(core::mem::size_of::<DropConfig>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 264);
+const _: () = assert!(core::mem::size_of::<Config>() == 272);
 
 #[cfg(feature = "user")]
 mod pod {

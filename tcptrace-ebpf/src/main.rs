@@ -19,7 +19,9 @@
 
 mod drops;
 mod odd;
+mod procs;
 mod read;
+mod tcp;
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -28,8 +30,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tcptrace_common::{
-    ABSENT, ArgPos, Config, DEFAULT_RING_BYTES, Event, IPPROTO_TCP, ListenerKey, NO_ARG,
-    QUEUED_ERROR, Task, counter, filter, flag, kind, oddity, tcp_state,
+    ABSENT, ArgPos, Config, DEFAULT_RING_BYTES, Event, IPPROTO_TCP, ListenerKey, Task, counter,
+    filter, flag, kind, oddity, tcp_state,
 };
 
 use core::{
@@ -43,9 +45,6 @@ use crate::read::{SockHead, read_kernel};
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
-/// signal_generate's `result` for a signal that was delivered.
-const TRACE_SIGNAL_DELIVERED: i32 = 0;
-const SIGKILL: i32 = 9;
 
 /// Filled in by the loader (`EbpfLoader::set_global`) before loading.
 #[unsafe(no_mangle)]
@@ -544,246 +543,6 @@ fn set_state_event(ctx: &RawTracePointContext) {
         }
     }
     finish_sock_event(event);
-}
-
-/// The reset, retransmit and destroy tracepoints: a socket (and its state),
-/// an integer argument where the tracepoint has one.
-#[inline(always)]
-fn sock_event(ctx: &RawTracePointContext, pos: &ArgPos, event_kind: u8) -> i32 {
-    let args = Args::of(ctx, pos);
-    let sk = args.get(pos.sk);
-    let mut slot = MaybeUninit::uninit();
-    let event = new_event(&mut slot, event_kind, sk);
-    // A SYN/ACK retransmit describes the request socket, whose head is a
-    // sock_common too; skaddr stays the listener's.
-    let tuple_of = if pos.req != NO_ARG {
-        args.get(pos.req)
-    } else {
-        sk
-    };
-    if tuple_of != 0 {
-        let Some(head) = SockHead::read(tuple_of) else {
-            odd::oddity(oddity::SOCK_HEAD, u64::from(event_kind));
-            return 0;
-        };
-        head.fill_endpoints(tuple_of, event);
-        event.newstate = head.state();
-        event.aux = head.cookie();
-        if config().filter.flags & filter::NETNS != 0 {
-            event.netns = head.netns();
-        }
-    }
-    if pos.int0 != NO_ARG {
-        event.value = args.get(pos.int0) as u32;
-        if event_kind == kind::SEND_RESET {
-            event.flags |= flag::REASON_VALID;
-        }
-    }
-    if event_kind == kind::SEND_RESET && pos.skb != NO_ARG {
-        read::reset_without_full_socket(args.get(pos.skb), event);
-    }
-    attach_owner(event);
-    finish_sock_event(event);
-    0
-}
-
-#[raw_tracepoint(tracepoint = "tcp_send_reset")]
-pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
-    sock_event(&ctx, &config().send_reset, kind::SEND_RESET)
-}
-
-#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
-pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
-    sock_event(&ctx, &config().receive_reset, kind::RECEIVE_RESET)
-}
-
-#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
-pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
-    sock_event(&ctx, &config().retransmit_skb, kind::RETRANSMIT_SKB)
-}
-
-#[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
-pub fn tcp_retransmit_synack(ctx: RawTracePointContext) -> i32 {
-    sock_event(&ctx, &config().retransmit_synack, kind::RETRANSMIT_SYNACK)
-}
-
-#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
-pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
-    sock_event(&ctx, &config().destroy_sock, kind::DESTROY_SOCK)
-}
-
-/// A TCP socket's error was set (a retransmission or keepalive timeout, an
-/// ICMP error, a reset): why a connection failed, in the kernel's words.
-/// Rare; reads the error and the retransmit and probe counts.
-#[raw_tracepoint(tracepoint = "inet_sk_error_report")]
-pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
-    let cfg = config();
-    let pos = &cfg.error_report;
-    let args = Args::of(&ctx, pos);
-    let sk = args.get(pos.sk);
-    let o = &cfg.sock;
-    if o.protocol == ABSENT {
-        return 0;
-    }
-    // UDP and raw sockets report errors here too.
-    match read_kernel::<u16>(sk + u64::from(o.protocol)) {
-        Some(IPPROTO_TCP) => {}
-        Some(_) => return 0,
-        None => {
-            odd::oddity(oddity::ERROR_REPORT_SOCK, sk);
-            return 0;
-        }
-    }
-    let Some(head) = SockHead::read(sk) else {
-        odd::oddity(oddity::ERROR_REPORT_SOCK, sk);
-        return 0;
-    };
-    let mut slot = MaybeUninit::uninit();
-    let event = new_event(&mut slot, kind::ERROR_REPORT, sk);
-    head.fill_endpoints(sk, event);
-    event.newstate = head.state();
-    event.aux = head.cookie();
-    let byte = |offset: u16| {
-        if offset == ABSENT {
-            return 0;
-        }
-        read_kernel::<u8>(sk + u64::from(offset)).unwrap_or_else(|| {
-            odd::oddity(oddity::ERROR_READ, sk);
-            0
-        })
-    };
-    if o.sk_err != ABSENT {
-        match read_kernel::<i32>(sk + u64::from(o.sk_err)) {
-            Some(err) => event.value = err as u32,
-            None => odd::oddity(oddity::ERROR_READ, sk),
-        }
-    }
-    // No error set yet: an ICMP error was just queued (ip_icmp_error
-    // reports it before TCP decides to set sk_err, or only sk_err_soft):
-    // its errno is in the newest queued skb's control block.
-    if event.value == 0 && o.error_queue != ABSENT && o.queued_errno != ABSENT {
-        let queue = sk + u64::from(o.error_queue);
-        let skb = read_kernel::<u64>(queue + u64::from(o.queue_prev)).unwrap_or(0);
-        // An empty queue's `prev` points at the queue head itself.
-        if skb != 0 && skb != queue {
-            match read_kernel::<u32>(skb + u64::from(o.queued_errno)) {
-                Some(err) if err != 0 => event.value = err | QUEUED_ERROR,
-                Some(_) => {}
-                None => odd::oddity(oddity::ERROR_READ, sk),
-            }
-        }
-    }
-    event.seg_flags = u16::from(byte(o.retransmits)) | (u16::from(byte(o.probes)) << 8);
-    // TCP_USER_TIMEOUT, when set, is what gave up (not tcp_retries2 or the
-    // keepalive count): one more read, on this rare path only.
-    if o.user_timeout != ABSENT {
-        match read_kernel::<u32>(sk + u64::from(o.user_timeout)) {
-            Some(ms) => event.unread = ms,
-            None => odd::oddity(oddity::ERROR_READ, sk),
-        }
-    }
-    attach_owner(event);
-    finish_sock_event(event);
-    0
-}
-
-/// A task exits: its sockets are closed after this, in its own context.
-/// One record per task exit (bounded by how fast tasks can be created).
-#[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
-    let cfg = config();
-    let pos = &cfg.process_exit;
-    let args = Args::of(&ctx, pos);
-    let mut slot = MaybeUninit::uninit();
-    let event = new_event(&mut slot, kind::PROCESS_EXIT, 0);
-    if process_filter_on(&cfg.filter) {
-        if cfg.filter.flags & filter::CGROUP != 0 {
-            event.context.cgroup_id = cgroup_id();
-        }
-        if !task_matches(&cfg.filter, &event.context) {
-            count(counter::FILTERED);
-            return 0;
-        }
-    }
-    if pos.int0 != NO_ARG && args.get(pos.int0) as u8 != 0 {
-        event.flags |= flag::GROUP_DEAD;
-    }
-    let task = args.get(pos.task);
-    if cfg.task.exit_code != 0 {
-        match read_kernel::<i32>(task + u64::from(cfg.task.exit_code)) {
-            Some(code) => {
-                event.value = code as u32;
-                event.flags |= flag::EXIT_CODE_VALID;
-            }
-            None => odd::oddity(oddity::EXIT_CODE_READ, task),
-        }
-    }
-    submit(event);
-    0
-}
-
-/// A signal that will kill its target is generated: remember who sent it.
-/// Only signals that were delivered, kill by default and meet no handler
-/// are submitted, so no process can make tcptrace write more than one
-/// record per process it kills.
-#[raw_tracepoint(tracepoint = "signal_generate")]
-pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
-    let cfg = config();
-    let pos = &cfg.signal;
-    let args = Args::of(&ctx, pos);
-    let sig = args.get(pos.int0) as i32;
-    if !(1..64).contains(&sig) || cfg.signal_mask & (1u64 << sig) == 0 {
-        return 0;
-    }
-    if args.get(pos.int1) as i32 != TRACE_SIGNAL_DELIVERED {
-        return 0;
-    }
-    let task = args.get(pos.task);
-    if sig != SIGKILL && read::has_handler(task, sig, &cfg.task) {
-        return 0;
-    }
-    let Some(target) = read_kernel::<u32>(task + u64::from(cfg.task.tgid)) else {
-        odd::oddity(oddity::SIGNAL_TARGET_READ, task);
-        return 0;
-    };
-    // SAFETY: read-only lookup of a plain value.
-    if cfg.filter.flags & filter::PID != 0 && unsafe { PID_FILTER.get(target) }.is_none() {
-        count(counter::FILTERED);
-        return 0;
-    }
-    let mut slot = MaybeUninit::uninit();
-    let event = new_event(&mut slot, kind::SIGNAL, 0);
-    event.value = sig as u32;
-    event.aux = u64::from(target);
-    submit(event);
-    0
-}
-
-/// `--follow`: a process forked by one the pid filter keeps is kept too
-/// (threads share their process's tgid, already kept). Returns at once
-/// without --follow; a fork costs far more than this program.
-#[raw_tracepoint(tracepoint = "sched_process_fork")]
-pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
-    let cfg = config();
-    if cfg.filter.flags & filter::FOLLOW == 0 || cfg.task.tgid == 0 {
-        return 0;
-    }
-    let pos = &cfg.process_fork;
-    let args = Args::of(&ctx, pos);
-    let tgid = |task: u64| read_kernel::<u32>(task + u64::from(cfg.task.tgid));
-    let (Some(parent), Some(child)) = (tgid(args.get(pos.task)), tgid(args.get(pos.task2))) else {
-        odd::oddity(oddity::FORK_READ, args.get(pos.task2));
-        return 0;
-    };
-    // SAFETY: read-only lookup of a plain value.
-    if parent != child
-        && unsafe { PID_FILTER.get(parent) }.is_some()
-        && PID_FILTER.insert(child, 1, 0).is_err()
-    {
-        // A plain hash map: full at 16384 processes.
-        odd::oddity(oddity::FOLLOW_FULL, u64::from(child));
-    }
-    0
 }
 
 #[raw_tracepoint(tracepoint = "softirq_entry")]

@@ -168,6 +168,13 @@ pub struct DropReason {
     pub name: Option<String>,
 }
 
+impl DropReason {
+    /// The segment completing a handshake met a full accept queue.
+    pub fn is_listen_overflow(&self) -> bool {
+        self.name.as_deref() == Some("TCP_LISTEN_OVERFLOW")
+    }
+}
+
 /// A TCP segment the kernel dropped (`skb:kfree_skb`): only SYN, SYN/ACK,
 /// FIN and RST segments, and any dropped for accept-queue overflow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -287,6 +294,14 @@ pub enum Record {
         sender: Proc,
         delivered: bool,
     },
+    /// `oom:mark_victim`: the OOM killer chose `victim_pid` (a process id),
+    /// just after generating its SIGKILL.
+    OomVictim {
+        ts_ns: u64,
+        victim_pid: u32,
+        /// The task on the CPU: whoever needed the memory, often the victim.
+        context: Proc,
+    },
 }
 
 impl Record {
@@ -299,7 +314,9 @@ impl Record {
             | Record::RetransmitSynAck { sock }
             | Record::Destroy { sock }
             | Record::ErrorReport { sock, .. } => sock.ts_ns,
-            Record::ProcessExit { ts_ns, .. } | Record::Signal { ts_ns, .. } => *ts_ns,
+            Record::ProcessExit { ts_ns, .. }
+            | Record::Signal { ts_ns, .. }
+            | Record::OomVictim { ts_ns, .. } => *ts_ns,
             Record::Drop(d) => d.ts_ns,
         }
     }
@@ -313,7 +330,10 @@ impl Record {
             | Record::RetransmitSynAck { sock }
             | Record::Destroy { sock }
             | Record::ErrorReport { sock, .. } => Some(sock),
-            Record::ProcessExit { .. } | Record::Signal { .. } | Record::Drop(_) => None,
+            Record::ProcessExit { .. }
+            | Record::Signal { .. }
+            | Record::OomVictim { .. }
+            | Record::Drop(_) => None,
         }
     }
 }
@@ -446,6 +466,11 @@ impl Decoder {
                 },
                 segment_flags: e.seg_flags as u8,
             }),
+            kind::OOM_VICTIM => Record::OomVictim {
+                ts_ns: e.ts_ns,
+                victim_pid: e.aux as u32,
+                context: *context.on_cpu(),
+            },
             kind::SIGNAL => Record::Signal {
                 ts_ns: e.ts_ns,
                 sig: e.value,

@@ -27,7 +27,9 @@ impl EventFilter {
         match e.kind {
             // Exits are judged by the exiting task, signals by their target.
             kind::PROCESS_EXIT => self.task_matches(&e.context),
-            kind::SIGNAL => f.flags & filter::PID == 0 || self.pids.contains(&(e.aux as u32)),
+            kind::SIGNAL | kind::OOM_VICTIM => {
+                f.flags & filter::PID == 0 || self.pids.contains(&(e.aux as u32))
+            }
             _ => self.endpoints_pass(e) && self.process_passes(e),
         }
     }

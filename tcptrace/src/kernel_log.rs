@@ -180,7 +180,8 @@ pub fn describe(code: u32, detail: u64) -> Option<String> {
              the reset's addresses are unknown"
         ),
         SIGNAL_TARGET_READ => format!(
-            "signal_generate: the target task {detail:#x} was unreadable: a kill was not recorded"
+            "signal_generate or mark_victim: the target task {detail:#x} was unreadable: \
+             a kill was not recorded"
         ),
         FORK_READ => format!(
             "sched_process_fork: task {detail:#x} was unreadable: a forked process is not followed"

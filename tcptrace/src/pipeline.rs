@@ -254,7 +254,7 @@ impl<W: Write> Pipeline<W> {
         };
         let procs = match record {
             Record::ProcessExit { task, .. } => [Some(task), None],
-            Record::Signal { .. } => [None, None],
+            Record::Signal { .. } | Record::OomVictim { .. } => [None, None],
             Record::Drop(d) => [d.owner.as_ref(), d.context.process()],
             _ => match record.sock() {
                 Some(s) => [s.owner.as_ref(), s.context.process()],

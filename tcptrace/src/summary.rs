@@ -32,6 +32,8 @@ pub struct Summary {
     /// Closes made while the closing process exited, and of those, by a signal.
     pub closed_by_exit: u64,
     pub closed_by_signal: u64,
+    /// Of those, by the OOM killer's SIGKILL.
+    pub closed_by_oom_kill: u64,
     /// Every dropped segment (of a handshake or a close), by reason.
     pub drops: DropCounts,
     /// Handshakes failing on the server side, from the listeners reported.
@@ -130,6 +132,7 @@ impl Summary {
         if let Some(exit) = &life.exit {
             self.closed_by_exit += 1;
             self.closed_by_signal += u64::from(exit.signal.is_some());
+            self.closed_by_oom_kill += u64::from(exit.signal.as_ref().is_some_and(|s| s.oom_kill));
         }
         let histogram = match verdict.open {
             Open::Active { .. } => &mut self.handshake_active,
@@ -147,7 +150,7 @@ impl Summary {
         let overflows: u64 = life
             .drop_counts
             .iter()
-            .filter(|c| c.reason.name.as_deref() == Some("TCP_LISTEN_OVERFLOW"))
+            .filter(|c| c.reason.is_listen_overflow())
             .map(|c| u64::from(c.count))
             .sum();
         let failures = HandshakeFailures {
@@ -294,6 +297,11 @@ mod tests {
             ["NO_SOCKET", "TCP_ABORT_ON_CLOSE"]
         );
         assert_eq!((s.closed_by_exit, s.closed_by_signal), (1, 1));
+        assert_eq!(s.closed_by_oom_kill, 0);
+        for life in run(&oom_killed()) {
+            s.add(&life, &classify(&life));
+        }
+        assert_eq!((s.closed_by_signal, s.closed_by_oom_kill), (2, 1));
         let mut life = run(&refused()).remove(0);
         life.mark_lost_events();
         s.add(&life, &classify(&life));

@@ -83,7 +83,7 @@ impl Trace {
 
     fn keeps(&self, record: &Record) -> bool {
         match record {
-            Record::ProcessExit { .. } | Record::Signal { .. } => true,
+            Record::ProcessExit { .. } | Record::Signal { .. } | Record::OomVictim { .. } => true,
             _ => self.ports.iter().any(|&p| touches(record, p)),
         }
     }

@@ -185,3 +185,22 @@ fn decodes_a_dropped_segment_with_the_kernels_reason_name() {
     };
     assert_eq!(d.reason.name, None);
 }
+
+#[test]
+fn decodes_an_oom_victim_by_its_process_id() {
+    let e = Event {
+        ts_ns: 3,
+        kind: kind::OOM_VICTIM,
+        aux: 4311,
+        context: task(4311, b"nginx"),
+        ..Event::default()
+    };
+    assert_eq!(
+        Decoder::default().decode(&e).unwrap(),
+        Record::OomVictim {
+            ts_ns: 3,
+            victim_pid: 4311,
+            context: Proc::from_task(&task(4311, b"nginx")),
+        }
+    );
+}

@@ -216,6 +216,18 @@ pub const TRACEPOINTS: &[Tracepoint] = &[
         ],
     },
     Tracepoint {
+        group: "oom",
+        name: "mark_victim",
+        program: "mark_victim",
+        since: "6.x with a task argument (older kernels pass only a pid)",
+        required: false,
+        purpose: "telling a process killed by the OOM killer from one killed by another",
+        also: &[],
+        // (struct task_struct *, uid_t) on 6.18; older kernels passed only
+        // the victim's pid, which tcptrace does not use.
+        args: &[need(Slot::Task, Role::Ptr("task_struct"))],
+    },
+    Tracepoint {
         group: "sock",
         name: "inet_sk_error_report",
         program: "inet_sk_error_report",
@@ -482,6 +494,7 @@ impl KernelLayout {
                 "sched_process_fork" => config.process_fork = pos,
                 "inet_sk_error_report" => config.error_report = pos,
                 "kfree_skb" => config.drop.args = pos,
+                "mark_victim" => config.oom_victim = pos,
                 _ => {}
             }
             present.push(*tp);
@@ -506,7 +519,9 @@ impl KernelLayout {
         if config.task.tgid == 0 {
             // Without the target's tgid a signal cannot be attributed.
             config.signal = ArgPos::NONE;
-            missing_fields.push("signal senders (task_struct.tgid)");
+            config.oom_victim = ArgPos::NONE;
+            present.retain(|tp| tp.name != "mark_victim");
+            missing_fields.push("signal senders and OOM victims (task_struct.tgid)");
         }
         if config.drop.args != ArgPos::NONE && config.drop.skb.window == 0 {
             // The drop program reads sk_buff's head fields in one go; a

@@ -91,6 +91,8 @@ fn the_running_kernel_is_read_from_its_btf() {
         assert_eq!(layout.reasons.name(11), Some("TCP_ABORT_ON_CLOSE"));
     }
     // skb:kfree_skb(skb, location, reason, rx_sk) and the codes it needs.
+    // oom:mark_victim(task, uid).
+    assert_eq!(c.oom_victim.task, 0);
     let d = c.drop;
     assert_eq!((d.args.skb, d.args.int0, d.args.sk), (0, 2, 3));
     assert!(

@@ -30,7 +30,8 @@
 //!   "time_wait": false,                // handed to the TIME_WAIT minisock
 //!   "closed_by": {"pid","tgid","comm","cgroup_id"} | null,
 //!   "exit": {"pid","tgid","comm","exit_code","status",
-//!            "signal": {"number","name","sender","killed"} | null,
+//!            "signal": {"number","name","sender","killed",
+//!                       "oom_kill"} | null,  // oom_kill: the OOM killer chose it
 //!            "core_dumped"} | null,   // the closer was exiting
 //!   "unread": 13 | null,               // bytes never read, from the →CLOSE
 //!   "peer_reset": <resets_sent item> | null, // the socketless RST that refused this connect
@@ -237,6 +238,8 @@ pub struct SignalInfo {
     /// The exit code proves the signal killed the process; false when the
     /// exit code is unknown and the signal was only seen being sent.
     pub killed: bool,
+    /// The OOM killer chose the process (`oom:mark_victim`) and sent it.
+    pub oom_kill: bool,
 }
 
 /// How the process that closed a socket ended: the close was part of its exit.

@@ -30,6 +30,8 @@
 //! {"type": "event", "event": "process_exit", "ts_ns", "task": {...}, "exit_code": 9 | null, "group_dead": true}
 //! {"type": "event", "event": "signal", "ts_ns", "sig": 9, "target_pid": 4311, "sender": {...}, "delivered": true}
 //!   (only signals that kill their target are reported: delivered is always true)
+//! {"type": "event", "event": "oom_victim", "ts_ns", "victim_pid": 4311, "context": {...}}
+//!   (the OOM killer chose this process; context: the task that needed the memory)
 //! {"type": "event", "event": "drop", "ts_ns", "cpu",
 //!  "rx_sk": "0xffff888123458000" | null,   // the socket the kernel matched it to
 //!  "skb_sk": "0xffff888123456000" | null,  // the socket still owning it (its sender)
@@ -357,6 +359,8 @@ fn push_signal(out: &mut String, s: &SignalInfo) {
     push_opt_proc(out, s.sender.as_ref());
     out.push_str(r#","killed":"#);
     push_bool(out, s.killed);
+    out.push_str(r#","oom_kill":"#);
+    push_bool(out, s.oom_kill);
     out.push('}');
 }
 

@@ -75,7 +75,8 @@ impl Stream {
             Record::Destroy { .. }
             | Record::ErrorReport { .. }
             | Record::ProcessExit { .. }
-            | Record::Signal { .. } => {
+            | Record::Signal { .. }
+            | Record::OomVictim { .. } => {
                 return;
             }
         };

@@ -106,9 +106,13 @@ pub fn write_summary(
         )?;
     }
     if summary.closed_by_exit > 0 {
+        let oom = match summary.closed_by_oom_kill {
+            0 => String::new(),
+            n => format!(", {n} of them by the OOM killer"),
+        };
         writeln!(
             out,
-            "  exits:      {} sockets closed by a process exit ({} killed by a signal)",
+            "  exits:      {} sockets closed by a process exit ({} killed by a signal{oom})",
             summary.closed_by_exit, summary.closed_by_signal
         )?;
     }

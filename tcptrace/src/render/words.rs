@@ -270,7 +270,7 @@ pub fn segment_name(kind: SegmentKind, overflow: bool) -> &'static str {
 
 /// Was the segment dropped because the accept queue was full?
 pub fn is_listen_overflow(r: &DropReason) -> bool {
-    r.name.as_deref() == Some("TCP_LISTEN_OVERFLOW")
+    r.is_listen_overflow()
 }
 
 /// One dropped segment in a sentence, seen from `life`:
@@ -524,11 +524,19 @@ pub fn attribution_into(out: &mut String, life: &SocketLife, verdict: &Verdict) 
     true
 }
 
-/// `exit of nginx[4311], killed by SIGKILL from kill[4390] (core dumped)`.
+/// `exit of nginx[4311], killed by SIGKILL from kill[4390] (core dumped)`;
+/// `exit of hog[77], killed by the OOM killer (SIGKILL)`.
 fn exit_into(out: &mut String, e: &ExitInfo, life: &SocketLife) {
     out.push_str("exit of ");
     process_label_into(out, e.tgid, &e.comm, life);
     match (&e.signal, e.status) {
+        (Some(sig), _) if sig.oom_kill => {
+            // Its sender is only whoever needed the memory (often the
+            // victim itself): the OOM killer chose it.
+            out.push_str(", killed by the OOM killer (");
+            out.push_str(&sig.name);
+            out.push(')');
+        }
         (Some(sig), _) => {
             out.push_str(if sig.killed {
                 ", killed by "

@@ -42,6 +42,8 @@ pub(super) struct ProcessTable {
     group_exits: RecentMap<u32, ExitRecord, FastHash>,
     /// Latest fatal signal by target pid (a kill(2) targets the tgid).
     signals: RecentMap<u32, SignalRecord, FastHash>,
+    /// Processes (tgids) the OOM killer chose, and when.
+    oom_victims: RecentMap<u32, u64, FastHash>,
 }
 
 impl ProcessTable {
@@ -50,7 +52,12 @@ impl ProcessTable {
             exits: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
             group_exits: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
             signals: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
+            oom_victims: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
         }
+    }
+
+    pub(super) fn on_oom_victim(&mut self, ts_ns: u64, victim_pid: u32) {
+        self.oom_victims.insert(victim_pid, ts_ns, ts_ns);
     }
 
     pub(super) fn on_exit(
@@ -82,7 +89,10 @@ impl ProcessTable {
 
     /// Returns how many entries went.
     pub(super) fn prune(&mut self, now_ns: u64) -> usize {
-        self.exits.prune(now_ns) + self.group_exits.prune(now_ns) + self.signals.prune(now_ns)
+        self.exits.prune(now_ns)
+            + self.group_exits.prune(now_ns)
+            + self.signals.prune(now_ns)
+            + self.oom_victims.prune(now_ns)
     }
 
     /// How `p` ended, if a close it made at `ts_ns` was part of its exit.
@@ -109,6 +119,12 @@ impl ProcessTable {
             (None, Some(r)) if exit.exit_code.is_none() => Some((r.sig, Some(r.sender), false)),
             (None, _) => None,
         };
+        // The OOM killer marks its victim right after it generates the
+        // SIGKILL, before the victim exits.
+        let oom_kill = self
+            .oom_victims
+            .get(&p.tgid, ts_ns)
+            .is_some_and(|&at| at <= ts_ns);
         Some(ExitInfo {
             pid: exit.task.pid,
             tgid: exit.task.tgid,
@@ -124,6 +140,7 @@ impl ProcessTable {
                 name: signal_name(number),
                 sender,
                 killed,
+                oom_kill: oom_kill && number == libc::SIGKILL as u32,
             }),
         })
     }
@@ -305,6 +322,37 @@ mod tests {
         assert_eq!((sig.number, sig.name.as_str()), (9, "SIGKILL"));
         assert_eq!(sig.sender, Some(killer()));
         assert_eq!(s.unread, Some(5));
+    }
+
+    #[test]
+    fn the_oom_killers_victim_is_told_from_a_process_killed_by_another() {
+        let exit = life_of(&run(&oom_killed()), SERVER_SK).exit.unwrap();
+        let sig = exit.signal.unwrap();
+        assert_eq!(
+            (sig.name.as_str(), sig.killed, sig.oom_kill),
+            ("SIGKILL", true, true)
+        );
+        // Another process's OOM kill says nothing about nginx's.
+        let mut other = oom_killed();
+        other[6] = Record::OomVictim {
+            ts_ns: us(1991),
+            victim_pid: 9999,
+            context: killer(),
+        };
+        let sig = life_of(&run(&other), SERVER_SK)
+            .exit
+            .unwrap()
+            .signal
+            .unwrap();
+        assert!(!sig.oom_kill);
+        assert!(
+            !life_of(&run(&killed()), SERVER_SK)
+                .exit
+                .unwrap()
+                .signal
+                .unwrap()
+                .oom_kill
+        );
     }
 
     #[test]

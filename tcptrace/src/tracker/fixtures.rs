@@ -343,6 +343,23 @@ pub(crate) fn killed() -> Vec<Record> {
     )
 }
 
+/// nginx's memory cgroup runs out: the OOM killer's SIGKILL is generated
+/// in nginx's own context (it was allocating), nginx is marked as the
+/// victim, then exits with its unread bytes.
+pub(crate) fn oom_killed() -> Vec<Record> {
+    let mut recs = killed();
+    recs[5] = signal(1990, 9, 4311, &nginx());
+    recs.insert(
+        6,
+        Record::OomVictim {
+            ts_ns: us(1991),
+            victim_pid: 4311,
+            context: nginx(),
+        },
+    );
+    recs
+}
+
 /// nginx calls exit(3): the kernel closes its socket gracefully.
 pub(crate) fn exit_code_3() -> Vec<Record> {
     let (c, s, py, ng) = (client(), server(), python(), nginx());

@@ -241,6 +241,9 @@ impl Tracker {
                 }
             }
             Record::Drop(d) => self.on_drop(d),
+            Record::OomVictim {
+                ts_ns, victim_pid, ..
+            } => self.procs.on_oom_victim(*ts_ns, *victim_pid),
         }
         out
     }

@@ -131,6 +131,18 @@ pub(crate) fn push_record_line(out: &mut String, record: &Record) {
             out.push_str(r#","delivered":"#);
             push_bool(out, *delivered);
         }
+        Record::OomVictim {
+            ts_ns,
+            victim_pid,
+            context,
+        } => {
+            out.push_str(r#","event":"oom_victim","ts_ns":"#);
+            push_u64(out, *ts_ns);
+            out.push_str(r#","victim_pid":"#);
+            push_u64(out, u64::from(*victim_pid));
+            out.push_str(r#","context":"#);
+            push_proc(out, context);
+        }
     }
     out.push('}');
 }

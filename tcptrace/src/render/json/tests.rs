@@ -76,6 +76,7 @@ fn direct_json_matches_serde() {
         simultaneous(),
         handshake_timeout(),
         dropped_here(),
+        oom_killed(),
         extra,
     ];
     let mut lives = Vec::new();

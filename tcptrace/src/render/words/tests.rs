@@ -305,6 +305,18 @@ fn flags_and_labels() {
 }
 
 #[test]
+fn an_oom_kill_is_the_oom_killers() {
+    let (_, attribution) = told(&oom_killed(), SERVER_SK);
+    assert_eq!(
+        attribution.as_deref(),
+        Some(
+            "closed by exit of nginx[4311], killed by the OOM killer (SIGKILL) → RST \
+             (unread data, TCP_ABORT_ON_CLOSE) · 5 bytes never read"
+        )
+    );
+}
+
+#[test]
 fn tcp_state_is_worded_by_who_sent_it() {
     let r = RstReason {
         code: Some(14),

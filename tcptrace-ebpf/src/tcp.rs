@@ -1,0 +1,156 @@
+//! The `tcp:` reset, retransmit and destroy tracepoints and
+//! `sock:inet_sk_error_report`: one socket event each, built from the
+//! socket's head (the per-transition program is in the crate root).
+
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use tcptrace_common::{
+    ABSENT, ArgPos, IPPROTO_TCP, NO_ARG, QUEUED_ERROR, filter, flag, kind, oddity,
+};
+
+use crate::{
+    Args, attach_owner, config, finish_sock_event, new_event, odd,
+    read::{self, SockHead, read_kernel},
+};
+
+/// The reset, retransmit and destroy tracepoints: a socket (and its state),
+/// an integer argument where the tracepoint has one.
+#[inline(always)]
+fn sock_event(ctx: &RawTracePointContext, pos: &ArgPos, event_kind: u8) -> i32 {
+    let args = Args::of(ctx, pos);
+    let sk = args.get(pos.sk);
+    let mut slot = MaybeUninit::uninit();
+    let event = new_event(&mut slot, event_kind, sk);
+    // A SYN/ACK retransmit describes the request socket, whose head is a
+    // sock_common too; skaddr stays the listener's.
+    let tuple_of = if pos.req != NO_ARG {
+        args.get(pos.req)
+    } else {
+        sk
+    };
+    if tuple_of != 0 {
+        let Some(head) = SockHead::read(tuple_of) else {
+            odd::oddity(oddity::SOCK_HEAD, u64::from(event_kind));
+            return 0;
+        };
+        head.fill_endpoints(tuple_of, event);
+        event.newstate = head.state();
+        event.aux = head.cookie();
+        if config().filter.flags & filter::NETNS != 0 {
+            event.netns = head.netns();
+        }
+    }
+    if pos.int0 != NO_ARG {
+        event.value = args.get(pos.int0) as u32;
+        if event_kind == kind::SEND_RESET {
+            event.flags |= flag::REASON_VALID;
+        }
+    }
+    if event_kind == kind::SEND_RESET && pos.skb != NO_ARG {
+        read::reset_without_full_socket(args.get(pos.skb), event);
+    }
+    attach_owner(event);
+    finish_sock_event(event);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
+    sock_event(&ctx, &config().send_reset, kind::SEND_RESET)
+}
+
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
+    sock_event(&ctx, &config().receive_reset, kind::RECEIVE_RESET)
+}
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
+    sock_event(&ctx, &config().retransmit_skb, kind::RETRANSMIT_SKB)
+}
+
+#[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack(ctx: RawTracePointContext) -> i32 {
+    sock_event(&ctx, &config().retransmit_synack, kind::RETRANSMIT_SYNACK)
+}
+
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
+    sock_event(&ctx, &config().destroy_sock, kind::DESTROY_SOCK)
+}
+
+/// A TCP socket's error was set (a retransmission or keepalive timeout, an
+/// ICMP error, a reset): why a connection failed, in the kernel's words.
+/// Rare; reads the error and the retransmit and probe counts.
+#[raw_tracepoint(tracepoint = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
+    let cfg = config();
+    let pos = &cfg.error_report;
+    let args = Args::of(&ctx, pos);
+    let sk = args.get(pos.sk);
+    let o = &cfg.sock;
+    if o.protocol == ABSENT {
+        return 0;
+    }
+    // UDP and raw sockets report errors here too.
+    match read_kernel::<u16>(sk + u64::from(o.protocol)) {
+        Some(IPPROTO_TCP) => {}
+        Some(_) => return 0,
+        None => {
+            odd::oddity(oddity::ERROR_REPORT_SOCK, sk);
+            return 0;
+        }
+    }
+    let Some(head) = SockHead::read(sk) else {
+        odd::oddity(oddity::ERROR_REPORT_SOCK, sk);
+        return 0;
+    };
+    let mut slot = MaybeUninit::uninit();
+    let event = new_event(&mut slot, kind::ERROR_REPORT, sk);
+    head.fill_endpoints(sk, event);
+    event.newstate = head.state();
+    event.aux = head.cookie();
+    let byte = |offset: u16| {
+        if offset == ABSENT {
+            return 0;
+        }
+        read_kernel::<u8>(sk + u64::from(offset)).unwrap_or_else(|| {
+            odd::oddity(oddity::ERROR_READ, sk);
+            0
+        })
+    };
+    if o.sk_err != ABSENT {
+        match read_kernel::<i32>(sk + u64::from(o.sk_err)) {
+            Some(err) => event.value = err as u32,
+            None => odd::oddity(oddity::ERROR_READ, sk),
+        }
+    }
+    // No error set yet: an ICMP error was just queued (ip_icmp_error
+    // reports it before TCP decides to set sk_err, or only sk_err_soft):
+    // its errno is in the newest queued skb's control block.
+    if event.value == 0 && o.error_queue != ABSENT && o.queued_errno != ABSENT {
+        let queue = sk + u64::from(o.error_queue);
+        let skb = read_kernel::<u64>(queue + u64::from(o.queue_prev)).unwrap_or(0);
+        // An empty queue's `prev` points at the queue head itself.
+        if skb != 0 && skb != queue {
+            match read_kernel::<u32>(skb + u64::from(o.queued_errno)) {
+                Some(err) if err != 0 => event.value = err | QUEUED_ERROR,
+                Some(_) => {}
+                None => odd::oddity(oddity::ERROR_READ, sk),
+            }
+        }
+    }
+    event.seg_flags = u16::from(byte(o.retransmits)) | (u16::from(byte(o.probes)) << 8);
+    // TCP_USER_TIMEOUT, when set, is what gave up (not tcp_retries2 or the
+    // keepalive count): one more read, on this rare path only.
+    if o.user_timeout != ABSENT {
+        match read_kernel::<u32>(sk + u64::from(o.user_timeout)) {
+            Some(ms) => event.unread = ms,
+            None => odd::oddity(oddity::ERROR_READ, sk),
+        }
+    }
+    attach_owner(event);
+    finish_sock_event(event);
+    0
+}
