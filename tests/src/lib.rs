@@ -421,3 +421,31 @@ pub fn linger_zero(stream: &std::net::TcpStream) {
     };
     assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
 }
+
+/// A tracer that sees only sockets with `port` at either end (filtered in
+/// the kernel), keeping what touches it.
+pub fn trace(port: u16) -> Trace {
+    let mut opts = TraceOptions::default();
+    opts.filter.flags |= tcptrace_common::filter::PORT;
+    opts.filter.port = port;
+    Trace::start_with(opts, &[port])
+}
+
+/// A port number free on `ip`, held (by the listener returned) until the
+/// test ends, so that no other test takes it meanwhile.
+pub fn reserve_port(ip: std::net::IpAddr) -> (std::net::TcpListener, u16) {
+    let l = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
+/// The ladder tcptrace prints for a life.
+pub fn ladder(life: &SocketLife, verdict: &Verdict) -> String {
+    let opts = tcptrace::render::RenderOptions {
+        view: tcptrace::render::View::Sockets,
+        ..Default::default()
+    };
+    let mut r = tcptrace::render::Renderer::new(Vec::new(), opts);
+    r.socket(life, verdict).unwrap();
+    String::from_utf8(r.into_inner()).unwrap()
+}

@@ -15,41 +15,14 @@ use std::{
 use tcptrace::{
     classify::Close,
     decode::Record,
-    loader::TraceOptions,
-    model::{Direction, JoinedBy, SegmentKind, SocketLife, Verdict},
-    render::{RenderOptions, Renderer, View, words},
+    model::{Direction, JoinedBy, SegmentKind},
+    render::words,
     tracker::Role,
 };
-use tcptrace_tests::{DEADLINE, Trace, netns::Netns};
+use tcptrace_tests::{DEADLINE, ladder, netns::Netns, reserve_port, trace};
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
-
-/// A tracer that sees only what has `port` at either end.
-fn trace(port: u16) -> Trace {
-    let mut opts = TraceOptions::default();
-    opts.filter.flags |= tcptrace_common::filter::PORT;
-    opts.filter.port = port;
-    Trace::start_with(opts, &[port])
-}
-
-/// A port number free here, held until the test ends (see the module doc).
-fn reserve_port(ip: IpAddr) -> (TcpListener, u16) {
-    let l = TcpListener::bind((ip, 0)).unwrap();
-    let port = l.local_addr().unwrap().port();
-    (l, port)
-}
-
-/// The ladder tcptrace prints for a life.
-fn ladder(life: &SocketLife, verdict: &Verdict) -> String {
-    let opts = RenderOptions {
-        view: View::Sockets,
-        ..RenderOptions::default()
-    };
-    let mut r = Renderer::new(Vec::new(), opts);
-    r.socket(life, verdict).unwrap();
-    String::from_utf8(r.into_inner()).unwrap()
-}
 
 fn syns_dropped_on_the_way_out(ip: IpAddr) {
     let (_reserved, port) = reserve_port(ip);

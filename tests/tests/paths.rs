@@ -25,22 +25,13 @@ use std::{
 use tcptrace::{
     classify::{Close, Open, Side, Verdict},
     decode::{Proc, Record},
-    loader::TraceOptions,
     render::words,
     tracker::{Role, SocketLife},
 };
-use tcptrace_tests::{DEADLINE, State as S, Trace, linger_zero, netns::Netns};
+use tcptrace_tests::{DEADLINE, State as S, Trace, linger_zero, netns::Netns, reserve_port, trace};
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
-
-/// A tracer that sees only sockets with `port` at either end.
-fn trace(port: u16) -> Trace {
-    let mut opts = TraceOptions::default();
-    opts.filter.flags |= tcptrace_common::filter::PORT;
-    opts.filter.port = port;
-    Trace::start_with(opts, &[port])
-}
 
 /// Held for reading while this binary starts a child process, for writing
 /// while a test closes a socket whose closer it checks.
@@ -533,15 +524,6 @@ fn a_server_that_closes_first_over_ipv4_shows_a_passive_close_on_the_client() {
 #[test]
 fn a_server_that_closes_first_over_ipv6_shows_a_passive_close_on_the_client() {
     four_way_close(V6, First::Server);
-}
-
-/// A port number free in this namespace, held (by a listener nobody
-/// connects to) until the test ends: the test's sockets in a namespace of
-/// their own use the same number, which no other test's socket can then carry.
-fn reserve_port(ip: IpAddr) -> (TcpListener, u16) {
-    let l = TcpListener::bind((ip, 0)).unwrap();
-    let port = l.local_addr().unwrap().port();
-    (l, port)
 }
 
 /// An established connection on the namespace's loopback to `port`:
