@@ -77,8 +77,6 @@ pub struct Recorder {
     done: Receiver<()>,
     thread: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
-    /// Cgroup ids whose names are in the recording already.
-    workloads: HashSet<u64>,
 }
 
 impl Recorder {
@@ -129,7 +127,6 @@ impl Recorder {
             done,
             thread: Some(thread),
             shared,
-            workloads: HashSet::new(),
         })
     }
 
@@ -157,15 +154,13 @@ impl Recorder {
         put_frame(&mut self.buf, kind::LOSS, &now_ns.to_le_bytes());
     }
 
-    /// A cgroup's name, once per cgroup.
+    /// A cgroup's name (the pipeline looks each cgroup up once).
     pub fn workload(&mut self, id: u64, workload: &Workload) {
-        if self.workloads.insert(id) {
-            let frame = WorkloadFrame {
-                id,
-                workload: workload.clone(),
-            };
-            put_json_frame(&mut self.buf, kind::WORKLOAD, &frame);
-        }
+        let frame = WorkloadFrame {
+            id,
+            workload: workload.clone(),
+        };
+        put_json_frame(&mut self.buf, kind::WORKLOAD, &frame);
     }
 
     /// The kernel's sockets at exit.

@@ -6,7 +6,7 @@ use super::{
     push_opt_reset_reason, push_opt_state, push_opt_u64, push_proc, push_state, push_u64,
 };
 use crate::{
-    decode::{Record, SegmentDrop, SockInfo},
+    decode::{Context, Proc, Record, SegmentDrop, SockInfo},
     render::{push_addr, push_hex},
 };
 
@@ -159,12 +159,19 @@ fn push_sock_fields(out: &mut String, sock: &SockInfo) {
     push_addr(out, &sock.local);
     out.push_str(r#"","remote":""#);
     push_addr(out, &sock.remote);
-    out.push_str(r#"","context":"#);
-    push_context(out, &sock.context);
+    out.push('"');
+    push_origin(out, &sock.context, sock.owner.as_ref(), sock.netns);
+}
+
+/// `,"context":…,"owner":…,"netns":…`: who and where, as sockets and drops
+/// both carry it.
+fn push_origin(out: &mut String, context: &Context, owner: Option<&Proc>, netns: Option<u32>) {
+    out.push_str(r#","context":"#);
+    push_context(out, context);
     out.push_str(r#","owner":"#);
-    push_opt_proc(out, sock.owner.as_ref());
+    push_opt_proc(out, owner);
     out.push_str(r#","netns":"#);
-    push_opt_u64(out, sock.netns.map(u64::from));
+    push_opt_u64(out, netns.map(u64::from));
 }
 
 /// `,"event":"drop",…` of a dropped segment.
@@ -181,12 +188,8 @@ fn push_drop_fields(out: &mut String, d: &SegmentDrop) {
     push_addr(out, &d.source);
     out.push_str(r#"","destination":""#);
     push_addr(out, &d.destination);
-    out.push_str(r#"","context":"#);
-    push_context(out, &d.context);
-    out.push_str(r#","owner":"#);
-    push_opt_proc(out, d.owner.as_ref());
-    out.push_str(r#","netns":"#);
-    push_opt_u64(out, d.netns.map(u64::from));
+    out.push('"');
+    push_origin(out, &d.context, d.owner.as_ref(), d.netns);
     out.push_str(r#","reason":"#);
     push_drop_reason(out, &d.reason);
     out.push_str(r#","segment_flags":"#);
