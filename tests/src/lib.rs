@@ -449,3 +449,56 @@ pub fn ladder(life: &SocketLife, verdict: &Verdict) -> String {
     r.socket(life, verdict).unwrap();
     String::from_utf8(r.into_inner()).unwrap()
 }
+
+/// The flags of a headless daemon serving metrics at `metrics`, traced on
+/// `port` only; it ends by itself within `--duration`, should a failed test
+/// leave it behind.
+pub fn daemon_args<'a>(metrics: &'a str, port: &'a str) -> [&'a str; 8] {
+    [
+        "--view",
+        "none",
+        "--duration",
+        "180",
+        "--metrics",
+        metrics,
+        "--port",
+        port,
+    ]
+}
+
+/// `addr` as the sockets API takes it, with its length (for a raw
+/// `bind`/`connect` where std has no way to say what the test needs).
+pub fn sockaddr(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        std::net::SocketAddr::V4(a) => {
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { (&raw mut ss).cast::<libc::sockaddr_in>().write(sa) };
+            size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(a) => {
+            let sa = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { (&raw mut ss).cast::<libc::sockaddr_in6>().write(sa) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcptrace_tests::{Cli, prometheus, tcptrace_binary};
+use tcptrace_tests::{Cli, daemon_args, prometheus, tcptrace_binary};
 
 fn deploy_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -201,18 +201,9 @@ fn the_units_capabilities_are_enough_without_root() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let mut cmd = Command::new(tcptrace_binary());
-    cmd.args([
-        "--view",
-        "none",
-        "--duration",
-        "180",
-        "--metrics",
-        "127.0.0.1:0",
-        "--port",
-        &port,
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null());
+    cmd.args(daemon_args("127.0.0.1:0", &port))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
     // A sandbox may withhold some from root itself: those cannot be given.
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let ours = status
@@ -323,16 +314,7 @@ fn the_units_syscall_filter_allows_every_call_of_a_run() {
     cmd.args(["-f", "-qq", "-o"])
         .arg(&log)
         .arg(tcptrace_binary())
-        .args([
-            "--view",
-            "none",
-            "--duration",
-            "180",
-            "--metrics",
-            "127.0.0.1:0",
-            "--port",
-            &port,
-        ])
+        .args(daemon_args("127.0.0.1:0", &port))
         .args(["--write", dir.join("run.rec").to_str().unwrap()])
         .stdin(Stdio::null())
         .stdout(Stdio::null());

@@ -113,41 +113,6 @@ mod raw {
 
     pub struct Socket(OwnedFd);
 
-    fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-        // SAFETY: all-zero is a valid sockaddr_storage.
-        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let len = match addr {
-            SocketAddr::V4(a) => {
-                let sa = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from(*a.ip()).to_be(),
-                    },
-                    sin_zero: [0; 8],
-                };
-                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-                unsafe { (&raw mut ss).cast::<libc::sockaddr_in>().write(sa) };
-                size_of::<libc::sockaddr_in>()
-            }
-            SocketAddr::V6(a) => {
-                let sa = libc::sockaddr_in6 {
-                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                    sin6_port: a.port().to_be(),
-                    sin6_flowinfo: 0,
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: a.ip().octets(),
-                    },
-                    sin6_scope_id: 0,
-                };
-                // SAFETY: as above, for sockaddr_in6.
-                unsafe { (&raw mut ss).cast::<libc::sockaddr_in6>().write(sa) };
-                size_of::<libc::sockaddr_in6>()
-            }
-        };
-        (ss, len as libc::socklen_t)
-    }
-
     impl Socket {
         /// A TCP socket bound to an ephemeral port of `ip`, and that port.
         pub fn bound(ip: IpAddr) -> (Socket, u16) {
@@ -161,7 +126,7 @@ mod raw {
             assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
             // SAFETY: a fresh fd nobody else owns.
             let s = Socket(unsafe { OwnedFd::from_raw_fd(fd) });
-            let (ss, len) = sockaddr(SocketAddr::new(ip, 0));
+            let (ss, len) = tcptrace_tests::sockaddr(SocketAddr::new(ip, 0));
             // SAFETY: a valid sockaddr of the length given.
             let rc = unsafe { libc::bind(fd, (&raw const ss).cast(), len) };
             assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
@@ -176,7 +141,7 @@ mod raw {
         pub fn connect_nowait(self, to: SocketAddr) -> TcpStream {
             let stream = TcpStream::from(self.0);
             stream.set_nonblocking(true).unwrap();
-            let (ss, len) = sockaddr(to);
+            let (ss, len) = tcptrace_tests::sockaddr(to);
             // SAFETY: a valid sockaddr of the length given.
             let rc = unsafe { libc::connect(stream.as_raw_fd(), (&raw const ss).cast(), len) };
             let err = std::io::Error::last_os_error();

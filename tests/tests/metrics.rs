@@ -18,7 +18,7 @@ use std::{
 };
 
 use tcptrace_tests::{
-    Cli, as_nobody,
+    Cli, as_nobody, daemon_args,
     prometheus::{self, Prometheus},
     tcptrace_binary,
 };
@@ -86,16 +86,7 @@ fn linger_zero(s: &TcpStream) {
 /// `--duration`, should a failed test leave it behind.
 fn daemon(port: u16, extra: &[&str]) -> Cli {
     let port = port.to_string();
-    let mut args = vec![
-        "--view",
-        "none",
-        "--duration",
-        "180",
-        "--metrics",
-        "127.0.0.1:0",
-        "--port",
-        &port,
-    ];
+    let mut args = daemon_args("127.0.0.1:0", &port).to_vec();
     args.extend_from_slice(extra);
     Cli::start(&args, Stdio::null())
 }
@@ -464,19 +455,7 @@ fn bad_metrics_addresses_fail_before_anything_is_loaded() {
 
     // A non-loopback address given explicitly is served, with a warning.
     let port = Reserved::new().port.to_string();
-    let cli = Cli::start(
-        &[
-            "--view",
-            "none",
-            "--duration",
-            "180",
-            "--metrics",
-            "0.0.0.0:0",
-            "--port",
-            &port,
-        ],
-        Stdio::null(),
-    );
+    let cli = Cli::start(&daemon_args("0.0.0.0:0", &port), Stdio::null());
     assert!(
         cli.stderr_lines
             .iter()
@@ -497,18 +476,9 @@ fn the_daemon_needs_no_terminal_and_runs_until_sigterm() {
     // As `nohup setsid tcptrace … </dev/null >/dev/null &` leaves it: no
     // terminal, SIGHUP ignored.
     let mut cmd = Command::new(tcptrace_binary());
-    cmd.args([
-        "--view",
-        "none",
-        "--duration",
-        "180",
-        "--metrics",
-        "127.0.0.1:0",
-        "--port",
-        &port,
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null());
+    cmd.args(daemon_args("127.0.0.1:0", &port))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
     // SAFETY: async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {

@@ -132,45 +132,9 @@ fn bound(addr: SocketAddr) -> TcpListener {
     assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
     // SAFETY: a fresh fd nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let rc = match addr {
-        SocketAddr::V4(a) => {
-            let sa = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*a.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: a valid sockaddr_in of the size given.
-            unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&raw const sa).cast(),
-                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            }
-        }
-        SocketAddr::V6(a) => {
-            let sa = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: a valid sockaddr_in6 of the size given.
-            unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&raw const sa).cast(),
-                    size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                )
-            }
-        }
-    };
+    let (sa, len) = tcptrace_tests::sockaddr(addr);
+    // SAFETY: a valid socket address of the length given.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), len) };
     assert_eq!(rc, 0, "bind {addr}: {}", std::io::Error::last_os_error());
     TcpListener::from(fd)
 }
