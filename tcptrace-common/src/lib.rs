@@ -72,6 +72,10 @@ pub mod kind {
     /// `oom:mark_victim`: the OOM killer chose a process ([`super::Event::aux`]
     /// = its tgid); the SIGKILL it sent came just before.
     pub const OOM_VICTIM: u8 = 11;
+    /// `syscalls:sys_exit_accept4`/`sys_exit_accept`: the context task took
+    /// this socket off its listener's accept queue. [`super::Event::owner`]
+    /// is that task from now on.
+    pub const ACCEPT: u8 = 12;
 }
 
 /// In an error report's [`Event::value`]: the errno is that of an ICMP
@@ -160,7 +164,44 @@ pub struct Event {
     /// it), read where a socket's life starts (connect, listen, a child of
     /// a listener) and whenever the `--netns` filter is on; 0 elsewhere.
     pub netns: u32,
-    pub _reserved: u32,
+    /// Bits of [`more_flags`] ([`Event::flags`] is full).
+    pub more_flags: u32,
+}
+
+/// Bits of [`Event::more_flags`].
+pub mod more_flags {
+    /// The socket is a child of a listening address that several processes
+    /// listen on (`SO_REUSEPORT`): which of them owns it is known only when
+    /// one accepts it, so its owner is left unknown until then.
+    pub const SHARED_LISTENER: u32 = 1 << 0;
+}
+
+/// How the kernel program finds the socket an `accept(2)` returned: the
+/// returned fd in the task's file table (`task->files->fdt->fd[fd]`), its
+/// `struct file`'s socket, and that socket's `sk`. Offsets from the running
+/// kernel's BTF; `ret` from the syscall tracepoint's format file. Pairs of
+/// fields are read together from a 16-byte window (`*_window`), each then
+/// being the 8-byte word `*_word` (0 or 1) of it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct AcceptConfig {
+    /// Offset of `ret` in the `sys_exit_accept*` record; 0 = not traced.
+    pub ret: u32,
+    /// `task_struct::files`.
+    pub task_files: u32,
+    /// `files_struct::fdt`.
+    pub files_fdt: u32,
+    /// `fdtable`: `max_fds` (low 32 bits of its word) and `fd`.
+    pub fdt_window: u32,
+    pub fdt_max_fds_word: u32,
+    pub fdt_fd_word: u32,
+    /// `file::private_data` (the `struct socket` of a socket file).
+    pub file_private_data: u32,
+    /// `socket`: `file` (checked against the file found) and `sk`.
+    pub socket_window: u32,
+    pub socket_file_word: u32,
+    pub socket_sk_word: u32,
 }
 
 /// Key of the listener map: a listening socket's namespace, family, port
@@ -462,6 +503,8 @@ pub struct Config {
     pub drop: DropConfig,
     /// `oom:mark_victim`: the victim (task). Appended, like [`DropConfig`].
     pub oom_victim: ArgPos,
+    /// `accept(2)`: appended.
+    pub accept: AcceptConfig,
 }
 
 impl Config {
@@ -522,6 +565,18 @@ impl Config {
             },
         },
         oom_victim: ArgPos::NONE,
+        accept: AcceptConfig {
+            ret: 0,
+            task_files: 0,
+            files_fdt: 0,
+            fdt_window: 0,
+            fdt_max_fds_word: 0,
+            fdt_fd_word: 0,
+            file_private_data: 0,
+            socket_window: 0,
+            socket_file_word: 0,
+            socket_sk_word: 0,
+        },
     };
 }
 
@@ -562,7 +617,8 @@ const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 56);
 const _: () = assert!(core::mem::size_of::<DropConfig>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 272);
+const _: () = assert!(core::mem::size_of::<AcceptConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<Config>() == 312);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -43,8 +43,11 @@ pub const HANDLER_READ: u32 = 15;
 /// warnings' codes stay below [`SPORT_READ`], which keeps the check
 /// every program carries one comparison).
 pub const DROP_READ: u32 = 16;
+/// accept(2) returned an fd whose socket could not be found (the fd): the
+/// socket keeps its listener's owner.
+pub const ACCEPT_FD: u32 = 17;
 /// One past the last code.
-pub const END: u32 = 17;
+pub const END: u32 = 18;
 
 /// Is an event, a kill or a followed process lost (a warning), or
 /// only an annotation (debug)?

@@ -17,6 +17,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod accept;
 mod drops;
 mod odd;
 mod procs;
@@ -31,7 +32,7 @@ use aya_ebpf::{
 };
 use tcptrace_common::{
     ABSENT, ArgPos, Config, DEFAULT_RING_BYTES, Event, IPPROTO_TCP, ListenerKey, Task, counter,
-    filter, flag, kind, oddity, tcp_state,
+    filter, flag, kind, more_flags, oddity, tcp_state,
 };
 
 use core::{
@@ -199,6 +200,11 @@ fn process_passes(e: &mut Event) -> bool {
     if e.flags & flag::OWNER_KNOWN != 0 {
         return task_matches(f, &e.owner);
     }
+    if e.more_flags & more_flags::SHARED_LISTENER != 0 {
+        // One of several processes will accept it: userspace judges the
+        // socket once its acceptor is known.
+        return true;
+    }
     if e.flags & flag::SOFTIRQ != 0 {
         return false;
     }
@@ -251,7 +257,7 @@ fn new_event(slot: &mut MaybeUninit<Event>, event_kind: u8, skaddr: u64) -> &mut
         zero8(addr_of_mut!((*context).cgroup_id));
         let names_someone = matches!(
             event_kind,
-            kind::STATE | kind::SEND_RESET | kind::PROCESS_EXIT | kind::SIGNAL
+            kind::STATE | kind::SEND_RESET | kind::PROCESS_EXIT | kind::SIGNAL | kind::ACCEPT
         );
         if softirq || !names_someone {
             zero16(addr_of_mut!((*context).comm));
@@ -262,7 +268,7 @@ fn new_event(slot: &mut MaybeUninit<Event>, event_kind: u8, skaddr: u64) -> &mut
         zero8(addr_of_mut!((*owner).pid).cast());
         zero8(addr_of_mut!((*owner).cgroup_id));
         zero16(addr_of_mut!((*owner).comm));
-        // netns, _reserved.
+        // netns, more_flags.
         zero8(addr_of_mut!((*e).netns).cast());
         slot.assume_init_mut()
     }
@@ -332,6 +338,12 @@ fn attach_owner(event: &mut Event) {
     // A hash lookup: the verifier turns it into a direct call, no retpoline.
     // SAFETY: read-only lookup; the value is copied out at once.
     if let Some(owner) = unsafe { OWNERS.get(event.skaddr) } {
+        if owner.tgid == 0 {
+            // tgid 0: a child of an address several processes listen on
+            // (see track_owner), not accepted yet.
+            event.more_flags |= more_flags::SHARED_LISTENER;
+            return;
+        }
         copy_task(owner, &mut event.owner);
         event.flags |= flag::OWNER_KNOWN;
         return;
@@ -403,8 +415,28 @@ fn track_owner(event: &mut Event) {
         let _ = OWNERS.insert(event.skaddr, event.context, 0);
         if new == tcp_state::LISTEN {
             // Keyed by its bound address: 0.0.0.0/[::] for a wildcard.
-            let mut key = MaybeUninit::uninit();
-            let _ = LISTENERS.insert(listener_key(&mut key, event, false), event.context, 0);
+            let mut slot = MaybeUninit::uninit();
+            let key = listener_key(&mut slot, event, false);
+            // SAFETY: read-only lookup of a plain value.
+            let shared =
+                unsafe { LISTENERS.get(key) }.is_some_and(|other| other.tgid != event.context.tgid);
+            // A second process listening on the same address (SO_REUSEPORT):
+            // the kernel will pick between them for each connection.
+            let mut owner = MaybeUninit::<Task>::uninit();
+            let o = owner.as_mut_ptr();
+            // SAFETY: every word of the 32-byte Task is written before use.
+            let owner = unsafe {
+                if shared {
+                    // All zero (tgid 0): "several processes".
+                    zero8(addr_of_mut!((*o).pid).cast());
+                    zero8(addr_of_mut!((*o).cgroup_id));
+                    zero16(addr_of_mut!((*o).comm));
+                } else {
+                    copy_task(&event.context, &mut *o);
+                }
+                owner.assume_init_ref()
+            };
+            let _ = LISTENERS.insert(key, owner, 0);
         }
     } else if old == tcp_state::LISTEN && new == tcp_state::SYN_RECV {
         // A child socket: it belongs to whoever owns its listener, the one

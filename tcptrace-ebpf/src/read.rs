@@ -78,6 +78,11 @@ impl SockHead {
     }
 
     #[inline(always)]
+    pub fn family(&self) -> u16 {
+        self.get::<u16>(config().sock.family)
+    }
+
+    #[inline(always)]
     pub fn cookie(&self) -> u64 {
         self.get::<u64>(config().sock.cookie)
     }

@@ -111,6 +111,15 @@ pub struct Args {
     #[arg(long)]
     pub snapshot: bool,
 
+    /// Don't follow accept(2). By default the process that accepts a server
+    /// socket becomes its owner (which nginx worker, which member of an
+    /// SO_REUSEPORT group); following it routes every syscall of the host
+    /// through the kernel's syscall tracing while tcptrace runs (about 25
+    /// ns each, see the README's benchmarks). Without it, accepted sockets
+    /// keep their listener's owner.
+    #[arg(long)]
+    pub no_accept: bool,
+
     /// Ring buffer size in bytes: a power of two from 16384 to 1073741824
     /// (1 GiB). Larger absorbs bigger bursts without losing events; it is
     /// resident memory, mapped into tcptrace twice. Below 16 KiB a busy CPU
@@ -291,6 +300,7 @@ impl Args {
             pids,
             // The session fills these in from the start-up snapshot.
             seeds: Default::default(),
+            follow_accept: !self.no_accept,
         })
     }
 

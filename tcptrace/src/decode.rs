@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::Serialize;
-use tcptrace_common::{Event, Task, flag, kind};
+use tcptrace_common::{Event, Task, flag, kind, more_flags};
 
 use crate::kernel::{DropReasons, ResetReasons};
 
@@ -150,6 +150,10 @@ pub struct SockInfo {
     /// Its network namespace (inode number), where the kernel read it: on
     /// the event that starts a life, or with the `--netns` filter on.
     pub netns: Option<u32>,
+    /// A child of an address several processes listen on (SO_REUSEPORT),
+    /// not accepted yet: its owner is unknown until one accepts it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shared_listener: bool,
 }
 
 /// An RST reason: the kernel's number and, when the running kernel names it,
@@ -258,6 +262,12 @@ pub enum Record {
         #[serde(flatten)]
         sock: SockInfo,
     },
+    /// `accept(2)`/`accept4(2)` returned this socket to the context task,
+    /// its owner from now on.
+    Accept {
+        #[serde(flatten)]
+        sock: SockInfo,
+    },
     /// `sock:inet_sk_error_report`: the socket's error was set.
     ErrorReport {
         #[serde(flatten)]
@@ -313,6 +323,7 @@ impl Record {
             | Record::Retransmit { sock, .. }
             | Record::RetransmitSynAck { sock }
             | Record::Destroy { sock }
+            | Record::Accept { sock }
             | Record::ErrorReport { sock, .. } => sock.ts_ns,
             Record::ProcessExit { ts_ns, .. }
             | Record::Signal { ts_ns, .. }
@@ -329,6 +340,7 @@ impl Record {
             | Record::Retransmit { sock, .. }
             | Record::RetransmitSynAck { sock }
             | Record::Destroy { sock }
+            | Record::Accept { sock }
             | Record::ErrorReport { sock, .. } => Some(sock),
             Record::ProcessExit { .. }
             | Record::Signal { .. }
@@ -409,6 +421,7 @@ impl Decoder {
             context,
             owner: (e.flags & flag::OWNER_KNOWN != 0).then(|| Proc::from_task(&e.owner)),
             netns: (e.netns != 0).then_some(e.netns),
+            shared_listener: e.more_flags & more_flags::SHARED_LISTENER != 0,
         };
         // Reset and retransmit tracepoints print state 0 as "no socket".
         let state = || TcpState::from_raw(e.newstate);
@@ -436,6 +449,7 @@ impl Decoder {
             },
             kind::RETRANSMIT_SYNACK => Record::RetransmitSynAck { sock: sock() },
             kind::DESTROY_SOCK => Record::Destroy { sock: sock() },
+            kind::ACCEPT => Record::Accept { sock: sock() },
             kind::PROCESS_EXIT => Record::ProcessExit {
                 ts_ns: e.ts_ns,
                 task: *context.on_cpu(),

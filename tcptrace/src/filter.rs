@@ -5,7 +5,9 @@
 
 use std::collections::HashSet;
 
-use tcptrace_common::{Event, Filter, Task, filter, flag, kind};
+use tcptrace_common::{Event, Filter, Task, filter, flag, kind, more_flags};
+
+use crate::decode::{Comm, Proc};
 
 /// The user's filters, on records.
 #[derive(Clone, Debug, Default)]
@@ -65,7 +67,30 @@ impl EventFilter {
         if e.flags & flag::OWNER_KNOWN != 0 {
             return self.task_matches(&e.owner);
         }
+        if e.more_flags & more_flags::SHARED_LISTENER != 0 {
+            // Judged by its acceptor: see `owner_passes`.
+            return true;
+        }
         e.flags & flag::SOFTIRQ == 0 && self.task_matches(&e.context)
+    }
+
+    /// A child of an address several processes listen on passes the
+    /// kernel's process filters until one of them accepts it: its life is
+    /// kept only if the process that accepted it passes them. (With
+    /// `--follow` the kernel's list of processes is the authority: forks
+    /// it added are not known here, so such lives are kept.)
+    pub fn owner_passes(&self, owner: Option<&Proc>) -> bool {
+        let f = &self.filter;
+        if f.flags & (filter::PID | filter::COMM | filter::CGROUP) == 0
+            || f.flags & filter::FOLLOW != 0
+        {
+            return true;
+        }
+        owner.is_some_and(|p| {
+            (f.flags & filter::PID == 0 || self.pids.contains(&p.tgid))
+                && (f.flags & filter::COMM == 0 || p.comm == Comm::from_raw(&f.comm))
+                && (f.flags & filter::CGROUP == 0 || p.cgroup_id == f.cgroup_id)
+        })
     }
 }
 

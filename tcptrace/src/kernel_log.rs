@@ -201,6 +201,10 @@ pub fn describe(code: u32, detail: u64) -> Option<String> {
             "kfree_skb: the dropped buffer (skb {detail:#x}) or its headers were unreadable: \
              a drop was not looked at"
         ),
+        ACCEPT_FD => format!(
+            "accept returned fd {detail} but its socket could not be found (closed at once by \
+             another thread?): that socket keeps its listener's owner"
+        ),
         _ => return None,
     };
     Some(text)
@@ -213,6 +217,7 @@ fn tracepoint(event_kind: u64) -> Option<&'static str> {
         kind::RECEIVE_RESET => "tcp_receive_reset",
         kind::RETRANSMIT_SKB => "tcp_retransmit_skb",
         kind::RETRANSMIT_SYNACK => "tcp_retransmit_synack",
+        kind::ACCEPT => "sys_exit_accept",
         kind::DESTROY_SOCK => "tcp_destroy_sock",
         _ => return None,
     })

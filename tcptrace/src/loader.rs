@@ -15,7 +15,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, RawTracePoint},
+    programs::ProgramError,
 };
 use tcptrace_common::{Config, Event, Filter, ListenerKey, Task, counter};
 
@@ -152,6 +152,9 @@ pub struct TraceOptions {
     pub pids: Vec<u32>,
     /// Owners of what existed at start (see [`crate::snapshot`]).
     pub seeds: Seeds,
+    /// Follow accept(2) to give accepted sockets their acceptor as owner
+    /// (costs every syscall of the host a little while attached).
+    pub follow_accept: bool,
 }
 
 impl Default for TraceOptions {
@@ -161,6 +164,7 @@ impl Default for TraceOptions {
             filter: Filter::default(),
             pids: Vec::new(),
             seeds: Seeds::default(),
+            follow_accept: true,
         }
     }
 }
@@ -206,6 +210,15 @@ impl Tracer {
         if !opts.pids.is_empty() {
             config.filter.flags |= tcptrace_common::filter::PID;
         }
+        let mut layout = layout;
+        let accept = programs::accept_ret_offset(opts.follow_accept, config.accept.task_files != 0);
+        match &accept {
+            Ok(ret) => config.accept.ret = *ret,
+            Err(e) => {
+                config.accept.ret = 0;
+                layout.accept_unavailable = Some(e.to_string());
+            }
+        }
         let (wakeup_bytes, query_every) = wakeup_policy(opts.ring_bytes);
         config.wakeup_bytes = wakeup_bytes;
         config.query_every = query_every;
@@ -243,13 +256,28 @@ impl Tracer {
         let mut order: Vec<_> = layout.present.clone();
         order.sort_by_key(|tp| tp.group != "irq");
         for tp in &order {
-            load(&mut ebpf, tp)?;
+            programs::load(&mut ebpf, tp)?;
+        }
+        if accept.is_ok() {
+            programs::load_accept(&mut ebpf)?;
         }
         // Once the programs hold the log's map (a failed start closes our
         // descriptor of it), and before they can log anything.
         let kernel_log = KernelLog::start(&mut ebpf);
         for tp in &order {
-            attach(&mut ebpf, tp)?;
+            programs::attach(&mut ebpf, tp)?;
+        }
+        if accept.is_ok()
+            && let Err(why) = programs::attach_accept(&mut ebpf)?
+        {
+            layout.accept_unavailable = Some(why);
+        }
+        if let Some(why) = &layout.accept_unavailable
+            && opts.follow_accept
+        {
+            log::warn!(
+                "accept(2) is not followed ({why}): accepted sockets keep their listener's owner"
+            );
         }
 
         let ring = RingBuf::try_from(
@@ -515,51 +543,7 @@ pub fn wakeup_policy(ring_bytes: u32) -> (u64, u32) {
     (u64::from(wakeup_bytes), query_every)
 }
 
-fn raw_tracepoint<'a>(
-    ebpf: &'a mut Ebpf,
-    program: &'static str,
-) -> Result<&'a mut RawTracePoint, LoadError> {
-    Ok(ebpf
-        .program_mut(program)
-        .ok_or(LoadError::MissingProgram(program))?
-        .try_into()?)
-}
-
-fn load(ebpf: &mut Ebpf, tp: &kernel::Tracepoint) -> Result<(), LoadError> {
-    for program in tp.programs() {
-        raw_tracepoint(ebpf, program)?.load().map_err(|e| match e {
-            // Out of descriptors is not the verifier's verdict.
-            ProgramError::LoadError { io_error, .. }
-                if matches!(io_error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
-            {
-                LoadError::Descriptors(io_error)
-            }
-            ProgramError::LoadError {
-                io_error,
-                verifier_log,
-            } => LoadError::Verifier {
-                program: program.to_owned(),
-                io_error,
-                log: verifier_log.to_string(),
-            },
-            other => LoadError::Program(other),
-        })?;
-    }
-    Ok(())
-}
-
-fn attach(ebpf: &mut Ebpf, tp: &kernel::Tracepoint) -> Result<(), LoadError> {
-    for program in tp.programs() {
-        raw_tracepoint(ebpf, program)?
-            .attach(tp.name)
-            .map_err(|source| LoadError::Attach {
-                group: tp.group,
-                name: tp.name,
-                source,
-            })?;
-    }
-    Ok(())
-}
+mod programs;
 
 #[cfg(test)]
 mod tests {

@@ -66,6 +66,9 @@ pub struct Pipeline<W: Write> {
     decoder: Decoder,
     /// Read-time filters (a replay's); the live ones run in the kernel.
     filter: Option<EventFilter>,
+    /// The process filters, for the lives the kernel could not judge (see
+    /// [`EventFilter::owner_passes`]); live and replayed alike.
+    owner_filter: Option<EventFilter>,
     tracker: Tracker,
     cgroups: CgroupSource,
     /// Cgroup id → its unit and container, for owners.
@@ -86,6 +89,7 @@ impl<W: Write> Pipeline<W> {
         Pipeline {
             decoder: Decoder::default(),
             filter: None,
+            owner_filter: None,
             tracker: Tracker::new(tracker),
             cgroups: CgroupSource::Host {
                 names: CgroupNames::new(),
@@ -110,7 +114,15 @@ impl<W: Write> Pipeline<W> {
 
     /// Filters applied to every raw record before it is decoded.
     pub fn with_filter(mut self, filter: EventFilter) -> Self {
+        self.owner_filter = filter.is_active().then(|| filter.clone());
         self.filter = filter.is_active().then_some(filter);
+        self
+    }
+
+    /// The live filters (applied in the kernel), for the lives only their
+    /// acceptor can decide.
+    pub fn with_owner_filter(mut self, filter: EventFilter) -> Self {
+        self.owner_filter = filter.is_active().then_some(filter);
         self
     }
 
@@ -232,6 +244,13 @@ impl<W: Write> Pipeline<W> {
     }
 
     fn finished(&mut self, mut life: SocketLife) -> io::Result<()> {
+        if life.shared_listener
+            && let Some(f) = &self.owner_filter
+            && !f.owner_passes(life.owner.as_ref())
+        {
+            self.filtered += 1;
+            return Ok(());
+        }
         if self.last_loss_ns.is_some_and(|loss| life.start_ns <= loss) {
             life.events_lost = true;
         }

@@ -107,7 +107,16 @@ impl Snapshot {
             };
             let s = &open.socket;
             if s.state == state::LISTEN {
-                seeds.listeners.push((listener_key(s), holder.task()));
+                let key = listener_key(s);
+                let task = holder.task();
+                match seeds.listeners.iter_mut().find(|(k, _)| *k == key) {
+                    // Another process's listener at the same address
+                    // (SO_REUSEPORT): its children's owner is their
+                    // acceptor, as the kernel program marks it (tgid 0).
+                    Some((_, seeded)) if seeded.tgid != task.tgid => *seeded = Task::default(),
+                    Some(_) => {}
+                    None => seeds.listeners.push((key, task)),
+                }
             } else if s.cookie != 0 {
                 seeds.owners.push((s.cookie, holder.task()));
             }
@@ -229,6 +238,21 @@ mod tests {
         // A filter that keeps the worker seeds the worker.
         let seeds = snap.seeds(|h| h.comm == b"worker");
         assert_eq!(seeds.listeners[0].1.tgid, 300);
+    }
+
+    #[test]
+    fn two_processes_listening_on_one_address_seed_a_shared_listener() {
+        // SO_REUSEPORT: two sockets, one address, two processes.
+        let sockets = vec![
+            diag(state::LISTEN, "0.0.0.0", 8080, 11, 101),
+            diag(state::LISTEN, "0.0.0.0", 8080, 12, 102),
+        ];
+        let mut owners = HashMap::new();
+        owners.insert(11, vec![fd(300, "first")]);
+        owners.insert(12, vec![fd(400, "second")]);
+        let seeds = Snapshot::from_parts(sockets, &owners).seeds(|_| false);
+        assert_eq!(seeds.listeners.len(), 1);
+        assert_eq!(seeds.listeners[0].1, Task::default(), "tgid 0: shared");
     }
 
     #[test]

@@ -20,7 +20,7 @@ fn no_program_calls_a_byte_loop_builtin() {
     let mut calls = Vec::new();
     for section in elf.sections() {
         let name = section.name().unwrap_or("?").to_owned();
-        let is_program = name.starts_with("raw_tp/") || name.starts_with("tracepoint/");
+        let is_program = name.starts_with("raw_tp/") || name.starts_with("tracepoint");
         // .text holds the functions programs call (the rare paths' logger).
         if is_program {
             programs += 1;

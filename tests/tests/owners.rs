@@ -9,7 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcptrace_tests::{DEADLINE, lines_of, netns::Netns, tcptrace_binary, wait_line};
+use tcptrace_tests::{
+    DEADLINE,
+    json_run::{KillOnDrop, port_of, traced},
+    netns::Netns,
+    tcptrace_binary,
+};
 
 /// A Python server named `name` (PR_SET_NAME), listening on `port` (0: any),
 /// that accepts connections and closes each when its client does. Prints
@@ -48,72 +53,6 @@ fn named_server(prefix: &[&str], name: &str, port: u16) -> (KillOnDrop, u16) {
         .unwrap();
     let port = line.trim().parse().expect("the server's port");
     (KillOnDrop(child), port)
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs the CLI with `args` (JSON to a file) while `work` runs, then stops it
-/// and returns its JSON lines and summary.
-fn traced(args: &[&str], work: impl FnOnce()) -> (Vec<serde_json::Value>, serde_json::Value) {
-    let path = std::env::temp_dir().join(format!(
-        "tcptrace-owners-{}-{:?}.json",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let mut child = Command::new(tcptrace_binary())
-        .args(args)
-        .arg("--json")
-        .stdout(std::fs::File::create(&path).unwrap())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = lines_of(child.stderr.take().unwrap());
-    let mut err = Vec::new();
-    if !wait_line(&stderr, &mut err, |l| l.contains("tracing TCP")) {
-        let _ = child.kill();
-        panic!("tcptrace never said it was tracing: {err:#?}");
-    }
-    work();
-    // Lives end 200 ms after their last event (late RSTs): let them.
-    std::thread::sleep(Duration::from_millis(600));
-    // SAFETY: plain kill(2) of our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < DEADLINE, "tcptrace did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    err.extend(stderr.iter());
-    let mut text = String::new();
-    std::fs::File::open(&path)
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    let lines = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect();
-    let summary = err
-        .iter()
-        .find_map(|l| l.strip_prefix("tcptrace-summary "))
-        .map(|s| serde_json::from_str(s).unwrap())
-        .unwrap_or_else(|| panic!("no summary: {err:#?}"));
-    (lines, summary)
-}
-
-fn port_of(addr: &serde_json::Value) -> u16 {
-    addr.as_str()
-        .and_then(|a| a.rsplit_once(':'))
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(0)
 }
 
 fn netns_of(path: &str) -> u64 {
@@ -563,8 +502,10 @@ fn nginx_started_before_tcptrace_master_pid_keeps_its_connections_and_follow_its
         });
         let transitions: Vec<&serde_json::Value> =
             lines.iter().filter(|l| l["type"] == "transition").collect();
-        // The accepted connections: owned by the master (it listened), kept
-        // with or without --follow, softirq transitions included.
+        // The accepted connections, kept with or without --follow, softirq
+        // transitions included: the master's (it listened) until a worker
+        // accepts them; then the worker's when --follow keeps workers, and
+        // still the master's without it (a kept life stays whole).
         let accepted: Vec<&&serde_json::Value> = transitions
             .iter()
             .filter(|t| port_of(&t["local"]) == nginx.port)
@@ -575,10 +516,31 @@ fn nginx_started_before_tcptrace_master_pid_keeps_its_connections_and_follow_its
                 .any(|t| t["old"] == "LISTEN" && t["new"] == "SYN_RECV"),
             "follow={follow}: {accepted:#?} {summary}"
         );
+        let acceptors: std::collections::HashMap<&str, u64> = lines
+            .iter()
+            .filter(|l| l["event"] == "accept" && port_of(&l["local"]) == nginx.port)
+            .map(|l| {
+                (
+                    l["skaddr_hex"].as_str().unwrap(),
+                    l["context"]["tgid"].as_u64().unwrap(),
+                )
+            })
+            .collect();
         assert!(
-            accepted
-                .iter()
-                .all(|t| t["owner"]["pid"].as_u64() == Some(master)),
+            !acceptors.is_empty() && acceptors.values().all(|&pid| pid != master),
+            "follow={follow}: a worker accepted each: {acceptors:?}"
+        );
+        let owned_right = |t: &serde_json::Value| {
+            let owner = t["owner"]["tgid"].as_u64();
+            owner == Some(master)
+                || (follow
+                    && owner
+                        == t["skaddr_hex"]
+                            .as_str()
+                            .and_then(|sk| acceptors.get(sk).copied()))
+        };
+        assert!(
+            accepted.iter().all(|t| owned_right(t)),
             "follow={follow}: {accepted:#?}"
         );
         // A worker's own connection to the backend: a worker's socket, kept

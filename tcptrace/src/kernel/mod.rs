@@ -7,12 +7,14 @@
 //! means one place to look. The event orders this kernel produces per TCP
 //! path are written down in `docs/kernel-behaviour.md`.
 
+pub mod accept;
 pub mod btf;
 mod offsets;
 mod reasons;
 
 use tcptrace_common::{ABSENT, ArgPos, Config, NO_ARG};
 
+use self::accept::accept_offsets;
 use self::offsets::{drop_skb_offsets, skb_offsets, sock_offsets, task_offsets};
 pub use self::{
     btf::{ArgType, Btf},
@@ -313,6 +315,9 @@ pub struct KernelLayout {
     /// Optional struct fields not found: unread bytes, exit codes and the
     /// signal-handler check are left out.
     pub missing_fields: Vec<&'static str>,
+    /// Why accept(2) is not followed, when it is not (set by the loader:
+    /// it depends on tracefs and on `--no-accept`, not only on BTF).
+    pub accept_unavailable: Option<String>,
 }
 
 impl KernelLayout {
@@ -324,6 +329,7 @@ impl KernelLayout {
             "tracepoints": self.present.iter().map(name).collect::<Vec<_>>(),
             "missing": self.missing.iter().map(|m| name(&m.tracepoint)).collect::<Vec<_>>(),
             "missing_fields": self.missing_fields,
+            "accept_unavailable": self.accept_unavailable,
             "config": self.config,
         })
     }
@@ -506,12 +512,19 @@ impl KernelLayout {
         config.drop.codes = drop_reasons.drop_codes();
         config.task = task_offsets(btf);
         config.signal_mask = default_fatal_signals();
+        // `ret` comes later, from tracefs, when the loader attaches.
+        let accept = accept_offsets(btf);
+        config.accept = accept.unwrap_or_default();
         let mut missing_fields = Vec::new();
         if config.sock.tcp_rcv_nxt == 0 || config.sock.tcp_copied_seq == 0 {
             missing_fields.push("unread bytes at close (tcp_sock.rcv_nxt/copied_seq)");
         }
         if config.task.exit_code == 0 {
             missing_fields.push("exit codes (task_struct.exit_code)");
+        }
+        if accept.is_none() {
+            missing_fields
+                .push("the process that accepted a socket (task_struct.files, fdtable, socket)");
         }
         if config.sock.net == ABSENT || config.sock.net_inum == 0 {
             missing_fields.push("network namespaces (sock_common.skc_net, net.ns.inum)");
@@ -538,6 +551,7 @@ impl KernelLayout {
             missing,
             present,
             missing_fields,
+            accept_unavailable: None,
         })
     }
 }

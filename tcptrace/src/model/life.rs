@@ -280,6 +280,15 @@ pub struct SocketLife {
     pub listener: Option<SocketAddr>,
     /// Listener: children seen accepted from it.
     pub children: u32,
+    /// Server child: the process that accepted it, when, and how long it
+    /// had waited in the accept queue (since its handshake completed).
+    pub accepted: Option<Accepted>,
+    /// Server child: its listener's owner, when another process accepted
+    /// it (`owner` is then the acceptor).
+    pub listener_owner: Option<Proc>,
+    /// Server child of an address several processes listen on
+    /// (SO_REUSEPORT): its owner was unknown until one accepted it.
+    pub shared_listener: bool,
     pub start_ns: u64,
     /// The `→CLOSE`, else the last event.
     pub end_ns: u64,
@@ -337,6 +346,15 @@ pub struct SocketLife {
     /// made one that never reached tcptrace.
     pub gap: bool,
 }
+/// accept(2) returned a server child to a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Accepted {
+    pub offset_ns: u64,
+    pub by: Proc,
+    /// From SYN_RECV→ESTABLISHED to the accept: time in the accept queue.
+    pub queued_ns: Option<u64>,
+}
+
 impl SocketLife {
     /// Marks the life incomplete because the ring buffer lost events.
     pub fn mark_lost_events(&mut self) {

@@ -10,8 +10,9 @@ mod verdict;
 
 pub use self::{
     life::{
-        Direction, DropCount, ExitInfo, Family, JoinedBy, ResetReceived, ResetSent, Retransmit,
-        RetransmitKind, Role, SegmentDropped, SegmentKind, SignalInfo, SockError, SocketLife, Step,
+        Accepted, Direction, DropCount, ExitInfo, Family, JoinedBy, ResetReceived, ResetSent,
+        Retransmit, RetransmitKind, Role, SegmentDropped, SegmentKind, SignalInfo, SockError,
+        SocketLife, Step,
     },
     verdict::{Close, Incomplete, LocalDrops, Open, RstReason, Side, Verdict},
 };

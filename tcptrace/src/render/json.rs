@@ -27,6 +27,9 @@
 //!  "reason": {"code": 11, "name": "TCP_ABORT_ON_CLOSE" | null} | null,
 //!  "segment_flags": 2 | null}   (TCP flags of the answered segment, no full socket)
 //! {"type": "event", "event": "receive_reset" | "retransmit" | "retransmit_syn_ack" | "destroy", ...}
+//! {"type": "event", "event": "accept", ...sock fields...}   (context and owner: the process
+//!   accept(2) returned the socket to; sock fields of a child of an SO_REUSEPORT address
+//!   not accepted yet carry "shared_listener": true and "owner": null)
 //! {"type": "event", "event": "process_exit", "ts_ns", "task": {...}, "exit_code": 9 | null, "group_dead": true}
 //! {"type": "event", "event": "signal", "ts_ns", "sig": 9, "target_pid": 4311, "sender": {...}, "delivered": true}
 //!   (only signals that kill their target are reported: delivered is always true)
@@ -151,6 +154,23 @@ fn push_life(out: &mut String, l: &SocketLife) {
     push_opt_addr(out, l.listener.as_ref());
     out.push_str(r#","children":"#);
     push_u64(out, u64::from(l.children));
+    out.push_str(r#","accepted":"#);
+    match &l.accepted {
+        Some(a) => {
+            out.push_str(r#"{"offset_ns":"#);
+            push_u64(out, a.offset_ns);
+            out.push_str(r#","by":"#);
+            push_opt_proc(out, Some(&a.by));
+            out.push_str(r#","queued_ns":"#);
+            push_opt_u64(out, a.queued_ns);
+            out.push('}');
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(r#","listener_owner":"#);
+    push_opt_proc(out, l.listener_owner.as_ref());
+    out.push_str(r#","shared_listener":"#);
+    push_bool(out, l.shared_listener);
     out.push_str(r#","start_ns":"#);
     push_u64(out, l.start_ns);
     out.push_str(r#","end_ns":"#);

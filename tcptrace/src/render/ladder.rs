@@ -39,6 +39,7 @@ enum RowKind {
     ResetReceived,
     Retransmit,
     Drop,
+    Accept,
 }
 
 /// Appends the ladder of `life` to `buf` (`rows` is scratch).
@@ -58,7 +59,7 @@ pub(crate) fn write(
         let tone = match row.kind {
             RowKind::ResetSent | RowKind::Drop => Tone::Red,
             RowKind::ResetReceived => Tone::Yellow,
-            RowKind::Step | RowKind::Retransmit => Tone::Plain,
+            RowKind::Step | RowKind::Retransmit | RowKind::Accept => Tone::Plain,
         };
         let painted = paint_start(buf, opts.color, tone);
         let line = buf.len();
@@ -114,6 +115,23 @@ pub(crate) fn write(
                 buf.push_str(" → (retransmit #");
                 push_u64(buf, u64::from(r.number));
                 buf.push(')');
+            }
+            RowKind::Accept => {
+                if let Some(a) = &life.accepted {
+                    columns(buf, "accept()", "");
+                    buf.push_str("by ");
+                    push_proc_label(buf, &a.by);
+                    if let Some(ns) = a.queued_ns {
+                        buf.push_str(" after ");
+                        push_ms(buf, ns);
+                        buf.push_str(" ms in the accept queue");
+                    }
+                    if let Some(l) = &life.listener_owner {
+                        buf.push_str(" (listener: ");
+                        push_proc_label(buf, l);
+                        buf.push(')');
+                    }
+                }
             }
             RowKind::Drop => {
                 let d = &life.drops[i];
@@ -236,6 +254,9 @@ fn header(buf: &mut String, life: &SocketLife, opts: &RenderOptions) {
     }
     match &life.owner {
         Some(p) => push_proc_label(buf, p),
+        None if life.shared_listener => {
+            buf.push_str("owner unknown (SO_REUSEPORT group, not accepted)");
+        }
         None => buf.push_str("owner unknown"),
     }
     if let Some(w) = &life.workload {
@@ -408,6 +429,13 @@ fn collect_rows(rows: &mut Vec<RowRef>, life: &SocketLife) {
                 index: i as u32,
             });
         }
+    }
+    if let Some(a) = &life.accepted {
+        rows.push(RowRef {
+            offset_ns: a.offset_ns,
+            kind: RowKind::Accept,
+            index: 0,
+        });
     }
     // Stable: equal times keep steps before the resets they caused.
     if !rows.is_sorted_by_key(|r| r.offset_ns) {

@@ -51,6 +51,8 @@ enum What<'a> {
     ReceiveReset,
     Retransmit(Option<TcpState>),
     RetransmitSynAck,
+    /// accept() returned the socket (to the owner column's process).
+    Accept,
     /// A dropped segment (its addresses are the segment's own).
     Drop(&'a SegmentDrop),
 }
@@ -69,6 +71,7 @@ impl Stream {
             Record::ReceiveReset { .. } => (What::ReceiveReset, Tone::Yellow),
             Record::Retransmit { state, .. } => (What::Retransmit(*state), Tone::Plain),
             Record::RetransmitSynAck { .. } => (What::RetransmitSynAck, Tone::Plain),
+            Record::Accept { .. } => (What::Accept, Tone::Plain),
             Record::Drop(d) => (What::Drop(d), Tone::Red),
             // Exits and signals only feed attribution; a destroy says nothing new.
             // Errors are told in the socket's verdict.
@@ -166,6 +169,10 @@ impl Stream {
             }
             What::RetransmitSynAck => {
                 buf.push_str("SYN/ACK retransmit");
+                None
+            }
+            What::Accept => {
+                buf.push_str("accept()");
                 None
             }
             What::Drop(d) => {

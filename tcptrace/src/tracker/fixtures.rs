@@ -34,6 +34,11 @@ pub(crate) fn nginx() -> Proc {
     proc_(4311, "nginx")
 }
 
+/// A worker of nginx (4311): another process.
+pub(crate) fn nginx_worker() -> Proc {
+    proc_(4312, "nginx")
+}
+
 pub(crate) fn killer() -> Proc {
     proc_(4390, "kill")
 }
@@ -66,6 +71,7 @@ impl S {
             context: Context::Softirq { on_cpu: swapper() },
             owner: None,
             netns: None,
+            shared_listener: false,
         })
     }
 
@@ -158,6 +164,22 @@ impl S {
 
     pub(crate) fn destroy(&self) -> Record {
         Record::Destroy { sock: self.0 }
+    }
+
+    /// `p` accepted this socket (the kernel sets it as owner).
+    pub(crate) fn accepted_by(&self, p: &Proc) -> Record {
+        let mut sock = self.0;
+        sock.context = Context::Process(*p);
+        sock.owner = Some(*p);
+        sock.shared_listener = false;
+        Record::Accept { sock }
+    }
+
+    /// A child of an address several processes listen on.
+    pub(crate) fn shared(mut self) -> S {
+        self.0.owner = None;
+        self.0.shared_listener = true;
+        self
     }
 }
 
@@ -267,6 +289,38 @@ pub(crate) fn client_closes_first() -> Vec<Record> {
             l.by(5001, &ng).destroy(),
         ],
     )
+}
+
+/// nginx's master listens; a worker accepts the child 300 µs after its
+/// handshake, serves it and closes first.
+pub(crate) fn worker_accepts() -> Vec<Record> {
+    let (c, s, py, worker) = (client(), server(), python(), nginx_worker());
+    then(
+        handshake(),
+        vec![
+            s.by(1366, &worker).accepted_by(&worker),
+            s.by(2000, &worker).st(1, 4),
+            c.irq(2001).st(1, 8),
+            c.by(2100, &py).st(8, 9),
+            s.irq(2101).st(4, 5),
+            s.irq(2102).close(5, 0),
+        ],
+    )
+}
+
+/// Two processes listen on 8099 with SO_REUSEPORT: the child has no owner
+/// until `accepter` accepts it.
+pub(crate) fn reuseport_accept(accepter: &Proc) -> Vec<Record> {
+    let (c, py) = (client(), python());
+    let s = server().shared();
+    vec![
+        c.local("127.0.0.1:0").by(1000, &py).st(7, 2),
+        c.by(1062, &py).st(2, 1),
+        s.irq(1064).st(10, 3),
+        s.irq(1066).st(3, 1),
+        s.by(1200, accepter).accepted_by(accepter),
+        s.by(2000, accepter).close(1, 0),
+    ]
 }
 
 pub(crate) fn server_closes_first() -> Vec<Record> {

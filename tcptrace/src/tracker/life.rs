@@ -4,7 +4,7 @@
 use super::{MAX_ROWS, Tracked};
 use crate::{
     decode::{SockInfo, TcpState},
-    model::{Family, Role, SocketLife, Step},
+    model::{Accepted, Family, Role, SocketLife, Step},
 };
 
 /// A blank life for `sock`, starting at its record.
@@ -24,6 +24,9 @@ pub(super) fn new_life(sock: &SockInfo) -> SocketLife {
         workload: None,
         listener: None,
         children: 0,
+        accepted: None,
+        listener_owner: None,
+        shared_listener: sock.shared_listener,
         start_ns: sock.ts_ns,
         end_ns: sock.ts_ns,
         duration_ns: 0,
@@ -76,6 +79,7 @@ pub(super) fn absorb(life: &mut SocketLife, sock: &SockInfo) {
     if life.owner.is_none() {
         life.owner = sock.owner;
     }
+    life.shared_listener |= sock.shared_listener;
     if life.netns.is_none() {
         life.netns = sock.netns;
     }
@@ -142,4 +146,28 @@ pub fn unread_at_close(old: TcpState, raw: u32) -> Option<u32> {
         TcpState::CloseWait | TcpState::LastAck | TcpState::Closing => Some(raw.saturating_sub(1)),
         _ => None,
     }
+}
+
+/// accept(2) returned the socket to `sock.context`: from now on it is that
+/// process's (the kernel's owner map says so too), and the listener's
+/// owner, when another process, is kept beside it.
+pub(super) fn record_accept(life: &mut SocketLife, sock: &SockInfo) {
+    let Some(by) = sock.context.process().copied() else {
+        return;
+    };
+    let offset_ns = life.offset(sock.ts_ns);
+    let queued_ns = life
+        .step(TcpState::SynRecv, TcpState::Established)
+        .map(|s| offset_ns.saturating_sub(s.offset_ns));
+    if let Some(before) = life.owner
+        && before.tgid != by.tgid
+    {
+        life.listener_owner = Some(before);
+    }
+    life.owner = Some(by);
+    life.accepted = Some(Accepted {
+        offset_ns,
+        by,
+        queued_ns,
+    });
 }

@@ -185,6 +185,12 @@ impl Tracker {
             Record::ReceiveReset { sock } => self.on_receive_reset(sock, &mut out),
             Record::Retransmit { sock, state } => self.on_retransmit(sock, *state, &mut out),
             Record::RetransmitSynAck { sock } => self.on_synack_retransmit(sock),
+            Record::Accept { sock } => {
+                self.enter(sock, &mut out);
+                if let Some(t) = self.lives.get_mut(sock.skaddr) {
+                    life::record_accept(&mut t.life, sock);
+                }
+            }
             Record::ErrorReport {
                 sock,
                 errno,

@@ -534,3 +534,47 @@ fn fin_wait2_to_close_without_the_peers_fin_is_an_orphan_not_time_wait() {
     assert!(normal[0].time_wait && !normal[0].fin_wait2_orphan);
     assert_eq!(crate::classify::classify(&normal[0]).close.kind(), "active");
 }
+
+#[test]
+fn the_process_that_accepts_a_child_becomes_its_owner() {
+    let lives = run(&worker_accepts());
+    let s = lives
+        .iter()
+        .find(|l| l.skaddr == SERVER_SK)
+        .expect("the child");
+    assert_eq!(s.owner, Some(nginx_worker()), "the acceptor serves it");
+    assert_eq!(s.listener_owner, Some(nginx()), "the master listened");
+    let a = s.accepted.expect("accepted");
+    assert_eq!(a.by, nginx_worker());
+    // Established at 1066 µs, accepted at 1366 µs: 300 µs in the queue.
+    assert_eq!(a.queued_ns, Some(300_000));
+    assert_eq!(a.offset_ns, us(1366) - us(1064));
+    assert_eq!(s.closed_by, Some(nginx_worker()));
+    assert!(!s.shared_listener && !s.started_mid_life);
+}
+
+#[test]
+fn a_child_of_a_reuseport_group_is_unowned_until_accepted() {
+    let mut t = Tracker::new(TrackerOptions::default());
+    let recs = reuseport_accept(&nginx_worker());
+    // Before the accept: no owner guessed.
+    for r in &recs[..4] {
+        t.observe(r);
+    }
+    let open = t.finish();
+    let s = open
+        .iter()
+        .find(|l| l.skaddr == SERVER_SK)
+        .expect("the child");
+    assert!(s.shared_listener);
+    assert_eq!(s.owner, None);
+    // With it: the acceptor, and no listener owner to show beside it.
+    let lives = run(&recs);
+    let s = lives
+        .iter()
+        .find(|l| l.skaddr == SERVER_SK)
+        .expect("the child");
+    assert_eq!(s.owner, Some(nginx_worker()));
+    assert_eq!(s.listener_owner, None);
+    assert!(s.shared_listener);
+}

@@ -78,6 +78,10 @@ pub(crate) fn push_record_line(out: &mut String, record: &Record) {
             out.push_str(r#","event":"destroy""#);
             push_sock_fields(out, sock);
         }
+        Record::Accept { sock } => {
+            out.push_str(r#","event":"accept""#);
+            push_sock_fields(out, sock);
+        }
         Record::ErrorReport {
             sock,
             errno,
@@ -161,6 +165,9 @@ fn push_sock_fields(out: &mut String, sock: &SockInfo) {
     push_addr(out, &sock.remote);
     out.push('"');
     push_origin(out, &sock.context, sock.owner.as_ref(), sock.netns);
+    if sock.shared_listener {
+        out.push_str(r#","shared_listener":true"#);
+    }
 }
 
 /// `,"context":…,"owner":…,"netns":…`: who and where, as sockets and drops

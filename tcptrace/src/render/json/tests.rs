@@ -77,6 +77,8 @@ fn direct_json_matches_serde() {
         handshake_timeout(),
         dropped_here(),
         oom_killed(),
+        worker_accepts(),
+        reuseport_accept(&nginx_worker()),
         extra,
     ];
     let mut lives = Vec::new();
