@@ -164,6 +164,7 @@ fn sockets_then_done() {
                 ifindex: 0,
                 recv_queue: 5,
                 send_queue: 6,
+                drops: None,
             },
             DiagSocket {
                 family: AF_INET6,
@@ -179,6 +180,7 @@ fn sockets_then_done() {
                 ifindex: 3,
                 recv_queue: 0,
                 send_queue: 128,
+                drops: None,
             },
         ]
     );
