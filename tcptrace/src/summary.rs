@@ -173,7 +173,8 @@ impl Summary {
     }
 
     /// A sample of the host's counters. `listener` finds the tracked
-    /// listener at a namespace and address: its address and owner. Counts
+    /// listener at a namespace and address: its address and owner (one
+    /// not tracked is not counted per listener). Counts
     /// start at the first sample; a listener or namespace first seen later
     /// was made while tracing, and counts from 0.
     pub fn add_sample(
@@ -195,7 +196,11 @@ impl Summary {
             if new == 0 {
                 continue;
             }
-            let (addr, owner) = listener(l.netns, l.local).unwrap_or((l.local, None));
+            // Only listeners tcptrace follows (the filters kept them, and
+            // their owner is known); the namespace's counters hold the rest.
+            let Some((addr, owner)) = listener(l.netns, l.local) else {
+                continue;
+            };
             let failures = HandshakeFailures {
                 listen_drops: new,
                 ..HandshakeFailures::default()

@@ -364,7 +364,11 @@ mod tests {
             listeners,
             netns,
         };
-        let owner = |_, a: SocketAddr| (a.port() == 8099).then_some((a, Some(ng)));
+        let owner = |_, a: SocketAddr| match a.port() {
+            8099 => Some((a, Some(ng))),
+            9000 => Some((a, None)),
+            _ => None,
+        };
         let mut s = Summary::default();
         // Before tracing: 5 drops and 9 cookies are not ours.
         s.add_sample(&sample(vec![l(1, 8099, 5)], vec![ns(9)]), owner);
@@ -372,6 +376,9 @@ mod tests {
         // A listener made while tracing counts from 0; one gone is forgotten.
         s.add_sample(&sample(vec![l(2, 9000, 3)], vec![ns(13)]), owner);
         s.add_sample(&sample(vec![l(1, 8099, 2)], vec![ns(13)]), owner);
+        // One tcptrace does not follow is left to the namespace's counters.
+        s.add_sample(&sample(vec![l(3, 7000, 50)], vec![ns(13)]), owner);
+        s.add_sample(&sample(vec![l(3, 7000, 90)], vec![ns(13)]), owner);
         assert_eq!(s.listeners.total.listen_drops, 16 + 3 + 2);
         assert_eq!(s.listeners.by_owner["nginx[4311]"].listen_drops, 18);
         assert_eq!(s.listeners.by_owner["unknown"].listen_drops, 3);
