@@ -186,8 +186,22 @@ impl Summary {
         self.baselines.sampled = true;
         let mut seen = HashMap::with_capacity(sample.listeners.len());
         for l in &sample.listeners {
-            let before = match self.baselines.listeners.get(&l.cookie) {
-                Some(&n) => n,
+            let before = self.baselines.listeners.get(&l.cookie).copied();
+            // Only listeners tcptrace follows (the filters kept them, and
+            // their owner is known); the namespace's counters hold the rest.
+            // One not followed keeps its baseline as it was: a listener
+            // whose first event is still on its way counts from 0 once it
+            // arrives.
+            let Some((addr, owner)) = listener(l.netns, l.local) else {
+                match before {
+                    Some(n) => seen.insert(l.cookie, n),
+                    None if first => seen.insert(l.cookie, l.drops),
+                    None => None,
+                };
+                continue;
+            };
+            let before = match before {
+                Some(n) => n,
                 None if first => l.drops,
                 None => 0,
             };
@@ -196,11 +210,6 @@ impl Summary {
             if new == 0 {
                 continue;
             }
-            // Only listeners tcptrace follows (the filters kept them, and
-            // their owner is known); the namespace's counters hold the rest.
-            let Some((addr, owner)) = listener(l.netns, l.local) else {
-                continue;
-            };
             let failures = HandshakeFailures {
                 listen_drops: new,
                 ..HandshakeFailures::default()

@@ -369,11 +369,15 @@ mod tests {
             9000 => Some((a, None)),
             _ => None,
         };
+        // A listener whose first event has not been processed yet when a
+        // sample comes: counted from 0 once tcptrace follows it.
+        let not_yet = |_, _| None;
         let mut s = Summary::default();
         // Before tracing: 5 drops and 9 cookies are not ours.
         s.add_sample(&sample(vec![l(1, 8099, 5)], vec![ns(9)]), owner);
         s.add_sample(&sample(vec![l(1, 8099, 21)], vec![ns(13)]), owner);
         // A listener made while tracing counts from 0; one gone is forgotten.
+        s.add_sample(&sample(vec![l(2, 9000, 1)], vec![ns(13)]), not_yet);
         s.add_sample(&sample(vec![l(2, 9000, 3)], vec![ns(13)]), owner);
         s.add_sample(&sample(vec![l(1, 8099, 2)], vec![ns(13)]), owner);
         // One tcptrace does not follow is left to the namespace's counters.
