@@ -202,7 +202,7 @@ fn failures(f: &HandshakeFailures, all: bool) -> String {
         ),
         (
             f.listen_drops,
-            "segments refused by the listener (its drop count: SYNs met a full accept queue)",
+            "segments the listener dropped (its own count, SYNs refused by a full accept queue among them)",
         ),
     ];
     let words: Vec<String> = parts
@@ -310,8 +310,8 @@ mod tests {
         assert!(
             has(
                 "  listeners:  1 SYN/ACK retransmits, 1 requests expired (no final ACK), \
-                 2 handshake ACKs dropped (accept queue full), 0 segments refused by the \
-                 listener (its drop count: SYNs met a full accept queue)"
+                 2 handshake ACKs dropped (accept queue full), 0 segments the listener \
+                 dropped (its own count, SYNs refused by a full accept queue among them)"
             ),
             "{text}"
         );
@@ -392,7 +392,7 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains(
-                "\n    127.0.0.1:8099 netns 7 nginx[4311]: 18 segments refused by the listener"
+                "\n    127.0.0.1:8099 netns 7 nginx[4311]: 18 segments the listener dropped"
             ),
             "{text}"
         );

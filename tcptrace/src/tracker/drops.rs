@@ -37,6 +37,11 @@ pub(super) fn pending_drops() -> PendingDrops {
 impl Tracker {
     pub(super) fn on_drop(&mut self, d: &SegmentDrop) {
         self.stats.drops += 1;
+        if SegmentKind::of(d.segment_flags) == SegmentKind::Rst {
+            // A client's RST to a request socket ends it (the kernel frees
+            // the RST as dropped, `rx_sk` = the listener): reset, not expired.
+            self.requests.remove(&(d.destination, d.source));
+        }
         for sk in [d.rx_sk, d.skb_sk].into_iter().flatten() {
             if let Some(t) = self.lives.touch(sk) {
                 let direction = direction(&t.life, d);

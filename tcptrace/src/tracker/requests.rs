@@ -191,7 +191,7 @@ pub(super) fn listener_ref(
 mod tests {
     use super::super::{Tracker, TrackerOptions, fixtures::*};
     use super::*;
-    use crate::model::Tally;
+    use crate::{decode::Record, model::Tally};
     use std::net::SocketAddr;
 
     const S_: u64 = 1_000_000; // µs in a second
@@ -278,6 +278,34 @@ mod tests {
         assert_eq!(t.requests.len(), 0, "the close took both");
         t.expire(us(100 * S_));
         assert!(expired(&t.take_tallies()).is_empty());
+    }
+
+    /// A client that gives up with an RST (SO_LINGER 0): the kernel drops
+    /// the RST on the listener (NOT_SPECIFIED) and removes the request
+    /// (`TcpExtEmbryonicRsts`): reset, not expired.
+    #[test]
+    fn a_request_the_client_resets_is_not_counted_expired() {
+        let (l, ng) = (listener(), nginx());
+        let req = S::new(LISTENER_SK, "127.0.0.1:8099", "127.0.0.1:45126");
+        let mut rst = dropped(
+            S_ + 500_000,
+            "127.0.0.1:45126",
+            "127.0.0.1:8099",
+            RST,
+            (2, "NOT_SPECIFIED"),
+        );
+        rst.rx_sk = Some(LISTENER_SK);
+        let mut t = Tracker::new(TrackerOptions::default());
+        for r in [
+            l.by(0, &ng).st(7, 10),
+            req.irq(S_).synack_retransmit(),
+            Record::Drop(rst),
+        ] {
+            t.observe(&r);
+        }
+        t.expire(us(60 * S_));
+        assert!(expired(&t.take_tallies()).is_empty());
+        assert_eq!(t.stats().requests_expired, 0);
     }
 
     #[test]
