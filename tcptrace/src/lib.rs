@@ -28,6 +28,7 @@ pub mod procs;
 pub mod recording;
 pub mod render;
 pub mod replay;
+pub mod sampler;
 pub mod session;
 pub mod snapshot;
 pub mod sockdiag;

@@ -22,7 +22,7 @@ use crate::{
     counters::Counters,
     decode::{Decoder, Proc, Record, event_from_bytes},
     filter::EventFilter,
-    model::Verdict,
+    model::{HostSample, Verdict},
     recording::Recorder,
     render::{RenderOptions, Renderer, write_summary},
     summary::Summary,
@@ -186,7 +186,26 @@ impl<W: Write> Pipeline<W> {
         for life in self.tracker.observe(record) {
             self.finished(life)?;
         }
+        self.take_tallies();
         Ok(())
+    }
+
+    /// Counts the tracker made that belong to no life.
+    fn take_tallies(&mut self) {
+        for t in self.tracker.take_tallies() {
+            self.summary.tally(&t);
+        }
+    }
+
+    /// A sample of the host's handshake counters (listeners' drops, each
+    /// namespace's SYN cookies), taken live or read from a recording.
+    pub fn host_sample(&mut self, sample: &HostSample) {
+        if let Some(r) = &mut self.recorder {
+            r.host_sample(sample);
+        }
+        let tracker = &self.tracker;
+        self.summary
+            .add_sample(sample, |netns, addr| tracker.listener_at(netns, addr));
     }
 
     /// Reports lives whose late events can no longer come.
@@ -200,6 +219,7 @@ impl<W: Write> Pipeline<W> {
         for life in lives {
             self.finished(life)?;
         }
+        self.take_tallies();
         let stats = self.tracker.stats();
         for output in &mut self.outputs {
             output.tick(now_ns, &stats)?;
@@ -230,6 +250,7 @@ impl<W: Write> Pipeline<W> {
         for life in self.tracker.finish_against(alive) {
             self.finished(life)?;
         }
+        self.take_tallies();
         self.renderer.flush()
     }
 
@@ -315,6 +336,11 @@ impl<W: Write> Pipeline<W> {
 
     pub fn filtered(&self) -> u64 {
         self.filtered
+    }
+
+    /// The tracker's own accounting.
+    pub fn tracker_stats(&self) -> TrackerStats {
+        self.tracker.stats()
     }
 
     /// The counts of every socket reported so far, for any output.

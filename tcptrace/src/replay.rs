@@ -65,6 +65,7 @@ pub fn feed<W: Write>(set: &mut RecordingSet, pipeline: &mut Pipeline<W>) -> io:
                     finished = true;
                 }
                 Frame::Trailer(t) => fed.trailer = Some(t),
+                Frame::Sample(sample) => pipeline.host_sample(&sample),
             }
         }
     }
@@ -163,6 +164,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             )?;
         }
         let mut line = serde_json::to_value(counters)?;
+        line["tracker"] = serde_json::to_value(pipeline.tracker_stats())?;
+        line["summary"] = serde_json::to_value(pipeline.summary())?;
         line["read"] = serde_json::json!({
             "events": events,
             "filtered": pipeline.filtered(),

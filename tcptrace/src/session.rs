@@ -30,6 +30,7 @@ use crate::{
     render::RenderOptions,
     render::View,
     render::write_snapshot,
+    sampler,
     snapshot::{Holder, OpenSocket, Snapshot},
     sockdiag,
 };
@@ -258,6 +259,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
     }
     eprintln!("tcptrace: tracing TCP sockets ({showing}); Ctrl-C or SIGTERM to stop");
 
+    // The host's counters no event shows (refused SYNs, SYN cookies).
+    let mut samples = sampler::start(monotonic_ns);
     let mut output_error = None;
     loop {
         // A slow reader of stdout holds processing back; the input thread
@@ -298,6 +301,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
                 false
             }
             _ = drain_timer.tick() => true,
+            Some(sample) = samples.recv() => {
+                pipeline.host_sample(&sample);
+                false
+            }
         };
         if pipeline.output().closed() {
             // The reader went away (`| head`): a normal way to stop.
@@ -334,7 +341,12 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
     if loss.check(&tracer, true) {
         pipeline.note_loss(monotonic_ns());
     }
+    drop(samples);
     if final_result.is_ok() {
+        // The counters up to the end, while the listeners are still there.
+        if let Ok(sample) = sampler::sample(monotonic_ns()) {
+            pipeline.host_sample(&sample);
+        }
         let alive = pipeline.has_open_lives().then(kernel_sockets).flatten();
         final_result = pipeline.finish(alive.as_ref());
     }
@@ -366,6 +378,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
         // The counters, and what became of the output.
         let mut line = serde_json::to_value(counters)?;
         line["output"] = serde_json::to_value(output)?;
+        line["tracker"] = serde_json::to_value(pipeline.tracker_stats())?;
+        line["summary"] = serde_json::to_value(pipeline.summary())?;
         if let Some(r) = &recorded {
             line["recording"] = serde_json::to_value(r)?;
         }

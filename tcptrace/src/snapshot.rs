@@ -198,6 +198,7 @@ mod tests {
             ifindex: 0,
             recv_queue: 0,
             send_queue: 0,
+            drops: None,
         }
     }
 

@@ -19,10 +19,12 @@
 
 mod netlink;
 mod netns;
+mod netstat;
 mod owners;
 
 use std::{io, net::IpAddr, path::PathBuf};
 
+pub use netstat::TcpExt;
 pub use owners::{Owner, OwnerScan, scan_socket_owners, socket_owners};
 
 /// `AF_INET`, as found in [`DiagSocket::family`].
@@ -77,6 +79,9 @@ pub struct DiagSocket {
     pub recv_queue: u32,
     /// Listeners: the backlog. Others: bytes sent and not yet acknowledged.
     pub send_queue: u32,
+    /// The socket's drop counter (`sk_drops`, `SK_MEMINFO_DROPS` of
+    /// `INET_DIAG_SKMEMINFO`), when it was asked for.
+    pub drops: Option<u32>,
 }
 
 /// Why the kernel's socket list could not be read.
@@ -156,5 +161,33 @@ pub fn tcp_sockets_reachable(states: u32) -> Result<Vec<DiagSocket>, DiagError> 
     netns::across_all(move |ns| netlink::dump_tcp_states(ns, states)).or_else(|e| {
         log::debug!("listing sockets in every network namespace: {e}");
         netlink::dump_tcp_states(netns::current_inode()?, states)
+    })
+}
+
+/// One network namespace's listeners, each with its drop counter, and its
+/// `TcpExt` counters (`/proc/net/netstat` as seen from inside it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetnsListeners {
+    pub netns_inode: u64,
+    pub listeners: Vec<DiagSocket>,
+    /// `None` when the namespace's netstat could not be read.
+    pub tcp_ext: Option<TcpExt>,
+}
+
+/// Every listener and the `TcpExt` counters of every network namespace
+/// reachable (its own only, when others cannot be entered): one dump of
+/// LISTEN sockets with `INET_DIAG_SKMEMINFO` and one read of netstat per
+/// namespace, each on a short-lived thread inside it.
+pub fn listeners_with_drops() -> Result<Vec<NetnsListeners>, DiagError> {
+    fn query(ns: u64) -> Result<Vec<NetnsListeners>, DiagError> {
+        Ok(vec![NetnsListeners {
+            netns_inode: ns,
+            listeners: netlink::dump_tcp_meminfo(ns, 1 << state::LISTEN)?,
+            tcp_ext: netstat::read_own(),
+        }])
+    }
+    netns::across_all(query).or_else(|e| {
+        log::debug!("sampling listeners in every network namespace: {e}");
+        query(netns::current_inode()?)
     })
 }

@@ -4,13 +4,17 @@
 //! read: the exit summary ([`crate::render::summary`]) words it; a metrics
 //! output could export the same counts.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
 
 use serde::{Serialize, Serializer, ser::SerializeStruct};
 
+pub use crate::model::DropCounts;
 use crate::{
-    decode::SegmentDrop,
-    model::{Incomplete, Open, Role, SocketLife, Verdict},
+    decode::{Proc, SegmentDrop},
+    model::{HostSample, Incomplete, NetnsSample, Open, Role, SocketLife, Tally, Verdict},
 };
 
 /// Most listener owners counted one by one; the rest are added together.
@@ -36,8 +40,15 @@ pub struct Summary {
     pub closed_by_oom_kill: u64,
     /// Every dropped segment (of a handshake or a close), by reason.
     pub drops: DropCounts,
+    /// Of those, the drops tied to no socket tcptrace tracked, by reason.
+    pub drops_unjoined: DropCounts,
     /// Handshakes failing on the server side, from the listeners reported.
     pub listeners: ListenerFailures,
+    /// SYN cookies and listen overflows per network namespace (inode), from
+    /// its counters: a cookie has no socket, so no listener can be named.
+    pub netns: BTreeMap<u32, NetnsFailures>,
+    #[serde(skip)]
+    baselines: Baselines,
     pub handshake_active: Histogram,
     pub handshake_passive: Histogram,
 }
@@ -59,37 +70,28 @@ impl ResetCounts {
     }
 }
 
-/// Dropped segments, by the kernel's reason.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct DropCounts {
-    /// By the kernel's name for the reason.
-    pub by_name: BTreeMap<String, u64>,
-    /// By number, for reasons the kernel did not name.
-    pub by_code: BTreeMap<u32, u64>,
-}
-
-impl DropCounts {
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty() && self.by_code.is_empty()
-    }
-}
-
-/// A listener's failed handshakes: SYN/ACKs it had to send again, and
-/// handshake ACKs dropped because its accept queue was full.
+/// A listener's failed handshakes: SYN/ACKs it had to send again, requests
+/// that expired without becoming a child, handshake ACKs dropped because
+/// its accept queue was full, and every segment the kernel turned away at
+/// it (its `sk_drops`, sampled: SYNs refused with the queue full included).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct HandshakeFailures {
     pub synack_retransmits: u64,
+    pub requests_expired: u64,
     pub accept_queue_overflows: u64,
+    pub listen_drops: u64,
 }
 
 impl HandshakeFailures {
     fn add(&mut self, other: HandshakeFailures) {
         self.synack_retransmits += other.synack_retransmits;
+        self.requests_expired += other.requests_expired;
         self.accept_queue_overflows += other.accept_queue_overflows;
+        self.listen_drops += other.listen_drops;
     }
 }
 
-/// Handshake failures of every listener reported, in all and by owner.
+/// Handshake failures of every listener, in all, by owner and by listener.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ListenerFailures {
     #[serde(flatten)]
@@ -98,15 +100,150 @@ pub struct ListenerFailures {
     /// for listeners whose owner tcptrace did not learn; `others` past
     /// the first 256 owners).
     pub by_owner: BTreeMap<String, HandshakeFailures>,
+    /// By listener: `[{"listener", "netns", "owner", counts…}]` (the first
+    /// 256 listeners; later ones only in the totals and by owner).
+    #[serde(serialize_with = "ser_by_listener")]
+    pub by_listener: BTreeMap<ListenerKey, HandshakeFailures>,
+}
+
+/// A listener, as the summary counts it: its address, namespace, owner.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListenerKey {
+    pub listener: SocketAddr,
+    pub netns: Option<u32>,
+    pub owner: String,
+}
+
+fn ser_by_listener<S: Serializer>(
+    m: &BTreeMap<ListenerKey, HandshakeFailures>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        listener: String,
+        netns: Option<u32>,
+        owner: &'a str,
+        #[serde(flatten)]
+        failures: &'a HandshakeFailures,
+    }
+    s.collect_seq(m.iter().map(|(k, f)| Entry {
+        listener: k.listener.to_string(),
+        netns: k.netns,
+        owner: &k.owner,
+        failures: f,
+    }))
+}
+
+/// A namespace's handshake counters that no socket holds, counted from
+/// when tcptrace first sampled it (from 0 for namespaces made later).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NetnsFailures {
+    pub syncookies_sent: u64,
+    pub syncookies_failed: u64,
+    pub listen_overflows: u64,
+    pub listen_drops: u64,
+}
+
+/// Where the host's counters stood at the last sample.
+#[derive(Clone, Debug, Default)]
+struct Baselines {
+    sampled: bool,
+    listeners: HashMap<u64, u64>,
+    netns: HashMap<u32, NetnsSample>,
 }
 
 impl Summary {
     /// A dropped segment, counted once whatever socket it was tied to.
     pub fn add_drop(&mut self, d: &SegmentDrop) {
-        match &d.reason.name {
-            Some(name) => *self.drops.by_name.entry(name.clone()).or_default() += 1,
-            None => *self.drops.by_code.entry(d.reason.code).or_default() += 1,
+        self.drops.add(&d.reason, 1);
+    }
+
+    /// A count the tracker made that belongs to no life.
+    pub fn tally(&mut self, t: &Tally) {
+        match t {
+            Tally::UnjoinedDrop(reason) => self.drops_unjoined.add(reason, 1),
+            Tally::RequestExpired(l) => {
+                let failures = HandshakeFailures {
+                    requests_expired: 1,
+                    ..HandshakeFailures::default()
+                };
+                self.add_listener_failures(l.listener, l.netns, l.owner.as_ref(), failures);
+            }
         }
+    }
+
+    /// A sample of the host's counters. `listener` finds the tracked
+    /// listener at a namespace and address: its address and owner (one
+    /// not tracked is not counted per listener). Counts
+    /// start at the first sample; a listener or namespace first seen later
+    /// was made while tracing, and counts from 0.
+    pub fn add_sample(
+        &mut self,
+        sample: &HostSample,
+        listener: impl Fn(u32, SocketAddr) -> Option<(SocketAddr, Option<Proc>)>,
+    ) {
+        let first = !self.baselines.sampled;
+        self.baselines.sampled = true;
+        let mut seen = HashMap::with_capacity(sample.listeners.len());
+        for l in &sample.listeners {
+            let before = self.baselines.listeners.get(&l.cookie).copied();
+            // Only listeners tcptrace follows (the filters kept them, and
+            // their owner is known); the namespace's counters hold the rest.
+            // One not followed keeps its baseline as it was: a listener
+            // whose first event is still on its way counts from 0 once it
+            // arrives.
+            let Some((addr, owner)) = listener(l.netns, l.local) else {
+                match before {
+                    Some(n) => seen.insert(l.cookie, n),
+                    None if first => seen.insert(l.cookie, l.drops),
+                    None => None,
+                };
+                continue;
+            };
+            let before = match before {
+                Some(n) => n,
+                None if first => l.drops,
+                None => 0,
+            };
+            seen.insert(l.cookie, l.drops);
+            let new = l.drops.saturating_sub(before);
+            if new == 0 {
+                continue;
+            }
+            let failures = HandshakeFailures {
+                listen_drops: new,
+                ..HandshakeFailures::default()
+            };
+            self.add_listener_failures(addr, Some(l.netns), owner.as_ref(), failures);
+        }
+        self.baselines.listeners = seen;
+        let mut seen = HashMap::with_capacity(sample.netns.len());
+        for n in &sample.netns {
+            let before = match self.baselines.netns.get(&n.netns) {
+                Some(b) => *b,
+                None if first => *n,
+                None => NetnsSample::default(),
+            };
+            seen.insert(n.netns, *n);
+            let delta = NetnsFailures {
+                syncookies_sent: n.syncookies_sent.saturating_sub(before.syncookies_sent),
+                syncookies_failed: n.syncookies_failed.saturating_sub(before.syncookies_failed),
+                listen_overflows: n.listen_overflows.saturating_sub(before.listen_overflows),
+                listen_drops: n.listen_drops.saturating_sub(before.listen_drops),
+            };
+            if delta == NetnsFailures::default() {
+                continue;
+            }
+            if self.netns.len() >= MAX_LISTENER_OWNERS && !self.netns.contains_key(&n.netns) {
+                continue;
+            }
+            let c = self.netns.entry(n.netns).or_default();
+            c.syncookies_sent += delta.syncookies_sent;
+            c.syncookies_failed += delta.syncookies_failed;
+            c.listen_overflows += delta.listen_overflows;
+            c.listen_drops += delta.listen_drops;
+        }
+        self.baselines.netns = seen;
     }
 
     pub fn add(&mut self, life: &SocketLife, verdict: &Verdict) {
@@ -156,19 +293,40 @@ impl Summary {
         let failures = HandshakeFailures {
             synack_retransmits: u64::from(life.synack_retransmits),
             accept_queue_overflows: overflows,
+            ..HandshakeFailures::default()
         };
         if failures == HandshakeFailures::default() {
             return;
         }
+        self.add_listener_failures(life.local, life.netns, life.owner.as_ref(), failures);
+    }
+
+    fn add_listener_failures(
+        &mut self,
+        listener: SocketAddr,
+        netns: Option<u32>,
+        owner: Option<&Proc>,
+        failures: HandshakeFailures,
+    ) {
         let l = &mut self.listeners;
         l.total.add(failures);
-        let mut owner = match &life.owner {
+        let owner = match owner {
             Some(p) => format!("{}[{}]", &*p.comm, p.tgid),
             None => "unknown".to_owned(),
         };
-        if l.by_owner.len() >= MAX_LISTENER_OWNERS && !l.by_owner.contains_key(&owner) {
-            owner = "others".to_owned();
+        let key = ListenerKey {
+            listener,
+            netns,
+            owner: owner.clone(),
+        };
+        if l.by_listener.len() < MAX_LISTENER_OWNERS || l.by_listener.contains_key(&key) {
+            l.by_listener.entry(key).or_default().add(failures);
         }
+        let owner = if l.by_owner.len() >= MAX_LISTENER_OWNERS && !l.by_owner.contains_key(&owner) {
+            "others".to_owned()
+        } else {
+            owner
+        };
         l.by_owner.entry(owner).or_default().add(failures);
     }
 }

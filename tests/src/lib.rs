@@ -19,6 +19,7 @@ use tcptrace::{
     counters::Counters,
     decode::{Record, TcpState},
     loader::{TraceOptions, Tracer},
+    model::Tally,
     tracker::{SocketLife, Tracker, TrackerOptions},
 };
 
@@ -36,6 +37,9 @@ pub struct Trace {
     pub records: Vec<Record>,
     /// Socket lives the tracker finished that `keep_life` selects.
     pub lives: Vec<(SocketLife, Verdict)>,
+    /// What the tracker counted beside lives (expired requests) about
+    /// listeners on the test's ports.
+    pub tallies: Vec<Tally>,
     /// The test's own ports: what it keeps of the machine's traffic, so
     /// that memory stays bounded however busy the machine is.
     ports: Vec<u16>,
@@ -78,6 +82,7 @@ impl Trace {
             }),
             records: Vec::new(),
             lives: Vec::new(),
+            tallies: Vec::new(),
             ports: ports.to_vec(),
         }
     }
@@ -111,6 +116,13 @@ impl Trace {
         }
         for life in self.tracker.expire(tcptrace::session::monotonic_ns()) {
             self.keep_life(life);
+        }
+        for t in self.tracker.take_tallies() {
+            if let Tally::RequestExpired(l) = &t
+                && self.ports.contains(&l.listener.port())
+            {
+                self.tallies.push(t);
+            }
         }
     }
 
@@ -502,4 +514,41 @@ pub fn sockaddr(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::so
         }
     };
     (ss, len as libc::socklen_t)
+}
+
+/// `listen(2)` on `addr` with `backlog` (std listens with 128): the accept
+/// queue then holds `backlog + 1`, and the request queue `backlog`.
+pub fn listen_backlog(addr: std::net::SocketAddr, backlog: i32) -> std::net::TcpListener {
+    use std::os::fd::AsRawFd as _;
+    let socket = std::net::TcpListener::bind(addr).unwrap();
+    // SAFETY: plain syscall on a socket we own.
+    let rc = unsafe { libc::listen(socket.as_raw_fd(), backlog) };
+    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+    socket
+}
+
+/// Starts connecting to `to` without waiting: the SYN is sent, and the
+/// stream is non-blocking.
+pub fn connect_nowait(to: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall; the fd is owned at once.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh fd nobody else owns.
+    let stream = std::net::TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    stream.set_nonblocking(true).unwrap();
+    let (ss, len) = sockaddr(to);
+    // SAFETY: a valid sockaddr of the length given.
+    let rc = unsafe { libc::connect(stream.as_raw_fd(), (&raw const ss).cast(), len) };
+    let err = std::io::Error::last_os_error();
+    assert!(
+        rc == 0 || err.raw_os_error() == Some(libc::EINPROGRESS),
+        "connect: {err}"
+    );
+    stream
 }

@@ -6,6 +6,7 @@
 //! only the renderers put any of it into words.
 
 mod life;
+mod tally;
 mod verdict;
 
 pub use self::{
@@ -14,5 +15,6 @@ pub use self::{
         Retransmit, RetransmitKind, Role, SegmentDropped, SegmentKind, SignalInfo, SockError,
         SocketLife, Step,
     },
+    tally::{DropCounts, HostSample, ListenerRef, ListenerSample, NetnsSample, Tally},
     verdict::{Close, Incomplete, LocalDrops, Open, RstReason, Side, Verdict},
 };

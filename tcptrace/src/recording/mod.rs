@@ -15,6 +15,9 @@
 //!                       the first record that needs it
 //!           5 alive     JSON [[local, remote], ...]: the kernel's sockets at exit
 //!           6 trailer   JSON (see [`Trailer`]): the run's counters, last
+//!           7 sample    JSON (see [`crate::model::HostSample`]): listeners'
+//!                       drop counters and namespaces' SYN-cookie counters,
+//!                       sampled while tracing (version 2 on)
 //! ```
 //! Guarantees: every frame is whole or absent, so a file cut short replays
 //! up to its last whole frame. A newer tcptrace reads older versions: the
@@ -40,8 +43,9 @@ pub use reader::{FrameReader, RecordingSet, read_set};
 pub use writer::{Recorder, RecorderReport, Rotation};
 
 pub const MAGIC: &[u8; 8] = b"TCPTRACE";
-/// The format this tcptrace writes; it reads 1..=VERSION.
-pub const VERSION: u16 = 1;
+/// The format this tcptrace writes; it reads 1..=VERSION. Version 2 added
+/// the `sample` frame (an older tcptrace would call it corrupt).
+pub const VERSION: u16 = 2;
 /// magic · version · reserved · header length.
 pub const PREAMBLE_LEN: usize = 8 + 2 + 2 + 4;
 /// kind · length.
@@ -60,6 +64,7 @@ pub mod kind {
     pub const WORKLOAD: u8 = 4;
     pub const ALIVE: u8 = 5;
     pub const TRAILER: u8 = 6;
+    pub const SAMPLE: u8 = 7;
 }
 
 /// What a recording's reader needs to decode and render its records, and
@@ -129,6 +134,7 @@ pub enum Frame {
     Workload(WorkloadFrame),
     Alive(Vec<(SocketAddr, SocketAddr)>),
     Trailer(Box<Trailer>),
+    Sample(Box<crate::model::HostSample>),
 }
 
 /// Why a recording cannot be read further. `offset` is the byte where the
@@ -187,6 +193,7 @@ pub fn kind_name(kind: u8) -> &'static str {
         kind::WORKLOAD => "workload",
         kind::ALIVE => "alive",
         kind::TRAILER => "trailer",
+        kind::SAMPLE => "sample",
         _ => "unknown",
     }
 }

@@ -152,7 +152,8 @@ impl<R: Read> FrameReader<R> {
             | kind::LOSS
             | kind::WORKLOAD
             | kind::ALIVE
-            | kind::TRAILER => {}
+            | kind::TRAILER
+            | kind::SAMPLE => {}
             _ => return Err(FormatError::UnknownKind { offset: at, kind }),
         }
         let whole = FRAME_HEAD_LEN + len as usize;
@@ -183,6 +184,9 @@ impl<R: Read> FrameReader<R> {
             kind::ALIVE => {
                 Frame::Alive(serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?)
             }
+            kind::SAMPLE => Frame::Sample(Box::new(
+                serde_json::from_slice(&payload).map_err(|e| bad(e.to_string()))?,
+            )),
             _ => Frame::Trailer(Box::new(
                 serde_json::from_slice::<Trailer>(&payload).map_err(|e| bad(e.to_string()))?,
             )),

@@ -87,6 +87,21 @@ fn control_frames_round_trip() {
     let z: SocketAddr = "[::1]:5000".parse().unwrap();
     put_json_frame(&mut b, kind::ALIVE, &vec![(a, z)]);
     put_frame(&mut b, kind::LOSS, &5u64.to_le_bytes());
+    let sample = crate::model::HostSample {
+        ts_ns: 7,
+        listeners: vec![crate::model::ListenerSample {
+            cookie: 3,
+            netns: 4026531840,
+            local: a,
+            drops: 16,
+        }],
+        netns: vec![crate::model::NetnsSample {
+            netns: 4026531840,
+            syncookies_sent: 2,
+            ..Default::default()
+        }],
+    };
+    put_json_frame(&mut b, kind::SAMPLE, &sample);
     let (frames, err) = read_all(&b).unwrap();
     assert!(err.is_none());
     assert_eq!(
@@ -94,7 +109,8 @@ fn control_frames_round_trip() {
         vec![
             Frame::Workload(w),
             Frame::Alive(vec![(a, z)]),
-            Frame::Loss(5)
+            Frame::Loss(5),
+            Frame::Sample(Box::new(sample)),
         ]
     );
 }

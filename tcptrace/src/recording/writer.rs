@@ -163,6 +163,11 @@ impl Recorder {
         put_json_frame(&mut self.buf, kind::WORKLOAD, &frame);
     }
 
+    /// A sample of the host's handshake counters.
+    pub fn host_sample(&mut self, sample: &crate::model::HostSample) {
+        put_json_frame(&mut self.buf, kind::SAMPLE, sample);
+    }
+
     /// The kernel's sockets at exit.
     pub fn alive(&mut self, alive: &HashSet<(SocketAddr, SocketAddr)>) {
         let mut pairs: Vec<_> = alive.iter().collect();

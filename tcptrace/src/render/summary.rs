@@ -12,7 +12,7 @@ use super::{escape, fmt_ms, words};
 use crate::{
     counters::Counters,
     model::RstReason,
-    summary::{HandshakeFailures, Summary},
+    summary::{DropCounts, HandshakeFailures, Summary},
     tracker::TrackerStats,
 };
 
@@ -73,8 +73,13 @@ pub fn write_summary(
         writeln!(out, "  RST sent:   {}", counts(&reset_reasons(summary)))?;
     }
     if !summary.drops.is_empty() || tracker.drops_unjoined > 0 {
-        let mut line = counts(&drop_reasons(summary));
-        if tracker.drops_unjoined > 0 {
+        let mut line = counts(&drop_reasons(&summary.drops));
+        if !summary.drops_unjoined.is_empty() {
+            line.push_str(&format!(
+                " (tied to no socket tcptrace tracked: {})",
+                counts(&drop_reasons(&summary.drops_unjoined))
+            ));
+        } else if tracker.drops_unjoined > 0 {
             line.push_str(&format!(
                 " ({} tied to no socket tcptrace tracked)",
                 tracker.drops_unjoined
@@ -84,25 +89,24 @@ pub fn write_summary(
     }
     let l = &summary.listeners;
     if l.total != HandshakeFailures::default() {
-        let by_owner: Vec<String> = l
-            .by_owner
-            .iter()
-            .map(|(owner, f)| {
-                format!(
-                    "{} {}+{}",
-                    escape(owner),
-                    f.accept_queue_overflows,
-                    f.synack_retransmits
-                )
-            })
-            .collect();
+        writeln!(out, "  listeners:  {}", failures(&l.total, true))?;
+        for (k, f) in &l.by_listener {
+            let netns = k.netns.map(|n| format!(" netns {n}")).unwrap_or_default();
+            writeln!(
+                out,
+                "    {}{netns} {}: {}",
+                k.listener,
+                escape(&k.owner),
+                failures(f, false)
+            )?;
+        }
+    }
+    for (netns, n) in &summary.netns {
         writeln!(
             out,
-            "  listeners:  {} handshake ACKs dropped (accept queue full) + {} SYN/ACK \
-             retransmits: {}",
-            l.total.accept_queue_overflows,
-            l.total.synack_retransmits,
-            by_owner.join(", ")
+            "  netns {netns}: {} SYN cookies sent, {} cookies failed, {} listen overflows, \
+             {} listen drops (the namespace's own counters: a SYN cookie has no socket)",
+            n.syncookies_sent, n.syncookies_failed, n.listen_overflows, n.listen_drops
         )?;
     }
     if summary.closed_by_exit > 0 {
@@ -186,9 +190,31 @@ fn reset_reasons(summary: &Summary) -> BTreeMap<Cow<'_, str>, u64> {
     named
 }
 
+/// A listener's failed handshakes in words: every count when `all`, else
+/// those that are not 0.
+fn failures(f: &HandshakeFailures, all: bool) -> String {
+    let parts = [
+        (f.synack_retransmits, "SYN/ACK retransmits"),
+        (f.requests_expired, "requests expired (no final ACK)"),
+        (
+            f.accept_queue_overflows,
+            "handshake ACKs dropped (accept queue full)",
+        ),
+        (
+            f.listen_drops,
+            "segments the listener dropped (its own count, SYNs refused by a full accept queue among them)",
+        ),
+    ];
+    let words: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| all || *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+    words.join(", ")
+}
+
 /// Dropped segments, each reason as the kernel names it (else its number).
-fn drop_reasons(summary: &Summary) -> BTreeMap<Cow<'_, str>, u64> {
-    let drops = &summary.drops;
+fn drop_reasons(drops: &DropCounts) -> BTreeMap<Cow<'_, str>, u64> {
     let mut named: BTreeMap<Cow<str>, u64> = drops
         .by_name
         .iter()
@@ -225,8 +251,10 @@ fn counts<K: AsRef<str>>(map: &BTreeMap<K, u64>) -> String {
 mod tests {
     use super::*;
     use crate::classify::classify;
-    use crate::decode::{Record, ResetReason};
+    use crate::decode::{DropReason, Record, ResetReason};
+    use crate::model::{HostSample, ListenerSample, NetnsSample, Tally};
     use crate::tracker::fixtures::*;
+    use std::net::SocketAddr;
 
     fn summary_of(scenarios: &[Vec<Record>]) -> Summary {
         let mut s = Summary::default();
@@ -246,9 +274,23 @@ mod tests {
                 s.add_drop(d);
             }
         }
-        for life in run(&dropped_here()) {
+        // What the tracker counted beside the lives (as the pipeline takes it).
+        let mut t = crate::tracker::Tracker::new(Default::default());
+        for r in dropped_here() {
+            for life in t.observe(&r) {
+                s.add(&life, &classify(&life));
+            }
+        }
+        for life in t.finish() {
             s.add(&life, &classify(&life));
         }
+        for tally in t.take_tallies() {
+            s.tally(&tally);
+        }
+        s.tally(&Tally::UnjoinedDrop(DropReason {
+            code: 3,
+            name: Some("NO_SOCKET".into()),
+        }));
         let stats = TrackerStats {
             drops: 4,
             drops_unjoined: 1,
@@ -260,25 +302,104 @@ mod tests {
         let has = |line: &str| text.lines().any(|l| l == line);
         assert!(
             has("  drops:      NETFILTER_DROP 2, TCP_LISTEN_OVERFLOW 2 \
-                 (1 tied to no socket tcptrace tracked)"),
+                 (tied to no socket tcptrace tracked: NO_SOCKET 1)"),
+            "{text}"
+        );
+        // The request whose SYN/ACK went again at 2 s had expired (its
+        // timer at 4 s) when the listener closed at 4 s.
+        assert!(
+            has(
+                "  listeners:  1 SYN/ACK retransmits, 1 requests expired (no final ACK), \
+                 2 handshake ACKs dropped (accept queue full), 0 segments the listener \
+                 dropped (its own count, SYNs refused by a full accept queue among them)"
+            ),
             "{text}"
         );
         assert!(
             has(
-                "  listeners:  2 handshake ACKs dropped (accept queue full) + 1 SYN/ACK \
-                 retransmits: nginx[4311] 2+1"
+                "    0.0.0.0:8099 nginx[4311]: 1 SYN/ACK retransmits, 1 requests expired \
+                 (no final ACK), 2 handshake ACKs dropped (accept queue full)"
             ),
             "{text}"
         );
         let v = summary_json(&s, &Counters::default(), &stats);
         let l = &v["summary"]["listeners"];
         assert_eq!(
-            (&l["accept_queue_overflows"], &l["synack_retransmits"]),
-            (&serde_json::json!(2), &serde_json::json!(1))
+            (
+                &l["accept_queue_overflows"],
+                &l["synack_retransmits"],
+                &l["requests_expired"]
+            ),
+            (
+                &serde_json::json!(2),
+                &serde_json::json!(1),
+                &serde_json::json!(1)
+            )
         );
         assert_eq!(l["by_owner"]["nginx[4311]"]["accept_queue_overflows"], 2);
+        assert_eq!(l["by_listener"][0]["listener"], "0.0.0.0:8099");
+        assert_eq!(l["by_listener"][0]["owner"], "nginx[4311]");
+        assert_eq!(l["by_listener"][0]["requests_expired"], 1);
         assert_eq!(v["summary"]["drops"]["by_name"]["NETFILTER_DROP"], 2);
+        assert_eq!(v["summary"]["drops_unjoined"]["by_name"]["NO_SOCKET"], 1);
         assert_eq!(v["tracker"]["drops_unjoined"], 1);
+    }
+
+    #[test]
+    fn samples_count_from_the_first_and_new_listeners_from_zero() {
+        let ng = nginx();
+        let l = |cookie, port, drops| ListenerSample {
+            cookie,
+            netns: 7,
+            local: SocketAddr::from(([127, 0, 0, 1], port)),
+            drops,
+        };
+        let ns = |cookies| NetnsSample {
+            netns: 7,
+            syncookies_sent: cookies,
+            ..NetnsSample::default()
+        };
+        let sample = |listeners, netns| HostSample {
+            ts_ns: 0,
+            listeners,
+            netns,
+        };
+        let owner = |_, a: SocketAddr| match a.port() {
+            8099 => Some((a, Some(ng))),
+            9000 => Some((a, None)),
+            _ => None,
+        };
+        // A listener whose first event has not been processed yet when a
+        // sample comes: counted from 0 once tcptrace follows it.
+        let not_yet = |_, _| None;
+        let mut s = Summary::default();
+        // Before tracing: 5 drops and 9 cookies are not ours.
+        s.add_sample(&sample(vec![l(1, 8099, 5)], vec![ns(9)]), owner);
+        s.add_sample(&sample(vec![l(1, 8099, 21)], vec![ns(13)]), owner);
+        // A listener made while tracing counts from 0; one gone is forgotten.
+        s.add_sample(&sample(vec![l(2, 9000, 1)], vec![ns(13)]), not_yet);
+        s.add_sample(&sample(vec![l(2, 9000, 3)], vec![ns(13)]), owner);
+        s.add_sample(&sample(vec![l(1, 8099, 2)], vec![ns(13)]), owner);
+        // One tcptrace does not follow is left to the namespace's counters.
+        s.add_sample(&sample(vec![l(3, 7000, 50)], vec![ns(13)]), owner);
+        s.add_sample(&sample(vec![l(3, 7000, 90)], vec![ns(13)]), owner);
+        assert_eq!(s.listeners.total.listen_drops, 16 + 3 + 2);
+        assert_eq!(s.listeners.by_owner["nginx[4311]"].listen_drops, 18);
+        assert_eq!(s.listeners.by_owner["unknown"].listen_drops, 3);
+        assert_eq!(s.netns[&7].syncookies_sent, 4);
+        let mut out = Vec::new();
+        write_summary(&mut out, &s, &Counters::default(), &TrackerStats::default()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(
+                "\n    127.0.0.1:8099 netns 7 nginx[4311]: 18 segments the listener dropped"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  netns 7: 4 SYN cookies sent, 0 cookies failed,"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     SOCK_DIAG_BY_FAMILY, SockDiagMessage,
-    constants::IPPROTO_TCP,
+    constants::{INET_DIAG_SKMEMINFO, IPPROTO_TCP},
     inet::{ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
@@ -42,11 +42,31 @@ pub(super) fn dump_tcp(netns_inode: u64) -> Result<Vec<DiagSocket>, DiagError> {
 
 /// The TCP sockets whose state's bit (1 << state) is in `states`.
 pub(super) fn dump_tcp_states(netns_inode: u64, states: u32) -> Result<Vec<DiagSocket>, DiagError> {
+    dump(netns_inode, states, ExtensionFlags::empty())
+}
+
+/// [`dump_tcp_states`], each socket with its drop counter
+/// (`INET_DIAG_SKMEMINFO`).
+pub(super) fn dump_tcp_meminfo(
+    netns_inode: u64,
+    states: u32,
+) -> Result<Vec<DiagSocket>, DiagError> {
+    dump(netns_inode, states, ExtensionFlags::SKMEMINFO)
+}
+
+fn dump(
+    netns_inode: u64,
+    states: u32,
+    extensions: ExtensionFlags,
+) -> Result<Vec<DiagSocket>, DiagError> {
     let socket = open()?;
     let mut out = Vec::new();
     let mut buf = Vec::with_capacity(RECV_BUF);
     for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
-        send_request(&socket, seq, family, states)?;
+        send_request(
+            &socket,
+            request_with(seq, family, states, extensions.clone()),
+        )?;
         loop {
             buf.clear();
             let n = loop {
@@ -133,7 +153,18 @@ fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
 
 /// The bytes of a dump request for the TCP sockets of `family` whose state
 /// is in `states`.
+#[cfg(test)]
 pub(super) fn request(seq: u32, family: u16, states: u32) -> Vec<u8> {
+    request_with(seq, family, states, ExtensionFlags::empty())
+}
+
+/// [`request`], asking for the `extensions` attributes too.
+pub(super) fn request_with(
+    seq: u32,
+    family: u16,
+    states: u32,
+    extensions: ExtensionFlags,
+) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = seq;
@@ -147,7 +178,7 @@ pub(super) fn request(seq: u32, family: u16, states: u32) -> Vec<u8> {
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
+            extensions,
             states: StateFlags::from_bits_retain(states),
             socket_id,
         })
@@ -159,8 +190,7 @@ pub(super) fn request(seq: u32, family: u16, states: u32) -> Vec<u8> {
     buf
 }
 
-fn send_request(socket: &Socket, seq: u32, family: u16, states: u32) -> Result<(), DiagError> {
-    let buf = request(seq, family, states);
+fn send_request(socket: &Socket, buf: Vec<u8>) -> Result<(), DiagError> {
     let sent = socket.send(&buf, 0).map_err(|source| DiagError::Io {
         what: "sending the socket-dump request",
         source,
@@ -240,10 +270,16 @@ pub(super) fn parse_batch(
             SOCK_DIAG_BY_FAMILY => {
                 let header = InetResponseHeader::parse(payload).map_err(malformed)?;
                 let attributes = payload.get(header.buffer_len()..).unwrap_or_default();
+                let mut drops = None;
                 for attribute in NlasIterator::new(attributes) {
-                    attribute.map_err(malformed)?;
+                    let attribute = attribute.map_err(malformed)?;
+                    if attribute.kind() == INET_DIAG_SKMEMINFO {
+                        drops = meminfo_drops(attribute.value());
+                    }
                 }
-                out.push(to_socket(&header, netns_inode)?);
+                let mut socket = to_socket(&header, netns_inode)?;
+                socket.drops = drops;
+                out.push(socket);
             }
             NLMSG_DONE => {
                 let code = DoneBuffer::new_checked(payload).map_err(malformed)?.code();
@@ -300,7 +336,16 @@ fn to_socket(header: &InetResponseHeader, netns_inode: u64) -> Result<DiagSocket
         ifindex: id.interface_id,
         recv_queue: header.recv_queue,
         send_queue: header.send_queue,
+        drops: None,
     })
+}
+
+/// `SK_MEMINFO_DROPS` of an `INET_DIAG_SKMEMINFO` attribute (an array of
+/// host-order u32s, indexed by the UAPI's `SK_MEMINFO_*`).
+pub(super) fn meminfo_drops(value: &[u8]) -> Option<u32> {
+    let at = usize::try_from(libc::SK_MEMINFO_DROPS).ok()? * 4;
+    let raw = value.get(at..at + 4)?;
+    Some(u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]))
 }
 
 /// `idiag_cookie` is two host-order u32s, low half first

@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{DiagError, DiagSocket};
+use super::DiagError;
 
 /// Inode of the calling thread's network namespace.
 pub(super) fn current_inode() -> Result<u64, DiagError> {
@@ -77,9 +77,9 @@ fn open_ns(inode: u64, paths: &[PathBuf]) -> Option<File> {
 
 /// Runs `query(inode)` in every network namespace found, and concatenates
 /// the results. The calling thread's own namespace is queried in place.
-pub(super) fn across_all(
-    query: impl Fn(u64) -> Result<Vec<DiagSocket>, DiagError> + Copy + Send + 'static,
-) -> Result<Vec<DiagSocket>, DiagError> {
+pub(super) fn across_all<T: Send + 'static>(
+    query: impl Fn(u64) -> Result<Vec<T>, DiagError> + Copy + Send + 'static,
+) -> Result<Vec<T>, DiagError> {
     let own = current_inode()?;
     let mut out = query(own)?;
     for (inode, paths) in discover() {
@@ -92,7 +92,7 @@ pub(super) fn across_all(
         let path = paths.first().cloned().unwrap_or_default();
         let worker = std::thread::Builder::new()
             .name("sockdiag-netns".into())
-            .spawn(move || -> Result<Vec<DiagSocket>, DiagError> {
+            .spawn(move || -> Result<Vec<T>, DiagError> {
                 // SAFETY: a valid namespace fd; affects only this thread,
                 // which ends right after the query.
                 if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {

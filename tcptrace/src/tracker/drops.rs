@@ -13,10 +13,10 @@
 //!    first event) or when it is reported. A drop no life takes is counted
 //!    (`drops_unjoined`), never lost silently.
 
-use super::{AUX_CAP, Tracker, life::push_capped, tables::RecentMap};
+use super::{AUX_CAP, Tracker, TrackerStats, life::push_capped, tables::RecentMap};
 use crate::{
     decode::SegmentDrop,
-    model::{Direction, DropCount, JoinedBy, Role, SegmentDropped, SegmentKind, SocketLife},
+    model::{Direction, DropCount, JoinedBy, Role, SegmentDropped, SegmentKind, SocketLife, Tally},
 };
 
 /// How long a drop waits for the life with its tuple: longer than a
@@ -37,6 +37,11 @@ pub(super) fn pending_drops() -> PendingDrops {
 impl Tracker {
     pub(super) fn on_drop(&mut self, d: &SegmentDrop) {
         self.stats.drops += 1;
+        if SegmentKind::of(d.segment_flags) == SegmentKind::Rst {
+            // A client's RST to a request socket ends it (the kernel frees
+            // the RST as dropped, `rx_sk` = the listener): reset, not expired.
+            self.requests.remove(&(d.destination, d.source));
+        }
         for sk in [d.rx_sk, d.skb_sk].into_iter().flatten() {
             if let Some(t) = self.lives.touch(sk) {
                 let direction = direction(&t.life, d);
@@ -53,7 +58,7 @@ impl Tracker {
         let key = (d.source, d.destination);
         match self.pending_drops.get_mut(&key) {
             Some(waiting) if waiting.len() < super::MAX_ROWS => waiting.push(d.clone()),
-            Some(_) => self.stats.drops_unjoined += 1,
+            Some(_) => unjoined(&mut self.stats, &mut self.tallies, d),
             None => self.pending_drops.insert(key, d.ts_ns, vec![d.clone()]),
         }
     }
@@ -88,9 +93,10 @@ impl Tracker {
             return;
         }
         if let Some(t) = self.lives.get_mut(skaddr) {
+            let (stats, tallies) = (&mut self.stats, &mut self.tallies);
             claim(
                 &mut self.pending_drops,
-                &mut self.stats.drops_unjoined,
+                &mut |d| unjoined(stats, tallies, d),
                 &mut t.life,
             );
         }
@@ -99,22 +105,33 @@ impl Tracker {
     /// Counts drops that waited too long at `now_ns`; returns how many
     /// tuples went.
     pub(super) fn prune_pending(&mut self, now_ns: u64) -> usize {
-        let unjoined = &mut self.stats.drops_unjoined;
-        self.pending_drops
-            .prune_each(now_ns, |gone| *unjoined += gone.len() as u64)
+        let (stats, tallies) = (&mut self.stats, &mut self.tallies);
+        self.pending_drops.prune_each(now_ns, |gone| {
+            gone.iter().for_each(|d| unjoined(stats, tallies, d))
+        })
     }
 
     /// At the end: whatever still waits was never joined.
     pub(super) fn give_up_pending(&mut self) {
-        let unjoined = &mut self.stats.drops_unjoined;
+        let (stats, tallies) = (&mut self.stats, &mut self.tallies);
         self.pending_drops
-            .drain_each(|gone| *unjoined += gone.len() as u64);
+            .drain_each(|gone| gone.iter().for_each(|d| unjoined(stats, tallies, d)));
     }
 }
 
+/// A drop no life took: counted, and its reason handed to the summary.
+pub(super) fn unjoined(stats: &mut TrackerStats, tallies: &mut Vec<Tally>, d: &SegmentDrop) {
+    stats.drops_unjoined += 1;
+    tallies.push(Tally::UnjoinedDrop(d.reason.clone()));
+}
+
 /// Gives `life` the drops waiting for its tuple (either orientation) that
-/// came after it started.
-pub(super) fn claim(pending: &mut PendingDrops, unjoined: &mut u64, life: &mut SocketLife) {
+/// came after it started; `unjoined` takes those of an earlier socket.
+pub(super) fn claim(
+    pending: &mut PendingDrops,
+    unjoined: &mut dyn FnMut(&SegmentDrop),
+    life: &mut SocketLife,
+) {
     if pending.is_empty() || life.local.port() == 0 || life.remote.port() == 0 {
         return;
     }
@@ -128,7 +145,7 @@ pub(super) fn claim(pending: &mut PendingDrops, unjoined: &mut u64, life: &mut S
                 attach(life, &d, direction, JoinedBy::Tuple);
             } else {
                 // An earlier socket's, with the same addresses.
-                *unjoined += 1;
+                unjoined(&d);
             }
         }
     }

@@ -23,6 +23,7 @@
 mod attribution;
 mod drops;
 mod life;
+mod requests;
 mod segments;
 mod tables;
 
@@ -32,13 +33,14 @@ use serde::Serialize;
 
 use self::{
     attribution::{Closer, ProcessTable, attribute_close, closing},
-    drops::{PendingDrops, claim, pending_drops},
+    drops::{PendingDrops, claim, pending_drops, unjoined},
     life::{absorb, finalize, infer_role, new_life, push_step, starts_life},
+    requests::Requests,
     segments::{PendingReset, pending_to_sent},
     tables::{Lives, RecentMap},
 };
-use crate::decode::{Record, SockInfo, TcpState};
-use crate::model::{SockError, Step};
+use crate::decode::{Proc, Record, SockInfo, TcpState};
+use crate::model::{SockError, Step, Tally};
 
 pub use self::life::unread_at_close;
 // The tracker's output: callers that fold records into lives need no other
@@ -99,6 +101,11 @@ pub struct TrackerStats {
     /// Of those, drops tied to no socket tcptrace tracked (a peer's SYN to
     /// a closed port, a socket already reported, ...).
     pub drops_unjoined: u64,
+    /// Request sockets whose SYN/ACK was retransmitted and that expired
+    /// without becoming a child (see `requests.rs`).
+    pub requests_expired: u64,
+    /// Requests forgotten because too many were followed at once.
+    pub requests_untracked: u64,
 }
 
 /// A life being tracked, with what only the tracker needs.
@@ -120,8 +127,9 @@ pub struct Tracker {
     procs: ProcessTable,
     /// Socketless RSTs by (their local, their remote).
     socketless: RecentMap<Tuple, PendingReset>,
-    /// SYN/ACK retransmits by request (local, remote), for the child to come.
-    synacks: RecentMap<Tuple, u32>,
+    /// Requests whose SYN/ACK was retransmitted, by (local, remote): for
+    /// the child to come, or counted expired.
+    requests: Requests,
     /// Dropped segments waiting for the life with their tuple.
     pending_drops: PendingDrops,
     /// Sockets evicted while open (skaddr), so that their later events are
@@ -133,6 +141,8 @@ pub struct Tracker {
     /// the kernel program reads it only where a socket starts.)
     listener_closes: RecentMap<u16, u32>,
     stats: TrackerStats,
+    /// Counts for the summary not tied to a life, until taken.
+    tallies: Vec<Tally>,
 }
 
 impl Tracker {
@@ -145,11 +155,33 @@ impl Tracker {
             lives: Lives::new(),
             procs: ProcessTable::new(),
             socketless: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
-            synacks: RecentMap::new(AUX_CAP, Some(AUX_MAX_AGE_NS)),
+            requests: Requests::new(),
             pending_drops: pending_drops(),
             evicted_open: RecentMap::new(evicted_cap, None),
             listener_closes: RecentMap::new(AUX_CAP, Some(LISTENER_CLOSE_NS)),
             stats: TrackerStats::default(),
+            tallies: Vec::new(),
+        }
+    }
+
+    /// What was counted for the summary since the last call, not tied to
+    /// a life (unjoined drops, expired requests): the caller takes them
+    /// after every `observe`, `expire` and `finish`.
+    pub fn take_tallies(&mut self) -> Vec<Tally> {
+        std::mem::take(&mut self.tallies)
+    }
+
+    /// The one tracked listener bound to `addr` in the namespace `netns`
+    /// (socket diagnostics name a listener so): its address and owner.
+    pub fn listener_at(&self, netns: u32, addr: SocketAddr) -> Option<(SocketAddr, Option<Proc>)> {
+        let mut found = self.lives.listeners(addr.port()).iter().filter_map(|&sk| {
+            let life = &self.lives.get(sk)?.life;
+            (life.local == addr && life.netns.is_none_or(|n| n == netns))
+                .then_some((life.local, life.owner))
+        });
+        match (found.next(), found.next()) {
+            (Some(l), None) => Some(l),
+            _ => None,
         }
     }
 
@@ -266,7 +298,7 @@ impl Tracker {
         let mut out = Vec::new();
         self.expire_into(now_ns, &mut out);
         let pruned = self.socketless.prune(now_ns)
-            + self.synacks.prune(now_ns)
+            + self.expire_requests(now_ns)
             + self.procs.prune(now_ns)
             + self.listener_closes.prune(now_ns)
             + self.prune_pending(now_ns);
@@ -333,9 +365,10 @@ impl Tracker {
 
     /// The life of `t` as reported, with the drops that waited for it.
     fn settle(&mut self, mut t: Tracked) -> SocketLife {
+        let (stats, tallies) = (&mut self.stats, &mut self.tallies);
         claim(
             &mut self.pending_drops,
-            &mut self.stats.drops_unjoined,
+            &mut |d| unjoined(stats, tallies, d),
             &mut t.life,
         );
         finalize(t)
@@ -427,9 +460,15 @@ impl Tracker {
         {
             self.listener_closes.insert(sock.local.port(), ts, p.tgid);
         }
+        if (old, new) == (TcpState::Listen, TcpState::Close) {
+            self.listener_closed(sock.skaddr, ts);
+        }
         let pending_synacks = (old, new) == (TcpState::SynRecv, TcpState::Established);
-        let pending_synacks =
-            pending_synacks.then(|| self.synacks.remove(&(sock.local, sock.remote)));
+        let pending_synacks = pending_synacks.then(|| {
+            self.requests
+                .remove(&(sock.local, sock.remote))
+                .map(|r| r.retransmits)
+        });
         let refusal = ((old, new) == (TcpState::SynSent, TcpState::Close))
             .then(|| self.refusal_for(sock))
             .flatten();
@@ -495,8 +534,8 @@ impl Tracker {
     /// and to SYN/ACK retransmits of its request.
     fn adopt_child(&mut self, child: &mut SocketLife) {
         child.listener = Some(child.local);
-        if let Some(n) = self.synacks.remove(&(child.local, child.remote)) {
-            child.synack_retransmits += n;
+        if let Some(r) = self.requests.remove(&(child.local, child.remote)) {
+            child.synack_retransmits += r.retransmits;
         }
         let candidates: Vec<u64> = self
             .lives

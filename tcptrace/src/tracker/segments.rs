@@ -6,10 +6,11 @@ use super::{
     Tracker,
     attribution::set_closer,
     life::{new_life, push_capped},
+    requests::listener_ref,
 };
 use crate::{
     decode::{Context, ResetReason, SockInfo, TcpState},
-    model::{ResetReceived, ResetSent, Retransmit, RetransmitKind, Role, SocketLife},
+    model::{ResetReceived, ResetSent, Retransmit, RetransmitKind, Role, SocketLife, Tally},
 };
 
 /// A socketless RST, kept briefly to annotate the connect it refused.
@@ -134,10 +135,14 @@ impl Tracker {
     /// tuple, for the child socket created when the handshake completes.
     pub(super) fn on_synack_retransmit(&mut self, sock: &SockInfo) {
         let key = (sock.local, sock.remote);
-        match self.synacks.get_mut(&key) {
-            Some(n) => *n = n.saturating_add(1),
-            None => self.synacks.insert(key, sock.ts_ns, 1),
-        }
+        let listener = match self.lives.get(sock.skaddr) {
+            Some(t) => listener_ref(t.life.local, t.life.netns, t.life.owner),
+            None => listener_ref(sock.local, sock.netns, sock.owner),
+        };
+        let (_, forgot) = self
+            .requests
+            .retransmit(key, sock.skaddr, listener, sock.ts_ns);
+        self.stats.requests_untracked += u64::from(forgot);
         if let Some(t) = self.lives.get_mut(sock.skaddr) {
             let life = &mut t.life;
             life.synack_retransmits = life.synack_retransmits.saturating_add(1);
@@ -150,9 +155,33 @@ impl Tracker {
             push_capped(&mut life.retransmits, row);
             if life.role != Role::Listener {
                 // A TFO child counts its own; no child is to come.
-                self.synacks.remove(&key);
+                self.requests.remove(&key);
             }
         }
+    }
+}
+
+impl Tracker {
+    /// Counts requests past due at `now_ns` as expired; returns how many.
+    pub(super) fn expire_requests(&mut self, now_ns: u64) -> usize {
+        let mut n = 0;
+        while let Some(r) = self.requests.pop_expired(now_ns) {
+            self.request_expired(r.listener);
+            n += 1;
+        }
+        n
+    }
+
+    /// A listener closed: its requests go; those already expired count.
+    pub(super) fn listener_closed(&mut self, skaddr: u64, ts_ns: u64) {
+        for r in self.requests.listener_closed(skaddr, ts_ns) {
+            self.request_expired(r.listener);
+        }
+    }
+
+    fn request_expired(&mut self, listener: crate::model::ListenerRef) {
+        self.stats.requests_expired += 1;
+        self.tallies.push(Tally::RequestExpired(listener));
     }
 }
 

@@ -164,6 +164,7 @@ fn sockets_then_done() {
                 ifindex: 0,
                 recv_queue: 5,
                 send_queue: 6,
+                drops: None,
             },
             DiagSocket {
                 family: AF_INET6,
@@ -179,6 +180,7 @@ fn sockets_then_done() {
                 ifindex: 3,
                 recv_queue: 0,
                 send_queue: 128,
+                drops: None,
             },
         ]
     );
@@ -386,4 +388,13 @@ fn lists_a_listener_of_ours() {
     assert_ne!(found.inode, 0);
     assert_ne!(found.cookie, 0);
     assert_eq!(found.netns_inode, NETNS);
+}
+
+#[test]
+fn a_meminfo_attribute_gives_the_drop_counter() {
+    // SK_MEMINFO_RMEM_ALLOC … SK_MEMINFO_DROPS: nine host-order u32s.
+    let value: Vec<u8> = (0..9u32).flat_map(|i| (i * 10).to_ne_bytes()).collect();
+    assert_eq!(super::meminfo_drops(&value), Some(80));
+    // An older kernel's shorter array has no drop counter.
+    assert_eq!(super::meminfo_drops(&value[..32]), None);
 }

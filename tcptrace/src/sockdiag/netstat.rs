@@ -1,0 +1,76 @@
+//! A network namespace's `TcpExt` counters, from `/proc/net/netstat` as the
+//! calling thread sees it (`/proc/thread-self/net` follows the thread's
+//! namespace, so a worker that entered another namespace reads that one's).
+//!
+//! The file pairs a line of names with a line of values per group
+//! (`TcpExt: SyncookiesSent …` then `TcpExt: 0 …`); counters are found by
+//! name, so their order and any the kernel adds do not matter.
+
+/// The `TcpExt` counters about handshakes that no socket holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpExt {
+    pub syncookies_sent: u64,
+    pub syncookies_failed: u64,
+    pub listen_overflows: u64,
+    pub listen_drops: u64,
+}
+
+/// The calling thread's namespace's counters; `None` if unreadable.
+pub(super) fn read_own() -> Option<TcpExt> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").ok()?;
+    parse(&text)
+}
+
+/// The `TcpExt` group of a netstat file; `None` without one.
+pub(super) fn parse(text: &str) -> Option<TcpExt> {
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names = lines.next()?.split_whitespace().skip(1);
+    let values = lines.next()?.split_whitespace().skip(1);
+    let mut out = TcpExt::default();
+    for (name, value) in names.zip(values) {
+        let Ok(v) = value.parse::<u64>() else {
+            continue;
+        };
+        match name {
+            "SyncookiesSent" => out.syncookies_sent = v,
+            "SyncookiesFailed" => out.syncookies_failed = v,
+            "ListenOverflows" => out.listen_overflows = v,
+            "ListenDrops" => out.listen_drops = v,
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_found_by_name() {
+        let text = "TcpExt: SyncookiesSent SyncookiesRecv SyncookiesFailed Other ListenOverflows ListenDrops\n\
+                    TcpExt: 4 1 2 99 16 17\n\
+                    IpExt: InNoRoutes\n\
+                    IpExt: 0\n";
+        assert_eq!(
+            parse(text),
+            Some(TcpExt {
+                syncookies_sent: 4,
+                syncookies_failed: 2,
+                listen_overflows: 16,
+                listen_drops: 17,
+            })
+        );
+        assert_eq!(parse("IpExt: A\nIpExt: 1\n"), None);
+        // A values line cut short keeps what it has.
+        assert_eq!(
+            parse("TcpExt: SyncookiesSent ListenDrops\nTcpExt: 3\n").map(|t| t.syncookies_sent),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn this_namespace_has_them() {
+        assert!(read_own().is_some(), "/proc/thread-self/net/netstat");
+    }
+}
