@@ -120,6 +120,36 @@ pub fn raise_nofile() {
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Newer ones do
 /// not, and without CAP_SYS_RESOURCE raising it fails: not fatal.
+/// Descriptors tcptrace holds at most: one per kernel map, program, link
+/// and perf event, its threads' and the socket listing's (the error text
+/// in `errors.rs` says the same number).
+const NEEDED_FDS: u64 = 64;
+
+/// Refuses to start, before anything is loaded, when the descriptor limit
+/// cannot reach [`NEEDED_FDS`]: failing half-way through attaching would
+/// report the shortage several times over.
+fn ensure_descriptors() -> Result<(), LoadError> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with valid pointers.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= NEEDED_FDS {
+            return Ok(());
+        }
+        if lim.rlim_max >= NEEDED_FDS {
+            lim.rlim_cur = NEEDED_FDS;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                return Ok(());
+            }
+        }
+    }
+    Err(LoadError::Descriptors(std::io::Error::from_raw_os_error(
+        libc::EMFILE,
+    )))
+}
+
 fn raise_memlock() {
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
@@ -200,6 +230,7 @@ impl Tracer {
         if KERNEL_OBJECT.is_empty() {
             return Err(LoadError::NoKernelObject);
         }
+        ensure_descriptors()?;
         raise_memlock();
         // BTF is parsed, used for offsets and argument positions, and
         // dropped before the load.

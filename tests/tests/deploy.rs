@@ -187,8 +187,9 @@ fn as_nobody_with(cmd: &mut Command, caps: Vec<u32>) {
 }
 
 /// This process's name (its main thread's) as the kernel has it.
+/// The calling thread's name (a test runs on a thread named after it).
 fn own_comm() -> String {
-    std::fs::read_to_string("/proc/self/comm")
+    std::fs::read_to_string("/proc/thread-self/comm")
         .unwrap()
         .trim_end()
         .to_owned()
@@ -251,9 +252,9 @@ fn the_units_capabilities_are_enough_without_root() {
     loop {
         let text = prometheus::get(addr, "/metrics", None).unwrap().body;
         let sockets = prometheus::samples(&text, "tcptrace_process_sockets_total");
-        // The accepted socket's owner is its listener's, which only the
-        // start-up snapshot knew (the client's is the connecting thread's
-        // name, seen at connect).
+        // The accepted socket's owner is the thread that accepted it (the
+        // accept(2) tracepoint works with the unit's capabilities), as the
+        // client's is the thread that connected.
         let accepted = format!(r#"{{process="{me}",close="passive"}}"#);
         if sockets.iter().any(|(l, v)| *l == accepted && *v == 1.0) {
             assert!(

@@ -96,6 +96,10 @@ pub struct BenchArgs {
     /// the sockets disappearing from /proc/net/tcp).
     #[arg(long, default_value_t = 60)]
     pub massclose_timeout: u64,
+    /// Seconds of getppid(2) per syscalls run (none, tcptrace and
+    /// tcptrace --no-accept, --reps each).
+    #[arg(long, default_value_t = 3.0)]
+    pub syscalls_seconds: f64,
     /// Seconds to wait for a tracer to report that it has attached.
     #[arg(long, default_value_t = 30)]
     pub ready_timeout: u64,
@@ -129,14 +133,18 @@ pub enum Scenario {
     /// The JSON lines written by tcptrace's direct writer against serde's
     /// derives (the `replay` example): reader CPU per million events.
     Json,
+    /// getppid(2) in a loop with and without tcptrace, and with
+    /// `--no-accept`: what following accept(2) costs every syscall.
+    Syscalls,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 4] = [
+    const ALL: [Scenario; 5] = [
         Scenario::Churn,
         Scenario::Bulk,
         Scenario::Massclose,
         Scenario::Json,
+        Scenario::Syscalls,
     ];
 
     pub fn name(self) -> &'static str {
@@ -145,6 +153,7 @@ impl Scenario {
             Scenario::Bulk => "bulk",
             Scenario::Massclose => "massclose",
             Scenario::Json => "json",
+            Scenario::Syscalls => "syscalls",
         }
     }
 }
@@ -163,6 +172,9 @@ pub enum Config {
     TcptraceJson,
     /// `tcptrace --view none --metrics 127.0.0.1:0`: the daemon's cost.
     TcptraceMetrics,
+    /// `tcptrace --no-accept`: without the syscall tracepoint (the
+    /// syscalls scenario; not in the churn's defaults).
+    TcptraceNoAccept,
     BpftracePrint,
     BpftraceCount,
 }
@@ -183,6 +195,7 @@ impl Config {
             Config::Tcptrace => "tcptrace",
             Config::TcptraceJson => "tcptrace-json",
             Config::TcptraceMetrics => "tcptrace-metrics",
+            Config::TcptraceNoAccept => "tcptrace-no-accept",
             Config::BpftracePrint => "bpftrace-print",
             Config::BpftraceCount => "bpftrace-count",
         }
@@ -191,7 +204,10 @@ impl Config {
     pub fn is_tcptrace(self) -> bool {
         matches!(
             self,
-            Config::Tcptrace | Config::TcptraceJson | Config::TcptraceMetrics
+            Config::Tcptrace
+                | Config::TcptraceJson
+                | Config::TcptraceMetrics
+                | Config::TcptraceNoAccept
         )
     }
 
@@ -386,6 +402,7 @@ pub struct Run {
     pub churn: Option<ChurnOut>,
     pub bulk: Option<BulkOut>,
     pub massclose: Option<MassClose>,
+    pub syscalls: Option<syscalls::SyscallsOut>,
     pub tracer: Option<TracerOut>,
 }
 
@@ -402,6 +419,7 @@ impl Run {
             churn: None,
             bulk: None,
             massclose: None,
+            syscalls: None,
             tracer: None,
         }
     }
@@ -412,6 +430,7 @@ impl Run {
                 Scenario::Churn => self.churn.is_some(),
                 Scenario::Bulk => self.bulk.is_some(),
                 Scenario::Massclose => self.massclose.is_some(),
+                Scenario::Syscalls => self.syscalls.is_some(),
                 // Not a run: the example prints its own figures.
                 Scenario::Json => false,
             }
@@ -425,6 +444,7 @@ impl Run {
         match self.scenario {
             Scenario::Churn => self.churn.as_ref().map(|c| c.rate),
             Scenario::Bulk => self.bulk.as_ref().map(|b| b.rate),
+            Scenario::Syscalls => self.syscalls.as_ref().map(|s| s.rate),
             Scenario::Massclose | Scenario::Json => None,
         }
     }
@@ -438,6 +458,7 @@ impl Run {
         match self.scenario {
             Scenario::Churn => self.churn.as_ref().map(|c| c.seconds),
             Scenario::Bulk => self.bulk.as_ref().map(|b| b.seconds),
+            Scenario::Syscalls => self.syscalls.as_ref().map(|s| s.seconds),
             Scenario::Massclose | Scenario::Json => None,
         }
     }
@@ -466,6 +487,7 @@ struct Ctx {
     churn: PathBuf,
     bulk: PathBuf,
     massclose: PathBuf,
+    syscalls: PathBuf,
 }
 
 const TCPTRACE_READY: &str = "tracing";
@@ -500,11 +522,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let root = util::repo_root();
     let release = util::target_dir().join("release");
     let churn_tcptrace = wants(Scenario::Churn) && args.configs.iter().any(|c| c.is_tcptrace());
-    let wants_tcptrace = churn_tcptrace || wants(Scenario::Bulk) || wants(Scenario::Massclose);
+    let wants_tcptrace = churn_tcptrace
+        || wants(Scenario::Bulk)
+        || wants(Scenario::Massclose)
+        || wants(Scenario::Syscalls);
     let bins: Vec<&str> = [
         (Scenario::Churn, "churn"),
         (Scenario::Bulk, "bulk"),
         (Scenario::Massclose, "massclose"),
+        (Scenario::Syscalls, "syscalls"),
     ]
     .into_iter()
     .filter(|&(s, _)| wants(s))
@@ -534,12 +560,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         churn: release.join("churn"),
         bulk: release.join("bulk"),
         massclose: release.join("massclose"),
+        syscalls: release.join("syscalls"),
         args,
     };
     for (bin, needed) in [
         (&ctx.churn, wants(Scenario::Churn)),
         (&ctx.bulk, wants(Scenario::Bulk)),
         (&ctx.massclose, wants(Scenario::Massclose)),
+        (&ctx.syscalls, wants(Scenario::Syscalls)),
         (&ctx.tcptrace, wants_tcptrace),
     ] {
         if needed && !bin.is_file() {
@@ -641,6 +669,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             runs.push(r);
         }
     }
+    if wants(Scenario::Syscalls) {
+        runs.extend(syscalls::run_all(&ctx)?);
+    }
     drop(stats);
     let json_paths = if wants(Scenario::Json) {
         Some(json_paths(&ctx, &root)?)
@@ -667,6 +698,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     Ok(())
 }
+
+mod syscalls;
+pub use self::syscalls::SYSCALL_CONFIGS;
 
 /// The bulk scenario's configurations, in their interleaved order.
 pub const BULK_CONFIGS: [Config; 2] = [Config::None, Config::Tcptrace];
@@ -1142,6 +1176,11 @@ fn tracer_command(ctx: &Ctx, config: Config) -> Result<Option<Command>> {
         Config::TcptraceJson => {
             let mut c = command(&ctx.tcptrace)?;
             c.arg("--json");
+            Some(c)
+        }
+        Config::TcptraceNoAccept => {
+            let mut c = command(&ctx.tcptrace)?;
+            c.arg("--no-accept");
             Some(c)
         }
         Config::TcptraceMetrics => {

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::bench::{BULK_CONFIGS, BenchArgs, Ceiling, Config, Mode, Run, Scenario};
+use crate::bench::{
+    BULK_CONFIGS, BenchArgs, Ceiling, Config, Mode, Run, SYSCALL_CONFIGS, Scenario,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -193,6 +195,8 @@ pub struct Report {
     pub bulk: Vec<Group>,
     /// The mass close's group (tcptrace-json), if it ran.
     pub massclose: Vec<Group>,
+    /// The syscalls scenario's groups (none, tcptrace, --no-accept).
+    pub syscalls: Vec<Group>,
     /// The churn's targets, one column per mode and tcptrace configuration.
     pub targets: Vec<Target>,
     /// The other scenarios' targets, one value each.
@@ -450,6 +454,9 @@ fn targets(groups: &[Group], args: &BenchArgs) -> Vec<Target> {
 }
 
 /// Targets of the scenarios other than the churn: one value each.
+mod syscalls;
+use self::syscalls::syscalls_section;
+
 fn scenario_targets(bulk: &[Group], args: &BenchArgs) -> Vec<Target> {
     let mut out = Vec::new();
     if args.scenarios.contains(&Scenario::Bulk) {
@@ -558,6 +565,11 @@ impl Report {
         } else {
             Vec::new()
         };
+        let syscalls = if args.scenarios.contains(&Scenario::Syscalls) {
+            groups_of("syscalls", &SYSCALL_CONFIGS, &runs)
+        } else {
+            Vec::new()
+        };
         let targets = targets(&groups, args);
         let mut scenario_targets = scenario_targets(&bulk, args);
         if !massclose.is_empty() {
@@ -570,6 +582,7 @@ impl Report {
             groups,
             bulk,
             massclose,
+            syscalls,
             targets,
             scenario_targets,
             ceiling,
@@ -682,6 +695,9 @@ impl Report {
         }
         if !self.massclose.is_empty() {
             self.massclose_section(&mut s);
+        }
+        if !self.syscalls.is_empty() {
+            syscalls_section(&mut s, &self.syscalls, &self.params);
         }
 
         let _ = writeln!(s, "### Targets\n");
@@ -980,12 +996,12 @@ impl Report {
              under `tcptrace --json`: the runs the kernel skipped and the sockets tcptrace \
              wrongly thought open say what a burst of closes costs its accuracy. Raw numbers: \
              `target/bench/results.json`; this file is rewritten by every run.\n\n\
-             Flags: `--scenarios churn,bulk,massclose,json`, `--reps N`, `--seconds S`, \
+             Flags: `--scenarios churn,bulk,massclose,json,syscalls`, `--reps N`, `--seconds S`, \
              `--configs none,tcptrace,tcptrace-json,tcptrace-metrics,bpftrace-print,bpftrace-count`, \
              `--modes pinned,saturated`, `--ceiling-max-clients K`, `--ports N`, `--base-port P`, \
              `--bulk-seconds S`, `--bulk-connections C`, `--bulk-unpinned`, `--bulk-port P`, \
              `--massclose-conns N`, `--massclose-runs R`, `--massclose-port P`, \
-             `--massclose-timeout S`, \
+             `--massclose-timeout S`, `--syscalls-seconds S`, \
              `--ready-timeout S`, `--stop-timeout S`, `--no-build`, `--no-benchmarks-md` (see \
              `cargo xtask bench --help`). Unpinned runs vary by 10-20% between repetitions on \
              a 2-CPU VM; compare medians, and run on an otherwise idle machine.\n\n\
