@@ -307,6 +307,9 @@ pub struct SocketLife {
     pub drop_counts: Vec<DropCount>,
     pub syn_retransmits: u32,
     pub synack_retransmits: u32,
+    /// Listener: requests whose SYN/ACK retransmits ran out without the
+    /// handshake completing (inferred: see `tracker/requests.rs`).
+    pub requests_expired: u32,
     pub data_retransmits: u32,
     pub self_transitions: u32,
     /// Ended FIN_WAIT2→CLOSE or CLOSING→CLOSE without an RST: the TIME_WAIT

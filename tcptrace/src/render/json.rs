@@ -197,6 +197,8 @@ fn push_life(out: &mut String, l: &SocketLife) {
     push_u64(out, u64::from(l.syn_retransmits));
     out.push_str(r#","synack_retransmits":"#);
     push_u64(out, u64::from(l.synack_retransmits));
+    out.push_str(r#","requests_expired":"#);
+    push_u64(out, u64::from(l.requests_expired));
     out.push_str(r#","data_retransmits":"#);
     push_u64(out, u64::from(l.data_retransmits));
     out.push_str(r#","self_transitions":"#);

@@ -180,6 +180,13 @@ fn counted_lines(buf: &mut String, life: &SocketLife, opts: &RenderOptions) {
         words::synack_retransmits_into(buf, life.synack_retransmits);
         buf.push('\n');
     }
+    if listener && life.requests_expired > 0 {
+        let painted = paint_start(buf, opts.color, Tone::Red);
+        buf.push_str("  · ");
+        words::requests_expired_into(buf, life.requests_expired);
+        paint_end(buf, painted);
+        buf.push('\n');
+    }
     if listener {
         for c in &life.drop_counts {
             let painted = paint_start(buf, opts.color, Tone::Red);

@@ -484,11 +484,13 @@ fn ladders_tell_what_was_dropped_and_where() {
     let text = ladder(&life_of(&lives, LISTENER_SK), opts(View::Sockets));
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
-        lines[1..5],
+        lines[1..6],
         [
             "  +0.000    CLOSE → LISTEN",
             "  +4000.000 LISTEN → CLOSE",
             "  · 1 SYN/ACK retransmit (a handshake not completed at the first SYN/ACK)",
+            // Its timer (4 s) had run out when the listener closed at 4 s.
+            "  · 1 handshake expired on this listener (its SYN/ACK retransmits ran out unanswered)",
             "  · 2 × handshake ACK dropped: accept queue of nginx[4311] full (TCP_LISTEN_OVERFLOW)",
         ],
         "{text}"

@@ -327,6 +327,16 @@ pub fn synack_retransmits_into(out: &mut String, n: u32) {
     });
 }
 
+/// `2 handshakes expired (SYN/ACK retransmits ran out unanswered)`.
+pub fn requests_expired_into(out: &mut String, n: u32) {
+    push_u64(out, u64::from(n));
+    out.push_str(if n == 1 {
+        " handshake expired on this listener (its SYN/ACK retransmits ran out unanswered)"
+    } else {
+        " handshakes expired on this listener (their SYN/ACK retransmits ran out unanswered)"
+    });
+}
+
 /// `5 more drops (counted, not listed)`.
 pub fn more_drops_into(out: &mut String, n: u64) {
     push_u64(out, n);

@@ -40,6 +40,7 @@ pub(super) fn new_life(sock: &SockInfo) -> SocketLife {
         drop_counts: Vec::new(),
         syn_retransmits: 0,
         synack_retransmits: 0,
+        requests_expired: 0,
         data_retransmits: 0,
         self_transitions: 0,
         time_wait: false,

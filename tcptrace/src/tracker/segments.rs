@@ -166,7 +166,7 @@ impl Tracker {
     pub(super) fn expire_requests(&mut self, now_ns: u64) -> usize {
         let mut n = 0;
         while let Some(r) = self.requests.pop_expired(now_ns) {
-            self.request_expired(r.listener);
+            self.request_expired(r.listener_sk, r.listener);
             n += 1;
         }
         n
@@ -175,13 +175,17 @@ impl Tracker {
     /// A listener closed: its requests go; those already expired count.
     pub(super) fn listener_closed(&mut self, skaddr: u64, ts_ns: u64) {
         for r in self.requests.listener_closed(skaddr, ts_ns) {
-            self.request_expired(r.listener);
+            self.request_expired(r.listener_sk, r.listener);
         }
     }
 
-    fn request_expired(&mut self, listener: crate::model::ListenerRef) {
+    fn request_expired(&mut self, listener_sk: u64, listener: crate::model::ListenerRef) {
         self.stats.requests_expired += 1;
         self.tallies.push(Tally::RequestExpired(listener));
+        // The listener's own ladder says it too, while it is followed.
+        if let Some(t) = self.lives.get_mut(listener_sk) {
+            t.life.requests_expired = t.life.requests_expired.saturating_add(1);
+        }
     }
 }
 
