@@ -315,7 +315,10 @@ pub struct SockOffsets {
     pub error_queue: u16,
     pub queue_prev: u16,
     pub queued_errno: u16,
-    pub _pad: u16,
+    /// `skc_prot` (a `struct proto *`) in the head: which protocol a socket
+    /// is, without reading `sk_protocol` (see the kernel program's
+    /// `is_tcp`); ABSENT when unknown.
+    pub prot: u16,
 }
 
 impl SockOffsets {
@@ -344,7 +347,7 @@ impl SockOffsets {
         error_queue: ABSENT,
         queue_prev: ABSENT,
         queued_errno: ABSENT,
-        _pad: 0,
+        prot: ABSENT,
     };
 }
 

@@ -15,10 +15,11 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{
     EbpfContext, helpers::bpf_get_current_task, macros::tracepoint, programs::TracePointContext,
 };
-use tcptrace_common::{AF_INET, AF_INET6, IPPROTO_TCP, flag, kind, oddity};
+use tcptrace_common::{AF_INET, AF_INET6, flag, kind, oddity};
 
 use crate::{
-    OWNERS, attach_owner, cgroup_id, config, finish_sock_event, new_event, odd, process_filter_on,
+    OWNERS, attach_owner, cgroup_id, config, copy_task, finish_sock_event, is_tcp, new_event, odd,
+    process_filter_on,
     read::{SockHead, read_kernel},
     task_matches,
 };
@@ -92,10 +93,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     if family != AF_INET && family != AF_INET6 {
         return 0;
     }
-    let o = &config().sock;
-    if o.protocol != tcptrace_common::ABSENT
-        && read_kernel::<u16>(sk + u64::from(o.protocol)) != Some(IPPROTO_TCP)
-    {
+    if is_tcp(sk, &head) != Some(true) {
         return 0;
     }
     let mut slot = MaybeUninit::uninit();
@@ -109,16 +107,21 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     // acceptor (`--pid <master>` without `--follow`): a life is kept whole
     // or not at all. Userspace names the acceptor either way.
     event.context.cgroup_id = cgroup_id();
-    attach_owner(event);
     let f = &config().filter;
-    let kept_for_listener = process_filter_on(f)
-        && event.flags & flag::OWNER_KNOWN != 0
-        && task_matches(f, &event.owner)
-        && !task_matches(f, &event.context);
-    if !kept_for_listener {
-        let _ = OWNERS.insert(event.skaddr, event.context, 0);
+    if process_filter_on(f) {
         attach_owner(event);
+        let kept_for_listener = event.flags & flag::OWNER_KNOWN != 0
+            && task_matches(f, &event.owner)
+            && !task_matches(f, &event.context);
+        if kept_for_listener {
+            finish_sock_event(event);
+            return 0;
+        }
     }
+    let _ = OWNERS.insert(event.skaddr, event.context, 0);
+    // The owner is the acceptor: no lookup needed to say so.
+    copy_task(&event.context, &mut event.owner);
+    event.flags |= flag::OWNER_KNOWN;
     finish_sock_event(event);
     0
 }

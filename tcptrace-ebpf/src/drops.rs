@@ -246,7 +246,7 @@ fn segment_event(s: &Segment, args: &Args, reason: u32, cfg: &Config) {
     } else {
         0
     };
-    // Helper calls 4 and 5 (time, pid), in new_event.
+    // Helper calls 4 and 5 (time; pid, outside softirq), in new_event.
     let mut slot = MaybeUninit::uninit();
     let event = new_event(&mut slot, kind::DROP, rx_sk);
     event.family = s.family;

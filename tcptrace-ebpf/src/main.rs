@@ -27,12 +27,12 @@ mod tcp;
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use tcptrace_common::{
-    ABSENT, ArgPos, Config, DEFAULT_RING_BYTES, Event, IPPROTO_TCP, ListenerKey, Task, counter,
-    filter, flag, kind, more_flags, oddity, tcp_state,
+    ABSENT, AF_INET6, ArgPos, Config, DEFAULT_RING_BYTES, Event, IPPROTO_TCP, ListenerKey, Task,
+    counter, filter, flag, kind, more_flags, oddity, tcp_state,
 };
 
 use core::{
@@ -85,6 +85,12 @@ static QUERY_COUNTDOWN: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// Per CPU: non-zero while `inet_sock_set_state` runs on this CPU.
 #[map]
 static SET_STATE_BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// The `skc_prot` of TCP sockets, IPv4's and IPv6's (`tcp_prot`,
+/// `tcpv6_prot`), learnt from sockets whose `sk_protocol` read as TCP (see
+/// [`is_tcp`]). Written only with values checked that way.
+#[map]
+static TCP_PROTS: Array<u64> = Array::with_max_entries(2, 0);
 
 /// Non-zero while this CPU runs a softirq: the on-CPU task is then a bystander.
 #[map]
@@ -220,7 +226,8 @@ fn process_passes(e: &mut Event) -> bool {
 /// returned-by-value Event compiles to a byte-loop memset or memcpy.
 ///
 /// Helper calls: `bpf_ktime_get_ns` (the event's time: nothing else gives
-/// it), `bpf_get_current_pid_tgid` (who is on the CPU), and
+/// it), `bpf_get_current_pid_tgid` (who is on the CPU; not in softirq,
+/// where that task is a bystander), and
 /// `bpf_get_current_comm` (its name) only for state changes, resets sent,
 /// exits and signals in process context: those name who connected,
 /// listened, closed, aborted or killed. In softirq the on-CPU task is a
@@ -249,10 +256,17 @@ fn new_event(slot: &mut MaybeUninit<Event>, event_kind: u8, skaddr: u64) -> &mut
         // value, unread.
         zero8(addr_of_mut!((*e).value).cast());
         zero8(addr_of_mut!((*e).aux));
-        let pid_tgid = bpf_get_current_pid_tgid();
         let context = addr_of_mut!((*e).context);
-        addr_of_mut!((*context).pid).write(pid_tgid as u32);
-        addr_of_mut!((*context).tgid).write((pid_tgid >> 32) as u32);
+        // Without filters a destroy's context is never looked at.
+        let bare_destroy = event_kind == kind::DESTROY_SOCK && config().filter.flags == 0;
+        if softirq || bare_destroy {
+            // A bystander: not worth a helper call (pid and tgid, one word).
+            zero8(addr_of_mut!((*context).pid).cast());
+        } else {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            addr_of_mut!((*context).pid).write(pid_tgid as u32);
+            addr_of_mut!((*context).tgid).write((pid_tgid >> 32) as u32);
+        }
         // Filled in only where needed (owners, the cgroup filter).
         zero8(addr_of_mut!((*context).cgroup_id));
         let names_someone = matches!(
@@ -525,32 +539,60 @@ fn set_state_busy(value: u32) {
     }
 }
 
-/// Helper calls: one read of the socket's head (tuple, family), one of
-/// `sk_protocol` (MPTCP and SCTP fire this tracepoint too), the event's
-/// common part, an owner lookup, the output; two more reads on CLOSE.
+/// Is the socket at `sk` TCP (MPTCP and SCTP fire `inet_sock_set_state`
+/// too)? Its `skc_prot`, in the head already read, is compared with the
+/// values TCP sockets were seen to have: an array lookup the verifier
+/// inlines, where reading `sk_protocol` is a helper call. Only a socket
+/// whose `skc_prot` is not known yet (the first TCP socket of each family,
+/// and every non-TCP one) costs that read. `None`: unreadable.
+#[inline(always)]
+pub(crate) fn is_tcp(sk: u64, head: &SockHead) -> Option<bool> {
+    let o = &config().sock;
+    let slot = u32::from(head.family() == AF_INET6);
+    let prot = if o.prot != ABSENT { head.prot() } else { 0 };
+    if prot != 0 && TCP_PROTS.get(slot).is_some_and(|&known| known == prot) {
+        return Some(true);
+    }
+    if o.protocol == ABSENT {
+        // A bitfield before Linux 5.6: not checked, as the tracepoint
+        // itself did not before 5.6.
+        return Some(true);
+    }
+    let protocol = read_kernel::<u16>(sk + u64::from(o.protocol))?;
+    if protocol == IPPROTO_TCP
+        && prot != 0
+        && let Some(known) = TCP_PROTS.get_ptr_mut(slot)
+    {
+        // SAFETY: an array slot; a racing CPU writes the same value.
+        unsafe { *known = prot };
+    }
+    Some(protocol == IPPROTO_TCP)
+}
+
+/// Helper calls: one read of the socket's head (tuple, family, proto), the
+/// event's common part, an owner lookup, the output; two more reads on
+/// CLOSE. `sk_protocol` is read only for sockets [`is_tcp`] does not know.
 #[inline(always)]
 fn set_state_event(ctx: &RawTracePointContext) {
     let pos = &config().set_state;
     let args = Args::of(ctx, pos);
     let sk = args.get(pos.sk);
-    let o = &config().sock;
-    if o.protocol != ABSENT {
-        match read_kernel::<u16>(sk + u64::from(o.protocol)) {
-            Some(IPPROTO_TCP) => {}
-            Some(_) => {
-                count(counter::NOT_TCP);
-                return;
-            }
-            None => {
-                odd::oddity(oddity::SET_STATE_SOCK, sk);
-                return;
-            }
-        }
-    }
     let Some(head) = SockHead::read(sk) else {
         odd::oddity(oddity::SET_STATE_SOCK, sk);
         return;
     };
+    match is_tcp(sk, &head) {
+        Some(true) => {}
+        Some(false) => {
+            count(counter::NOT_TCP);
+            return;
+        }
+        None => {
+            odd::oddity(oddity::SET_STATE_SOCK, sk);
+            return;
+        }
+    }
+    let o = &config().sock;
     let mut slot = MaybeUninit::uninit();
     let event = new_event(&mut slot, kind::STATE, sk);
     event.oldstate = args.get(pos.int0) as u8;

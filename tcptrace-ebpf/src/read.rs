@@ -77,6 +77,12 @@ impl SockHead {
         self.get::<u64>(config().sock.flags)
     }
 
+    /// `skc_prot`: the socket's `struct proto` (0 when unknown).
+    #[inline(always)]
+    pub fn prot(&self) -> u64 {
+        self.get::<u64>(config().sock.prot)
+    }
+
     #[inline(always)]
     pub fn family(&self) -> u16 {
         self.get::<u16>(config().sock.family)

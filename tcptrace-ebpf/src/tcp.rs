@@ -12,6 +12,7 @@ use tcptrace_common::{
 use crate::{
     Args, attach_owner, config, finish_sock_event, new_event, odd,
     read::{self, SockHead, read_kernel},
+    submit,
 };
 
 /// The reset, retransmit and destroy tracepoints: a socket (and its state),
@@ -75,9 +76,21 @@ pub fn tcp_retransmit_synack(ctx: RawTracePointContext) -> i32 {
     sock_event(&ctx, &config().retransmit_synack, kind::RETRANSMIT_SYNACK)
 }
 
+/// The end of a socket. With a filter on, it is judged like any socket
+/// event (its tuple and owner read). Without one, its address and time
+/// are all userspace needs (the socket's life knows the rest): two helper
+/// calls (the time, the output) instead of six, on one event per socket.
 #[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
-    sock_event(&ctx, &config().destroy_sock, kind::DESTROY_SOCK)
+    let pos = &config().destroy_sock;
+    if config().filter.flags != 0 {
+        return sock_event(&ctx, pos, kind::DESTROY_SOCK);
+    }
+    let args = Args::of(&ctx, pos);
+    let mut slot = MaybeUninit::uninit();
+    let event = new_event(&mut slot, kind::DESTROY_SOCK, args.get(pos.sk));
+    submit(event);
+    0
 }
 
 /// A TCP socket's error was set (a retransmission or keepalive timeout, an

@@ -111,7 +111,9 @@ impl Proc {
 pub enum Context {
     /// In a process's own context (a syscall, or its exit).
     Process(Proc),
-    /// In softirq: `on_cpu` just happened to be running and did not cause it.
+    /// In softirq: the task on the CPU just happened to be running and did
+    /// not cause it. The kernel program does not read it (pid 0, no name:
+    /// a helper call saved per event).
     Softirq { on_cpu: Proc },
 }
 
@@ -154,6 +156,14 @@ pub struct SockInfo {
     /// not accepted yet: its owner is unknown until one accepts it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub shared_listener: bool,
+}
+
+impl SockInfo {
+    /// A record whose tuple the kernel did not read (a destroy without
+    /// filters): port 0 at both ends and no owner.
+    pub fn is_bare(&self) -> bool {
+        self.local.port() == 0 && self.remote.port() == 0 && self.owner.is_none()
+    }
 }
 
 /// An RST reason: the kernel's number and, when the running kernel names it,

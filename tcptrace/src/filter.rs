@@ -32,6 +32,9 @@ impl EventFilter {
             kind::SIGNAL | kind::OOM_VICTIM => {
                 f.flags & filter::PID == 0 || self.pids.contains(&(e.aux as u32))
             }
+            // A bare destroy (recorded without filters: no tuple, no owner)
+            // only ends a life the other records let through.
+            kind::DESTROY_SOCK if e.family == 0 => true,
             _ => self.endpoints_pass(e) && self.process_passes(e),
         }
     }

@@ -176,6 +176,18 @@ impl<W: Write> Pipeline<W> {
 
     /// One decoded record.
     pub fn record(&mut self, record: &Record) -> io::Result<()> {
+        // The kernel sends a bare destroy (address and time) when no filter
+        // needs more: the socket's life supplies the rest for the outputs.
+        let completed;
+        let record = match record {
+            Record::Destroy { sock } if sock.is_bare() => {
+                completed = Record::Destroy {
+                    sock: self.tracker.complete(sock),
+                };
+                &completed
+            }
+            other => other,
+        };
         self.renderer.transition(record)?;
         for output in &mut self.outputs {
             output.record(record)?;

@@ -699,7 +699,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-mod syscalls;
+pub(crate) mod syscalls;
 pub use self::syscalls::SYSCALL_CONFIGS;
 
 /// The bulk scenario's configurations, in their interleaved order.

@@ -50,6 +50,7 @@ pub(super) fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
         .and_then(|(offset, _)| u16::try_from(offset).ok())
         .unwrap_or(0);
     o.flags = optional("skc_flags", 8);
+    o.prot = optional("skc_prot", 8);
     let sized = |st: &str, member: &str, size: u32| {
         btf.member(st, member)
             .filter(|&(_, s)| s == size)

@@ -48,7 +48,8 @@
 //! }
 //! ```
 //! `context` is `{"kind":"process","pid","tgid","comm","cgroup_id"}` or
-//! `{"kind":"softirq","on_cpu":{"pid","tgid","comm","cgroup_id"}}`.
+//! `{"kind":"softirq","on_cpu":{"pid","tgid","comm","cgroup_id"}}` (a
+//! bystander: socket events leave it zero).
 //! States use the kernel's names (`"SYN_SENT"`); offsets are ns from `start_ns`.
 
 use std::{fmt::Display, net::SocketAddr};

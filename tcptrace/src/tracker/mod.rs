@@ -286,6 +286,17 @@ impl Tracker {
         out
     }
 
+    /// `sock` with what its life knows filled in: tuple, owner, namespace
+    /// (for records the kernel sent bare); unchanged when not followed.
+    pub fn complete(&self, sock: &SockInfo) -> SockInfo {
+        let mut out = *sock;
+        if let Some(t) = self.lives.get(sock.skaddr) {
+            let l = &t.life;
+            (out.local, out.remote, out.owner, out.netns) = (l.local, l.remote, l.owner, l.netns);
+        }
+        out
+    }
+
     /// Reports closed lives whose linger time has passed at `now_ns`.
     pub fn expire(&mut self, now_ns: u64) -> Vec<SocketLife> {
         self.expire_changed(now_ns).0

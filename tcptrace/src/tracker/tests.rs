@@ -578,3 +578,22 @@ fn a_child_of_a_reuseport_group_is_unowned_until_accepted() {
     assert_eq!(s.listener_owner, None);
     assert!(s.shared_listener);
 }
+
+#[test]
+fn a_bare_destroy_is_completed_from_its_sockets_life() {
+    let mut t = Tracker::new(TrackerOptions::default());
+    for r in &handshake() {
+        t.observe(r);
+    }
+    // What the kernel sends without filters: the address and the time.
+    let bare = S::new(CLIENT_SK, "0.0.0.0:0", "0.0.0.0:0").irq(5000).0;
+    assert!(bare.is_bare());
+    let full = t.complete(&bare);
+    assert_eq!(full.local, addr("127.0.0.1:45126"));
+    assert_eq!(full.remote, addr("127.0.0.1:8099"));
+    assert_eq!(full.owner, Some(python()));
+    assert!(!full.is_bare());
+    // A socket tcptrace does not follow stays as it came.
+    let unknown = S::new(0xdead_0000, "0.0.0.0:0", "0.0.0.0:0").0;
+    assert_eq!(t.complete(&unknown).local, unknown.local);
+}
