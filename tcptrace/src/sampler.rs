@@ -28,10 +28,13 @@ use crate::{
 /// How often the host's counters are sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// One sample now (at monotonic `ts_ns`), or `None` when socket
-/// diagnostics cannot be read (the reason is logged once by the caller).
-pub fn sample(ts_ns: u64) -> Result<HostSample, sockdiag::DiagError> {
-    let namespaces = sockdiag::listeners_with_drops()?;
+/// One sample now (at monotonic `ts_ns`), or the error when socket
+/// diagnostics cannot be read (logged once by the caller).
+pub fn sample(
+    probes: &mut sockdiag::NetnsProbes,
+    ts_ns: u64,
+) -> Result<HostSample, sockdiag::DiagError> {
+    let namespaces = probes.listeners_with_drops()?;
     Ok(to_sample(ts_ns, &namespaces))
 }
 
@@ -74,8 +77,9 @@ pub fn start(now_ns: fn() -> u64) -> mpsc::Receiver<HostSample> {
         .name("tcptrace-sample".into())
         .spawn(move || {
             let mut warned = false;
+            let mut probes = sockdiag::NetnsProbes::new();
             while !tx.is_closed() {
-                match sample(now_ns()) {
+                match sample(&mut probes, now_ns()) {
                     Ok(s) => {
                         if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(s) {
                             return;

@@ -344,7 +344,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
     drop(samples);
     if final_result.is_ok() {
         // The counters up to the end, while the listeners are still there.
-        if let Ok(sample) = sampler::sample(monotonic_ns()) {
+        let mut probes = crate::sockdiag::NetnsProbes::new();
+        if let Ok(sample) = sampler::sample(&mut probes, monotonic_ns()) {
             pipeline.host_sample(&sample);
         }
         let alive = pipeline.has_open_lives().then(kernel_sockets).flatten();

@@ -21,11 +21,13 @@ mod netlink;
 mod netns;
 mod netstat;
 mod owners;
+mod probes;
 
 use std::{io, net::IpAddr, path::PathBuf};
 
 pub use netstat::TcpExt;
 pub use owners::{Owner, OwnerScan, scan_socket_owners, socket_owners};
+pub use probes::NetnsProbes;
 
 /// `AF_INET`, as found in [`DiagSocket::family`].
 pub const AF_INET: u16 = libc::AF_INET as u16;
@@ -172,22 +174,4 @@ pub struct NetnsListeners {
     pub listeners: Vec<DiagSocket>,
     /// `None` when the namespace's netstat could not be read.
     pub tcp_ext: Option<TcpExt>,
-}
-
-/// Every listener and the `TcpExt` counters of every network namespace
-/// reachable (its own only, when others cannot be entered): one dump of
-/// LISTEN sockets with `INET_DIAG_SKMEMINFO` and one read of netstat per
-/// namespace, each on a short-lived thread inside it.
-pub fn listeners_with_drops() -> Result<Vec<NetnsListeners>, DiagError> {
-    fn query(ns: u64) -> Result<Vec<NetnsListeners>, DiagError> {
-        Ok(vec![NetnsListeners {
-            netns_inode: ns,
-            listeners: netlink::dump_tcp_meminfo(ns, 1 << state::LISTEN)?,
-            tcp_ext: netstat::read_own(),
-        }])
-    }
-    netns::across_all(query).or_else(|e| {
-        log::debug!("sampling listeners in every network namespace: {e}");
-        query(netns::current_inode()?)
-    })
 }

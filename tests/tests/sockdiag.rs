@@ -209,6 +209,34 @@ fn finds_a_listener_in_a_named_namespace() {
 }
 
 #[test]
+fn the_sampler_keeps_one_probe_per_namespace_and_reads_listeners_through_it() {
+    require_root();
+    let ns = Netns::new("probe");
+    let path = format!("/run/netns/{}", ns.name);
+    let (child, port) = python_listener(&["ip", "netns", "exec", &ns.name]);
+    let mut probes = tcptrace::sockdiag::NetnsProbes::new();
+    // Twice through the same probes: the second sample reuses the sockets
+    // opened inside the namespace by the first (no rediscovery within
+    // REDISCOVER), and still sees the listener and the namespace's counters.
+    for round in 0..2 {
+        let sampled = probes.listeners_with_drops().expect("sampling");
+        let there = sampled
+            .iter()
+            .find(|n| n.netns_inode == inode_of(&path))
+            .unwrap_or_else(|| panic!("round {round}: namespace {path} not sampled"));
+        let l = there
+            .listeners
+            .iter()
+            .find(|l| l.sport == port)
+            .unwrap_or_else(|| panic!("round {round}: no listener on {port}: {there:?}"));
+        assert_eq!(l.drops, Some(0), "round {round}: its drop counter");
+        assert!(there.tcp_ext.is_some(), "round {round}: its TcpExt counters");
+    }
+    assert!(probes.len() >= 2, "this namespace and the test's");
+    drop(child);
+}
+
+#[test]
 fn finds_a_listener_in_a_namespace_only_a_process_holds() {
     require_root();
     // No /run/netns entry: found through /proc/<pid>/ns/net only.

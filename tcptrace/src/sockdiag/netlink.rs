@@ -45,13 +45,16 @@ pub(super) fn dump_tcp_states(netns_inode: u64, states: u32) -> Result<Vec<DiagS
     dump(netns_inode, states, ExtensionFlags::empty())
 }
 
-/// [`dump_tcp_states`], each socket with its drop counter
-/// (`INET_DIAG_SKMEMINFO`).
-pub(super) fn dump_tcp_meminfo(
+/// The TCP sockets in `states`, each with its drop counter
+/// (`INET_DIAG_SKMEMINFO`), on a socket opened earlier with [`open`] (in the
+/// namespace it is to list: a netlink socket stays in the namespace it was
+/// made in).
+pub(super) fn dump_tcp_meminfo_on(
+    socket: &Socket,
     netns_inode: u64,
     states: u32,
 ) -> Result<Vec<DiagSocket>, DiagError> {
-    dump(netns_inode, states, ExtensionFlags::SKMEMINFO)
+    dump_on(socket, netns_inode, states, ExtensionFlags::SKMEMINFO)
 }
 
 fn dump(
@@ -59,12 +62,20 @@ fn dump(
     states: u32,
     extensions: ExtensionFlags,
 ) -> Result<Vec<DiagSocket>, DiagError> {
-    let socket = open()?;
+    dump_on(&open()?, netns_inode, states, extensions)
+}
+
+fn dump_on(
+    socket: &Socket,
+    netns_inode: u64,
+    states: u32,
+    extensions: ExtensionFlags,
+) -> Result<Vec<DiagSocket>, DiagError> {
     let mut out = Vec::new();
     let mut buf = Vec::with_capacity(RECV_BUF);
     for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
         send_request(
-            &socket,
+            socket,
             request_with(seq, family, states, extensions.clone()),
         )?;
         loop {
@@ -106,7 +117,7 @@ fn dump(
     Ok(out)
 }
 
-fn open() -> Result<Socket, DiagError> {
+pub(super) fn open() -> Result<Socket, DiagError> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(|e| match e.raw_os_error() {
         Some(libc::EACCES | libc::EPERM) => DiagError::PermissionDenied(e),
         // No NETLINK_SOCK_DIAG at all (CONFIG_SOCK_DIAG unset).

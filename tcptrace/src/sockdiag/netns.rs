@@ -75,6 +75,39 @@ fn open_ns(inode: u64, paths: &[PathBuf]) -> Option<File> {
     })
 }
 
+/// Runs `f` on a thread of its own inside namespace `inode`, entered
+/// through the first of `paths` that still names it (setns changes only the
+/// calling thread's namespace, and that thread ends with `f`). `None` when
+/// the namespace is gone.
+pub(super) fn run_in<T: Send + 'static>(
+    inode: u64,
+    paths: &[PathBuf],
+    f: impl FnOnce() -> Result<T, DiagError> + Send + 'static,
+) -> Option<Result<T, DiagError>> {
+    let ns = open_ns(inode, paths)?;
+    let path = paths.first().cloned().unwrap_or_default();
+    let worker = std::thread::Builder::new()
+        .name("sockdiag-netns".into())
+        .spawn(move || -> Result<T, DiagError> {
+            // SAFETY: a valid namespace fd; affects only this thread.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(DiagError::EnterNetns {
+                    path,
+                    inode,
+                    source: io::Error::last_os_error(),
+                });
+            }
+            drop(ns);
+            f()
+        });
+    Some(match worker {
+        Err(e) => Err(DiagError::Worker(format!("spawning: {e}"))),
+        Ok(worker) => worker
+            .join()
+            .unwrap_or_else(|_| Err(DiagError::Worker("it panicked".into()))),
+    })
+}
+
 /// Runs `query(inode)` in every network namespace found, and concatenates
 /// the results. The calling thread's own namespace is queried in place.
 pub(super) fn across_all<T: Send + 'static>(
@@ -86,30 +119,9 @@ pub(super) fn across_all<T: Send + 'static>(
         if inode == own {
             continue;
         }
-        let Some(ns) = open_ns(inode, &paths) else {
-            continue;
-        };
-        let path = paths.first().cloned().unwrap_or_default();
-        let worker = std::thread::Builder::new()
-            .name("sockdiag-netns".into())
-            .spawn(move || -> Result<Vec<T>, DiagError> {
-                // SAFETY: a valid namespace fd; affects only this thread,
-                // which ends right after the query.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(DiagError::EnterNetns {
-                        path,
-                        inode,
-                        source: io::Error::last_os_error(),
-                    });
-                }
-                drop(ns);
-                query(inode)
-            })
-            .map_err(|e| DiagError::Worker(format!("spawning: {e}")))?;
-        let sockets = worker
-            .join()
-            .map_err(|_| DiagError::Worker("it panicked".into()))??;
-        out.extend(sockets);
+        if let Some(sockets) = run_in(inode, &paths, move || query(inode)) {
+            out.extend(sockets?);
+        }
     }
     Ok(out)
 }

@@ -15,10 +15,26 @@ pub struct TcpExt {
     pub listen_drops: u64,
 }
 
-/// The calling thread's namespace's counters; `None` if unreadable.
-pub(super) fn read_own() -> Option<TcpExt> {
-    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").ok()?;
-    parse(&text)
+/// The calling thread's namespace's netstat, opened to be read again and
+/// again ([`read_from`]) from any thread: the file stays bound to the
+/// namespace it was opened in.
+pub(super) fn open_own() -> Option<std::fs::File> {
+    std::fs::File::open("/proc/thread-self/net/netstat").ok()
+}
+
+/// The counters of a netstat file opened with [`open_own`], read afresh.
+pub(super) fn read_from(file: &std::fs::File) -> Option<TcpExt> {
+    use std::os::unix::fs::FileExt;
+    let mut text = Vec::with_capacity(8192);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = file.read_at(&mut chunk, text.len() as u64).ok()?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&chunk[..n]);
+    }
+    parse(std::str::from_utf8(&text).ok()?)
 }
 
 /// The `TcpExt` group of a netstat file; `None` without one.
@@ -71,6 +87,9 @@ mod tests {
 
     #[test]
     fn this_namespace_has_them() {
-        assert!(read_own().is_some(), "/proc/thread-self/net/netstat");
+        let file = open_own().expect("/proc/thread-self/net/netstat");
+        assert!(read_from(&file).is_some(), "parsed");
+        // Read again from the same handle: the counters afresh.
+        assert!(read_from(&file).is_some(), "read twice");
     }
 }
