@@ -230,7 +230,10 @@ fn the_sampler_keeps_one_probe_per_namespace_and_reads_listeners_through_it() {
             .find(|l| l.sport == port)
             .unwrap_or_else(|| panic!("round {round}: no listener on {port}: {there:?}"));
         assert_eq!(l.drops, Some(0), "round {round}: its drop counter");
-        assert!(there.tcp_ext.is_some(), "round {round}: its TcpExt counters");
+        assert!(
+            there.tcp_ext.is_some(),
+            "round {round}: its TcpExt counters"
+        );
     }
     assert!(probes.len() >= 2, "this namespace and the test's");
     drop(child);

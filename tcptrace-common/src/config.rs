@@ -1,0 +1,181 @@
+//! What the loader tells the kernel program at load time: the [`Config`]
+//! (offsets, argument positions, filters, wake-up policy) and its parts.
+
+use crate::{
+    ArgPos, COMM_LEN, DropCodes, DropConfig, DropSkbOffsets, NO_REASON, SkbOffsets, SockOffsets,
+    TaskOffsets,
+};
+
+/// How the kernel program finds the socket an `accept(2)` returned: the
+/// returned fd in the task's file table (`task->files->fdt->fd[fd]`), its
+/// `struct file`'s socket, and that socket's `sk`. Offsets from the running
+/// kernel's BTF; `ret` from the syscall tracepoint's format file. Pairs of
+/// fields are read together from a 16-byte window (`*_window`), each then
+/// being the 8-byte word `*_word` (0 or 1) of it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct AcceptConfig {
+    /// Offset of `ret` in the `sys_exit_accept*` record; 0 = not traced.
+    pub ret: u32,
+    /// `task_struct::files`.
+    pub task_files: u32,
+    /// `files_struct::fdt`.
+    pub files_fdt: u32,
+    /// `fdtable`: `max_fds` (low 32 bits of its word) and `fd`.
+    pub fdt_window: u32,
+    pub fdt_max_fds_word: u32,
+    pub fdt_fd_word: u32,
+    /// `file::private_data` (the `struct socket` of a socket file).
+    pub file_private_data: u32,
+    /// `socket`: `file` (checked against the file found) and `sk`.
+    pub socket_window: u32,
+    pub socket_file_word: u32,
+    pub socket_sk_word: u32,
+}
+
+/// Bits of [`Filter::flags`]: which filters are on.
+pub mod filter {
+    pub const PID: u32 = 1 << 0;
+    pub const COMM: u32 = 1 << 1;
+    pub const PORT: u32 = 1 << 2;
+    pub const LPORT: u32 = 1 << 3;
+    pub const RPORT: u32 = 1 << 4;
+    pub const FAMILY: u32 = 1 << 5;
+    pub const CGROUP: u32 = 1 << 6;
+    pub const NETNS: u32 = 1 << 7;
+    /// With [`PID`]: processes forked by a kept one are kept too.
+    pub const FOLLOW: u32 = 1 << 8;
+}
+
+/// Filters applied in the kernel, before an event costs a ring-buffer slot.
+/// The process ids to trace live in the `PID_FILTER` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct Filter {
+    /// Bits of [`filter`].
+    pub flags: u32,
+    /// `AF_INET` or `AF_INET6` when [`filter::FAMILY`] is set.
+    pub family: u16,
+    /// Either end's port ([`filter::PORT`]).
+    pub port: u16,
+    /// Local port ([`filter::LPORT`]).
+    pub lport: u16,
+    /// Remote port ([`filter::RPORT`]).
+    pub rport: u16,
+    /// Network namespace inode ([`filter::NETNS`]).
+    pub netns: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Everything the kernel program is told at load time (global `CONFIG`, in
+/// read-only data: the verifier sees these values as constants and prunes
+/// the branches a kernel or a set of filters does not need).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct Config {
+    pub set_state: ArgPos,
+    pub send_reset: ArgPos,
+    pub receive_reset: ArgPos,
+    pub retransmit_skb: ArgPos,
+    pub retransmit_synack: ArgPos,
+    pub destroy_sock: ArgPos,
+    pub process_exit: ArgPos,
+    pub signal: ArgPos,
+    pub process_fork: ArgPos,
+    pub error_report: ArgPos,
+    pub sock: SockOffsets,
+    pub skb: SkbOffsets,
+    pub task: TaskOffsets,
+    pub filter: Filter,
+    /// Signals (bit n = signal n) worth reporting: those that kill by default.
+    pub signal_mask: u64,
+    /// Bytes waiting in the ring buffer past which a submit wakes the reader;
+    /// below it, the reader drains on its timer.
+    pub wakeup_bytes: u64,
+    /// Events between two checks of that backlog, per CPU: fewer than the
+    /// wakeup threshold holds, so that a small ring still wakes its reader.
+    pub query_every: u32,
+    pub _pad: u32,
+    pub drop: DropConfig,
+    /// `oom:mark_victim`: the victim (task). Appended, like [`DropConfig`].
+    pub oom_victim: ArgPos,
+    /// `accept(2)`: appended.
+    pub accept: AcceptConfig,
+}
+
+impl Config {
+    pub const EMPTY: Config = Config {
+        set_state: ArgPos::NONE,
+        send_reset: ArgPos::NONE,
+        receive_reset: ArgPos::NONE,
+        retransmit_skb: ArgPos::NONE,
+        retransmit_synack: ArgPos::NONE,
+        destroy_sock: ArgPos::NONE,
+        process_exit: ArgPos::NONE,
+        signal: ArgPos::NONE,
+        process_fork: ArgPos::NONE,
+        error_report: ArgPos::NONE,
+        sock: SockOffsets::NONE,
+        skb: SkbOffsets {
+            head: 0,
+            data: 0,
+            network_header: 0,
+            _pad: 0,
+        },
+        task: TaskOffsets {
+            exit_code: 0,
+            tgid: 0,
+            sighand: 0,
+            sa_handler: 0,
+            sigaction_size: 0,
+            _pad: 0,
+        },
+        filter: Filter {
+            flags: 0,
+            family: 0,
+            port: 0,
+            lport: 0,
+            rport: 0,
+            netns: 0,
+            cgroup_id: 0,
+            comm: [0; COMM_LEN],
+        },
+        signal_mask: 0,
+        wakeup_bytes: 0,
+        query_every: 1,
+        _pad: 0,
+        drop: DropConfig {
+            args: ArgPos::NONE,
+            skb: DropSkbOffsets {
+                protocol: 0,
+                tail: 0,
+                sk: 0,
+                dev: 0,
+                window: 0,
+                _pad: 0,
+                nd_net: 0,
+            },
+            codes: DropCodes {
+                listen_overflow: NO_REASON,
+                queue_purge: NO_REASON,
+            },
+        },
+        oom_victim: ArgPos::NONE,
+        accept: AcceptConfig {
+            ret: 0,
+            task_files: 0,
+            files_fdt: 0,
+            fdt_window: 0,
+            fdt_max_fds_word: 0,
+            fdt_fd_word: 0,
+            file_private_data: 0,
+            socket_window: 0,
+            socket_file_word: 0,
+            socket_sk_word: 0,
+        },
+    };
+}
