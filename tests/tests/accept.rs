@@ -35,12 +35,17 @@ fn python(script: &str) -> (KillOnDrop, String, Receiver<String>) {
 /// A listener on `port` (0: any) that accepts in a loop, prints
 /// `<pid> <client port>` for each connection and closes it when the client
 /// does. `fork`: the listening process forks one worker that accepts.
-fn server_script(port: u16, reuseport: bool, fork: bool) -> String {
+fn server_script(ip: &str, port: u16, reuseport: bool, fork: bool) -> String {
+    let family = if ip.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
     format!(
         "import ctypes, os, socket\n\
-         l = socket.socket()\n\
+         l = socket.socket(socket.{family})\n\
          l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, {reuseport})\n\
-         l.bind(('127.0.0.1', {port})); l.listen(64)\n\
+         l.bind(('{ip}', {port})); l.listen(64)\n\
          print(l.getsockname()[1], os.getpid(), flush=True)\n\
          if {fork} and os.fork() != 0:\n\
          \x20   os.wait(); raise SystemExit\n\
@@ -57,10 +62,10 @@ fn server_script(port: u16, reuseport: bool, fork: bool) -> String {
 
 /// Connects `n` times to `port`, one connection at a time, each closed by
 /// this side after a moment; returns the client ports.
-fn connect_times(port: u16, n: usize) -> Vec<u16> {
+fn connect_times(ip: &str, port: u16, n: usize) -> Vec<u16> {
     (0..n)
         .map(|_| {
-            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let c = TcpStream::connect((ip, port)).unwrap();
             let local = c.local_addr().unwrap().port();
             std::thread::sleep(Duration::from_millis(20));
             drop(c);
@@ -101,16 +106,22 @@ fn tgid(v: &Value) -> Option<u64> {
 
 #[test]
 fn a_worker_that_accepts_owns_the_socket_its_master_listened_for() {
-    let (server, first, out) = python(&server_script(0, false, true));
+    for ip in ["127.0.0.1", "::1"] {
+        worker_accepts(ip);
+    }
+}
+
+fn worker_accepts(ip: &str) {
+    let (server, first, out) = python(&server_script(ip, 0, false, true));
     let mut first = first.split_whitespace().map(|p| p.parse::<u64>().unwrap());
     let (port, master) = (first.next().unwrap() as u16, first.next().unwrap());
     let (lines, summary) = traced(&["--view", "both", "--port", &port.to_string()], || {
-        connect_times(port, 2);
+        connect_times(ip, port, 2);
     });
     let accepted = accepted_ports(&[&out], 2);
     drop(server);
     let sockets = server_sockets(&lines, port);
-    assert_eq!(accepted.len(), 2, "the worker printed {accepted:?}");
+    assert_eq!(accepted.len(), 2, "{ip}: the worker printed {accepted:?}");
     for (client_port, worker) in &accepted {
         assert_ne!(*worker, master, "the worker is a forked process");
         let s = sockets.get(client_port).unwrap_or_else(|| {
@@ -138,15 +149,18 @@ fn a_worker_that_accepts_owns_the_socket_its_master_listened_for() {
         .iter()
         .filter(|l| l["event"] == "accept" && port_of(&l["local"]) == port)
         .count();
-    assert_eq!(accepts, 2, "accept events in the stream; summary {summary}");
+    assert_eq!(
+        accepts, 2,
+        "{ip}: accept events in the stream; summary {summary}"
+    );
 }
 
 /// Two processes listening on one port with SO_REUSEPORT.
 fn reuseport_pair() -> (u16, [(KillOnDrop, u64, Receiver<String>); 2]) {
-    let (a, first, out_a) = python(&server_script(0, true, false));
+    let (a, first, out_a) = python(&server_script("127.0.0.1", 0, true, false));
     let mut first = first.split_whitespace().map(|p| p.parse::<u64>().unwrap());
     let (port, pid_a) = (first.next().unwrap() as u16, first.next().unwrap());
-    let (b, first, out_b) = python(&server_script(port, true, false));
+    let (b, first, out_b) = python(&server_script("127.0.0.1", port, true, false));
     let pid_b: u64 = first.split_whitespace().nth(1).unwrap().parse().unwrap();
     (port, [(a, pid_a, out_a), (b, pid_b, out_b)])
 }
@@ -157,7 +171,7 @@ const CONNECTIONS: usize = 16;
 fn in_a_reuseport_group_each_child_belongs_to_the_process_that_accepted_it() {
     let (port, servers) = reuseport_pair();
     let (lines, summary) = traced(&["--port", &port.to_string()], || {
-        connect_times(port, CONNECTIONS);
+        connect_times("127.0.0.1", port, CONNECTIONS);
     });
     let accepted = accepted_ports(&[&servers[0].2, &servers[1].2], CONNECTIONS);
     let sockets = server_sockets(&lines, port);
@@ -192,7 +206,7 @@ fn pid_keeps_every_transition_of_its_reuseport_children_and_none_of_the_others()
     let (kept, other) = (servers[0].1, servers[1].1);
     let args = ["--view", "both", "--pid", &kept.to_string()];
     let (lines, summary) = traced(&args, || {
-        connect_times(port, CONNECTIONS);
+        connect_times("127.0.0.1", port, CONNECTIONS);
     });
     let accepted = accepted_ports(&[&servers[0].2, &servers[1].2], CONNECTIONS);
     let sockets = server_sockets(&lines, port);
@@ -231,12 +245,12 @@ fn pid_keeps_every_transition_of_its_reuseport_children_and_none_of_the_others()
 
 #[test]
 fn without_accept_tracking_a_child_keeps_its_listeners_owner() {
-    let (server, first, out) = python(&server_script(0, false, true));
+    let (server, first, out) = python(&server_script("127.0.0.1", 0, false, true));
     let mut first = first.split_whitespace().map(|p| p.parse::<u64>().unwrap());
     let (port, master) = (first.next().unwrap() as u16, first.next().unwrap());
     let args = ["--no-accept", "--port", &port.to_string()];
     let (lines, summary) = traced(&args, || {
-        connect_times(port, 1);
+        connect_times("127.0.0.1", port, 1);
     });
     let accepted = accepted_ports(&[&out], 1);
     drop(server);
