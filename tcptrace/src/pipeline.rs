@@ -42,8 +42,14 @@ pub trait Output {
     fn finished(&mut self, life: &SocketLife, verdict: &Verdict) -> io::Result<()>;
 
     /// Time moved on to `now_ns` (every drain, some 50 times a second);
-    /// `tracker` is the socket table as it now stands.
-    fn tick(&mut self, _now_ns: u64, _tracker: &TrackerStats) -> io::Result<()> {
+    /// `tracker` is the socket table as it now stands, `summary` the
+    /// counts so far (those that belong to no single life among them).
+    fn tick(
+        &mut self,
+        _now_ns: u64,
+        _tracker: &TrackerStats,
+        _summary: &Summary,
+    ) -> io::Result<()> {
         Ok(())
     }
 }
@@ -234,7 +240,7 @@ impl<W: Write> Pipeline<W> {
         self.take_tallies();
         let stats = self.tracker.stats();
         for output in &mut self.outputs {
-            output.tick(now_ns, &stats)?;
+            output.tick(now_ns, &stats, &self.summary)?;
         }
         self.renderer.flush()
     }

@@ -47,6 +47,8 @@ pub struct Summary {
     /// SYN cookies and listen overflows per network namespace (inode), from
     /// its counters: a cookie has no socket, so no listener can be named.
     pub netns: BTreeMap<u32, NetnsFailures>,
+    /// Every namespace's, added up (the map above stops at the first 256).
+    pub netns_total: NetnsFailures,
     #[serde(skip)]
     baselines: Baselines,
     pub handshake_active: Histogram,
@@ -144,6 +146,15 @@ pub struct NetnsFailures {
     pub listen_drops: u64,
 }
 
+impl NetnsFailures {
+    fn add(&mut self, other: NetnsFailures) {
+        self.syncookies_sent += other.syncookies_sent;
+        self.syncookies_failed += other.syncookies_failed;
+        self.listen_overflows += other.listen_overflows;
+        self.listen_drops += other.listen_drops;
+    }
+}
+
 /// Where the host's counters stood at the last sample.
 #[derive(Clone, Debug, Default)]
 struct Baselines {
@@ -234,6 +245,7 @@ impl Summary {
             if delta == NetnsFailures::default() {
                 continue;
             }
+            self.netns_total.add(delta);
             if self.netns.len() >= MAX_LISTENER_OWNERS && !self.netns.contains_key(&n.netns) {
                 continue;
             }

@@ -17,7 +17,8 @@ use std::{
 
 use tcptrace::{decode::Record, model::Tally};
 use tcptrace_tests::{
-    Cli, DEADLINE, connect_nowait, describe, listen_backlog, netns::Netns, reserve_port, trace,
+    Cli, DEADLINE, connect_nowait, describe, listen_backlog, netns::Netns, prometheus,
+    reserve_port, trace,
 };
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -112,7 +113,10 @@ fn a_full_listener_sends_syn_cookies_and_refuses_syns_and_the_summary_counts_the
     let ns = Netns::new("accfull");
     let netns = inode_of(&ns);
     let port_arg = port.to_string();
-    let cli = Cli::start(&["--port", &port_arg], std::process::Stdio::null());
+    let cli = Cli::start(
+        &["--port", &port_arg, "--metrics", "127.0.0.1:0"],
+        std::process::Stdio::null(),
+    );
     let addr = SocketAddr::new(V4, port);
     // 1. Handshakes never completed fill the request queue (backlog 1):
     //    later SYNs are answered with cookies.
@@ -133,6 +137,28 @@ fn a_full_listener_sends_syn_cookies_and_refuses_syns_and_the_summary_counts_the
     while start.elapsed() < Duration::from_millis(2500) {
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The fleet's view: the same counts in the metrics, while it runs.
+    let metrics = prometheus::get(cli.metrics_addr(), "/metrics", None)
+        .expect("a scrape")
+        .body;
+    let sample = |name: &str, labels: &str| {
+        prometheus::samples(&metrics, name)
+            .into_iter()
+            .find(|(l, _)| *l == labels)
+            .map(|(_, v)| v)
+    };
+    assert!(
+        sample(
+            "tcptrace_listener_failures_total",
+            r#"{kind="listen_drop"}"#
+        )
+        .is_some_and(|v| v >= 1.0),
+        "listen drops in the metrics: {metrics}"
+    );
+    assert!(
+        sample("tcptrace_syn_cookies_total", r#"{result="sent"}"#).is_some_and(|v| v >= 1.0),
+        "SYN cookies in the metrics: {metrics}"
+    );
     cli.signal(libc::SIGINT);
     let (code, summary, stderr) = cli.exit_within(DEADLINE);
     drop((listener, held));

@@ -34,11 +34,12 @@ use self::{
 };
 use crate::{
     classify::{Close, Incomplete, Verdict},
-    decode::{ResetReason, TcpState},
+    decode::{Record, ResetReason, TcpState},
     input::InputGauge,
     loader::Tracer,
     output::OutputStats,
     pipeline::Output,
+    summary::{NetnsFailures, Summary},
     tracker::{SocketLife, TrackerStats},
 };
 
@@ -77,6 +78,9 @@ struct Families {
     /// (sockets by close, resets sent by reason) per process, unit, container.
     services: [(Counters<2>, Counters<2>); 3],
     label_overflow: Counters<1>,
+    /// Listeners' failed handshakes, by kind; namespaces' SYN cookies.
+    listener_failures: Counters<1>,
+    syn_cookies: Counters<1>,
 }
 
 /// The per-service labels, in the order of [`Families::services`].
@@ -114,6 +118,8 @@ impl Families {
             lifetime: Family::new_with_constructor(lifetime_histogram),
             services: Default::default(),
             label_overflow: Family::default(),
+            listener_failures: Family::default(),
+            syn_cookies: Family::default(),
         };
         registry.register(
             "sockets",
@@ -182,6 +188,21 @@ impl Families {
                 resets.clone(),
             );
         }
+        registry.register(
+            "listener_failures",
+            "Handshakes that failed on this host's listeners, by kind: synack_retransmit \
+             (a SYN/ACK sent again), request_expired (its retransmits ran out with no final \
+             ACK), accept_queue_overflow (a final ACK dropped: accept queue full), \
+             listen_drop (segments a listener dropped, SYNs refused by a full accept queue \
+             among them; sampled each second from its own counter)",
+            f.listener_failures.clone(),
+        );
+        registry.register(
+            "syn_cookies",
+            "SYN cookies sent (the SYN queue was full) and cookies that failed to validate, \
+             summed over the network namespaces (the kernel ties them to no listener)",
+            f.syn_cookies.clone(),
+        );
         registry.register(
             "metrics_label_overflow",
             "Sockets counted under `other` because a per-service label had \
@@ -260,6 +281,9 @@ impl Metrics {
 /// Counts each finished socket into the families.
 struct MetricsSink {
     f: Families,
+    /// The summary's sampled and inferred counts at the last tick: metrics
+    /// count what they added since.
+    counted: (u64, u64, NetnsFailures),
     health: Arc<Health>,
     /// process, unit, container: at most `max_series` values each.
     services: [Bounded; 3],
@@ -275,6 +299,7 @@ impl MetricsSink {
     fn new(f: Families, health: Arc<Health>, max_series: usize) -> MetricsSink {
         MetricsSink {
             f,
+            counted: (0, 0, NetnsFailures::default()),
             health,
             services: std::array::from_fn(|_| Bounded::new(max_series)),
             reasons: Bounded::new(MAX_KERNEL_VALUES),
@@ -347,7 +372,29 @@ fn received_in(state: Option<TcpState>, life: &SocketLife) -> &'static str {
     .map_or(UNKNOWN, TcpState::name)
 }
 
+impl MetricsSink {
+    fn listener_failure(&self, kind: &'static str, n: u64) {
+        if n > 0 {
+            let labels = [("kind", code(kind))];
+            self.f.listener_failures.get_or_create(&labels).inc_by(n);
+        }
+    }
+}
+
 impl Output for MetricsSink {
+    /// SYN/ACK retransmits and accept-queue overflows as they happen (the
+    /// summary counts them per listener only when a listener's life ends).
+    fn record(&mut self, record: &Record) -> io::Result<()> {
+        match record {
+            Record::RetransmitSynAck { .. } => self.listener_failure("synack_retransmit", 1),
+            Record::Drop(d) if d.reason.is_listen_overflow() => {
+                self.listener_failure("accept_queue_overflow", 1);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn finished(&mut self, life: &SocketLife, verdict: &Verdict) -> io::Result<()> {
         let close = code(verdict.close.kind());
         self.f
@@ -423,8 +470,29 @@ impl Output for MetricsSink {
         Ok(())
     }
 
-    fn tick(&mut self, _now_ns: u64, tracker: &TrackerStats) -> io::Result<()> {
+    fn tick(&mut self, _now_ns: u64, tracker: &TrackerStats, summary: &Summary) -> io::Result<()> {
         self.health.tracker(tracker);
+        let l = &summary.listeners.total;
+        let n = summary.netns_total;
+        let (expired, drops, netns) = self.counted;
+        self.listener_failure(
+            "request_expired",
+            l.requests_expired.saturating_sub(expired),
+        );
+        self.listener_failure("listen_drop", l.listen_drops.saturating_sub(drops));
+        for (result, now, before) in [
+            ("sent", n.syncookies_sent, netns.syncookies_sent),
+            ("failed", n.syncookies_failed, netns.syncookies_failed),
+        ] {
+            if now > before {
+                let labels = [("result", code(result))];
+                self.f
+                    .syn_cookies
+                    .get_or_create(&labels)
+                    .inc_by(now - before);
+            }
+        }
+        self.counted = (l.requests_expired, l.listen_drops, n);
         Ok(())
     }
 }

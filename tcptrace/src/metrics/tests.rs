@@ -233,14 +233,52 @@ fn counting_a_known_socket_allocates_nothing() {
         sink.finished(life, verdict).unwrap();
     }
     let stats = crate::tracker::TrackerStats::default();
+    let summary = crate::summary::Summary::default();
     let before = allocations();
     for _ in 0..1000 {
         for (life, verdict) in lives.iter().zip(&verdicts) {
             sink.finished(life, verdict).unwrap();
         }
-        sink.tick(0, &stats).unwrap();
+        sink.tick(0, &stats, &summary).unwrap();
     }
     assert_eq!(allocations() - before, 0, "allocations in the steady state");
+}
+
+#[test]
+fn listeners_failures_and_syn_cookies_are_counted_once_each() {
+    let m = Metrics::new(DEFAULT_MAX_SERIES);
+    let mut sink = m.sink();
+    // As they happen: a SYN/ACK retransmit and accept-queue overflows.
+    for r in dropped_here() {
+        sink.record(&r).unwrap();
+    }
+    // What the summary counts from samples and inference, at two ticks:
+    // each tick adds only what is new since the last.
+    let stats = crate::tracker::TrackerStats::default();
+    let mut summary = crate::summary::Summary::default();
+    summary.listeners.total.requests_expired = 2;
+    summary.listeners.total.listen_drops = 16;
+    summary.netns_total.syncookies_sent = 4;
+    sink.tick(1, &stats, &summary).unwrap();
+    summary.listeners.total.requests_expired = 3;
+    sink.tick(2, &stats, &summary).unwrap();
+    sink.tick(3, &stats, &summary).unwrap();
+    let text = scrape(&m);
+    let failures = |kind: &str| {
+        value(
+            &text,
+            &format!(r#"tcptrace_listener_failures_total{{kind="{kind}"}}"#),
+        )
+    };
+    assert_eq!(failures("synack_retransmit"), Some(1.0), "{text}");
+    assert_eq!(failures("accept_queue_overflow"), Some(2.0), "{text}");
+    assert_eq!(failures("request_expired"), Some(3.0), "{text}");
+    assert_eq!(failures("listen_drop"), Some(16.0), "{text}");
+    assert_eq!(
+        value(&text, r#"tcptrace_syn_cookies_total{result="sent"}"#),
+        Some(4.0),
+        "{text}"
+    );
 }
 
 #[test]
