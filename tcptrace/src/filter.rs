@@ -178,4 +178,40 @@ mod tests {
         assert!(f.passes(&signal));
         assert!(!EventFilter::default().is_active());
     }
+
+    #[test]
+    fn a_bare_destroy_passes_and_a_shared_listeners_child_waits_for_its_acceptor() {
+        let mut f = EventFilter::default();
+        f.filter.flags = filter::PORT | filter::PID;
+        f.filter.port = 80;
+        f.pids.insert(42);
+        // Recorded without filters: no tuple, no owner. It only ends a life
+        // the other records let through.
+        let bare = Event {
+            kind: kind::DESTROY_SOCK,
+            ..Event::default()
+        };
+        assert!(f.passes(&bare));
+        // A child of an SO_REUSEPORT address, owner unknown: let through,
+        // and judged by its acceptor once one takes it.
+        let mut child = event(80, 5000, None);
+        child.flags |= flag::SOFTIRQ;
+        assert!(!f.passes(&child), "an unowned socket in softirq");
+        child.more_flags |= more_flags::SHARED_LISTENER;
+        assert!(f.passes(&child));
+        let acceptor = |tgid| Proc {
+            pid: tgid,
+            tgid,
+            comm: "worker".into(),
+            cgroup_id: 1,
+        };
+        assert!(f.owner_passes(Some(&acceptor(42))));
+        assert!(!f.owner_passes(Some(&acceptor(43))));
+        assert!(!f.owner_passes(None), "never accepted");
+        f.filter.flags |= filter::FOLLOW;
+        assert!(
+            f.owner_passes(Some(&acceptor(43))),
+            "--follow: the kernel decides"
+        );
+    }
 }
