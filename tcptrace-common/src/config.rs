@@ -162,6 +162,8 @@ impl Config {
             codes: DropCodes {
                 listen_overflow: NO_REASON,
                 queue_purge: NO_REASON,
+                not_specified: NO_REASON,
+                _pad: 0,
             },
         },
         oom_victim: ArgPos::NONE,

@@ -375,6 +375,11 @@ pub struct DropCodes {
     /// end (an unacknowledged FIN among them), not a segment lost on its
     /// way: never reported.
     pub queue_purge: u32,
+    /// `SKB_DROP_REASON_NOT_SPECIFIED`: among others, every segment a
+    /// TIME_WAIT (or FIN_WAIT2) mini-socket handled is freed with it,
+    /// acknowledged or not: those are not reported (see `kfree_skb`).
+    pub not_specified: u32,
+    pub _pad: u32,
 }
 
 /// A drop reason the running kernel does not have.
@@ -448,9 +453,9 @@ const _: () = assert!(core::mem::size_of::<Event>() == 152);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 56);
-const _: () = assert!(core::mem::size_of::<DropConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<DropConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<AcceptConfig>() == 40);
-const _: () = assert!(core::mem::size_of::<Config>() == 312);
+const _: () = assert!(core::mem::size_of::<Config>() == 320);
 
 #[cfg(feature = "user")]
 mod pod {

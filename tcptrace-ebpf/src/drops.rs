@@ -198,6 +198,18 @@ fn endpoints_pass(s: &Segment, cfg: &Config) -> bool {
     as_local(s.sport, s.dport) || as_local(s.dport, s.sport)
 }
 
+/// A TIME_WAIT mini-socket (FIN_WAIT2 ones are TIME_WAIT sockets too)
+/// frees every segment it handled, the peer's FIN it acknowledged
+/// included, with `NOT_SPECIFIED`: that is the end of a close, not a loss.
+/// One read of the matched socket's state, only for such drops.
+#[inline(always)]
+fn handled_by_time_wait(rx_sk: u64, cfg: &Config) -> bool {
+    let state = cfg.sock.state;
+    state != tcptrace_common::ABSENT
+        && read_kernel::<u8>(rx_sk + u64::from(state))
+            == Some(tcptrace_common::tcp_state::TIME_WAIT)
+}
+
 /// The network namespace of the socket the segment belongs to, or of the
 /// device it passed, for the `--netns` filter only (two or three reads).
 #[inline(always)]
@@ -228,6 +240,10 @@ fn segment_event(s: &Segment, args: &Args, reason: u32, cfg: &Config) {
         return;
     }
     let rx_sk = args.get(cfg.drop.args.sk);
+    if reason == cfg.drop.codes.not_specified && rx_sk != 0 && handled_by_time_wait(rx_sk, cfg) {
+        // Not a drop, like QUEUE_PURGE: not counted either.
+        return;
+    }
     // Helper call 3: the socket still owning the buffer, the one that sent
     // it (or the receiver early demux found): the only exact tie of a
     // segment dropped on its way out to its socket.

@@ -287,3 +287,40 @@ fn a_listener_that_never_accepts_over_ipv4_counts_its_accept_queue_overflows() {
 fn a_listener_that_never_accepts_over_ipv6_counts_its_accept_queue_overflows() {
     accept_queue_overflow(V6);
 }
+
+/// The client closes first and its orphan goes to a FIN_WAIT2 mini-socket;
+/// the server's FIN then reaches that mini-socket, which acknowledges it
+/// and frees it "dropped" with NOT_SPECIFIED, as the kernel frees every
+/// segment a TIME_WAIT socket handled. That is the end of a close, not a
+/// loss: the server's ladder must show no dropped FIN.
+fn a_fin_a_time_wait_socket_answered(ip: IpAddr) {
+    let (listener, port) = reserve_port(ip);
+    let mut t = trace(port);
+    let client = TcpStream::connect((ip, port)).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let (server, _) = listener.accept().unwrap();
+    drop(client);
+    std::thread::sleep(Duration::from_millis(30));
+    drop(server);
+    let (life, verdict) = t.wait_life(port, client_port);
+    assert!(
+        life.drops.is_empty() && life.drop_counts.is_empty(),
+        "no drop on the server side, seen:\n{}",
+        ladder(&life, &verdict)
+    );
+    assert_eq!(
+        life.state,
+        Some(tcptrace::decode::TcpState::Close),
+        "it closed"
+    );
+}
+
+#[test]
+fn an_ipv4_fin_answered_by_a_time_wait_socket_is_not_a_drop() {
+    a_fin_a_time_wait_socket_answered(V4);
+}
+
+#[test]
+fn an_ipv6_fin_answered_by_a_time_wait_socket_is_not_a_drop() {
+    a_fin_a_time_wait_socket_answered(V6);
+}

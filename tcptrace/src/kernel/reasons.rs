@@ -75,6 +75,8 @@ impl Reasons {
         DropCodes {
             listen_overflow: self.code("TCP_LISTEN_OVERFLOW").unwrap_or(NO_REASON),
             queue_purge: self.code("QUEUE_PURGE").unwrap_or(NO_REASON),
+            not_specified: self.code("NOT_SPECIFIED").unwrap_or(NO_REASON),
+            _pad: 0,
         }
     }
 }
