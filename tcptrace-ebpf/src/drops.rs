@@ -200,7 +200,8 @@ fn endpoints_pass(s: &Segment, cfg: &Config) -> bool {
 
 /// A TIME_WAIT mini-socket (FIN_WAIT2 ones are TIME_WAIT sockets too)
 /// frees every segment it handled, the peer's FIN it acknowledged
-/// included, with `NOT_SPECIFIED`: that is the end of a close, not a loss.
+/// included, with `NOT_SPECIFIED`: that is the end of a close, not a loss
+/// (a FIN is still reported, marked: it tells that the peer did close).
 /// One read of the matched socket's state, only for such drops.
 #[inline(always)]
 fn handled_by_time_wait(rx_sk: u64, cfg: &Config) -> bool {
@@ -240,8 +241,10 @@ fn segment_event(s: &Segment, args: &Args, reason: u32, cfg: &Config) {
         return;
     }
     let rx_sk = args.get(cfg.drop.args.sk);
-    if reason == cfg.drop.codes.not_specified && rx_sk != 0 && handled_by_time_wait(rx_sk, cfg) {
-        // Not a drop, like QUEUE_PURGE: not counted either.
+    let time_wait =
+        reason == cfg.drop.codes.not_specified && rx_sk != 0 && handled_by_time_wait(rx_sk, cfg);
+    if time_wait && s.flags & TCP_FIN == 0 {
+        // Not a drop, like QUEUE_PURGE, and nothing to tell.
         return;
     }
     // Helper call 3: the socket still owning the buffer, the one that sent
@@ -272,6 +275,11 @@ fn segment_event(s: &Segment, args: &Args, reason: u32, cfg: &Config) {
     put_words(&mut event.saddr, s.saddr);
     put_words(&mut event.daddr, s.daddr);
     event.value = reason;
+    if time_wait {
+        // Not a loss: the peer's FIN, answered by the mini-socket a
+        // closed socket of ours was handed to. Userspace tells it so.
+        event.newstate = tcptrace_common::tcp_state::TIME_WAIT;
+    }
     event.aux = owner_sk;
     event.netns = netns;
     attach_socket_owner(event, if rx_sk != 0 { rx_sk } else { owner_sk });

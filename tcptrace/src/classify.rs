@@ -194,9 +194,15 @@ fn close_of(life: &SocketLife) -> Close {
         _ if !closed && life.gone_unseen => Close::ClosedUnseen { state: life.state },
         _ if !closed => Close::Unknown,
         _ if went(Some(FinWait1), Closing) => Close::Simultaneous,
-        _ if life.fin_wait2_orphan => Close::PeerNeverClosed,
+        // Handed to a FIN_WAIT2 mini-socket: the peer had not closed then,
+        // and unless its FIN was seen reaching that mini-socket, never did
+        // while tcptrace watched (a CLOSE_WAIT leak, or a peer just slow).
+        _ if life.fin_wait2_orphan && life.peer_fin_after_handoff_ns.is_none() => {
+            Close::PeerNeverClosed
+        }
         _ if went(None, FinWait1) => Close::Active {
-            time_wait: life.time_wait,
+            // The mini-socket that answered the peer's FIN is in TIME_WAIT.
+            time_wait: life.time_wait || life.peer_fin_after_handoff_ns.is_some(),
         },
         _ if went(None, CloseWait) => Close::Passive,
         _ => Close::Unknown,

@@ -214,6 +214,10 @@ pub struct SegmentDrop {
     pub reason: DropReason,
     /// The segment's TCP flags.
     pub segment_flags: u8,
+    /// Not a loss: `rx_sk` was a TIME_WAIT (or FIN_WAIT2) mini-socket,
+    /// which answered this segment (a peer's FIN) and freed it so.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub answered_by_time_wait: bool,
 }
 
 /// Kernel addresses as the socket lines print them (`"0xffff…"`): the raw
@@ -489,6 +493,7 @@ impl Decoder {
                     name: self.drop_reasons.name(e.value).map(str::to_owned),
                 },
                 segment_flags: e.seg_flags as u8,
+                answered_by_time_wait: e.newstate == tcptrace_common::tcp_state::TIME_WAIT,
             }),
             kind::OOM_VICTIM => Record::OomVictim {
                 ts_ns: e.ts_ns,

@@ -198,7 +198,9 @@ impl<W: Write> Pipeline<W> {
         for output in &mut self.outputs {
             output.record(record)?;
         }
-        if let Record::Drop(d) = record {
+        if let Record::Drop(d) = record
+            && !d.answered_by_time_wait
+        {
             self.summary.add_drop(d);
         }
         for life in self.tracker.observe(record) {

@@ -313,6 +313,15 @@ fn a_fin_a_time_wait_socket_answered(ip: IpAddr) {
         Some(tcptrace::decode::TcpState::Close),
         "it closed"
     );
+    // The client's side: handed to the mini-socket, and the server's FIN
+    // seen reaching it: an ordinary active close, not a peer that never
+    // closed.
+    let (client, verdict) = t.wait_life(client_port, port);
+    let text = ladder(&client, &verdict);
+    assert!(client.fin_wait2_orphan, "{text}");
+    assert!(client.peer_fin_after_handoff_ns.is_some(), "{text}");
+    assert_eq!(verdict.close, Close::Active { time_wait: true }, "{text}");
+    assert!(text.contains("the peer's FIN reached it"), "{text}");
 }
 
 #[test]

@@ -83,6 +83,14 @@ struct Families {
     syn_cookies: Counters<1>,
 }
 
+/// The kinds of `tcptrace_listener_failures_total`.
+const LISTENER_FAILURES: [&str; 4] = [
+    "synack_retransmit",
+    "request_expired",
+    "accept_queue_overflow",
+    "listen_drop",
+];
+
 /// The per-service labels, in the order of [`Families::services`].
 const SERVICES: [(&str, &str); 3] = [
     (
@@ -187,6 +195,14 @@ impl Families {
                 format!("RSTs sent, by {what} and the kernel's reason"),
                 resets.clone(),
             );
+        }
+        // Every kind from the start, at 0: a rate over them works from the
+        // first scrape, and the alerts name series that exist.
+        for kind in LISTENER_FAILURES {
+            let _ = f.listener_failures.get_or_create(&[("kind", code(kind))]);
+        }
+        for result in ["sent", "failed"] {
+            let _ = f.syn_cookies.get_or_create(&[("result", code(result))]);
         }
         registry.register(
             "listener_failures",

@@ -38,7 +38,8 @@
 //!   "socketless": false, "destroyed": false,
 //!   "netns": 4026531840 | null,          // network namespace inode
 //!   "workload": {"unit": "nginx.service" | null, "container": "<64 hex>" | null} | null,
-//!   "fin_wait2_orphan": false,          // FIN acked, peer never closed (CLOSE_WAIT leak?)
+//!   "fin_wait2_orphan": false,          // FIN acked, then handed to a FIN_WAIT2 mini-socket
+//!   "peer_fin_after_handoff_ns": null,  // …whose peer's FIN came then (else: CLOSE_WAIT leak?)
 //!   "unaccepted": false,                // reset by its listener's close, never accepted
 //!   "error": {"offset_ns", "errno": 110, "retransmits": 3, "probes": 0} | null,
 //!   "started_mid_life": false, "evicted": false, "still_open": false,
@@ -336,6 +337,10 @@ pub struct SocketLife {
     /// kernel keeps the orphan in a FIN_WAIT2 mini-socket for
     /// tcp_fin_timeout while the peer may sit in CLOSE_WAIT (a leak there).
     pub fin_wait2_orphan: bool,
+    /// After that hand-off, the peer's FIN reached the mini-socket (which
+    /// answered it) this many ns after the life's start: the peer did
+    /// close, later. Seen while the life lingered, else never known.
+    pub peer_fin_after_handoff_ns: Option<u64>,
     /// A server child reset as its listener closed, in the same process
     /// within moments: a connection the listener never accepted.
     pub unaccepted: bool,

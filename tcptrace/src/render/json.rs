@@ -40,7 +40,10 @@
 //!  "skb_sk": "0xffff888123456000" | null,  // the socket still owning it (its sender)
 //!  "source": "127.0.0.1:45126", "destination": "127.0.0.1:8099", // the segment's own
 //!  "context": {...}, "owner": {...} | null, "netns": null,
-//!  "reason": {"code": 12, "name": "NETFILTER_DROP" | null}, "segment_flags": 2}
+//!  "reason": {"code": 12, "name": "NETFILTER_DROP" | null}, "segment_flags": 2,
+//!  "answered_by_time_wait": true}   (only when so: the peer's FIN, answered by the
+//!   TIME_WAIT/FIN_WAIT2 mini-socket one of ours was handed to, which the kernel frees as a
+//!   drop; not a loss)
 //!   (only SYN, SYN/ACK, FIN and RST segments, and those dropped for accept-queue overflow)
 //! ```
 //!
@@ -231,6 +234,8 @@ fn push_life(out: &mut String, l: &SocketLife) {
     push_bool(out, l.still_open);
     out.push_str(r#","fin_wait2_orphan":"#);
     push_bool(out, l.fin_wait2_orphan);
+    out.push_str(r#","peer_fin_after_handoff_ns":"#);
+    push_opt_u64(out, l.peer_fin_after_handoff_ns);
     out.push_str(r#","unaccepted":"#);
     push_bool(out, l.unaccepted);
     out.push_str(r#","error":"#);

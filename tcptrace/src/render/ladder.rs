@@ -372,9 +372,18 @@ fn step_note(
             sep(buf);
             buf.push_str("(TIME_WAIT)");
         }
-        if life.fin_wait2_orphan {
-            sep(buf);
-            buf.push_str("(peer's FIN never came: FIN_WAIT2 orphan)");
+        match (life.fin_wait2_orphan, life.peer_fin_after_handoff_ns) {
+            (true, None) => {
+                sep(buf);
+                buf.push_str("(peer's FIN never came: FIN_WAIT2 orphan)");
+            }
+            (true, Some(at)) => {
+                sep(buf);
+                buf.push_str("(handed to a FIN_WAIT2 mini-socket; the peer's FIN reached it ");
+                push_ms(buf, at.saturating_sub(step.offset_ns));
+                buf.push_str(" ms later)");
+            }
+            _ => {}
         }
         if let Some(n) = life.unread.filter(|&n| n > 0) {
             sep(buf);

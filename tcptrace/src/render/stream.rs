@@ -72,6 +72,7 @@ impl Stream {
             Record::Retransmit { state, .. } => (What::Retransmit(*state), Tone::Plain),
             Record::RetransmitSynAck { .. } => (What::RetransmitSynAck, Tone::Plain),
             Record::Accept { .. } => (What::Accept, Tone::Plain),
+            Record::Drop(d) if d.answered_by_time_wait => (What::Drop(d), Tone::Plain),
             Record::Drop(d) => (What::Drop(d), Tone::Red),
             // Exits and signals only feed attribution; a destroy says nothing new.
             // Errors are told in the socket's verdict.
@@ -173,6 +174,10 @@ impl Stream {
             }
             What::Accept => {
                 buf.push_str("accept()");
+                None
+            }
+            What::Drop(d) if d.answered_by_time_wait => {
+                buf.push_str("FIN answered by a TIME_WAIT socket");
                 None
             }
             What::Drop(d) => {

@@ -36,6 +36,18 @@ pub(super) fn pending_drops() -> PendingDrops {
 
 impl Tracker {
     pub(super) fn on_drop(&mut self, d: &SegmentDrop) {
+        if d.answered_by_time_wait {
+            // The peer's FIN, answered by the mini-socket one of ours was
+            // handed to: it did close. Not a drop.
+            let ours = (d.destination, d.source);
+            if let Some(&sk) = self.handed_off.get(&ours, d.ts_ns)
+                && let Some(t) = self.lives.get_mut(sk)
+                && t.life.peer_fin_after_handoff_ns.is_none()
+            {
+                t.life.peer_fin_after_handoff_ns = Some(t.life.offset(d.ts_ns));
+            }
+            return;
+        }
         self.stats.drops += 1;
         if SegmentKind::of(d.segment_flags) == SegmentKind::Rst {
             // A client's RST to a request socket ends it (the kernel frees
@@ -431,5 +443,49 @@ mod tests {
         let life = life_of(&run(&recs), CLIENT_SK);
         assert_eq!(life.drops.len(), MAX_ROWS);
         assert_eq!(life.drop_counts[0].count, 200);
+    }
+
+    /// The client closed first; its orphan went to a FIN_WAIT2 mini-socket;
+    /// the server's FIN reached that mini-socket 2 ms later (the kernel
+    /// frees it "dropped", NOT_SPECIFIED): the peer did close.
+    #[test]
+    fn a_fin_the_mini_socket_answered_tells_the_peer_closed_and_is_no_drop() {
+        let (c, py) = (client(), python());
+        let mut records = vec![
+            c.by(0, &py).st(7, 2),
+            c.irq(10).st(2, 1),
+            c.by(20, &py).st(1, 4),
+            c.irq(30).st(4, 5),
+            c.irq(31).fin_wait2_close(false),
+        ];
+        let mut fin = dropped(
+            2031,
+            "127.0.0.1:8099",
+            "127.0.0.1:45126",
+            FIN_ACK,
+            (2, "NOT_SPECIFIED"),
+        );
+        fin.answered_by_time_wait = true;
+        fin.rx_sk = Some(0xffff_8881_0000_0001);
+        records.push(Record::Drop(fin));
+        let mut t = Tracker::new(TrackerOptions::default());
+        for r in &records {
+            t.observe(r);
+        }
+        let lives = t.finish();
+        let l = &lives[0];
+        assert!(l.fin_wait2_orphan, "{l:#?}");
+        assert_eq!(
+            l.peer_fin_after_handoff_ns,
+            Some(us(2031) - us(0)),
+            "{l:#?}"
+        );
+        assert!(l.drops.is_empty() && l.drop_counts.is_empty(), "not a drop");
+        assert_eq!((t.stats().drops, t.stats().drops_unjoined), (0, 0));
+        let v = classify(l);
+        assert_eq!(v.close, Close::Active { time_wait: true });
+        // Without it, the peer had not closed when tcptrace last saw it.
+        let alone = run(&records[..records.len() - 1]);
+        assert_eq!(classify(&alone[0]).close, Close::PeerNeverClosed);
     }
 }

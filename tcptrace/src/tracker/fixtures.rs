@@ -218,6 +218,7 @@ pub(crate) fn dropped(
             name: Some(reason.1.to_owned()),
         },
         segment_flags: flags,
+        answered_by_time_wait: false,
     }
 }
 

@@ -54,6 +54,7 @@ pub(super) fn new_life(sock: &SockInfo) -> SocketLife {
         evicted: false,
         still_open: false,
         fin_wait2_orphan: false,
+        peer_fin_after_handoff_ns: None,
         unaccepted: false,
         error: None,
         gone_unseen: false,

@@ -140,6 +140,9 @@ pub struct Tracker {
     /// their never-accepted children get follow at once. (Not by netns:
     /// the kernel program reads it only where a socket starts.)
     listener_closes: RecentMap<u16, u32>,
+    /// Sockets handed to a FIN_WAIT2 mini-socket, by (local, remote), while
+    /// they linger: the peer's FIN the mini-socket answers joins them.
+    handed_off: RecentMap<Tuple, u64>,
     stats: TrackerStats,
     /// Counts for the summary not tied to a life, until taken.
     tallies: Vec<Tally>,
@@ -159,6 +162,7 @@ impl Tracker {
             pending_drops: pending_drops(),
             evicted_open: RecentMap::new(evicted_cap, None),
             listener_closes: RecentMap::new(AUX_CAP, Some(LISTENER_CLOSE_NS)),
+            handed_off: RecentMap::new(AUX_CAP, Some(opts.linger_ns)),
             stats: TrackerStats::default(),
             tallies: Vec::new(),
         }
@@ -206,6 +210,8 @@ impl Tracker {
                     // kernel handed the orphan to a FIN_WAIT2 mini-socket.
                     t.handoff = false;
                     t.life.fin_wait2_orphan = true;
+                    let tuple = (t.life.local, t.life.remote);
+                    self.handed_off.insert(tuple, sock.ts_ns, sock.skaddr);
                 }
             }
             Record::SendReset {
@@ -252,6 +258,19 @@ impl Tracker {
             Record::Destroy { sock } if self.evicted_open.remove(&sock.skaddr).is_some() => {
                 // The end of a socket reported early (evicted).
                 self.stats.after_eviction += 1;
+            }
+            Record::Destroy { sock }
+                if self.lives.get(sock.skaddr).is_some_and(|t| {
+                    t.life.fin_wait2_orphan && t.life.peer_fin_after_handoff_ns.is_none()
+                }) =>
+            {
+                // Its mini-socket lives on: the peer's FIN may still reach
+                // it while the life lingers (until its deadline, or until
+                // a new socket takes the address).
+                if let Some(t) = self.lives.get_mut(sock.skaddr) {
+                    t.life.destroyed = true;
+                    t.life.last_ns = t.life.last_ns.max(sock.ts_ns);
+                }
             }
             Record::Destroy { sock } => match self.lives.take(sock.skaddr) {
                 Some(mut t) => {

@@ -201,6 +201,9 @@ fn push_drop_fields(out: &mut String, d: &SegmentDrop) {
     push_drop_reason(out, &d.reason);
     out.push_str(r#","segment_flags":"#);
     push_u64(out, u64::from(d.segment_flags));
+    if d.answered_by_time_wait {
+        out.push_str(r#","answered_by_time_wait":true"#);
+    }
 }
 
 fn push_opt_hex(out: &mut String, v: Option<u64>) {
