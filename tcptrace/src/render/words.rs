@@ -18,6 +18,9 @@ use crate::{
 
 use super::push_u64;
 
+mod listener;
+pub use self::listener::{requests_expired_into, synack_retransmits_into};
+
 /// One line: open path · close path (· error) (· incomplete: ...).
 pub fn summary(life: &SocketLife, verdict: &Verdict) -> String {
     let mut s = String::with_capacity(96);
@@ -315,26 +318,6 @@ pub fn drop_into(
         (Direction::Outgoing, _) => " dropped on this host: ",
     });
     drop_reason_into(out, reason);
-}
-
-/// `3 SYN/ACK retransmits (handshakes not completed at the first one)`.
-pub fn synack_retransmits_into(out: &mut String, n: u32) {
-    push_u64(out, u64::from(n));
-    out.push_str(if n == 1 {
-        " SYN/ACK retransmit (a handshake not completed at the first SYN/ACK)"
-    } else {
-        " SYN/ACK retransmits (handshakes not completed at the first SYN/ACK)"
-    });
-}
-
-/// `2 handshakes expired (SYN/ACK retransmits ran out unanswered)`.
-pub fn requests_expired_into(out: &mut String, n: u32) {
-    push_u64(out, u64::from(n));
-    out.push_str(if n == 1 {
-        " handshake expired on this listener (its SYN/ACK retransmits ran out unanswered)"
-    } else {
-        " handshakes expired on this listener (their SYN/ACK retransmits ran out unanswered)"
-    });
 }
 
 /// `5 more drops (counted, not listed)`.

@@ -265,8 +265,7 @@ impl Tracker {
                 }) =>
             {
                 // Its mini-socket lives on: the peer's FIN may still reach
-                // it while the life lingers (until its deadline, or until
-                // a new socket takes the address).
+                // it while the life lingers (till its deadline or reuse).
                 if let Some(t) = self.lives.get_mut(sock.skaddr) {
                     t.life.destroyed = true;
                     t.life.last_ns = t.life.last_ns.max(sock.ts_ns);
