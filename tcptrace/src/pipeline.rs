@@ -341,7 +341,7 @@ impl<W: Write> Pipeline<W> {
 
     /// Does the tracker believe any socket is still open?
     pub fn has_open_lives(&self) -> bool {
-        self.tracker.stats().tracked > 0
+        self.tracker.has_open()
     }
 
     /// The renderers' output.

@@ -491,7 +491,12 @@ pub fn write_recording_report(out: &mut dyn Write, r: &RecorderReport) -> io::Re
 /// every network namespace (or this one, when others cannot be entered):
 /// what decides, at exit, whether a socket tcptrace believes open is gone.
 fn kernel_sockets() -> Option<AliveSockets> {
-    let sockets = sockdiag::tcp_sockets_reachable(sockdiag::ALL_STATES)
+    // Full sockets only: TIME_WAIT and request mini-sockets, by far the
+    // most numerous on a busy host, are never what a life is open as.
+    let full = sockdiag::ALL_STATES
+        & !(1 << sockdiag::state::TIME_WAIT)
+        & !(1 << sockdiag::state::NEW_SYN_RECV);
+    let sockets = sockdiag::tcp_sockets_reachable(full)
         .map_err(|e| {
             eprintln!("tcptrace: note: cannot list the kernel's sockets ({e}): open sockets are reported as such unchecked");
         })

@@ -1,7 +1,7 @@
 //! Building one [`SocketLife`] from the records of its socket: how a life
 //! starts, what later records add to it, and how it is settled when reported.
 
-use super::{MAX_ROWS, Tracked};
+use super::{MAX_ROWS, Tracked, Tracker};
 use crate::{
     decode::{SockInfo, TcpState},
     model::{Accepted, Family, Role, SocketLife, Step},
@@ -172,4 +172,14 @@ pub(super) fn record_accept(life: &mut SocketLife, sock: &SockInfo) {
         by,
         queued_ns,
     });
+}
+
+impl Tracker {
+    /// Is any life not closed (so that the kernel's sockets are worth
+    /// listing at exit)? Lives that linger after their close do not count.
+    pub fn has_open(&self) -> bool {
+        self.lives
+            .iter()
+            .any(|(_, t)| t.life.state != Some(TcpState::Close))
+    }
 }
