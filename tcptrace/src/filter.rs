@@ -18,6 +18,19 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
+    /// The filters of a live trace, as the kernel program applies them
+    /// (`--pid`'s flag is on whenever a process id is given).
+    pub fn live(trace: &crate::loader::TraceOptions) -> EventFilter {
+        let mut filter = trace.filter;
+        if !trace.pids.is_empty() {
+            filter.flags |= filter::PID;
+        }
+        EventFilter {
+            filter,
+            pids: trace.pids.iter().copied().collect(),
+        }
+    }
+
     pub fn is_active(&self) -> bool {
         self.filter.flags != 0
     }

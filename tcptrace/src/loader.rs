@@ -237,10 +237,7 @@ impl Tracer {
         let layout = KernelLayout::read_running()?;
         release_freed_memory();
         let mut config: Config = layout.config;
-        config.filter = opts.filter;
-        if !opts.pids.is_empty() {
-            config.filter.flags |= tcptrace_common::filter::PID;
-        }
+        config.filter = crate::filter::EventFilter::live(opts).filter;
         let mut layout = layout;
         let accept = programs::accept_ret_offset(opts.follow_accept, config.accept.task_files != 0);
         match &accept {

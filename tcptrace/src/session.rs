@@ -178,17 +178,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
         OutputQueue::stdout()
     }
     .context("starting the output thread")?;
-    let mut owner_filter = crate::filter::EventFilter {
-        filter: trace.filter,
-        pids: trace.pids.iter().copied().collect(),
-    };
-    if !trace.pids.is_empty() {
-        // As the loader tells the kernel.
-        owner_filter.filter.flags |= filter::PID;
-    }
     let mut pipeline = Pipeline::new(args.tracker_options(), render, out)
         .with_decoder(tracer.decoder())
-        .with_owner_filter(owner_filter);
+        .with_owner_filter(crate::filter::EventFilter::live(&trace));
     if let (Some(file), Some(path)) = (record_file, &args.write) {
         let header = recording_header(args, &tracer, &render);
         let rotation = Rotation {

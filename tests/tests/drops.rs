@@ -7,8 +7,7 @@
 
 use std::{
     io::Write,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -19,7 +18,7 @@ use tcptrace::{
     render::words,
     tracker::Role,
 };
-use tcptrace_tests::{DEADLINE, ladder, netns::Netns, reserve_port, trace};
+use tcptrace_tests::{DEADLINE, ladder, listen_backlog, netns::Netns, reserve_port, trace};
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
@@ -94,16 +93,6 @@ fn an_ipv6_connect_whose_syns_its_own_firewall_drops_says_so() {
     syns_dropped_on_the_way_out(V6);
 }
 
-/// `listen(2)` with `backlog`: the accept queue then holds `backlog + 1`.
-fn listen(addr: SocketAddr, backlog: i32) -> TcpListener {
-    let socket = std::net::TcpListener::bind(addr).unwrap();
-    // Re-listen with the small backlog (std listens with 128).
-    // SAFETY: plain syscall on a socket we own.
-    let rc = unsafe { libc::listen(socket.as_raw_fd(), backlog) };
-    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
-    socket
-}
-
 /// Just enough of a socket to bind before connecting (std cannot).
 mod raw {
     use std::{
@@ -166,7 +155,7 @@ fn accept_queue_overflow(ip: IpAddr) {
     let ns = Netns::new("accq");
     let addr = SocketAddr::new(ip, port);
     let (listener, held, late, lister) = ns.enter(move || {
-        let listener = listen(addr, 3);
+        let listener = listen_backlog(addr, 3);
         let mut held = vec![TcpStream::connect(addr).unwrap()];
         let late: Vec<_> = (0..3).map(|_| raw::Socket::bound(ip)).collect();
         let ports: Vec<String> = late.iter().map(|(_, p)| p.to_string()).collect();
