@@ -530,18 +530,28 @@ fn nginx_started_before_tcptrace_master_pid_keeps_its_connections_and_follow_its
             !acceptors.is_empty() && acceptors.values().all(|&pid| pid != master),
             "follow={follow}: a worker accepted each: {acceptors:?}"
         );
-        let owned_right = |t: &serde_json::Value| {
-            let owner = t["owner"]["tgid"].as_u64();
-            owner == Some(master)
-                || (follow
-                    && owner
-                        == t["skaddr_hex"]
-                            .as_str()
-                            .and_then(|sk| acceptors.get(sk).copied()))
-        };
+        // In stream order, each transition against the latest accept of
+        // its socket address (freed sockets' addresses are reused).
+        let mut acceptor_now: std::collections::HashMap<&str, u64> = Default::default();
+        let mut wrong = Vec::new();
+        for l in &lines {
+            let Some(sk) = l["skaddr_hex"].as_str() else {
+                continue;
+            };
+            if l["event"] == "accept" && port_of(&l["local"]) == nginx.port {
+                acceptor_now.insert(sk, l["context"]["tgid"].as_u64().unwrap());
+            } else if l["type"] == "transition" && port_of(&l["local"]) == nginx.port {
+                let owner = l["owner"]["tgid"].as_u64();
+                let right =
+                    owner == Some(master) || (follow && owner == acceptor_now.get(sk).copied());
+                if !right {
+                    wrong.push(l);
+                }
+            }
+        }
         assert!(
-            accepted.iter().all(|t| owned_right(t)),
-            "follow={follow}: {accepted:#?}"
+            wrong.is_empty(),
+            "follow={follow}: owned by neither: {wrong:#?}"
         );
         // A worker's own connection to the backend: a worker's socket, kept
         // only when --follow takes the master's children in.
