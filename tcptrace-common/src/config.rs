@@ -70,6 +70,17 @@ pub struct Filter {
     pub comm: [u8; COMM_LEN],
 }
 
+impl Filter {
+    /// Does a process filter (`--pid`, `--comm`, `--cgroup`) judge sockets
+    /// by their owner? Only then does the kernel program keep owner maps
+    /// (it must know owners to filter); otherwise userspace keeps them,
+    /// off the traced host's hot path.
+    #[inline(always)]
+    pub const fn judges_owners(&self) -> bool {
+        self.flags & (filter::PID | filter::COMM | filter::CGROUP) != 0
+    }
+}
+
 /// Everything the kernel program is told at load time (global `CONFIG`, in
 /// read-only data: the verifier sees these values as constants and prunes
 /// the branches a kernel or a set of filters does not need).

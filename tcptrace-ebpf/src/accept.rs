@@ -19,7 +19,6 @@ use tcptrace_common::{AF_INET, AF_INET6, flag, kind, oddity};
 
 use crate::{
     OWNERS, attach_owner, cgroup_id, config, copy_task, finish_sock_event, is_tcp, new_event, odd,
-    process_filter_on,
     read::{SockHead, read_kernel},
     task_matches,
 };
@@ -108,7 +107,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     // or not at all. Userspace names the acceptor either way.
     event.context.cgroup_id = cgroup_id();
     let f = &config().filter;
-    if process_filter_on(f) {
+    if f.judges_owners() {
         attach_owner(event);
         let kept_for_listener = event.flags & flag::OWNER_KNOWN != 0
             && task_matches(f, &event.owner)
@@ -118,7 +117,10 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
             return 0;
         }
     }
-    let _ = OWNERS.insert(event.skaddr, event.context, 0);
+    if f.judges_owners() {
+        // Without process filters userspace keeps the owner maps.
+        let _ = OWNERS.insert(event.skaddr, event.context, 0);
+    }
     // The owner is the acceptor: no lookup needed to say so.
     copy_task(&event.context, &mut event.owner);
     event.flags |= flag::OWNER_KNOWN;

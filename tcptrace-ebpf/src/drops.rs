@@ -294,7 +294,8 @@ fn segment_event(s: &Segment, args: &Args, reason: u32, cfg: &Config) {
 /// filters and the stream view (a hash lookup, inlined: no helper call).
 #[inline(always)]
 fn attach_socket_owner(event: &mut Event, sk: u64) {
-    if sk == 0 {
+    // Without process filters userspace keeps the owner maps.
+    if sk == 0 || !crate::config().filter.judges_owners() {
         return;
     }
     // SAFETY: read-only lookup; the value is copied out at once.

@@ -60,6 +60,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 /// Owner of each socket, captured in process context at connect and listen.
+/// This and the two maps below are used only under process filters (see
+/// [`tcptrace_common::Filter::judges_owners`]); otherwise userspace keeps
+/// owners, and the verifier prunes every access to them.
 #[map]
 static OWNERS: LruHashMap<u64, Task> = LruHashMap::with_max_entries(65536, 0);
 
@@ -161,11 +164,6 @@ fn task_matches(f: &tcptrace_common::Filter, task: &Task) -> bool {
     true
 }
 
-#[inline(always)]
-fn process_filter_on(f: &tcptrace_common::Filter) -> bool {
-    f.flags & (filter::PID | filter::COMM | filter::CGROUP) != 0
-}
-
 /// The cgroup id, read only when the cgroup filter or an owner needs it.
 #[inline(always)]
 fn cgroup_id() -> u64 {
@@ -201,7 +199,7 @@ fn endpoints_pass(e: &Event) -> bool {
 #[inline(always)]
 fn process_passes(e: &mut Event) -> bool {
     let f = &config().filter;
-    if !process_filter_on(f) {
+    if !f.judges_owners() {
         return true;
     }
     if e.flags & flag::OWNER_KNOWN != 0 {

@@ -8,7 +8,7 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use tcptrace_common::{NO_ARG, counter, filter, flag, kind, oddity};
 
 use crate::{
-    Args, PID_FILTER, cgroup_id, config, count, new_event, odd, process_filter_on,
+    Args, PID_FILTER, cgroup_id, config, count, new_event, odd,
     read::{self, read_kernel},
     submit, task_matches,
 };
@@ -26,7 +26,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let args = Args::of(&ctx, pos);
     let mut slot = MaybeUninit::uninit();
     let event = new_event(&mut slot, kind::PROCESS_EXIT, 0);
-    if process_filter_on(&cfg.filter) {
+    if cfg.filter.judges_owners() {
         if cfg.filter.flags & filter::CGROUP != 0 {
             event.context.cgroup_id = cgroup_id();
         }

@@ -23,6 +23,7 @@ pub mod loader;
 pub mod metrics;
 pub mod model;
 pub mod output;
+pub mod owners;
 pub mod pipeline;
 pub mod procs;
 pub mod recording;

@@ -21,10 +21,11 @@ use tcptrace_common::{Config, Event, Filter, ListenerKey, Task, counter};
 
 use crate::{
     counters::Counters,
-    decode::{Decoder, Record},
+    decode::{Decoder, Record, event_from_bytes},
     input::LiveInput,
     kernel::{self, KernelLayout},
     kernel_log::{self, KernelLog},
+    owners::Owners,
     snapshot::Seeds,
 };
 
@@ -206,6 +207,9 @@ pub struct Tracer {
     ring: Option<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     decoder: Decoder,
+    /// Owner maps, when the kernel keeps none (no process filters): for
+    /// [`Tracer::drain`], until [`Tracer::take_owners`] hands them on.
+    owners: Option<Owners>,
     /// Records taken from the ring (by whoever reads it).
     received: Arc<AtomicU64>,
     undecodable: u64,
@@ -276,7 +280,14 @@ impl Tracer {
                     .map_err(|e| LoadError::Map("PID_FILTER", e))?;
             }
         }
-        seed(&mut ebpf, &opts.seeds)?;
+        // Under process filters the kernel keeps owners; otherwise
+        // userspace does (crate::owners), seeded the same way.
+        let owners = if config.filter.judges_owners() {
+            seed(&mut ebpf, &opts.seeds)?;
+            None
+        } else {
+            Some(Owners::new(opts.seeds.clone()))
+        };
 
         // softirq tracking first, so that the first socket events already
         // know their context. Nothing is attached before every program has
@@ -321,6 +332,7 @@ impl Tracer {
         Ok(Tracer {
             ebpf,
             ring: Some(ring),
+            owners,
             counters,
             decoder: Decoder::new(layout.reasons.clone())
                 .with_drop_reasons(layout.drop_reasons.clone()),
@@ -353,10 +365,22 @@ impl Tracer {
         LiveInput::start(ring, self.received.clone())
     }
 
-    /// One raw record from the ring; `None` (counted) when it cannot be
-    /// decoded.
+    /// The owner maps the kernel does not keep (no process filters), for
+    /// the pipeline that reads the ring; `None` when the kernel keeps them.
+    pub fn take_owners(&mut self) -> Option<Owners> {
+        self.owners.take()
+    }
+
+    /// One raw record from the ring, its owner filled in where userspace
+    /// keeps owners; `None` (counted) when it cannot be decoded.
     pub fn decode(&mut self, bytes: &[u8]) -> Option<Record> {
-        match self.decoder.decode_bytes(bytes) {
+        let decoded = event_from_bytes(bytes).and_then(|mut event| {
+            if let Some(owners) = &mut self.owners {
+                owners.apply(&mut event);
+            }
+            self.decoder.decode(&event)
+        });
+        match decoded {
             Ok(record) => Some(record),
             Err(e) => {
                 self.undecodable += 1;

@@ -23,6 +23,7 @@ use crate::{
     decode::{Decoder, Proc, Record, event_from_bytes},
     filter::EventFilter,
     model::{HostSample, Verdict},
+    owners::Owners,
     recording::Recorder,
     render::{RenderOptions, Renderer, write_summary},
     summary::Summary,
@@ -70,6 +71,10 @@ enum CgroupSource {
 /// Records in, rendered sockets and transitions out; the summary on the side.
 pub struct Pipeline<W: Write> {
     decoder: Decoder,
+    /// Owners kept here when the kernel keeps none (no process filters).
+    owners: Option<Owners>,
+    /// A record with the owner filled in, as the recorder gets it.
+    enriched: Vec<u8>,
     /// Read-time filters (a replay's); the live ones run in the kernel.
     filter: Option<EventFilter>,
     /// The process filters, for the lives the kernel could not judge (see
@@ -94,6 +99,8 @@ impl<W: Write> Pipeline<W> {
     pub fn new(tracker: TrackerOptions, render: RenderOptions, out: W) -> Self {
         Pipeline {
             decoder: Decoder::default(),
+            owners: None,
+            enriched: Vec::new(),
             filter: None,
             owner_filter: None,
             tracker: Tracker::new(tracker),
@@ -115,6 +122,12 @@ impl<W: Write> Pipeline<W> {
     /// Names RST reasons as the recording (or running) kernel does.
     pub fn with_decoder(mut self, decoder: Decoder) -> Self {
         self.decoder = decoder;
+        self
+    }
+
+    /// Owners are kept here, not in the kernel (see [`crate::owners`]).
+    pub fn with_owners(mut self, owners: Owners) -> Self {
+        self.owners = Some(owners);
         self
     }
 
@@ -153,7 +166,19 @@ impl<W: Write> Pipeline<W> {
 
     /// One raw kernel record, as the ring (or a recording) held it.
     pub fn raw(&mut self, raw: &[u8]) -> io::Result<()> {
-        let decoded = event_from_bytes(raw).and_then(|event| {
+        let decoded = event_from_bytes(raw).and_then(|mut event| {
+            if let Some(owners) = &mut self.owners {
+                owners.apply(&mut event);
+                // The recording holds records as if the kernel had filled
+                // the owner in: a replay needs no owner maps.
+                let size = std::mem::size_of_val(&event);
+                self.enriched.clear();
+                // SAFETY: Event is plain #[repr(C)] data with no padding.
+                self.enriched.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(std::ptr::from_ref(&event).cast::<u8>(), size)
+                });
+                self.enriched.extend_from_slice(&raw[size..]);
+            }
             if let Some(f) = &self.filter
                 && !f.passes(&event)
             {
@@ -175,7 +200,11 @@ impl<W: Write> Pipeline<W> {
         };
         self.learn_cgroups(&record);
         if let Some(r) = &mut self.recorder {
-            r.event(raw);
+            r.event(if self.owners.is_some() {
+                &self.enriched
+            } else {
+                raw
+            });
         }
         self.record(&record)
     }

@@ -131,8 +131,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
             .context("writing the snapshot")?;
         out.flush().context("writing the snapshot")?;
     }
-    // The kernel has its seeds: the listing (every socket on the host) and
-    // the seeds are not kept for the whole run.
+    // The seeds are in the kernel or go to the pipeline's owner maps: the
+    // listing (every socket on the host) is not kept for the whole run.
     drop(snapshot);
     trace.seeds = Default::default();
     for missing in &tracer.layout().missing {
@@ -181,6 +181,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
     let mut pipeline = Pipeline::new(args.tracker_options(), render, out)
         .with_decoder(tracer.decoder())
         .with_owner_filter(crate::filter::EventFilter::live(&trace));
+    if let Some(owners) = tracer.take_owners() {
+        // The kernel keeps no owner maps without process filters.
+        pipeline = pipeline.with_owners(owners);
+    }
     if let (Some(file), Some(path)) = (record_file, &args.write) {
         let header = recording_header(args, &tracer, &render);
         let rotation = Rotation {
