@@ -217,6 +217,10 @@ pub struct ProgStats {
     /// Runs the kernel skipped because a BPF program was already running on
     /// that CPU (its per-CPU recursion guard).
     pub recursion_misses: u64,
+    /// The calls in the program as the verifier left it (`bpftool prog dump
+    /// xlated`), by callee, most first: `probe_read_kernel 2, ktime_get_ns
+    /// 1`. Call sites, not calls per run: a run takes one path through them.
+    pub calls: String,
 }
 
 /// Run-time statistics of the BPF programs a process holds open: the sums
@@ -265,6 +269,11 @@ impl BpfStats {
                     run_cnt: p.run_cnt.saturating_sub(before.run_cnt),
                     run_time_ns: p.run_time_ns.saturating_sub(before.run_time_ns),
                     recursion_misses: p.recursion_misses.saturating_sub(before.recursion_misses),
+                    calls: if p.calls.is_empty() {
+                        before.calls.clone()
+                    } else {
+                        p.calls.clone()
+                    },
                 }
             })
             .collect();
@@ -277,6 +286,9 @@ impl BpfStats {
         for (rank, p) in self.progs.iter_mut().enumerate() {
             if p.name.is_empty() {
                 p.name = prog_name(p.id).unwrap_or_else(|| format!("prog{rank}"));
+            }
+            if p.calls.is_empty() {
+                p.calls = prog_calls(p.id).unwrap_or_default();
             }
         }
     }
@@ -295,6 +307,7 @@ pub fn parse_prog_fdinfo(info: &str) -> Option<ProgStats> {
         run_cnt: field("run_cnt").unwrap_or(0),
         run_time_ns: field("run_time_ns").unwrap_or(0),
         recursion_misses: field("recursion_misses").unwrap_or(0),
+        calls: String::new(),
     })
 }
 
@@ -328,6 +341,46 @@ fn prog_name(id: u64) -> Option<String> {
     let mut cmd = crate::util::command("bpftool").ok()?;
     cmd.args(["prog", "show", "id", &id.to_string(), "-j"]);
     parse_bpftool_name(&crate::util::output(&mut cmd).ok()?)
+}
+
+/// The calls of program N as the verifier left it, if bpftool is there.
+fn prog_calls(id: u64) -> Option<String> {
+    let mut cmd = crate::util::command("bpftool").ok()?;
+    cmd.args(["prog", "dump", "xlated", "id", &id.to_string()]);
+    Some(count_calls(&crate::util::output(&mut cmd).ok()?))
+}
+
+/// `call bpf_probe_read_kernel#-69024` lines of an xlated dump, counted by
+/// callee (helpers, and map operations the verifier made direct calls);
+/// BPF-to-BPF calls (`call pc+N#…`) name the subprogram after the `#`.
+pub fn count_calls(xlated: &str) -> String {
+    let mut counts: Vec<(String, u32)> = Vec::new();
+    for line in xlated.lines() {
+        let Some((_, call)) = line.split_once(") call ") else {
+            continue;
+        };
+        let call = call.trim();
+        let name = match call.split_once('#') {
+            Some((target, sub)) if target.starts_with("pc") => {
+                // bpf_prog_<tag>_<name>: the subprogram's own name.
+                let sub = sub.trim_start_matches("bpf_prog_");
+                sub.split_once('_').map_or(sub, |(_, n)| n)
+            }
+            Some((target, _)) => target,
+            None => call,
+        };
+        let name = name.strip_prefix("bpf_").unwrap_or(name).to_owned();
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts
+        .iter()
+        .map(|(n, c)| format!("{n} {c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The `name` of `bpftool prog show id N -j`'s object.
@@ -469,6 +522,20 @@ mod tests {
     }
 
     #[test]
+    fn calls_are_counted_by_callee_subprograms_by_name() {
+        let dump = "   0: (bf) r6 = r1\n\
+            10: (85) call bpf_probe_read_kernel#-69024\n\
+            19: (85) call bpf_get_current_task#-76912\n\
+            26: (85) call bpf_probe_read_kernel#-69024\n\
+           109: (85) call pc+477#bpf_prog_1e2b58b7c3590bb4_oddity\n\
+           200: (85) call __htab_map_lookup_elem#330864\n";
+        assert_eq!(
+            count_calls(dump),
+            "probe_read_kernel 2, __htab_map_lookup_elem 1, get_current_task 1, oddity 1"
+        );
+    }
+
+    #[test]
     fn bpftool_name() {
         let json =
             r#"{"id":22,"type":"tracepoint","name":"softirq_entry","tag":"ab","run_cnt":297}"#;
@@ -487,6 +554,7 @@ mod tests {
             run_cnt: cnt,
             run_time_ns: ns,
             recursion_misses: miss,
+            calls: String::new(),
         }
     }
 

@@ -106,6 +106,8 @@ pub struct ProgRow {
     pub run_cnt: u64,
     pub run_time_ns: u64,
     pub recursion_misses: u64,
+    /// Call sites in the verified program (see `ProgStats::calls`).
+    pub calls: String,
 }
 
 impl ProgRow {
@@ -129,6 +131,7 @@ pub fn programs<'a>(stats: impl IntoIterator<Item = &'a crate::proc::BpfStats>) 
                         run_cnt: 0,
                         run_time_ns: 0,
                         recursion_misses: 0,
+                        calls: p.calls.clone(),
                     });
                     rows.len() - 1
                 }
@@ -1025,18 +1028,19 @@ fn programs_table(s: &mut String, title: &str, runs: usize, rows: &[ProgRow]) {
     }
     let _ = writeln!(
         s,
-        "| program | runs | ns / run | run time ms | recursion misses |"
+        "| program | runs | ns / run | run time ms | recursion misses | call sites (verified program) |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.1} | {} |",
+            "| {} | {} | {} | {:.1} | {} | {} |",
             r.name,
             r.run_cnt,
             r.ns_per_run().map_or("n/a".into(), |v| format!("{v:.0}")),
             r.run_time_ns as f64 / 1e6,
-            r.recursion_misses
+            r.recursion_misses,
+            r.calls
         );
     }
     let _ = writeln!(s);
@@ -1157,6 +1161,7 @@ mod tests {
             run_cnt: cnt,
             run_time_ns: ns,
             recursion_misses: miss,
+            calls: String::new(),
         }
     }
 
