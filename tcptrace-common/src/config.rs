@@ -116,29 +116,6 @@ pub struct Config {
     pub oom_victim: ArgPos,
     /// `accept(2)`: appended.
     pub accept: AcceptConfig,
-    /// Telling softirq from process context: appended.
-    pub context: ContextConfig,
-}
-
-/// How the kernel program tells whether the on-CPU task caused an event
-/// (process context) or is a bystander (a softirq borrowed its CPU).
-///
-/// On x86-64 every softirq runs on the CPU's IRQ stack (or in ksoftirqd,
-/// a kernel thread on its own stack, told by its pid): an event whose
-/// stack is not the current task's own came from a softirq. That costs a
-/// helper call and one read per event, where the alternative, programs on
-/// `irq:softirq_entry`/`softirq_exit`, costs two program runs per softirq
-/// of the host whether or not TCP is involved. With `thread_size` 0 the
-/// kernel program uses those programs instead.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(serde::Serialize))]
-pub struct ContextConfig {
-    /// `task_struct::stack`: the base of the task's kernel stack.
-    pub task_stack: u32,
-    /// The size of a task's kernel stack (x86-64: its IRQ stacks' size,
-    /// `struct irq_stack` in BTF); 0: use the softirq programs.
-    pub thread_size: u32,
 }
 
 impl Config {
@@ -212,10 +189,6 @@ impl Config {
             socket_window: 0,
             socket_file_word: 0,
             socket_sk_word: 0,
-        },
-        context: ContextConfig {
-            task_stack: 0,
-            thread_size: 0,
         },
     };
 }

@@ -437,7 +437,7 @@ pub mod counter {
 pub mod oddity;
 
 mod config;
-pub use config::{AcceptConfig, Config, ContextConfig, Filter, filter};
+pub use config::{AcceptConfig, Config, Filter, filter};
 
 /// The smallest ring: a busy CPU makes a hundred events (a few connections'
 /// worth) before the reader can be scheduled, and a smaller ring loses them.
@@ -455,7 +455,7 @@ const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 56);
 const _: () = assert!(core::mem::size_of::<DropConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<AcceptConfig>() == 40);
-const _: () = assert!(core::mem::size_of::<Config>() == 328);
+const _: () = assert!(core::mem::size_of::<Config>() == 320);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -96,7 +96,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let mut slot = MaybeUninit::uninit();
-    let event = new_event(&mut slot, ctx.as_ptr(), kind::ACCEPT, sk);
+    let event = new_event(&mut slot, kind::ACCEPT, sk);
     head.fill_endpoints(sk, event);
     event.aux = head.cookie();
     event.netns = head.netns();

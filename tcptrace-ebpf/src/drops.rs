@@ -267,7 +267,7 @@ fn segment_event(s: &Segment, args: &Args, reason: u32, cfg: &Config) {
     };
     // Helper calls 4 and 5 (time; pid, outside softirq), in new_event.
     let mut slot = MaybeUninit::uninit();
-    let event = new_event(&mut slot, args.ctx(), kind::DROP, rx_sk);
+    let event = new_event(&mut slot, kind::DROP, rx_sk);
     event.family = s.family;
     event.sport = s.sport;
     event.dport = s.dport;

@@ -26,7 +26,6 @@ mod read;
 mod tcp;
 
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -97,19 +96,9 @@ static SET_STATE_BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static TCP_PROTS: Array<u64> = Array::with_max_entries(2, 0);
 
-/// Non-zero while this CPU runs a softirq: the on-CPU task is then a
-/// bystander. Only where the stack check does not hold (see [`in_softirq`]).
+/// Non-zero while this CPU runs a softirq: the on-CPU task is then a bystander.
 #[map]
 static IN_SOFTIRQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
-/// Per CPU: one word to turn a stack address into a number (see
-/// [`on_task_stack`]).
-#[map]
-static STACK_ADDRESS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// Each CPU's ksoftirqd pid, by CPU id (resized and filled by the loader).
-#[map]
-static KSOFTIRQD: Array<u32> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 fn config() -> &'static Config {
@@ -136,20 +125,14 @@ const MAX_ARGS: usize = 5;
 /// tracepoint's own count (`nargs`, from BTF) are never made: the verifier
 /// sees `nargs` as a constant and drops them, and the kernel refuses to
 /// attach a program that reads past the last argument.
-struct Args([u64; MAX_ARGS], *mut core::ffi::c_void);
+struct Args([u64; MAX_ARGS]);
 
 impl Args {
     #[inline(always)]
     fn of(ctx: &RawTracePointContext, pos: &ArgPos) -> Args {
         let n = pos.nargs as usize;
         let at = |i: usize| if i < n { ctx.arg::<u64>(i) } else { 0 };
-        Args([at(0), at(1), at(2), at(3), at(4)], ctx.as_ptr())
-    }
-
-    /// The raw tracepoint's context, for [`new_event`].
-    #[inline(always)]
-    fn ctx(&self) -> *mut core::ffi::c_void {
-        self.1
+        Args([at(0), at(1), at(2), at(3), at(4)])
     }
 
     /// Argument `index` (a position from BTF, also a constant to the
@@ -160,50 +143,9 @@ impl Args {
     }
 }
 
-/// Does this event come from a softirq (the on-CPU task a bystander)?
 #[inline(always)]
-fn in_softirq(ctx: *mut core::ffi::c_void) -> bool {
-    let c = &config().context;
-    if c.thread_size == 0 {
-        // Marked by the softirq_entry/softirq_exit programs.
-        return IN_SOFTIRQ.get(0).is_some_and(|depth| *depth != 0);
-    }
-    !on_task_stack(c, ctx)
-}
-
-/// Is this program running on the current task's own kernel stack? On
-/// x86-64 a softirq runs on the CPU's IRQ stack (ksoftirqd aside, see
-/// [`is_ksoftirqd`]). The program's own stack can be a private per-CPU one
-/// (Linux 6.13 on), but a raw tracepoint's context, its arguments, is an
-/// array on the kernel stack of the code that hit the tracepoint. Helper
-/// calls: the task's address, and one read of its stack's base.
-#[inline(always)]
-fn on_task_stack(c: &tcptrace_common::ContextConfig, ctx: *mut core::ffi::c_void) -> bool {
-    let Some(word) = STACK_ADDRESS.get_ptr_mut(0) else {
-        return false;
-    };
-    // The verifier lets no program turn a pointer into a number, except
-    // through memory: stored into a map value (allowed with CAP_PERFMON,
-    // which loading needs anyway) and read back.
-    // SAFETY: a per-CPU slot, only this CPU uses it.
-    let sp = unsafe {
-        word.write_volatile(ctx as u64);
-        word.read_volatile()
-    };
-    // SAFETY: plain helper call: the on-CPU task's address.
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
-    // Unreadable: a bystander, rather than blame the on-CPU task.
-    let Some(stack) = read_kernel::<u64>(task + u64::from(c.task_stack)) else {
-        return false;
-    };
-    sp.wrapping_sub(stack) < u64::from(c.thread_size)
-}
-
-/// ksoftirqd runs softirqs on its own stack: its pid, per CPU, from the
-/// loader (an array lookup, inlined: no helper call).
-#[inline(always)]
-fn is_ksoftirqd(cpu: u32, pid: u32) -> bool {
-    config().context.thread_size != 0 && KSOFTIRQD.get(cpu).is_some_and(|&k| k == pid)
+fn in_softirq() -> bool {
+    IN_SOFTIRQ.get(0).is_some_and(|depth| *depth != 0)
 }
 
 /// Does a task pass the user's process filters?
@@ -283,35 +225,29 @@ fn process_passes(e: &mut Event) -> bool {
 /// returned-by-value Event compiles to a byte-loop memset or memcpy.
 ///
 /// Helper calls: `bpf_ktime_get_ns` (the event's time: nothing else gives
-/// it), the softirq check's two ([`in_softirq`]: not for accept(2), exits
-/// and bare destroys), `bpf_get_current_pid_tgid` (who is on the CPU; not
-/// in softirq, where that task is a bystander), and
+/// it), `bpf_get_current_pid_tgid` (who is on the CPU; not in softirq,
+/// where that task is a bystander), and
 /// `bpf_get_current_comm` (its name) only for state changes, resets sent,
 /// exits and signals in process context: those name who connected,
 /// listened, closed, aborted or killed. In softirq the on-CPU task is a
 /// bystander, and for resets received, retransmits and destroys (one per
 /// socket) the context's name is never shown.
 #[inline(always)]
-fn new_event(
-    slot: &mut MaybeUninit<Event>,
-    ctx: *mut core::ffi::c_void,
-    event_kind: u8,
-    skaddr: u64,
-) -> &mut Event {
-    // Without filters a destroy's context is never looked at; accept(2)
-    // and exits run in the task's own context.
-    let bare_destroy = event_kind == kind::DESTROY_SOCK && config().filter.flags == 0;
-    let own_context = matches!(event_kind, kind::ACCEPT | kind::PROCESS_EXIT);
-    let mut softirq = !bare_destroy && !own_context && in_softirq(ctx);
+fn new_event(slot: &mut MaybeUninit<Event>, event_kind: u8, skaddr: u64) -> &mut Event {
+    let softirq = in_softirq();
     let e = slot.as_mut_ptr();
     // SAFETY: every field of the #[repr(C)] Event (which has no padding) is
     // written below before assume_init; the casts keep 8-byte alignment.
     unsafe {
         addr_of_mut!((*e).ts_ns).write(bpf_ktime_get_ns());
         addr_of_mut!((*e).skaddr).write(skaddr);
+        // kind, oldstate, newstate, flags: one 4-byte store.
+        let flags = if softirq { flag::SOFTIRQ } else { 0 };
+        addr_of_mut!((*e).kind)
+            .cast::<u32>()
+            .write(u32::from_le_bytes([event_kind, 0, 0, flags]));
         // Inlined by the verifier on x86-64: no helper call.
-        let cpu = aya_ebpf::helpers::bpf_get_smp_processor_id();
-        addr_of_mut!((*e).cpu).write(cpu);
+        addr_of_mut!((*e).cpu).write(aya_ebpf::helpers::bpf_get_smp_processor_id());
         // family, sport, dport, seg_flags.
         zero8(addr_of_mut!((*e).family).cast());
         zero16(addr_of_mut!((*e).saddr));
@@ -320,24 +256,16 @@ fn new_event(
         zero8(addr_of_mut!((*e).value).cast());
         zero8(addr_of_mut!((*e).aux));
         let context = addr_of_mut!((*e).context);
+        // Without filters a destroy's context is never looked at.
+        let bare_destroy = event_kind == kind::DESTROY_SOCK && config().filter.flags == 0;
         if softirq || bare_destroy {
             // A bystander: not worth a helper call (pid and tgid, one word).
             zero8(addr_of_mut!((*context).pid).cast());
         } else {
             let pid_tgid = bpf_get_current_pid_tgid();
-            if is_ksoftirqd(cpu, pid_tgid as u32) {
-                softirq = true;
-                zero8(addr_of_mut!((*context).pid).cast());
-            } else {
-                addr_of_mut!((*context).pid).write(pid_tgid as u32);
-                addr_of_mut!((*context).tgid).write((pid_tgid >> 32) as u32);
-            }
+            addr_of_mut!((*context).pid).write(pid_tgid as u32);
+            addr_of_mut!((*context).tgid).write((pid_tgid >> 32) as u32);
         }
-        // kind, oldstate, newstate, flags: one 4-byte store.
-        let flags = if softirq { flag::SOFTIRQ } else { 0 };
-        addr_of_mut!((*e).kind)
-            .cast::<u32>()
-            .write(u32::from_le_bytes([event_kind, 0, 0, flags]));
         // Filled in only where needed (owners, the cgroup filter).
         zero8(addr_of_mut!((*context).cgroup_id));
         let names_someone = matches!(
@@ -535,7 +463,7 @@ fn set_state_event(ctx: &RawTracePointContext) {
     }
     let o = &config().sock;
     let mut slot = MaybeUninit::uninit();
-    let event = new_event(&mut slot, args.ctx(), kind::STATE, sk);
+    let event = new_event(&mut slot, kind::STATE, sk);
     event.oldstate = args.get(pos.int0) as u8;
     event.newstate = args.get(pos.int1) as u8;
     head.fill_endpoints(sk, event);

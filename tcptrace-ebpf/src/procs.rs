@@ -4,7 +4,7 @@
 
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{EbpfContext as _, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use tcptrace_common::{NO_ARG, counter, filter, flag, kind, oddity};
 
 use crate::{
@@ -25,7 +25,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let pos = &cfg.process_exit;
     let args = Args::of(&ctx, pos);
     let mut slot = MaybeUninit::uninit();
-    let event = new_event(&mut slot, ctx.as_ptr(), kind::PROCESS_EXIT, 0);
+    let event = new_event(&mut slot, kind::PROCESS_EXIT, 0);
     if cfg.filter.judges_owners() {
         if cfg.filter.flags & filter::CGROUP != 0 {
             event.context.cgroup_id = cgroup_id();
@@ -82,7 +82,7 @@ pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let mut slot = MaybeUninit::uninit();
-    let event = new_event(&mut slot, ctx.as_ptr(), kind::SIGNAL, 0);
+    let event = new_event(&mut slot, kind::SIGNAL, 0);
     event.value = sig as u32;
     event.aux = u64::from(target);
     submit(event);
@@ -138,7 +138,7 @@ pub fn mark_victim(ctx: RawTracePointContext) -> i32 {
     }
     // Helper calls: time and pid, in new_event.
     let mut slot = MaybeUninit::uninit();
-    let event = new_event(&mut slot, ctx.as_ptr(), kind::OOM_VICTIM, 0);
+    let event = new_event(&mut slot, kind::OOM_VICTIM, 0);
     event.aux = u64::from(victim);
     submit(event);
     0

@@ -22,7 +22,7 @@ fn sock_event(ctx: &RawTracePointContext, pos: &ArgPos, event_kind: u8) -> i32 {
     let args = Args::of(ctx, pos);
     let sk = args.get(pos.sk);
     let mut slot = MaybeUninit::uninit();
-    let event = new_event(&mut slot, args.ctx(), event_kind, sk);
+    let event = new_event(&mut slot, event_kind, sk);
     // A SYN/ACK retransmit describes the request socket, whose head is a
     // sock_common too; skaddr stays the listener's.
     let tuple_of = if pos.req != NO_ARG {
@@ -88,7 +88,7 @@ pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
     }
     let args = Args::of(&ctx, pos);
     let mut slot = MaybeUninit::uninit();
-    let event = new_event(&mut slot, args.ctx(), kind::DESTROY_SOCK, args.get(pos.sk));
+    let event = new_event(&mut slot, kind::DESTROY_SOCK, args.get(pos.sk));
     submit(event);
     0
 }
@@ -120,7 +120,7 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let mut slot = MaybeUninit::uninit();
-    let event = new_event(&mut slot, args.ctx(), kind::ERROR_REPORT, sk);
+    let event = new_event(&mut slot, kind::ERROR_REPORT, sk);
     head.fill_endpoints(sk, event);
     event.newstate = head.state();
     event.aux = head.cookie();

@@ -266,7 +266,6 @@ impl Tracer {
             .override_global("CONFIG", &config, true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .map_max_entries("EVENTS", opts.ring_bytes)
-            .map_max_entries("KSOFTIRQD", possible_cpus())
             .load(KERNEL_OBJECT)?;
         release_freed_memory();
 
@@ -280,9 +279,6 @@ impl Tracer {
                 pids.insert(pid, 1, 0)
                     .map_err(|e| LoadError::Map("PID_FILTER", e))?;
             }
-        }
-        if config.context.thread_size != 0 {
-            seed_ksoftirqd(&mut ebpf)?;
         }
         // Under process filters the kernel keeps owners; otherwise
         // userspace does (crate::owners), seeded the same way.
@@ -554,34 +550,6 @@ fn program_stats(fd: &aya::programs::ProgramFd) -> ProgramStats {
         }
     }
     stats
-}
-
-/// Possible CPUs (the kernel's CPU ids run below it); at least 1.
-fn possible_cpus() -> u32 {
-    aya::util::nr_cpus().map_or(1, |n| n.max(1) as u32)
-}
-
-/// Each CPU's ksoftirqd, for the kernel program's stack check: it runs
-/// softirqs on its own stack. One missing (hidden /proc) leaves its events
-/// in process context, named after ksoftirqd: said in the log.
-fn seed_ksoftirqd(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let map = ebpf
-        .map_mut("KSOFTIRQD")
-        .ok_or(LoadError::MissingMap("KSOFTIRQD"))?;
-    let mut by_cpu: aya::maps::Array<_, u32> =
-        aya::maps::Array::try_from(map).map_err(|e| LoadError::Map("KSOFTIRQD", e))?;
-    let found = kernel::context::ksoftirqd_pids(std::path::Path::new("/proc"));
-    if found.is_empty() {
-        log::warn!("no ksoftirqd found in /proc: softirqs it runs are taken for process context");
-    }
-    for (cpu, pid) in found {
-        if cpu < by_cpu.len() {
-            by_cpu
-                .set(cpu, pid, 0)
-                .map_err(|e| LoadError::Map("KSOFTIRQD", e))?;
-        }
-    }
-    Ok(())
 }
 
 /// Listeners and sockets that existed at start get their owners before

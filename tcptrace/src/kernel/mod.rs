@@ -9,14 +9,12 @@
 
 pub mod accept;
 pub mod btf;
-pub mod context;
 mod offsets;
 mod reasons;
 
 use tcptrace_common::{ABSENT, ArgPos, Config, NO_ARG};
 
 use self::accept::accept_offsets;
-use self::context::context_config;
 use self::offsets::{drop_skb_offsets, skb_offsets, sock_offsets, task_offsets};
 pub use self::{
     btf::{ArgType, Btf},
@@ -517,11 +515,6 @@ impl KernelLayout {
         // `ret` comes later, from tracefs, when the loader attaches.
         let accept = accept_offsets(btf);
         config.accept = accept.unwrap_or_default();
-        config.context = context_config(btf);
-        if config.context.thread_size != 0 {
-            // The stack check replaces the softirq programs.
-            present.retain(|tp| tp.group != "irq");
-        }
         let mut missing_fields = Vec::new();
         if config.sock.tcp_rcv_nxt == 0 || config.sock.tcp_copied_seq == 0 {
             missing_fields.push("unread bytes at close (tcp_sock.rcv_nxt/copied_seq)");
