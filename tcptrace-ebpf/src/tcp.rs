@@ -5,12 +5,10 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use tcptrace_common::{
-    ABSENT, ArgPos, IPPROTO_TCP, NO_ARG, QUEUED_ERROR, filter, flag, kind, oddity,
-};
+use tcptrace_common::{ABSENT, ArgPos, NO_ARG, QUEUED_ERROR, filter, flag, kind, oddity};
 
 use crate::{
-    Args, attach_owner, config, finish_sock_event, new_event, odd,
+    Args, attach_owner, config, finish_sock_event, is_tcp, new_event, odd,
     read::{self, SockHead, read_kernel},
     submit,
 };
@@ -104,21 +102,24 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     let sk = args.get(pos.sk);
     let o = &cfg.sock;
     if o.protocol == ABSENT {
+        // Before Linux 5.6 sk_protocol is a bitfield: UDP's errors could
+        // not be told from TCP's.
         return 0;
-    }
-    // UDP and raw sockets report errors here too.
-    match read_kernel::<u16>(sk + u64::from(o.protocol)) {
-        Some(IPPROTO_TCP) => {}
-        Some(_) => return 0,
-        None => {
-            odd::oddity(oddity::ERROR_REPORT_SOCK, sk);
-            return 0;
-        }
     }
     let Some(head) = SockHead::read(sk) else {
         odd::oddity(oddity::ERROR_REPORT_SOCK, sk);
         return 0;
     };
+    // UDP and raw sockets report errors here too: the head already read
+    // tells TCP's (see is_tcp), without reading sk_protocol for each.
+    match is_tcp(sk, &head) {
+        Some(true) => {}
+        Some(false) => return 0,
+        None => {
+            odd::oddity(oddity::ERROR_REPORT_SOCK, sk);
+            return 0;
+        }
+    }
     let mut slot = MaybeUninit::uninit();
     let event = new_event(&mut slot, kind::ERROR_REPORT, sk);
     head.fill_endpoints(sk, event);
