@@ -28,6 +28,35 @@ fn n(v: &serde_json::Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no `{key}` in {v}"))
 }
 
+/// Each line of `out` parsed: all of it must be whole lines of JSON (the
+/// last one ending in its newline).
+fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
+    let tail = String::from_utf8_lossy(&out[out.len().saturating_sub(200)..]);
+    assert!(
+        out.is_empty() || out.ends_with(b"\n"),
+        "expected whole lines, saw the output end in a cut one: …{tail}"
+    );
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// What is left in a pipe whose writers are all gone (without waiting, should
+/// one still hold it).
+fn read_left(mut pipe: impl Read + std::os::fd::AsRawFd) -> Vec<u8> {
+    // SAFETY: plain fcntl on our own fd.
+    unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut left = Vec::new();
+    if let Err(e) = pipe.read_to_end(&mut left) {
+        panic!(
+            "expected the end of the pipe, saw {e} after {} bytes",
+            left.len()
+        );
+    }
+    left
+}
+
 fn assert_balanced(summary: &serde_json::Value) {
     assert_eq!(
         n(summary, "produced"),
@@ -66,12 +95,16 @@ fn a_stalled_reader_does_not_stop_the_drain_and_sigterm_ends_it_promptly() {
     let _turn = take_turn();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
-    // stdout is a pipe nobody reads: it fills after 64 KiB.
-    let cli = Cli::start(
+    // stdout is a pipe whose reader takes 8 KiB and stalls: it fills after
+    // 64 KiB, then has room for 8 KiB more.
+    let mut cli = Cli::start(
         &["--view", "stream", "--json", "--port", &port],
         Stdio::piped(),
     );
+    let mut stdout = cli.child.stdout.take().unwrap();
     churn(&listener, 3000, None);
+    let mut taken = vec![0; 8192];
+    stdout.read_exact(&mut taken).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     cli.signal(libc::SIGTERM);
     let started = Instant::now();
@@ -85,9 +118,20 @@ fn a_stalled_reader_does_not_stop_the_drain_and_sigterm_ends_it_promptly() {
         dropped > 0,
         "a stalled reader must cost output lines: {summary}"
     );
+    let written = n(&summary["output"], "written_lines");
+    let reported = format!("output:     {written} lines written, {dropped} lines");
     assert!(
-        stderr.iter().any(|l| l.contains("did not keep up")),
-        "{stderr:#?}"
+        stderr.iter().any(|l| l.contains(&reported)),
+        "expected `{reported}` in the summary, saw {stderr:#?}"
+    );
+    // What the reader finds once tcptrace is gone: whole lines of JSON, as
+    // many as tcptrace says it wrote.
+    taken.extend(read_left(stdout));
+    let lines = json_lines(&taken);
+    assert_eq!(
+        lines.len() as u64,
+        written,
+        "lines in the pipe (left) against output.written_lines (right): {summary}"
     );
 }
 
