@@ -11,7 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tcptrace_tests::{Cli, as_nobody, lines_of, tcptrace_binary, wait_line};
+use tcptrace_tests::{
+    Cli, as_nobody,
+    json_run::{port_of, traced_as},
+    lines_of, tcptrace_binary, wait_line,
+};
 
 /// Tests that make load take turns: the smallest ring's loss bound is about
 /// this test's own traffic, not the neighbours'.
@@ -243,24 +247,83 @@ fn a_full_table_reports_each_socket_once() {
     assert_eq!(seen, 2 * HELD, "{stderr:#?}");
 }
 
+/// tcptrace as `nobody` with only the capabilities `caps` (`+bpf,+perfmon`).
+fn as_nobody_with(caps: &str) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg("--")
+        .arg(tcptrace_binary());
+    cmd
+}
+
+const NOT_FOLLOWED: &str = "accept(2) is not followed";
+
 #[test]
 fn bpf_and_perfmon_capabilities_are_enough_without_root() {
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=+bpf,+perfmon",
-        "--ambient-caps=+bpf,+perfmon",
-        "--",
-    ])
-    .arg(tcptrace_binary())
-    .args(["--duration", "1", "--json"]);
-    let out = cmd.output().unwrap();
+    let out = as_nobody_with("+bpf,+perfmon")
+        .args(["--duration", "1", "--json"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("tracing TCP"), "{stderr}");
     assert!(stderr.contains("tcptrace-summary"), "{stderr}");
+    json_lines(&out.stdout);
+    // tracefs is mounted, but root's alone: the warning names what is
+    // missing, not a mount that is there.
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains(NOT_FOLLOWED))
+        .unwrap_or_else(|| panic!("expected `{NOT_FOLLOWED}` (tracefs is root's), saw {stderr}"));
+    assert!(
+        warning.contains("CAP_DAC_READ_SEARCH") && !warning.contains("not mounted"),
+        "expected the missing CAP_DAC_READ_SEARCH named (and no `not mounted`), saw {warning}"
+    );
+}
+
+#[test]
+fn with_dac_read_search_too_a_user_that_is_not_root_follows_accept() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut cmd = as_nobody_with("+bpf,+perfmon,+dac_read_search");
+    cmd.args(["--view", "both", "--port", &port.to_string()]);
+    let mut client_port = 0;
+    let (lines, summary, stderr) = traced_as(&mut cmd, || {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client_port = client.local_addr().unwrap().port();
+        let (server, _) = listener.accept().unwrap();
+        drop((client, server));
+    });
+    assert!(
+        !stderr.iter().any(|l| l.contains(NOT_FOLLOWED)),
+        "expected accept(2) followed, saw {stderr:#?}"
+    );
+    // This process accepted: the stream's accept event and the server
+    // socket's `accepted` say so.
+    let me = u64::from(std::process::id());
+    let ours = |s: &serde_json::Value| {
+        port_of(&s["local"]) == port && port_of(&s["remote"]) == client_port
+    };
+    let accept = lines
+        .iter()
+        .find(|l| l["event"] == "accept" && ours(l))
+        .unwrap_or_else(|| {
+            panic!("expected an accept event for :{port} ← :{client_port}; {summary}")
+        });
+    assert_eq!(accept["owner"]["tgid"].as_u64(), Some(me), "{accept}");
+    let socket = lines
+        .iter()
+        .find(|l| l["type"] == "socket" && ours(&l["socket"]))
+        .unwrap_or_else(|| {
+            panic!("expected the server socket :{port} ← :{client_port}; {summary}")
+        });
+    assert_eq!(
+        socket["socket"]["accepted"]["by"]["tgid"].as_u64(),
+        Some(me),
+        "expected accepted by this process ({me}), saw {socket}"
+    );
 }
 
 #[test]
