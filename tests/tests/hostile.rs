@@ -353,6 +353,7 @@ fn silly_flags_get_a_clear_error_and_no_panic() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{args:?}: stdout");
     }
 }
 
@@ -373,6 +374,7 @@ fn recordings_that_cannot_be_written_or_read_get_a_clear_error_before_tracing() 
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
         assert!(!stderr.contains("tracing TCP"), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{args:?}: stdout");
     }
 }
 
@@ -437,6 +439,7 @@ fn too_few_file_descriptors_get_a_clear_message() {
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{limit}: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{limit}: stdout");
         assert!(
             stderr.contains("ran out of file descriptors"),
             "{limit}: {stderr}"
