@@ -78,7 +78,7 @@ pub enum LoadError {
     Descriptors(#[source] std::io::Error),
     #[error("kernel map {0}")]
     Map(&'static str, #[source] aya::maps::MapError),
-    #[error("--ring-size {0}: must be a power of two from 16384 to 1073741824 bytes")]
+    #[error("--ring-size {0}: must be a power of two from 262144 to 1073741824 bytes")]
     RingSize(u32),
 }
 
@@ -579,7 +579,7 @@ mod tests {
 
     #[test]
     fn every_ring_size_wakes_its_reader_before_it_fills() {
-        for shift in 14..=30 {
+        for shift in tcptrace_common::MIN_RING_BYTES.trailing_zeros()..=30 {
             let ring = 1u32 << shift;
             let (wakeup, every) = wakeup_policy(ring);
             let entry = (core::mem::size_of::<Event>() + 8) as u64;
@@ -591,7 +591,14 @@ mod tests {
             );
             assert!((1..=32).contains(&every));
         }
-        assert_eq!(wakeup_policy(16384).1, 6);
+        // The smallest ring wakes its reader with an eighth of it (about 200
+        // events) waiting, checked every 32 events.
+        assert_eq!(
+            wakeup_policy(tcptrace_common::MIN_RING_BYTES),
+            (32 << 10, 32)
+        );
         assert_eq!(wakeup_policy(4 << 20).1, 32);
+        // Smaller rings (refused since) check more often.
+        assert_eq!(wakeup_policy(16384).1, 6);
     }
 }
