@@ -390,18 +390,26 @@ impl Tracer {
     /// [`Tracer::drain`] once more afterwards to make the counters add up.
     pub fn detach(&mut self) {
         for (name, program) in self.ebpf.programs_mut() {
-            if let aya::programs::Program::RawTracePoint(tp) = program {
-                // Its last count, read while its fd is still open.
-                if !kernel::is_backup_program(name) {
-                    let misses = tp.fd().map_or(0, program_misses);
-                    self.detached_misses += misses;
-                    if kernel::is_socket_program(name) {
-                        self.detached_socket_misses += misses;
-                    }
+            // A program never loaded (the accept program when accept(2)
+            // is not followed) has nothing to count or detach.
+            let Ok(fd) = program.fd() else { continue };
+            // Its last count, read while its fd is still open.
+            if !kernel::is_backup_program(name) {
+                let misses = program_misses(fd);
+                self.detached_misses += misses;
+                if kernel::is_socket_program(name) {
+                    self.detached_socket_misses += misses;
                 }
-                if let Err(e) = tp.unload() {
-                    log::debug!("unloading {name}: {e}");
-                }
+            }
+            // The accept program too: accepts made while tcptrace stops
+            // must not produce events after the last drain.
+            let unloaded = match program {
+                aya::programs::Program::RawTracePoint(tp) => tp.unload(),
+                aya::programs::Program::TracePoint(tp) => tp.unload(),
+                _ => Ok(()),
+            };
+            if let Err(e) = unloaded {
+                log::debug!("unloading {name}: {e}");
             }
         }
     }

@@ -380,6 +380,34 @@ fn recordings_that_cannot_be_written_or_read_get_a_clear_error_before_tracing() 
 }
 
 #[test]
+fn connections_accepted_while_it_stops_leave_its_counts_balanced() {
+    let _turn = take_turn();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // Every program must be detached before the last drain, the accept
+    // program on the syscall tracepoints too: accepts that go on while it
+    // stops must not make events that nobody reads.
+    let cli = Cli::start(&["--json"], Stdio::null());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (code, summary, stderr) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let start = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && start.elapsed() < Duration::from_secs(10)
+            {
+                churn(&listener, 20, None);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        cli.signal(libc::SIGINT);
+        let exit = cli.exit_within(Duration::from_secs(5));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        exit
+    });
+    assert_eq!(code, Some(0), "{stderr:#?}");
+    assert_balanced(&summary);
+}
+
+#[test]
 fn sighup_and_sigquit_stop_it_cleanly_with_a_summary_and_sigusr1_does_not() {
     for sig in [libc::SIGHUP, libc::SIGQUIT] {
         let cli = Cli::start(&["--json"], Stdio::null());
