@@ -386,13 +386,12 @@ impl Tracer {
         n
     }
 
-    /// Detaches every program so no event is produced after this; call
+    /// Detaches every program (the accept program on its syscall
+    /// tracepoints too) so no event is produced after this; call
     /// [`Tracer::drain`] once more afterwards to make the counters add up.
     pub fn detach(&mut self) {
         for (name, program) in self.ebpf.programs_mut() {
-            // A program never loaded (the accept program when accept(2)
-            // is not followed) has nothing to count or detach.
-            let Ok(fd) = program.fd() else { continue };
+            let Ok(fd) = program.fd() else { continue }; // never loaded
             // Its last count, read while its fd is still open.
             if !kernel::is_backup_program(name) {
                 let misses = program_misses(fd);
@@ -401,8 +400,6 @@ impl Tracer {
                     self.detached_socket_misses += misses;
                 }
             }
-            // The accept program too: accepts made while tcptrace stops
-            // must not produce events after the last drain.
             let unloaded = match program {
                 aya::programs::Program::RawTracePoint(tp) => tp.unload(),
                 aya::programs::Program::TracePoint(tp) => tp.unload(),
@@ -587,7 +584,8 @@ mod tests {
 
     #[test]
     fn every_ring_size_wakes_its_reader_before_it_fills() {
-        for shift in tcptrace_common::MIN_RING_BYTES.trailing_zeros()..=30 {
+        let min = tcptrace_common::MIN_RING_BYTES;
+        for shift in min.trailing_zeros()..=30 {
             let ring = 1u32 << shift;
             let (wakeup, every) = wakeup_policy(ring);
             let entry = (core::mem::size_of::<Event>() + 8) as u64;
@@ -599,14 +597,8 @@ mod tests {
             );
             assert!((1..=32).contains(&every));
         }
-        // The smallest ring wakes its reader with an eighth of it (about 200
-        // events) waiting, checked every 32 events.
-        assert_eq!(
-            wakeup_policy(tcptrace_common::MIN_RING_BYTES),
-            (32 << 10, 32)
-        );
+        // The smallest: woken at an eighth (~200 events), checked every 32.
+        assert_eq!(wakeup_policy(min), (32 << 10, 32));
         assert_eq!(wakeup_policy(4 << 20).1, 32);
-        // Smaller rings (refused since) check more often.
-        assert_eq!(wakeup_policy(16384).1, 6);
     }
 }
