@@ -120,10 +120,12 @@ pub struct Args {
     #[arg(long)]
     pub no_accept: bool,
 
-    /// Ring buffer size in bytes: a power of two from 16384 to 1073741824
-    /// (1 GiB). Larger absorbs bigger bursts without losing events; it is
-    /// resident memory, mapped into tcptrace twice. Below 16 KiB a busy CPU
-    /// fills it before the reader is scheduled.
+    /// Ring buffer size in bytes: a power of two from 262144 (256 KiB) to
+    /// 1073741824 (1 GiB). Larger absorbs bigger bursts without losing
+    /// events; it is resident memory, mapped into tcptrace twice. The
+    /// smallest holds about 1,600 events, a tenth of a second at a thousand
+    /// connections a second: a smaller ring fills while a loaded machine
+    /// keeps the reader waiting for a CPU.
     #[arg(long, value_name = "BYTES", default_value_t = tcptrace_common::DEFAULT_RING_BYTES,
           allow_hyphen_values = true, value_parser = parse_ring_size)]
     pub ring_size: u32,
@@ -195,7 +197,7 @@ pub const MAX_RING_BYTES: u32 = 1 << 30;
 pub const MAX_DURATION_SECS: u64 = 365 * 24 * 3600;
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
-    let wanted = "a power of two from 16384 to 1073741824 bytes (e.g. 4194304)";
+    let wanted = "a power of two from 262144 to 1073741824 bytes (e.g. 4194304)";
     let n: u64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of bytes: give {wanted}"))?;

@@ -79,7 +79,7 @@ pub enum LoadError {
     Descriptors(#[source] std::io::Error),
     #[error("kernel map {0}")]
     Map(&'static str, #[source] aya::maps::MapError),
-    #[error("--ring-size {0}: must be a power of two from 16384 to 1073741824 bytes")]
+    #[error("--ring-size {0}: must be a power of two from 262144 to 1073741824 bytes")]
     RingSize(u32),
 }
 
@@ -410,22 +410,27 @@ impl Tracer {
         n
     }
 
-    /// Detaches every program so no event is produced after this; call
+    /// Detaches every program (the accept program on its syscall
+    /// tracepoints too) so no event is produced after this; call
     /// [`Tracer::drain`] once more afterwards to make the counters add up.
     pub fn detach(&mut self) {
         for (name, program) in self.ebpf.programs_mut() {
-            if let aya::programs::Program::RawTracePoint(tp) = program {
-                // Its last count, read while its fd is still open.
-                if !kernel::is_backup_program(name) {
-                    let misses = tp.fd().map_or(0, program_misses);
-                    self.detached_misses += misses;
-                    if kernel::is_socket_program(name) {
-                        self.detached_socket_misses += misses;
-                    }
+            let Ok(fd) = program.fd() else { continue }; // never loaded
+            // Its last count, read while its fd is still open.
+            if !kernel::is_backup_program(name) {
+                let misses = program_misses(fd);
+                self.detached_misses += misses;
+                if kernel::is_socket_program(name) {
+                    self.detached_socket_misses += misses;
                 }
-                if let Err(e) = tp.unload() {
-                    log::debug!("unloading {name}: {e}");
-                }
+            }
+            let unloaded = match program {
+                aya::programs::Program::RawTracePoint(tp) => tp.unload(),
+                aya::programs::Program::TracePoint(tp) => tp.unload(),
+                _ => Ok(()),
+            };
+            if let Err(e) = unloaded {
+                log::debug!("unloading {name}: {e}");
             }
         }
     }
@@ -603,7 +608,8 @@ mod tests {
 
     #[test]
     fn every_ring_size_wakes_its_reader_before_it_fills() {
-        for shift in 14..=30 {
+        let min = tcptrace_common::MIN_RING_BYTES;
+        for shift in min.trailing_zeros()..=30 {
             let ring = 1u32 << shift;
             let (wakeup, every) = wakeup_policy(ring);
             let entry = (core::mem::size_of::<Event>() + 8) as u64;
@@ -615,7 +621,8 @@ mod tests {
             );
             assert!((1..=32).contains(&every));
         }
-        assert_eq!(wakeup_policy(16384).1, 6);
+        // The smallest: woken at an eighth (~200 events), checked every 32.
+        assert_eq!(wakeup_policy(min), (32 << 10, 32));
         assert_eq!(wakeup_policy(4 << 20).1, 32);
     }
 }

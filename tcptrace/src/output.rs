@@ -7,6 +7,11 @@
 //! buffer: then whole chunks are dropped and counted, while tcptrace keeps
 //! answering signals. A closed reader (`| head -1`) is noticed even when
 //! nothing more is written.
+//!
+//! Chunks hold whole lines, and a pipe or socket gets them in pieces of
+//! whole lines (see [`pipe`]): whatever is dropped or given up at exit,
+//! the reader never sees a line cut short, and every line rendered is
+//! counted once, as written or as dropped.
 
 use std::{
     io::{self, Write},
@@ -37,10 +42,21 @@ struct Chunk {
     lines: u64,
 }
 
-/// What happened to the output, for the summary.
+/// How long [`OutputQueue::finish`] waits, past its timeout, for a writer
+/// told to stop: a pipe's writer stops at its next line boundary within
+/// [`pipe::ROOM_WAIT`]; a `write(2)` blocked on a file or terminal does not
+/// return at all.
+const STOP_WAIT: Duration = Duration::from_millis(300);
+
+/// What happened to the output, for the summary. Every line rendered is
+/// either written or dropped: lines rendered = `written_lines` +
+/// `dropped_lines`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct OutputStats {
     pub written_bytes: u64,
+    /// Whole lines the reader was given (a line counts once its newline is
+    /// written).
+    pub written_lines: u64,
     /// Lines (and bytes) dropped because the reader did not keep up.
     pub dropped_lines: u64,
     pub dropped_bytes: u64,
@@ -51,6 +67,7 @@ pub struct OutputStats {
 #[derive(Default)]
 struct Shared {
     written_bytes: AtomicU64,
+    written_lines: AtomicU64,
     /// Queued and not yet written: chunks, bytes, lines.
     pending_chunks: AtomicUsize,
     pending_bytes: AtomicU64,
@@ -59,6 +76,33 @@ struct Shared {
     closed: AtomicBool,
     /// Another write error, kept for the exit status.
     error: std::sync::Mutex<Option<io::Error>>,
+    /// The reader stalled past the grace at exit: write no further line.
+    stop: AtomicBool,
+}
+
+impl Shared {
+    /// `bytes` holding `lines` newlines were written; `chunk_done` when
+    /// they were the last of their chunk.
+    fn wrote(&self, bytes: u64, lines: u64, chunk_done: bool) {
+        self.written_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.written_lines.fetch_add(lines, Ordering::Relaxed);
+        self.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.pending_lines.fetch_sub(lines, Ordering::Relaxed);
+        if chunk_done {
+            self.pending_chunks.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writing failed: the reader is gone (EPIPE), or another error is kept
+    /// for the exit status.
+    fn failed(&self, e: io::Error) {
+        self.closed.store(true, Ordering::Relaxed);
+        if e.kind() != io::ErrorKind::BrokenPipe
+            && let Ok(mut slot) = self.error.lock()
+        {
+            *slot = Some(e);
+        }
+    }
 }
 
 /// The renderers' `Write`: buffers, queues, never blocks.
@@ -149,12 +193,28 @@ impl OutputQueue {
         let blocked = self.blocked + self.blocked_since.map_or(Duration::ZERO, |t| t.elapsed());
         OutputStats {
             written_bytes: self.shared.written_bytes.load(Ordering::Relaxed),
+            written_lines: self.shared.written_lines.load(Ordering::Relaxed),
             dropped_lines: self.dropped_lines,
             dropped_bytes: self.dropped_bytes,
             blocked_ms: blocked.as_millis() as u64,
         }
     }
 
+    /// Queues the whole lines buffered so far; an unfinished line stays for
+    /// the next chunk, so that a dropped chunk never leaves half a line
+    /// behind (nor a written one half a line ahead).
+    fn send_lines(&mut self) {
+        let Some(last) = memchr::memrchr(b'\n', &self.current) else {
+            return;
+        };
+        let mut rest = Vec::with_capacity(CHUNK_BYTES.max(self.current.len() - last - 1));
+        rest.extend_from_slice(&self.current[last + 1..]);
+        self.current.truncate(last + 1);
+        self.send_current();
+        self.current = rest;
+    }
+
+    /// Queues everything buffered.
     fn send_current(&mut self) {
         if self.current.is_empty() {
             return;
@@ -192,17 +252,22 @@ impl OutputQueue {
     pub fn finish(&mut self, timeout: Duration) -> OutputStats {
         self.send_current();
         self.tx = None; // the writer ends once the queue is empty
-        if self.done.recv_timeout(timeout).is_ok() {
-            if let Some(writer) = self.writer.take() {
-                let _ = writer.join();
-            }
-        } else {
-            // Stalled: what is still queued will never be written.
-            let s = &self.shared;
-            self.dropped_bytes += s.pending_bytes.swap(0, Ordering::Relaxed);
-            self.dropped_lines += s.pending_lines.swap(0, Ordering::Relaxed);
-            self.note_blocked(false);
+        let mut ended = self.done.recv_timeout(timeout).is_ok();
+        if !ended {
+            // Stalled: no further line is written. A pipe's writer stops
+            // between two lines; then the counts below are exact.
+            self.shared.stop.store(true, Ordering::Relaxed);
+            ended = self.done.recv_timeout(STOP_WAIT).is_ok();
         }
+        if ended && let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        // What is still queued (after a stall, or a reader that went away)
+        // will never be written.
+        let s = &self.shared;
+        self.dropped_bytes += s.pending_bytes.swap(0, Ordering::Relaxed);
+        self.dropped_lines += s.pending_lines.swap(0, Ordering::Relaxed);
+        self.note_blocked(false);
         self.stats()
     }
 }
@@ -211,58 +276,62 @@ impl Write for OutputQueue {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // Hand the chunk on before it would grow (a realloc copies it all).
         if !self.current.is_empty() && self.current.len() + buf.len() > self.current.capacity() {
-            self.send_current();
+            self.send_lines();
         }
         self.current.extend_from_slice(buf);
         if self.current.len() >= CHUNK_BYTES {
-            self.send_current();
+            self.send_lines();
         }
         Ok(buf.len())
     }
 
-    /// Hands what is buffered to the writer (the drain tick calls this).
+    /// Hands the whole lines buffered to the writer (the drain tick calls
+    /// this).
     fn flush(&mut self) -> io::Result<()> {
-        self.send_current();
+        self.send_lines();
         Ok(())
     }
 }
 
-/// The writer thread: writes chunks in order; when idle, checks whether the
-/// reader is gone.
-fn write_chunks<W: Write>(mut out: W, fd: Option<RawFd>, rx: &Receiver<Chunk>, shared: &Shared) {
+/// The writer thread: a pipe or socket gets whole lines whenever it has
+/// room ([`pipe::write_chunks`]); a file or terminal gets whole chunks.
+fn write_chunks<W: Write>(out: W, fd: Option<RawFd>, rx: &Receiver<Chunk>, shared: &Shared) {
+    match fd.filter(|&fd| pipe::is_pipe(fd)) {
+        Some(fd) => pipe::write_chunks(fd, rx, shared),
+        None => write_whole_chunks(out, fd, rx, shared),
+    }
+}
+
+/// The next chunk; `None` once the queue is closed, or when the reader went
+/// away while the writer waited.
+fn next_chunk(fd: Option<RawFd>, rx: &Receiver<Chunk>, shared: &Shared) -> Option<Chunk> {
     loop {
-        let chunk = match rx.recv_timeout(IDLE_CHECK) {
-            Ok(chunk) => chunk,
+        match rx.recv_timeout(IDLE_CHECK) {
+            Ok(chunk) => return Some(chunk),
             Err(RecvTimeoutError::Timeout) => {
                 if fd.is_some_and(reader_gone) {
                     shared.closed.store(true, Ordering::Relaxed);
-                    return;
+                    return None;
                 }
-                continue;
             }
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let result = out.write_all(&chunk.bytes).and_then(|()| out.flush());
-        match result {
-            Ok(()) => {
-                let len = chunk.bytes.len() as u64;
-                shared.written_bytes.fetch_add(len, Ordering::Relaxed);
-                shared.pending_chunks.fetch_sub(1, Ordering::Relaxed);
-                shared.pending_bytes.fetch_sub(len, Ordering::Relaxed);
-                shared
-                    .pending_lines
-                    .fetch_sub(chunk.lines, Ordering::Relaxed);
-            }
-            Err(e) => {
-                shared.closed.store(true, Ordering::Relaxed);
-                if e.kind() != io::ErrorKind::BrokenPipe
-                    && let Ok(mut slot) = shared.error.lock()
-                {
-                    *slot = Some(e);
-                }
-                return;
-            }
+            Err(RecvTimeoutError::Disconnected) => return None,
         }
+    }
+}
+
+/// Chunks in order with blocking writes: a file or terminal (whose writes
+/// finish, or fail) or a test's writer.
+fn write_whole_chunks<W: Write>(
+    mut out: W,
+    fd: Option<RawFd>,
+    rx: &Receiver<Chunk>,
+    shared: &Shared,
+) {
+    while let Some(chunk) = next_chunk(fd, rx, shared) {
+        if let Err(e) = out.write_all(&chunk.bytes).and_then(|()| out.flush()) {
+            return shared.failed(e);
+        }
+        shared.wrote(chunk.bytes.len() as u64, chunk.lines, true);
     }
 }
 
@@ -284,6 +353,8 @@ fn reader_gone(fd: RawFd) -> bool {
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     n == 1 && pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
+
+mod pipe;
 
 #[cfg(test)]
 mod tests {

@@ -365,8 +365,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
         if output.dropped_lines > 0 || output.dropped_bytes > 0 {
             writeln!(
                 err,
-                "  output:     {} lines ({} bytes) dropped: the reader of stdout did not keep up \
-                 (blocked for {:.1} s); the ring buffer was drained all along",
+                "  output:     {} lines written, {} lines ({} bytes) dropped: the reader of stdout \
+                 did not keep up (blocked for {:.1} s); the ring buffer was drained all along",
+                output.written_lines,
                 output.dropped_lines,
                 output.dropped_bytes,
                 output.blocked_ms as f64 / 1000.0

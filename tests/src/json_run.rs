@@ -22,13 +22,22 @@ impl Drop for KillOnDrop {
 /// Runs the CLI with `args` (JSON to a file) while `work` runs, then stops it
 /// and returns its JSON lines and summary.
 pub fn traced(args: &[&str], work: impl FnOnce()) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let (lines, summary, _) = traced_as(Command::new(tcptrace_binary()).args(args), work);
+    (lines, summary)
+}
+
+/// As [`traced`], for a command that runs the CLI (under `setpriv`, say):
+/// its JSON lines, its summary and all it said on stderr.
+pub fn traced_as(
+    cmd: &mut Command,
+    work: impl FnOnce(),
+) -> (Vec<serde_json::Value>, serde_json::Value, Vec<String>) {
     let path = std::env::temp_dir().join(format!(
         "tcptrace-run-{}-{:?}.json",
         std::process::id(),
         std::thread::current().id()
     ));
-    let mut child = Command::new(tcptrace_binary())
-        .args(args)
+    let mut child = cmd
         .arg("--json")
         .stdout(std::fs::File::create(&path).unwrap())
         .stderr(Stdio::piped())
@@ -66,7 +75,7 @@ pub fn traced(args: &[&str], work: impl FnOnce()) -> (Vec<serde_json::Value>, se
         .find_map(|l| l.strip_prefix("tcptrace-summary "))
         .map(|s| serde_json::from_str(s).unwrap())
         .unwrap_or_else(|| panic!("no summary: {err:#?}"));
-    (lines, summary)
+    (lines, summary, err)
 }
 
 pub fn port_of(addr: &serde_json::Value) -> u16 {

@@ -55,6 +55,21 @@ pub enum AcceptUnavailable {
          syscall tracepoints are found there"
     )]
     NoTracefs(std::io::Error),
+    /// Mounted, but not readable by this process: tracefs is root's alone
+    /// (mode 0700) unless mounted otherwise.
+    #[error(
+        "tracefs is mounted, but {path} cannot be read ({source}): \
+         syscall tracepoints are found there, and reading them takes root or CAP_DAC_READ_SEARCH"
+    )]
+    TracefsUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "tracefs is mounted at {0} but neither at {TRACEFS} nor at {DEBUGFS_TRACING}, \
+         the places syscall tracepoints are attached through: mount it at {TRACEFS} too"
+    )]
+    TracefsElsewhere(PathBuf),
     #[error("reading {path}: {source} (a kernel without CONFIG_FTRACE_SYSCALLS?)")]
     Format {
         path: PathBuf,
@@ -64,13 +79,51 @@ pub enum AcceptUnavailable {
     Field(PathBuf),
 }
 
-/// tracefs, mounted at its usual place if it is not mounted yet (a fresh
-/// machine has neither it nor debugfs mounted).
+/// Where tracefs is usually mounted.
+const TRACEFS: &str = "/sys/kernel/tracing";
+/// Where debugfs mounts it by itself when it is first visited.
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+/// tracefs, for the syscall tracepoints' format files and attach: one of
+/// the places where it is mounted already, or (only when it is mounted
+/// nowhere, as on a fresh machine) mounted at its usual place. A mounted
+/// tracefs that this process cannot read is said to be so, never mounted
+/// over.
 pub fn tracefs() -> Result<PathBuf, AcceptUnavailable> {
-    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-        if Path::new(dir).join("events").is_dir() {
-            return Ok(PathBuf::from(dir));
-        }
+    // Readable by anyone, unlike tracefs itself.
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|text| tracefs_mounts(&text))
+        .unwrap_or_default();
+    let Some(first) = mounted.first() else {
+        return mount_tracefs();
+    };
+    // The attach (aya's) looks only at these two, in this order.
+    let Some(dir) = [TRACEFS, DEBUGFS_TRACING]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|dir| mounted.contains(dir))
+    else {
+        return Err(AcceptUnavailable::TracefsElsewhere(first.clone()));
+    };
+    readable(&dir.join("events"))?;
+    Ok(dir)
+}
+
+/// Lists `path`, or says why this process cannot.
+fn readable(path: &Path) -> Result<(), AcceptUnavailable> {
+    std::fs::read_dir(path)
+        .map(drop)
+        .map_err(|source| AcceptUnavailable::TracefsUnreadable {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// tracefs is mounted nowhere: debugfs may mount it when its `tracing`
+/// directory is visited; else it is mounted at its usual place.
+fn mount_tracefs() -> Result<PathBuf, AcceptUnavailable> {
+    if Path::new(DEBUGFS_TRACING).join("events").is_dir() {
+        return Ok(PathBuf::from(DEBUGFS_TRACING));
     }
     let dir = c"/sys/kernel/tracing";
     // SAFETY: NUL-terminated strings that outlive the call.
@@ -86,16 +139,65 @@ pub fn tracefs() -> Result<PathBuf, AcceptUnavailable> {
     if rc != 0 {
         return Err(AcceptUnavailable::NoTracefs(std::io::Error::last_os_error()));
     }
-    let dir = "/sys/kernel/tracing";
-    Ok(PathBuf::from(dir))
+    Ok(PathBuf::from(TRACEFS))
+}
+
+/// The mount points of whole tracefs instances in `/proc/self/mountinfo`
+/// (`ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL…] - FSTYPE
+/// SOURCE SUPER_OPTIONS`, paths octal-escaped); a bind mount of a part of
+/// one (ROOT not `/`) has no `events` of its own and is left out.
+fn tracefs_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let mut mount = mount.split(' ');
+            let (root, point) = (mount.nth(3)?, mount.next()?);
+            (fs.split(' ').next() == Some("tracefs") && root == "/").then(|| unescape(point))
+        })
+        .collect()
+}
+
+/// `\040` (space), `\011`, `\012`, `\134` (backslash): how mountinfo
+/// writes those bytes of a path.
+fn unescape(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt as _;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            Some(b) => {
+                out.push(b);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// The offset of `ret` in `sys_exit_<name>`'s record, from its format file.
 pub fn ret_offset(tracefs: &Path, name: &str) -> Result<u32, AcceptUnavailable> {
     let path = tracefs.join(format!("events/syscalls/{name}/format"));
-    let text = std::fs::read_to_string(&path).map_err(|source| AcceptUnavailable::Format {
-        path: path.clone(),
-        source,
+    let text = std::fs::read_to_string(&path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            AcceptUnavailable::TracefsUnreadable {
+                path: path.clone(),
+                source,
+            }
+        } else {
+            AcceptUnavailable::Format {
+                path: path.clone(),
+                source,
+            }
+        }
     })?;
     parse_ret_offset(&text).ok_or(AcceptUnavailable::Field(path))
 }
@@ -142,5 +244,31 @@ mod tests {
         let narrow = format.replace("size:8;\tsigned:1;\n\nprint", "size:4;\tsigned:1;\n\nprint");
         assert_eq!(parse_ret_offset(&narrow), None);
         assert_eq!(parse_ret_offset("format:\n"), None);
+    }
+
+    #[test]
+    fn tracefs_is_found_wherever_it_is_mounted() {
+        let mountinfo = "\
+22 1 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+42 22 0:13 / /sys/kernel/tracing rw,relatime shared:18 - tracefs tracefs rw
+43 22 0:7 / /sys/kernel/debug rw,relatime - debugfs debugfs rw
+44 43 0:13 / /sys/kernel/debug/tracing rw,relatime shared:18 master:3 - tracefs tracefs rw
+51 1 0:13 / /mnt/my\\040trace\\134s rw - tracefs nodev rw,mode=755
+52 1 0:13 /instances/x /mnt/one-instance rw - tracefs tracefs rw
+60 1 8:1 / /srv/tracefs rw - ext4 tracefs rw
+";
+        assert_eq!(
+            tracefs_mounts(mountinfo),
+            [
+                "/sys/kernel/tracing",
+                "/sys/kernel/debug/tracing",
+                "/mnt/my trace\\s",
+            ]
+            .map(PathBuf::from)
+        );
+        assert!(tracefs_mounts("").is_empty());
+        assert!(tracefs_mounts("garbage\n1 2 3\n").is_empty());
+        // A stray backslash is kept as it is.
+        assert_eq!(unescape("/a\\b\\04"), PathBuf::from("/a\\b\\04"));
     }
 }
