@@ -16,6 +16,9 @@
 // for bpfel-unknown-none by tcptrace's build.rs.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF target's core has no atomic types: `count` uses the intrinsic.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod accept;
 mod drops;
@@ -112,9 +115,33 @@ fn config() -> &'static Config {
 pub(crate) fn count(index: u32) {
     // Array lookups are inlined by the verifier: no helper call.
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, only this CPU writes it.
-        unsafe { *slot += 1 };
+        // Atomic although the slot is this CPU's: a softirq can run another
+        // program on this CPU between a plain load and store, and one of the
+        // two counts would be lost (seen: received exceeded produced by the
+        // resets a loopback softirq sent meanwhile). One locked add.
+        // SAFETY: a valid, 8-byte-aligned per-CPU slot.
+        unsafe { add_atomically(slot) };
     }
+}
+
+/// `*slot += 1` as one BPF atomic add (`lock xadd` once JIT-compiled).
+///
+/// # Safety
+/// `slot` is valid and 8-byte aligned.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn add_atomically(slot: *mut u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
+}
+
+/// Host builds (clippy, check) only type-check the kernel program.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+unsafe fn add_atomically(slot: *mut u64) {
+    // SAFETY: as the caller promises.
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(slot) }
+        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// The most arguments any program reads (signal_generate's fifth).
