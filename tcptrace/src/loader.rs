@@ -83,96 +83,6 @@ pub enum LoadError {
     RingSize(u32),
 }
 
-/// Capabilities from /proc/self/status (CapEff) — the kernel's own answer,
-/// so a root shell with capabilities dropped is refused up front.
-pub fn has_bpf_privileges() -> bool {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    let Some(eff) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-    else {
-        return false;
-    };
-    let has = |cap: u32| eff & (1u64 << cap) != 0;
-    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
-}
-
-/// Raises the soft limit on open files to the hard limit (allowed without
-/// privileges): every map, program and thread takes a descriptor.
-pub fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls with valid pointers.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Newer ones do
-/// not, and without CAP_SYS_RESOURCE raising it fails: not fatal.
-/// Descriptors tcptrace holds at most: one per kernel map, program, link
-/// and perf event, its threads' and the socket listing's (the error text
-/// in `errors.rs` says the same number).
-const NEEDED_FDS: u64 = 64;
-
-/// Refuses to start, before anything is loaded, when the descriptor limit
-/// cannot reach [`NEEDED_FDS`]: failing half-way through attaching would
-/// report the shortage several times over.
-fn ensure_descriptors() -> Result<(), LoadError> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls with valid pointers.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= NEEDED_FDS {
-            return Ok(());
-        }
-        if lim.rlim_max >= NEEDED_FDS {
-            lim.rlim_cur = NEEDED_FDS;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-                return Ok(());
-            }
-        }
-    }
-    Err(LoadError::Descriptors(std::io::Error::from_raw_os_error(
-        libc::EMFILE,
-    )))
-}
-
-fn raise_memlock() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: plain syscall with a valid pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        log::debug!(
-            "could not raise RLIMIT_MEMLOCK: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-/// Parsing the kernel's BTF (ours, then aya's inside `EbpfLoader::new`)
-/// frees some 15 MB that glibc would otherwise keep for the tracer's whole
-/// life; releasing it between the two also keeps the start-up peak down.
-fn release_freed_memory() {
-    // SAFETY: malloc_trim only returns free heap memory to the kernel.
-    unsafe { libc::malloc_trim(0) };
-}
-
 /// What to load: filters and sizes, all validated by the CLI.
 #[derive(Clone, Debug)]
 pub struct TraceOptions {
@@ -600,7 +510,11 @@ pub fn wakeup_policy(ring_bytes: u32) -> (u64, u32) {
     (u64::from(wakeup_bytes), query_every)
 }
 
+mod limits;
 mod programs;
+
+use limits::{ensure_descriptors, raise_memlock, release_freed_memory};
+pub use limits::{has_bpf_privileges, raise_nofile};
 
 #[cfg(test)]
 mod tests {
