@@ -135,7 +135,7 @@ pub(super) fn finalize(t: Tracked) -> SocketLife {
         life.end_ns = life.last_ns;
     }
     life.duration_ns = life.end_ns.saturating_sub(life.start_ns);
-    life
+    *life
 }
 
 /// Bytes the application never read, from the kernel's raw

@@ -110,7 +110,8 @@ pub struct TrackerStats {
 
 /// A life being tracked, with what only the tracker needs.
 struct Tracked {
-    life: SocketLife,
+    /// Boxed: a life (about 1 KB) moves between tables several times.
+    life: Box<SocketLife>,
     /// When a closed life is reported if nothing else ends it.
     deadline: Option<u64>,
     /// FIN_WAIT2→CLOSE or CLOSING→CLOSE seen; TIME_WAIT unless an RST went out.
@@ -418,7 +419,7 @@ impl Tracker {
             out.push(self.settle(t));
         }
         let tracked = Tracked {
-            life,
+            life: Box::new(life),
             deadline: None,
             handoff: false,
             abort_candidate: None,
