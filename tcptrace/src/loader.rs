@@ -165,18 +165,20 @@ impl Tracer {
         config.wakeup_bytes = wakeup_bytes;
         config.query_every = query_every;
 
-        // Rust eBPF carries no CO-RE relocations, so aya needs no kernel BTF.
-        // EbpfLoader::new has parsed it already; dropping it here frees those
-        // megabytes before the load instead of after.
+        // Rust eBPF carries no CO-RE relocations, so aya needs no kernel BTF:
+        // it is hidden from EbpfLoader::new where possible, else dropped here
+        // (see without_kernel_btf).
         // The kernel logs only what our log filters let through: the
         // verifier drops its code for the levels above (by default, debug).
         let log_level = kernel_log::kernel_level(log::max_level());
-        let mut ebpf = EbpfLoader::new()
-            .btf(None)
-            .override_global("CONFIG", &config, true)
-            .override_global(aya_log::LEVEL, &log_level, false)
-            .map_max_entries("EVENTS", opts.ring_bytes)
-            .load(KERNEL_OBJECT)?;
+        let mut ebpf = without_kernel_btf(|| {
+            EbpfLoader::new()
+                .btf(None)
+                .override_global("CONFIG", &config, true)
+                .override_global(aya_log::LEVEL, &log_level, false)
+                .map_max_entries("EVENTS", opts.ring_bytes)
+                .load(KERNEL_OBJECT)
+        })?;
         release_freed_memory();
 
         if !opts.pids.is_empty() {
@@ -513,7 +515,7 @@ pub fn wakeup_policy(ring_bytes: u32) -> (u64, u32) {
 mod limits;
 mod programs;
 
-use limits::{ensure_descriptors, raise_memlock, release_freed_memory};
+use limits::{ensure_descriptors, raise_memlock, release_freed_memory, without_kernel_btf};
 pub use limits::{has_bpf_privileges, raise_nofile};
 
 #[cfg(test)]

@@ -353,10 +353,13 @@ fn the_units_syscall_filter_allows_every_call_of_a_run() {
     let allowed = allowed_syscalls();
     assert!(called.contains("bpf") && called.len() > 20, "{called:?}");
     // execve is strace's own launch of tcptrace (systemd's happens before
-    // the filter applies).
+    // the filter applies). mount comes only after unshare(CLONE_NEWNS)
+    // succeeded, which the unit's RestrictNamespaces=net refuses: tcptrace
+    // then loads with the kernel's BTF visible to aya (a higher start-up
+    // memory peak, nothing lost; see loader/limits.rs).
     let refused: Vec<&&str> = called
         .iter()
-        .filter(|c| !allowed.contains(**c) && **c != "execve")
+        .filter(|c| !allowed.contains(**c) && !["execve", "mount"].contains(*c))
         .collect();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(

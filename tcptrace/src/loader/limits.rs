@@ -92,3 +92,62 @@ pub(super) fn release_freed_memory() {
     // SAFETY: malloc_trim only returns free heap memory to the kernel.
     unsafe { libc::malloc_trim(0) };
 }
+
+/// Runs `load` (which makes an `EbpfLoader`) with the kernel's BTF hidden
+/// where that is allowed, and returns what it returns.
+///
+/// `EbpfLoader::new()` parses the kernel's whole BTF (vmlinux, some 6 MB)
+/// into about 24 MB of aya's structures, though tcptrace's programs carry
+/// no CO-RE relocation and the loader is told `.btf(None)` at once: that
+/// parse alone made tcptrace's peak RSS 29 MiB where it runs in 19 (its own
+/// BTF reader peaks under 10). So the loader is made on a thread of its own
+/// that first moves into a private mount namespace where
+/// /sys/kernel/btf/vmlinux reads empty: aya's parse fails at once and it
+/// loads without kernel BTF, as it would have anyway. The namespace ends
+/// with the thread; nothing else sees it. Without CAP_SYS_ADMIN (the
+/// CAP_BPF + CAP_PERFMON setup) the BTF stays visible and the peak stays.
+pub(super) fn without_kernel_btf<T: Send>(load: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Err(e) = hide_kernel_btf() {
+                    log::debug!("loading with the kernel's BTF visible to aya: {e}");
+                }
+                load()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// This thread only: a private mount namespace with /dev/null bound over
+/// the kernel's BTF file.
+fn hide_kernel_btf() -> std::io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: plain syscalls with NUL-terminated strings that outlive them.
+    // unshare(CLONE_NEWNS) implies CLONE_FS: only this thread moves.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_FS))?;
+        // Nothing mounted here may propagate back to the host.
+        check(libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            c"/dev/null".as_ptr(),
+            c"/sys/kernel/btf/vmlinux".as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ))
+    }
+}
