@@ -169,6 +169,8 @@ impl<W: Write> Pipeline<W> {
         let decoded = event_from_bytes(raw).and_then(|mut event| {
             if let Some(owners) = &mut self.owners {
                 owners.apply(&mut event);
+            }
+            if self.owners.is_some() && self.recorder.is_some() {
                 // The recording holds records as if the kernel had filled
                 // the owner in: a replay needs no owner maps.
                 let size = std::mem::size_of_val(&event);
@@ -200,6 +202,7 @@ impl<W: Write> Pipeline<W> {
         };
         self.learn_cgroups(&record);
         if let Some(r) = &mut self.recorder {
+            // Filled in above whenever owners are kept here.
             r.event(if self.owners.is_some() {
                 &self.enriched
             } else {
