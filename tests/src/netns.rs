@@ -59,6 +59,20 @@ impl Netns {
         self.exec("nft", &[ruleset]);
     }
 
+    /// A namespace whose connects to `port` never get through: its own
+    /// firewall drops their SYNs on the way out, and after one SYN
+    /// retransmit (about 3 s, all on timers) connect gives up.
+    pub fn dropping_outgoing_syns(name: &str, port: u16) -> Netns {
+        let ns = Netns::new(name);
+        ns.sysctl("net.ipv4.tcp_syn_retries", "1");
+        ns.nft(&format!(
+            "add table inet tt; \
+             add chain inet tt out {{ type filter hook output priority 0; }}; \
+             add rule inet tt out tcp dport {port} tcp flags & syn == syn drop"
+        ));
+        ns
+    }
+
     /// A sysctl of this namespace (`net.*` sysctls are per namespace).
     pub fn sysctl(&self, key: &str, value: &str) {
         self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")]);

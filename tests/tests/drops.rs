@@ -26,14 +26,7 @@ const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 fn syns_dropped_on_the_way_out(ip: IpAddr) {
     let (_reserved, port) = reserve_port(ip);
     let mut trace = trace(port);
-    let ns = Netns::new("synout");
-    // One SYN retransmit, then give up: about 3 s.
-    ns.sysctl("net.ipv4.tcp_syn_retries", "1");
-    ns.nft(&format!(
-        "add table inet tt; \
-         add chain inet tt out {{ type filter hook output priority 0; }}; \
-         add rule inet tt out tcp dport {port} tcp flags & syn == syn drop"
-    ));
+    let ns = Netns::dropping_outgoing_syns("synout", port);
     let target = SocketAddr::new(ip, port);
     let err = ns.enter(move || {
         // The cap only bounds the test should the sysctl not apply.

@@ -49,14 +49,8 @@ fn a_syn_timer_that_fires_while_another_process_spins_in_user_mode_is_not_blamed
             .unwrap(),
     );
     let spinner_pid = spinner.0.id();
-    let ns = Netns::new("spinner");
-    // One SYN retransmit, then give up: about 3 s, all of it on timers.
-    ns.sysctl("net.ipv4.tcp_syn_retries", "1");
-    ns.nft(&format!(
-        "add table inet tt; \
-         add chain inet tt out {{ type filter hook output priority 0; }}; \
-         add rule inet tt out tcp dport {port} tcp flags & syn == syn drop"
-    ));
+    // Its connects give up after one SYN retransmit, all of it on timers.
+    let ns = Netns::dropping_outgoing_syns("spinner", port);
     let target = SocketAddr::new(ip, port);
     // The connecting thread sleeps in connect() on CPU 0: its SYN timer is
     // armed there and fires while the spinner has the CPU.
