@@ -189,6 +189,24 @@ pub struct ListenerKey {
     pub addr: [u32; 4],
 }
 
+impl ListenerKey {
+    /// The key of a listener bound to `addr` (network-order bytes, IPv4 in
+    /// the first four; all zero for a wildcard bind), as the kernel program
+    /// builds it from the socket's own bytes.
+    pub fn new(netns: u32, family: u16, port: u16, addr: &[u8; 16]) -> ListenerKey {
+        let mut words = [0u32; 4];
+        for (word, bytes) in words.iter_mut().zip(addr.chunks_exact(4)) {
+            *word = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        }
+        ListenerKey {
+            netns,
+            family,
+            port,
+            addr: words,
+        }
+    }
+}
+
 /// An argument a raw tracepoint does not have (see [`ArgPos`]).
 pub const NO_ARG: u8 = u8::MAX;
 

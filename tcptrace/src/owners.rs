@@ -164,18 +164,8 @@ impl Owners {
 /// address (`wildcard`: the any-address bind instead), as the kernel and
 /// the snapshot's seeds build it (address bytes in network order).
 fn listener_key(event: &Event, wildcard: bool) -> ListenerKey {
-    let mut addr = [0u32; 4];
-    if !wildcard {
-        for (word, bytes) in addr.iter_mut().zip(event.saddr.chunks_exact(4)) {
-            *word = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        }
-    }
-    ListenerKey {
-        netns: event.netns,
-        family: event.family,
-        port: event.sport,
-        addr,
-    }
+    let addr = if wildcard { [0; 16] } else { event.saddr };
+    ListenerKey::new(event.netns, event.family, event.sport, &addr)
 }
 
 #[cfg(test)]

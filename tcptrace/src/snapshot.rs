@@ -128,21 +128,17 @@ impl Snapshot {
 /// The kernel program's key for a listener: namespace, family, port and
 /// bound address as the socket's own bytes (network order).
 pub fn listener_key(s: &DiagSocket) -> ListenerKey {
-    let mut addr = [0u32; 4];
+    let mut addr = [0u8; 16];
     match s.src {
-        IpAddr::V4(a) => addr[0] = u32::from_ne_bytes(a.octets()),
-        IpAddr::V6(a) => {
-            for (word, bytes) in addr.iter_mut().zip(a.octets().chunks_exact(4)) {
-                *word = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            }
-        }
+        IpAddr::V4(a) => addr[..4].copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => addr = a.octets(),
     }
-    ListenerKey {
-        netns: u32::try_from(s.netns_inode).unwrap_or(0),
-        family: s.family,
-        port: s.sport,
-        addr,
-    }
+    ListenerKey::new(
+        u32::try_from(s.netns_inode).unwrap_or(0),
+        s.family,
+        s.sport,
+        &addr,
+    )
 }
 
 /// The holder that created the socket first: the one whose parent does not
