@@ -398,13 +398,9 @@ impl Args {
 /// Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on unified
 /// hosts, /sys/fs/cgroup/unified on hybrid (v1 + v2) ones.
 pub fn cgroup2_root() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        // "36 25 0:31 / /sys/fs/cgroup/unified rw,... - cgroup2 cgroup2 rw"
-        let (mount, fs) = line.split_once(" - ")?;
-        (fs.split_whitespace().next()? == "cgroup2")
-            .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
-    })
+    crate::mounts::parse(&crate::mounts::own_table())
+        .find(|m| m.fstype == "cgroup2")
+        .map(|m| m.point)
 }
 
 /// Is `program` an executable file (as given, or found in PATH)?

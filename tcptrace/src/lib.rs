@@ -22,6 +22,7 @@ pub mod kernel_log;
 pub mod loader;
 pub mod metrics;
 pub mod model;
+pub mod mounts;
 pub mod output;
 pub mod owners;
 pub mod pipeline;

@@ -91,9 +91,7 @@ const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 /// over.
 pub fn tracefs() -> Result<PathBuf, AcceptUnavailable> {
     // Readable by anyone, unlike tracefs itself.
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|text| tracefs_mounts(&text))
-        .unwrap_or_default();
+    let mounted = tracefs_mounts(&crate::mounts::own_table());
     let Some(first) = mounted.first() else {
         return mount_tracefs();
     };
@@ -142,45 +140,13 @@ fn mount_tracefs() -> Result<PathBuf, AcceptUnavailable> {
     Ok(PathBuf::from(TRACEFS))
 }
 
-/// The mount points of whole tracefs instances in `/proc/self/mountinfo`
-/// (`ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL…] - FSTYPE
-/// SOURCE SUPER_OPTIONS`, paths octal-escaped); a bind mount of a part of
-/// one (ROOT not `/`) has no `events` of its own and is left out.
+/// The mount points of whole tracefs instances in a mountinfo text; a
+/// bind mount of a part of one has no `events` of its own and is left out.
 fn tracefs_mounts(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (mount, fs) = line.split_once(" - ")?;
-            let mut mount = mount.split(' ');
-            let (root, point) = (mount.nth(3)?, mount.next()?);
-            (fs.split(' ').next() == Some("tracefs") && root == "/").then(|| unescape(point))
-        })
+    crate::mounts::parse(mountinfo)
+        .filter(|m| m.fstype == "tracefs" && m.is_whole())
+        .map(|m| m.point)
         .collect()
-}
-
-/// `\040` (space), `\011`, `\012`, `\134` (backslash): how mountinfo
-/// writes those bytes of a path.
-fn unescape(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt as _;
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
-            Some(b) => {
-                out.push(b);
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// The offset of `ret` in `sys_exit_<name>`'s record, from its format file.
@@ -268,7 +234,5 @@ mod tests {
         );
         assert!(tracefs_mounts("").is_empty());
         assert!(tracefs_mounts("garbage\n1 2 3\n").is_empty());
-        // A stray backslash is kept as it is.
-        assert_eq!(unescape("/a\\b\\04"), PathBuf::from("/a\\b\\04"));
     }
 }
