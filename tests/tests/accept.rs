@@ -167,18 +167,34 @@ fn reuseport_pair() -> (u16, [(KillOnDrop, u64, Receiver<String>); 2]) {
 
 const CONNECTIONS: usize = 16;
 
+/// Connects to a reuseport pair in rounds of [`CONNECTIONS`] until both
+/// servers accepted at least one (the kernel picks a listener by a hash of
+/// the client's port, so one round can, rarely, land on one side only);
+/// at most four rounds. Returns what the servers printed.
+fn spread_over(port: u16, servers: &[(KillOnDrop, u64, Receiver<String>); 2]) -> HashMap<u16, u64> {
+    let mut accepted = HashMap::new();
+    for _ in 0..4 {
+        connect_times("127.0.0.1", port, CONNECTIONS);
+        accepted.extend(accepted_ports(&[&servers[0].2, &servers[1].2], CONNECTIONS));
+        let pids: Vec<u64> = accepted.values().copied().collect();
+        if pids.contains(&servers[0].1) && pids.contains(&servers[1].1) {
+            break;
+        }
+    }
+    accepted
+}
+
 #[test]
 fn in_a_reuseport_group_each_child_belongs_to_the_process_that_accepted_it() {
     let (port, servers) = reuseport_pair();
+    let mut accepted = HashMap::new();
     let (lines, summary) = traced(&["--port", &port.to_string()], || {
-        connect_times("127.0.0.1", port, CONNECTIONS);
+        accepted = spread_over(port, &servers);
     });
-    let accepted = accepted_ports(&[&servers[0].2, &servers[1].2], CONNECTIONS);
     let sockets = server_sockets(&lines, port);
-    assert_eq!(
-        accepted.len(),
-        CONNECTIONS,
-        "the servers printed {accepted:?}"
+    assert!(
+        accepted.len() >= CONNECTIONS && accepted.len() % CONNECTIONS == 0,
+        "every connection accepted, in whole rounds of {CONNECTIONS}: {accepted:?}"
     );
     let pids: Vec<u64> = accepted.values().copied().collect();
     assert!(
@@ -205,10 +221,10 @@ fn pid_keeps_every_transition_of_its_reuseport_children_and_none_of_the_others()
     let (port, servers) = reuseport_pair();
     let (kept, other) = (servers[0].1, servers[1].1);
     let args = ["--view", "both", "--pid", &kept.to_string()];
+    let mut accepted = HashMap::new();
     let (lines, summary) = traced(&args, || {
-        connect_times("127.0.0.1", port, CONNECTIONS);
+        accepted = spread_over(port, &servers);
     });
-    let accepted = accepted_ports(&[&servers[0].2, &servers[1].2], CONNECTIONS);
     let sockets = server_sockets(&lines, port);
     let mine: Vec<u16> = accepted
         .iter()
