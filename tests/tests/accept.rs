@@ -178,9 +178,17 @@ fn spread_over(port: u16, servers: &[(KillOnDrop, u64, Receiver<String>); 2]) ->
         accepted.extend(accepted_ports(&[&servers[0].2, &servers[1].2], CONNECTIONS));
         let pids: Vec<u64> = accepted.values().copied().collect();
         if pids.contains(&servers[0].1) && pids.contains(&servers[1].1) {
-            break;
+            return accepted;
         }
+        eprintln!("after a round, one listener accepted all: {accepted:?}");
     }
+    // Never spread: show the failing test what the kernel lists as
+    // listening on the port (both listeners, one reuseport group?).
+    let listeners = Command::new("ss")
+        .args(["-H", "-ltnpe", &format!("sport = :{port}")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    eprintln!("listeners on {port}: {listeners:?}");
     accepted
 }
 
