@@ -6,7 +6,7 @@ use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
 use tcptrace_common::{
-    AF_INET, AF_INET6, COMM_LEN, Event, SOCK_HEAD_BYTES, TaskOffsets, flag, oddity, tcp_state,
+    AF_INET, AF_INET6, COMM_LEN, Event, SOCK_HEAD_BYTES, TaskOffsets, flag, kind, oddity, tcp_state,
 };
 
 use crate::{config, odd};
@@ -115,10 +115,14 @@ impl SockHead {
         let o = &config().sock;
         event.family = self.get::<u16>(o.family);
         event.sport = self.get::<u16>(o.num);
-        if event.sport == 0 && o.inet_sport != 0 {
+        // A connecting socket enters SYN_SENT before connect() picks its
+        // port (tcp_v4_connect and tcp_v6_connect hash it just after): there
+        // is nothing to read yet, and userspace learns it at ESTABLISHED.
+        let connecting = event.kind == kind::STATE && event.newstate == tcp_state::SYN_SENT;
+        if event.sport == 0 && o.inet_sport != 0 && !connecting {
             // A socket going to CLOSE has already given its port back
             // (skc_num is 0); inet_sport still names it. One more read,
-            // on closes (and on connect, where the port is not chosen yet).
+            // on closes.
             match read_kernel::<u16>(sk + u64::from(o.inet_sport)) {
                 Some(port) => event.sport = u16::from_be(port),
                 None => odd::oddity(oddity::SPORT_READ, sk),
