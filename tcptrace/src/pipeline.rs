@@ -58,12 +58,15 @@ pub trait Output {
 /// The kernel's sockets at exit: (local, remote) of each.
 pub type AliveSockets = HashSet<(SocketAddr, SocketAddr)>;
 
+type CgroupHasher = foldhash::fast::FixedState;
+
 /// Where cgroup names come from: the host (live), or the recording.
 enum CgroupSource {
     Host {
         names: CgroupNames,
-        /// Ids looked up already (named or not).
-        known: HashSet<u64>,
+        /// Ids looked up already (named or not). Looked up for every record:
+        /// foldhash, not SipHash (cgroup ids are the kernel's, not a peer's).
+        known: HashSet<u64, CgroupHasher>,
     },
     Recording,
 }
@@ -83,7 +86,7 @@ pub struct Pipeline<W: Write> {
     tracker: Tracker,
     cgroups: CgroupSource,
     /// Cgroup id → its unit and container, for owners.
-    workloads: HashMap<u64, Workload>,
+    workloads: HashMap<u64, Workload, CgroupHasher>,
     recorder: Option<Recorder>,
     renderer: Renderer<W>,
     summary: Summary,
@@ -106,9 +109,9 @@ impl<W: Write> Pipeline<W> {
             tracker: Tracker::new(tracker),
             cgroups: CgroupSource::Host {
                 names: CgroupNames::new(),
-                known: HashSet::new(),
+                known: HashSet::default(),
             },
-            workloads: HashMap::new(),
+            workloads: HashMap::default(),
             recorder: None,
             renderer: Renderer::new(out, render),
             summary: Summary::default(),
