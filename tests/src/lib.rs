@@ -6,6 +6,7 @@
 
 pub mod json_run;
 pub mod netns;
+pub mod paths;
 pub mod prometheus;
 
 use std::{

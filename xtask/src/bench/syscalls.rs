@@ -9,10 +9,9 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Config, Ctx, Run, Scenario, WorkResult, keep_sample, pinned_command, start_tracer, stem,
-    stop_tracer, workload,
-};
+use super::run::{WorkResult, pinned_command, stem, workload};
+use super::tracer::{keep_sample, start_tracer, stop_tracer};
+use super::{Config, Ctx, Run, Scenario};
 use crate::{proc, report};
 
 /// The scenario's configurations, in their interleaved order.

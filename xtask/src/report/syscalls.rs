@@ -50,3 +50,49 @@ pub(super) fn syscalls_section(s: &mut String, groups: &[Group], p: &BenchArgs) 
     }
     let _ = writeln!(s);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::bench::{Config, Run, Scenario};
+    use crate::report::Report;
+    use crate::report::tests::{args, tracer};
+
+    fn syscalls_run(config: Config, ns: f64) -> Run {
+        let mut r = Run::new(Scenario::Syscalls, "syscalls", config, 0);
+        r.syscalls = Some(crate::bench::syscalls::SyscallsOut {
+            syscalls: (3e9 / ns) as u64,
+            seconds: 3.0,
+            rate: 1e9 / ns,
+        });
+        if config != Config::None {
+            r.tracer = Some(tracer(vec![], 0));
+        }
+        r
+    }
+
+    #[test]
+    fn the_syscall_toll_is_shown_in_ns_added_per_syscall() {
+        let a = args(&["--scenarios", "syscalls"]);
+        let runs = vec![
+            syscalls_run(Config::None, 120.0),
+            syscalls_run(Config::Tcptrace, 140.0),
+            syscalls_run(Config::TcptraceNoAccept, 121.0),
+        ];
+        let md = Report::new(&a, runs, None, Duration::ZERO, None).markdown();
+        assert!(md.contains("### syscalls: getppid(2)"), "{md}");
+        assert!(
+            md.contains("| tcptrace | 1/1 | 140.0 | 0.857 [0.857, 0.857] | +20.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| tcptrace-no-accept | 1/1 | 121.0 | 0.992 [0.992, 0.992] | +1.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| none | 1/1 | 120.0 | 1.000 [1.000, 1.000] | - |"),
+            "{md}"
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! Formatting shared by the sections and the bench's progress output: the
+//! table of a tracer's programs, errors cut to one line, one line per run.
+
+use std::fmt::Write as _;
+
+use super::stats::ProgRow;
+use crate::bench::Run;
+
+/// A tracer's programs, summed over `runs` runs (names via bpftool).
+pub(super) fn programs_table(s: &mut String, title: &str, runs: usize, rows: &[ProgRow]) {
+    let _ = writeln!(s, "{title} (sums over {runs} runs)\n");
+    if rows.is_empty() {
+        let _ = writeln!(s, "No program statistics.\n");
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "| program | runs | ns / run | run time ms | recursion misses | call sites (verified program) |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {} | {} |",
+            r.name,
+            r.run_cnt,
+            r.ns_per_run().map_or("n/a".into(), |v| format!("{v:.0}")),
+            r.run_time_ns as f64 / 1e6,
+            r.recursion_misses,
+            r.calls
+        );
+    }
+    let _ = writeln!(s);
+}
+
+pub(super) fn short(e: &str) -> String {
+    let one_line = e.replace('\n', " ");
+    if one_line.chars().count() > 300 {
+        let cut: String = one_line.chars().take(300).collect();
+        format!("{cut}…")
+    } else {
+        one_line
+    }
+}
+
+/// One progress line for a finished run.
+pub fn run_line(r: &Run, reps: u32) -> String {
+    let rep = if reps > 0 {
+        format!("rep {}/{reps}", r.rep + 1)
+    } else {
+        format!("{} clients", r.clients)
+    };
+    let mut s = format!("[{}] {:<15} {rep}: ", r.mode, r.config.name());
+    if let Some(c) = &r.churn {
+        let _ = write!(
+            s,
+            "{:.0} conn/s ({} conns, {} errors)",
+            c.rate, c.connections, c.errors
+        );
+    }
+    if let Some(m) = &r.massclose {
+        let _ = write!(
+            s,
+            "{} conns in {} shard(s), {} socket reports, {} still open ({} gone), {} left",
+            m.out.connections,
+            m.out.shards,
+            m.sockets.reported,
+            m.sockets.still_open,
+            m.sockets.still_open_gone,
+            m.left
+        );
+    }
+    if let Some(b) = &r.bulk {
+        let _ = write!(
+            s,
+            "{:.0} MB/s ({} connection(s), {} errors)",
+            b.rate / 1e6,
+            b.connections,
+            b.errors
+        );
+    }
+    if let Some(c) = &r.syscalls {
+        let _ = write!(
+            s,
+            "{:.1} ns / syscall ({} syscalls)",
+            1e9 / c.rate.max(1.0),
+            c.syscalls
+        );
+    }
+    if let Some(t) = &r.tracer {
+        let _ = write!(
+            s,
+            ", ready {:.1} s, cpu {:.2} s, rss {:.1} MiB",
+            t.ready_s,
+            t.cpu_s,
+            t.maxrss_kib as f64 / 1024.0
+        );
+        if let Some(ns) = t.bpf_ns_per_event {
+            let _ = write!(
+                s,
+                ", bpf {ns:.0} ns/ev ({} runs, {} missed)",
+                t.bpf.run_cnt, t.bpf.recursion_misses
+            );
+        }
+        match (&t.summary, r.config.is_tcptrace()) {
+            (Some(sm), _) => {
+                let f = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
+                let _ = write!(
+                    s,
+                    ", produced {} received {} lost {}",
+                    f(sm.produced),
+                    f(sm.received),
+                    f(sm.lost)
+                );
+            }
+            (None, true) => s.push_str(", no tcptrace-summary"),
+            (None, false) => {}
+        }
+    }
+    if let Some(e) = &r.error {
+        let _ = write!(s, " FAILED: {}", short(e));
+    }
+    s
+}
