@@ -69,6 +69,13 @@ pub struct BenchArgs {
     /// the bulk scenario's repetitions.
     #[arg(long, default_value_t = 5)]
     pub reps: u32,
+    /// Extra repetitions of each tracer configuration (churn and bulk) with
+    /// kernel.bpf_stats_enabled=1, for the BPF run-time figures. The --reps
+    /// that give throughput, tracer CPU and memory run with it off, as on a
+    /// production host: the statistics add two clock reads to every BPF
+    /// program run, which costs the traced workload throughput by itself.
+    #[arg(long, default_value_t = 2)]
+    pub stats_reps: u32,
     /// Seconds of churn per run.
     #[arg(long, default_value_t = 4.0)]
     pub seconds: f64,
@@ -293,6 +300,24 @@ struct Ctx {
     syscalls: PathBuf,
 }
 
+/// The kernel's switch for BPF run-time statistics (run_time_ns, run_cnt).
+const BPF_STATS: &str = "kernel.bpf_stats_enabled";
+
+/// Turns BPF run-time statistics on or off for the runs that follow.
+fn set_bpf_stats(on: bool) -> Result<()> {
+    let path = format!("/proc/sys/{}", BPF_STATS.replace('.', "/"));
+    fs::write(&path, if on { "1" } else { "0" }).with_context(|| format!("writing {path}"))
+}
+
+/// The repetitions of the churn and the bulk: `--reps` with statistics off
+/// (throughput, CPU, memory), then `--stats-reps` with them on (BPF run
+/// time), numbered on.
+fn repetitions(a: &BenchArgs) -> impl Iterator<Item = (u32, bool)> {
+    (0..a.reps)
+        .map(|rep| (rep, false))
+        .chain((a.reps..a.reps + a.stats_reps).map(|rep| (rep, true)))
+}
+
 pub fn bench(args: BenchArgs) -> Result<()> {
     util::require_root("bench")?;
     if args.reps == 0 || args.seconds.is_nan() || args.seconds <= 0.0 {
@@ -388,8 +413,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         );
     }
     proc::catch_sigint();
-    let stats = SysctlGuard::set("kernel.bpf_stats_enabled", "1")
-        .context("enabling BPF run-time statistics")?;
+    // Restores the machine's setting at the end; each run sets its own.
+    let stats = SysctlGuard::set(BPF_STATS, "0").context("setting BPF run-time statistics")?;
     let started = Instant::now();
 
     let a = &ctx.args;
@@ -406,9 +431,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             a.seconds
         );
         for &mode in &a.modes {
-            for rep in 0..a.reps {
+            for (rep, bpf_stats) in repetitions(a) {
                 for &config in &a.configs {
+                    if bpf_stats && config == Config::None {
+                        continue;
+                    }
                     proc::check_interrupted()?;
+                    set_bpf_stats(bpf_stats)?;
                     let r = run_churn(
                         &ctx,
                         mode.name(),
@@ -423,6 +452,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 }
             }
         }
+        set_bpf_stats(false)?;
         if a.configs.contains(&Config::Tcptrace) && a.ceiling_max_clients > 0 {
             ceiling_result = Some(ceiling(&ctx)?);
         }
@@ -441,9 +471,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 "pinned to CPU 0"
             }
         );
-        for rep in 0..a.reps {
+        for (rep, bpf_stats) in repetitions(a) {
             for config in BULK_CONFIGS {
+                if bpf_stats && config == Config::None {
+                    continue;
+                }
                 proc::check_interrupted()?;
+                set_bpf_stats(bpf_stats)?;
                 let r = run_bulk(&ctx, config, rep);
                 proc::check_interrupted()?;
                 println!("  {}", report::run_line(&r, a.reps));
@@ -456,6 +490,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "bench: massclose: {} run(s), {} connections SIGKILLed under tcptrace --json",
             a.massclose_runs, a.massclose_conns
         );
+        // Its BPF table shows run times; no throughput is measured.
+        set_bpf_stats(true)?;
         for rep in 0..a.massclose_runs {
             proc::check_interrupted()?;
             let r = run_massclose(&ctx, rep);
@@ -465,6 +501,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
     }
     if wants(Scenario::Syscalls) {
+        set_bpf_stats(false)?;
         runs.extend(syscalls::run_all(&ctx)?);
     }
     drop(stats);

@@ -313,6 +313,11 @@ pub fn parse_prog_fdinfo(info: &str) -> Option<ProgStats> {
 
 /// Reads /proc/<pid>/fdinfo of every BPF program fd the process holds, each
 /// program counted once (names left empty: see [`BpfStats::name_programs`]).
+/// Is `kernel.bpf_stats_enabled` on (run times and run counts kept)?
+pub fn bpf_stats_enabled() -> bool {
+    fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
+}
+
 pub fn bpf_stats(pid: i32) -> Result<BpfStats> {
     let dir = format!("/proc/{pid}/fd");
     let mut progs: HashMap<u64, ProgStats> = HashMap::new();

@@ -122,9 +122,10 @@ impl Report {
         if churn {
             let _ = writeln!(
                 s,
-                "Churn: {} reps x {} s per configuration and mode, interleaved; {} listening \
-                 ports.\n",
-                p.reps, p.seconds, p.ports
+                "Churn: {} reps x {} s per configuration and mode, interleaved, with the \
+                 kernel's BPF statistics off; then {} rep(s) of each tracer configuration with \
+                 them on, for the run times; {} listening ports.\n",
+                p.reps, p.seconds, p.stats_reps, p.ports
             );
         }
         for &mode in p.modes.iter().filter(|_| churn) {
@@ -326,13 +327,19 @@ impl Report {
              or scenario. Tracer CPU: \
              user+system seconds of the tracer process from the moment it reported being attached \
              until it exited (churn plus final drain), per million events; events are tcptrace's \
-             `received` count, else the BPF programs' run_cnt. BPF ns / event: for tcptrace, the \
+             `received` count, bpftrace-count's `@c`, or the lines bpftrace-print printed. \
+             BPF ns / event: for tcptrace, the \
              run_time_ns of all its programs over the churn divided by the events its programs \
              produced (`produced` in its `tcptrace-summary` line), so programs that run without \
              producing an event (on every softirq) count in full; for bpftrace, its program's \
-             run_time_ns / run_cnt (each run is an event). Run times come from \
-             /proc/<pid>/fdinfo with kernel.bpf_stats_enabled=1. Missed runs: the \
-             recursion_misses of the tracer's programs over the churn, summed (runs the kernel \
+             run_time_ns / run_cnt (each run is an event). Two kinds of runs: the `--reps` \
+             give conn/s, ratios, tracer CPU and memory with kernel.bpf_stats_enabled=0, as \
+             on a production host (the statistics add two clock reads to every BPF program \
+             run, which slows the traced workload by itself); the `--stats-reps` of each \
+             tracer configuration run with it at 1 and give BPF ns / event, BPF runs and run \
+             time per second and the program tables, read from /proc/<pid>/fdinfo. Missed \
+             runs: the recursion_misses of the tracer's programs over the churn, summed over \
+             both kinds of run (the kernel counts them either way; they are runs the kernel \
              skipped because a BPF program was already running on that CPU), less, for \
              tcptrace, the events its second inet_sock_set_state program made for such runs \
              (`recovered` in its summary): events that never existed. Bulk: BPF runs / s and run time ms / s are those of all \
@@ -366,7 +373,8 @@ impl Report {
              under `tcptrace --json`: the runs the kernel skipped and the sockets tcptrace \
              wrongly thought open say what a burst of closes costs its accuracy. Raw numbers: \
              `target/bench/results.json`; this file is rewritten by every run.\n\n\
-             Flags: `--scenarios churn,bulk,massclose,json,syscalls`, `--reps N`, `--seconds S`, \
+             Flags: `--scenarios churn,bulk,massclose,json,syscalls`, `--reps N`, `--stats-reps N`, \
+             `--seconds S`, \
              `--configs none,tcptrace,tcptrace-json,tcptrace-metrics,bpftrace-print,bpftrace-count`, \
              `--modes pinned,saturated`, `--ceiling-max-clients K`, `--ports N`, `--base-port P`, \
              `--bulk-seconds S`, `--bulk-connections C`, `--bulk-unpinned`, `--bulk-port P`, \

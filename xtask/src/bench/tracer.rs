@@ -3,6 +3,7 @@
 //! (CPU, memory, BPF run time, its own counters).
 
 use std::fs::{self, File};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -61,6 +62,9 @@ pub struct TracerOut {
     pub killed: bool,
     /// BPF program statistics over the churn, per program and summed.
     pub bpf: BpfStats,
+    /// Were the kernel's BPF run-time statistics on during the run? Only
+    /// then are `bpf`'s run_time_ns and run_cnt counted.
+    pub bpf_stats: bool,
     /// BPF run time per event over the churn: for tcptrace, the run time of
     /// all its programs over the events they produced; for bpftrace, its
     /// program's run time over its runs (each run is an event).
@@ -164,7 +168,12 @@ pub(super) fn stop_tracer(ctx: &Ctx, t: Tracing, run: &mut Run, what: &str) -> R
     } else {
         (None, None)
     };
-    let (events, events_basis) = match (&summary, bpf.run_cnt, bpftrace_count) {
+    // bpftrace-print prints a line per event: the count when run_cnt is
+    // not kept (statistics off).
+    let printed = (run.config == Config::BpftracePrint && bpf.run_cnt == 0)
+        .then(|| count_lines(&out_path))
+        .flatten();
+    let (events, events_basis) = match (&summary, bpf.run_cnt, bpftrace_count.or(printed)) {
         (
             Some(Summary {
                 received: Some(n), ..
@@ -173,10 +182,17 @@ pub(super) fn stop_tracer(ctx: &Ctx, t: Tracing, run: &mut Run, what: &str) -> R
             _,
         ) => (Some(*n), "received"),
         (_, n, _) if n > 0 => (Some(n), "bpf run_cnt"),
+        (_, _, Some(n)) if printed.is_some() => (Some(n), "printed lines"),
         (_, _, Some(n)) => (Some(n), "@c"),
         _ => (None, "none"),
     };
-    let (bpf_ns_per_event, bpf_basis) = bpf_per_event(run.config, &bpf, summary.as_ref());
+    // Run times exist only while the kernel keeps statistics.
+    let bpf_stats = proc::bpf_stats_enabled();
+    let (bpf_ns_per_event, bpf_basis) = if bpf_stats {
+        bpf_per_event(run.config, &bpf, summary.as_ref())
+    } else {
+        (None, "statistics off")
+    };
     run.tracer = Some(TracerOut {
         ready_s,
         cpu_s: (exit.cpu_s - cpu0).max(0.0),
@@ -186,6 +202,7 @@ pub(super) fn stop_tracer(ctx: &Ctx, t: Tracing, run: &mut Run, what: &str) -> R
         exit: exit.how.clone(),
         killed,
         bpf,
+        bpf_stats,
         bpf_ns_per_event,
         bpf_basis,
         events,
@@ -212,6 +229,20 @@ pub(super) fn stop_tracer(ctx: &Ctx, t: Tracing, run: &mut Run, what: &str) -> R
         );
     }
     Ok(())
+}
+
+/// Lines in the file at `path` (None if unreadable).
+fn count_lines(path: &Path) -> Option<u64> {
+    let mut file = File::open(path).ok()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut lines = 0u64;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Some(lines),
+            Ok(n) => lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64,
+            Err(_) => return None,
+        }
+    }
 }
 
 /// Keeps the start of the first repetition's output as a sample; the rest

@@ -22,10 +22,11 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "{} reps x {} s, none and tcptrace (default view, to a file) interleaved. Almost no \
-             socket changes state, so what tcptrace costs here is its programs that run on \
+            "{} reps x {} s, none and tcptrace (default view, to a file) interleaved, BPF \
+             statistics off; then {} rep(s) of tcptrace with them on, for the run times. Almost \
+             no socket changes state, so what tcptrace costs here is its programs that run on \
              every softirq.\n",
-            p.reps, p.bulk_seconds
+            p.reps, p.bulk_seconds, p.stats_reps
         );
         let _ = writeln!(
             s,

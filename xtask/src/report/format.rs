@@ -45,7 +45,11 @@ pub(super) fn short(e: &str) -> String {
 
 /// One progress line for a finished run.
 pub fn run_line(r: &Run, reps: u32) -> String {
-    let rep = if reps > 0 {
+    // The churn's and bulk's runs past --reps are for the BPF run times.
+    let stats = r.tracer.as_ref().is_some_and(|t| t.bpf_stats);
+    let rep = if stats && reps > 0 && r.rep >= reps {
+        format!("BPF stats rep {}", r.rep - reps + 1)
+    } else if reps > 0 {
         format!("rep {}/{reps}", r.rep + 1)
     } else {
         format!("{} clients", r.clients)

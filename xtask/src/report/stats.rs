@@ -172,12 +172,18 @@ fn group(mode: &str, config: Config, runs: &[Run], none_median: Option<f64>) -> 
         .filter(|r| r.mode == mode && r.config == config)
         .collect();
     let ok: Vec<&Run> = all.iter().copied().filter(|r| r.ok()).collect();
-    let rates: Vec<f64> = ok.iter().filter_map(|r| r.rate()).collect();
+    // Throughput, CPU and memory from the runs without the kernel's BPF
+    // statistics (they slow every program run); run times from those with.
+    let with_stats = |r: &&Run| r.tracer.as_ref().is_some_and(|t| t.bpf_stats);
+    let (timed, measured): (Vec<&Run>, Vec<&Run>) = ok.iter().copied().partition(with_stats);
+    let rates: Vec<f64> = measured.iter().filter_map(|r| r.rate()).collect();
     let ratios: Vec<f64> = match none_median {
         Some(base) if base > 0.0 => rates.iter().map(|r| r / base).collect(),
         _ => Vec::new(),
     };
-    let tracers: Vec<_> = ok.iter().filter_map(|r| r.tracer.as_ref()).collect();
+    let tracers: Vec<_> = measured.iter().filter_map(|r| r.tracer.as_ref()).collect();
+    let timed_tracers: Vec<_> = timed.iter().filter_map(|r| r.tracer.as_ref()).collect();
+    let all_tracers = ok.iter().filter_map(|r| r.tracer.as_ref());
     let cpu: Vec<f64> = tracers
         .iter()
         .filter_map(|t| {
@@ -186,11 +192,15 @@ fn group(mode: &str, config: Config, runs: &[Run], none_median: Option<f64>) -> 
                 .map(|e| t.cpu_s / e as f64 * 1e6)
         })
         .collect();
-    let bpf: Vec<f64> = tracers.iter().filter_map(|t| t.bpf_ns_per_event).collect();
+    let bpf: Vec<f64> = timed_tracers
+        .iter()
+        .filter_map(|t| t.bpf_ns_per_event)
+        .collect();
     // Per second of workload: the window the BPF statistics cover.
     let per_s = |f: fn(&crate::bench::TracerOut) -> f64| -> Option<f64> {
         median(
-            ok.iter()
+            timed
+                .iter()
                 .filter_map(|r| Some((r.tracer.as_ref()?, r.workload_seconds()?)))
                 .filter(|(_, secs)| *secs > 0.0)
                 .map(|(t, secs)| f(t) / secs)
@@ -223,9 +233,11 @@ fn group(mode: &str, config: Config, runs: &[Run], none_median: Option<f64>) -> 
         ratio_max: ratios.iter().copied().reduce(f64::max),
         cpu_s_per_mevent: median(cpu),
         bpf_ns_per_event: median(bpf),
-        bpf_basis: tracers.first().map(|t| t.bpf_basis),
-        missed: (!tracers.is_empty()).then(|| tracers.iter().map(|t| t.skipped_runs()).sum()),
-        programs: programs(tracers.iter().map(|t| &t.bpf)),
+        bpf_basis: timed_tracers.first().map(|t| t.bpf_basis),
+        // The kernel counts skipped runs with statistics on or off.
+        missed: (!ok.is_empty() && config != Config::None)
+            .then(|| all_tracers.map(|t| t.skipped_runs()).sum()),
+        programs: programs(timed_tracers.iter().map(|t| &t.bpf)),
         bpf_runs_per_s: per_s(|t| t.bpf.run_cnt as f64),
         bpf_ms_per_s: per_s(|t| t.bpf.run_time_ns as f64 / 1e6),
         peak_rss_mib: tracers

@@ -57,7 +57,7 @@ mod tests {
 
     use crate::bench::{Config, Run, Scenario};
     use crate::report::Report;
-    use crate::report::tests::{args, tracer};
+    use crate::report::tests::{args, stats_off, tracer};
 
     fn syscalls_run(config: Config, ns: f64) -> Run {
         let mut r = Run::new(Scenario::Syscalls, "syscalls", config, 0);
@@ -67,7 +67,7 @@ mod tests {
             rate: 1e9 / ns,
         });
         if config != Config::None {
-            r.tracer = Some(tracer(vec![], 0));
+            r.tracer = Some(stats_off(tracer(vec![], 0)));
         }
         r
     }
