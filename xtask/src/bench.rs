@@ -421,14 +421,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let mut runs = Vec::new();
     let mut ceiling_result = None;
     if wants(Scenario::Churn) {
-        let total = a.modes.len() * a.configs.len() * a.reps as usize;
+        let tracers = a.configs.iter().filter(|&&c| c != Config::None).count();
+        let total =
+            a.modes.len() * (a.configs.len() * a.reps as usize + tracers * a.stats_reps as usize);
         println!(
-            "bench: churn: {total} runs ({} modes x {} configs x {} reps, {} s of churn each), \
-             interleaved",
+            "bench: churn: {total} runs ({} modes x {} configs x {} reps, {} s of churn each, \
+             interleaved; then {} rep(s) of each tracer with BPF statistics on)",
             a.modes.len(),
             a.configs.len(),
             a.reps,
-            a.seconds
+            a.seconds,
+            a.stats_reps
         );
         for &mode in &a.modes {
             for (rep, bpf_stats) in repetitions(a) {
@@ -460,7 +463,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if wants(Scenario::Bulk) {
         println!(
             "bench: bulk: {} runs (none and tcptrace x {} reps, {} s each, {} connection(s), {}), \
-             interleaved",
+             interleaved, and {} of tcptrace with BPF statistics on",
             2 * a.reps,
             a.reps,
             a.bulk_seconds,
@@ -469,7 +472,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 "unpinned"
             } else {
                 "pinned to CPU 0"
-            }
+            },
+            a.stats_reps
         );
         for (rep, bpf_stats) in repetitions(a) {
             for config in BULK_CONFIGS {
