@@ -10,18 +10,16 @@
 //!   tcptrace's binary and read from its summary.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     os::unix::fs::MetadataExt,
     time::{Duration, Instant},
 };
 
 use tcptrace::{decode::Record, model::Tally};
 use tcptrace_tests::{
-    Cli, DEADLINE, connect_nowait, describe, listen_backlog, netns::Netns, prometheus,
+    Cli, DEADLINE, connect_nowait, describe, listen_backlog, netns::Netns, paths::V4, prometheus,
     reserve_port, trace,
 };
-
-const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Drops every segment to `port` but SYNs, FINs and RSTs: handshakes are
 /// answered, never completed.

@@ -19,6 +19,14 @@
 //!   gone, tcptrace is stopped, and its JSON says how many of those sockets
 //!   it still thought open. With the runs the kernel skipped (against the
 //!   events produced), that is what a burst of closes costs its accuracy.
+//! - json: the direct JSON writer against serde's derives of the same types
+//!   (the `replay` example), in reader CPU per million events.
+//! - syscalls: getppid(2) in a loop with no tracer, tcptrace and
+//!   `tcptrace --no-accept`: what following accept(2) costs every syscall.
+//!
+//! Throughput, CPU and memory are measured with the kernel's BPF statistics
+//! off, as on a production host; `--stats-reps` more runs of each tracer
+//! with them on give the BPF run times (see `repetitions`).
 //!
 //! Every wait is bounded and every child is killed if anything fails.
 

@@ -302,6 +302,7 @@ impl Report {
             .iter()
             .chain(&self.bulk)
             .chain(&self.massclose)
+            .chain(&self.syscalls)
             .filter(|g| !g.errors.is_empty())
             .collect();
         if !failed.is_empty() {
