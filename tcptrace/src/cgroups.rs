@@ -17,7 +17,7 @@ use serde::Serialize;
 /// Most cgroup directories walked (a container host has thousands).
 const MAX_DIRS: usize = 100_000;
 /// A miss re-walks the tree at most this often.
-const RESCAN_EVERY: Duration = Duration::from_secs(1);
+pub const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// The unit and container a cgroup path names.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -60,13 +60,27 @@ pub type AliveSockets = HashSet<(SocketAddr, SocketAddr)>;
 
 type CgroupHasher = foldhash::fast::FixedState;
 
+/// What looking a cgroup id up gave.
+enum Lookup {
+    /// Found on the host (named or not): never asked again.
+    Found,
+    /// Not found, at this record time: asked again once the names may have
+    /// been rescanned. Ids of cgroups already gone (a container that
+    /// exited) stay unknown, and asking on every record cost more than
+    /// the rest of the reader's work for such a record.
+    MissedAt(u64),
+}
+
+/// Most cgroup ids remembered; past it the memory starts again.
+const MAX_KNOWN_CGROUPS: usize = 65_536;
+
 /// Where cgroup names come from: the host (live), or the recording.
 enum CgroupSource {
     Host {
         names: CgroupNames,
-        /// Ids looked up already (named or not). Looked up for every record:
-        /// foldhash, not SipHash (cgroup ids are the kernel's, not a peer's).
-        known: HashSet<u64, CgroupHasher>,
+        /// Ids looked up already. Checked for every record: foldhash, not
+        /// SipHash (cgroup ids are the kernel's, not a peer's).
+        known: HashMap<u64, Lookup, CgroupHasher>,
     },
     Recording,
 }
@@ -109,7 +123,7 @@ impl<W: Write> Pipeline<W> {
             tracker: Tracker::new(tracker),
             cgroups: CgroupSource::Host {
                 names: CgroupNames::new(),
-                known: HashSet::default(),
+                known: HashMap::default(),
             },
             workloads: HashMap::default(),
             recorder: None,
@@ -125,6 +139,14 @@ impl<W: Write> Pipeline<W> {
     /// Names RST reasons as the recording (or running) kernel does.
     pub fn with_decoder(mut self, decoder: Decoder) -> Self {
         self.decoder = decoder;
+        self
+    }
+
+    /// Names cgroups from this tree instead of the host's cgroup2 mount.
+    pub fn with_cgroup_names(mut self, names: CgroupNames) -> Self {
+        if let CgroupSource::Host { names: host, .. } = &mut self.cgroups {
+            *host = names;
+        }
         self
     }
 
@@ -356,9 +378,14 @@ impl<W: Write> Pipeline<W> {
                 None => [None, None],
             },
         };
+        let now = record.ts_ns();
+        let retry_ns = crate::cgroups::RESCAN_EVERY.as_nanos() as u64;
         for p in procs.into_iter().flatten().map(|p: &Proc| p.cgroup_id) {
-            if p == 0 || known.contains(&p) {
-                continue;
+            match known.get(&p) {
+                _ if p == 0 => continue,
+                Some(Lookup::Found) => continue,
+                Some(Lookup::MissedAt(t)) if now.saturating_sub(*t) < retry_ns => continue,
+                _ => {}
             }
             if let Some(w) = names.resolve(p) {
                 self.workloads.insert(p, w.clone());
@@ -367,10 +394,16 @@ impl<W: Write> Pipeline<W> {
                 }
             }
             // A cgroup not found yet may appear later (a rescan is at most
-            // once a second): asked again at its next record.
-            if names.knows(p) {
-                known.insert(p);
+            // once a second): asked again at its first record after that.
+            if known.len() >= MAX_KNOWN_CGROUPS {
+                known.clear();
             }
+            let found = if names.knows(p) {
+                Lookup::Found
+            } else {
+                Lookup::MissedAt(now)
+            };
+            known.insert(p, found);
         }
     }
 
@@ -407,3 +440,6 @@ impl<W: Write> Pipeline<W> {
         write_summary(out, &self.summary, counters, &self.tracker.stats())
     }
 }
+
+#[cfg(test)]
+mod tests;
