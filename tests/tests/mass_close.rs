@@ -137,7 +137,7 @@ fn a_killed_process_with_thousands_of_sockets_leaves_none_reported_open() {
 
     let stdout = std::fs::read_to_string(&out_path).unwrap();
     let _ = std::fs::remove_file(&out_path);
-    let mut by_tuple: HashMap<(String, String), Vec<serde_json::Value>> = HashMap::new();
+    let mut by_socket: HashMap<(String, String, String), Vec<serde_json::Value>> = HashMap::new();
     for line in stdout.lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -151,13 +151,18 @@ fn a_killed_process_with_thousands_of_sockets_leaves_none_reported_open() {
             assert_ne!(v["verdict"]["close"]["kind"], "refused", "{v}");
             continue;
         }
+        // By socket, not by tuple alone: under this load the kernel once
+        // made two children for one tuple (seen in CI): one went
+        // SYN_RECV→CLOSE without being established, the other carried the
+        // connection. Two sockets, each to be reported once.
         let key = (
             v["socket"]["local"].as_str().unwrap_or("?").to_owned(),
             v["socket"]["remote"].as_str().unwrap_or("?").to_owned(),
+            v["socket"]["skaddr"].as_str().unwrap_or("?").to_owned(),
         );
-        by_tuple.entry(key).or_default().push(v);
+        by_socket.entry(key).or_default().push(v);
     }
-    let still_open: Vec<String> = by_tuple
+    let still_open: Vec<String> = by_socket
         .values()
         .flatten()
         .filter(|v| v["verdict"]["close"]["kind"] == "still_open")
@@ -185,7 +190,7 @@ fn a_killed_process_with_thousands_of_sockets_leaves_none_reported_open() {
         "lost {lost} of {produced}: {summary}"
     );
     // Both ends of every connection, each reported once.
-    let twice: Vec<_> = by_tuple
+    let twice: Vec<_> = by_socket
         .iter()
         .filter(|(_, v)| v.len() > 1)
         .take(3)
@@ -194,8 +199,12 @@ fn a_killed_process_with_thousands_of_sockets_leaves_none_reported_open() {
         twice.is_empty(),
         "sockets reported more than once: {twice:?}"
     );
+    let tuples: std::collections::HashSet<_> = by_socket
+        .keys()
+        .map(|(local, remote, _)| (local, remote))
+        .collect();
     assert_eq!(
-        by_tuple.len(),
+        tuples.len(),
         2 * CONNECTIONS,
         "expected both ends of {CONNECTIONS} connections; summary: {summary}"
     );
