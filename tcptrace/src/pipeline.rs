@@ -66,8 +66,8 @@ enum Lookup {
     Found,
     /// Not found, at this record time: asked again once the names may have
     /// been rescanned. Ids of cgroups already gone (a container that
-    /// exited) stay unknown, and asking on every record cost more than
-    /// the rest of the reader's work for such a record.
+    /// exited), or of every cgroup on a host without a cgroup2 mount, stay
+    /// unknown: asking on every record was a fifth of the reader's work.
     MissedAt(u64),
 }
 
