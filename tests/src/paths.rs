@@ -19,7 +19,7 @@ use std::{
 };
 
 use tcptrace::{
-    classify::{Open, Verdict},
+    classify::{Close, Open, Verdict},
     decode::{Proc, Record},
     tracker::{Role, SocketLife},
 };
@@ -144,6 +144,32 @@ pub fn assert_active_open(life: &SocketLife, verdict: &Verdict) {
         ),
         "{verdict:#?}"
     );
+}
+
+/// A connect that timed out because this host's own firewall rule dropped
+/// its SYNs (NETFILTER_DROP), the first and at least one retransmit, each
+/// drop tied to the client. Returns how many were dropped.
+pub fn assert_syns_dropped_here(life: &SocketLife, verdict: &Verdict) -> u32 {
+    assert!(life.syn_retransmits >= 1, "{life:#?}");
+    let Close::HandshakeTimeout {
+        syn_retransmits,
+        syns_dropped,
+    } = &verdict.close
+    else {
+        panic!("not a handshake timeout: {verdict:#?}\n{life:#?}");
+    };
+    assert_eq!(*syn_retransmits, life.syn_retransmits, "{life:#?}");
+    let dropped = syns_dropped.as_ref().unwrap_or_else(|| panic!("{life:#?}"));
+    assert_eq!(
+        dropped.reason.name.as_deref(),
+        Some("NETFILTER_DROP"),
+        "{life:#?}"
+    );
+    assert!(
+        dropped.count >= 2,
+        "the first SYN and a retransmit: {life:#?}"
+    );
+    dropped.count
 }
 
 pub fn assert_passive_open(life: &SocketLife, verdict: &Verdict, listener: SocketAddr) {
