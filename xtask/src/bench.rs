@@ -39,7 +39,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
 use serde::Serialize;
 
-use crate::proc::{self, SysctlGuard};
+use crate::proc::{self, BPF_STATS, SysctlGuard};
 use crate::report;
 use crate::util::{self, command, run};
 
@@ -308,13 +308,9 @@ struct Ctx {
     syscalls: PathBuf,
 }
 
-/// The kernel's switch for BPF run-time statistics (run_time_ns, run_cnt).
-const BPF_STATS: &str = "kernel.bpf_stats_enabled";
-
 /// Turns BPF run-time statistics on or off for the runs that follow.
 fn set_bpf_stats(on: bool) -> Result<()> {
-    let path = format!("/proc/sys/{}", BPF_STATS.replace('.', "/"));
-    fs::write(&path, if on { "1" } else { "0" }).with_context(|| format!("writing {path}"))
+    proc::set_sysctl(BPF_STATS, if on { "1" } else { "0" })
 }
 
 /// The repetitions of the churn and the bulk: `--reps` with statistics off

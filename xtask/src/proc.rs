@@ -313,9 +313,23 @@ pub fn parse_prog_fdinfo(info: &str) -> Option<ProgStats> {
 
 /// Reads /proc/<pid>/fdinfo of every BPF program fd the process holds, each
 /// program counted once (names left empty: see [`BpfStats::name_programs`]).
-/// Is `kernel.bpf_stats_enabled` on (run times and run counts kept)?
+/// The kernel's switch for BPF run-time statistics (run_time_ns, run_cnt).
+pub const BPF_STATS: &str = "kernel.bpf_stats_enabled";
+
+/// Is [`BPF_STATS`] on (run times and run counts kept)?
 pub fn bpf_stats_enabled() -> bool {
-    fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
+    fs::read_to_string(sysctl_path(BPF_STATS)).is_ok_and(|v| v.trim() == "1")
+}
+
+/// `/proc/sys/...` of a sysctl named with dots.
+fn sysctl_path(name: &str) -> String {
+    format!("/proc/sys/{}", name.replace('.', "/"))
+}
+
+/// Writes `value` to the sysctl `name`.
+pub fn set_sysctl(name: &str, value: &str) -> Result<()> {
+    let path = sysctl_path(name);
+    fs::write(&path, value).with_context(|| format!("writing {value} to {path}"))
 }
 
 pub fn bpf_stats(pid: i32) -> Result<BpfStats> {
@@ -449,9 +463,9 @@ pub struct SysctlGuard {
 
 impl SysctlGuard {
     pub fn set(name: &str, value: &str) -> Result<Self> {
-        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        let path = sysctl_path(name);
         let old = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        fs::write(&path, value).with_context(|| format!("writing {value} to {path}"))?;
+        set_sysctl(name, value)?;
         Ok(Self {
             path,
             old: old.trim().to_owned(),
@@ -471,7 +485,7 @@ impl Drop for SysctlGuard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const FDINFO: &str = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1044\nprog_type:\t5\n\
@@ -552,7 +566,8 @@ mod tests {
         );
     }
 
-    fn prog(id: u64, name: &str, cnt: u64, ns: u64, miss: u64) -> ProgStats {
+    /// One program's statistics, as bpftool reports them (test fixture).
+    pub(crate) fn prog(id: u64, name: &str, cnt: u64, ns: u64, miss: u64) -> ProgStats {
         ProgStats {
             id,
             name: name.into(),

@@ -6,16 +6,7 @@ use std::time::Duration;
 use super::Report;
 use crate::bench::{BenchArgs, Config, Mode, Run, Scenario};
 
-pub(super) fn prog(id: u64, name: &str, cnt: u64, ns: u64, miss: u64) -> crate::proc::ProgStats {
-    crate::proc::ProgStats {
-        id,
-        name: name.into(),
-        run_cnt: cnt,
-        run_time_ns: ns,
-        recursion_misses: miss,
-        calls: String::new(),
-    }
-}
+pub(super) use crate::proc::tests::prog;
 
 pub(super) fn args(argv: &[&str]) -> BenchArgs {
     use clap::Parser as _;
