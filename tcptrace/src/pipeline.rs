@@ -381,8 +381,11 @@ impl<W: Write> Pipeline<W> {
         let now = record.ts_ns();
         let retry_ns = crate::cgroups::RESCAN_EVERY.as_nanos() as u64;
         for p in procs.into_iter().flatten().map(|p: &Proc| p.cgroup_id) {
+            // Most records carry no cgroup id: no hashing for those.
+            if p == 0 {
+                continue;
+            }
             match known.get(&p) {
-                _ if p == 0 => continue,
                 Some(Lookup::Found) => continue,
                 Some(Lookup::MissedAt(t)) if now.saturating_sub(*t) < retry_ns => continue,
                 _ => {}
