@@ -110,7 +110,9 @@ pub struct Config {
     /// Events between two checks of that backlog, per CPU: fewer than the
     /// wakeup threshold holds, so that a small ring still wakes its reader.
     pub query_every: u32,
-    pub _pad: u32,
+    /// Rings − 1 (a power of two less one): an event goes to ring
+    /// `cpu & ring_mask`, so that CPUs do not contend for one ring.
+    pub ring_mask: u32,
     pub drop: DropConfig,
     /// `oom:mark_victim`: the victim (task). Appended, like [`DropConfig`].
     pub oom_victim: ArgPos,
@@ -158,7 +160,7 @@ impl Config {
         signal_mask: 0,
         wakeup_bytes: 0,
         query_every: 1,
-        _pad: 0,
+        ring_mask: 0,
         drop: DropConfig {
             args: ArgPos::NONE,
             skb: DropSkbOffsets {

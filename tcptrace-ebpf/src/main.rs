@@ -55,8 +55,27 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 #[unsafe(no_mangle)]
 static CONFIG: Config = Config::EMPTY;
 
+// One ring per CPU, up to MAX_RINGS (see there why); the loader sizes the
+// rings it uses and shrinks the others to a page. Separate maps, not an
+// array of maps: aya-ebpf has none, and a switch on a constant mask costs
+// a few instructions.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+static EVENTS_0: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static EVENTS_1: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static EVENTS_2: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static EVENTS_3: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static EVENTS_4: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static EVENTS_5: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static EVENTS_6: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static EVENTS_7: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+const _: () = assert!(tcptrace_common::MAX_RINGS == 8);
 
 /// `counter::*` per CPU: produced = received + lost holds exactly.
 #[map]
@@ -360,15 +379,26 @@ fn backlog_check_due() -> bool {
 /// One helper call per event (`bpf_ringbuf_output`), plus a backlog query
 /// every `query_every` events: waking the reader per event costs more than
 /// the event itself, so it is woken only when a backlog builds and its
-/// timer drains the rest.
+/// timer drains the rest. The ring is this CPU's (`Event::cpu`, already
+/// read): userspace merges the rings back into time order.
 #[inline(always)]
 fn submit(event: &Event) {
     count(counter::PRODUCED);
+    let ring = match event.cpu & config().ring_mask {
+        0 => &EVENTS_0,
+        1 => &EVENTS_1,
+        2 => &EVENTS_2,
+        3 => &EVENTS_3,
+        4 => &EVENTS_4,
+        5 => &EVENTS_5,
+        6 => &EVENTS_6,
+        _ => &EVENTS_7,
+    };
     let mut wake = BPF_RB_NO_WAKEUP;
-    if backlog_check_due() && EVENTS.query(BPF_RB_AVAIL_DATA) >= config().wakeup_bytes {
+    if backlog_check_due() && ring.query(BPF_RB_AVAIL_DATA) >= config().wakeup_bytes {
         wake = BPF_RB_FORCE_WAKEUP;
     }
-    if EVENTS.output::<Event>(event, wake).is_err() {
+    if ring.output::<Event>(event, wake).is_err() {
         count(counter::LOST);
     }
 }

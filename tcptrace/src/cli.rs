@@ -120,12 +120,14 @@ pub struct Args {
     #[arg(long)]
     pub no_accept: bool,
 
-    /// Ring buffer size in bytes: a power of two from 262144 (256 KiB) to
-    /// 1073741824 (1 GiB). Larger absorbs bigger bursts without losing
-    /// events; it is resident memory, mapped into tcptrace twice. The
-    /// smallest holds about 1,600 events, a tenth of a second at a thousand
-    /// connections a second: a smaller ring fills while a loaded machine
-    /// keeps the reader waiting for a CPU.
+    /// Ring buffer size in bytes, all rings together: a power of two from
+    /// 262144 (256 KiB) to 1073741824 (1 GiB). It is shared by one ring
+    /// per CPU (up to 8, none under 256 KiB), so that CPUs do not contend
+    /// for one ring; tcptrace merges them back into time order. Larger
+    /// absorbs bigger bursts without losing events; it is resident memory,
+    /// mapped into tcptrace twice. 256 KiB holds about 1,600 events, a
+    /// tenth of a second at a thousand connections a second: a smaller ring
+    /// fills while a loaded machine keeps the reader waiting for a CPU.
     #[arg(long, value_name = "BYTES", default_value_t = tcptrace_common::DEFAULT_RING_BYTES,
           allow_hyphen_values = true, value_parser = parse_ring_size)]
     pub ring_size: u32,

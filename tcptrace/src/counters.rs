@@ -11,8 +11,13 @@ pub struct Counters {
     pub produced: u64,
     /// Events that found the ring buffer full.
     pub lost: u64,
-    /// Events read from the ring buffer by userspace.
+    /// Events read from the ring buffers by userspace.
     pub received: u64,
+    /// Of those, events a CPU's ring delivered after the merge of the rings
+    /// had handed on later ones (a program delayed more than the merge's
+    /// hold-back between its timestamp and its commit): handed on out of
+    /// time order, never dropped.
+    pub late: u64,
     /// Events dropped by a filter in the kernel.
     pub filtered: u64,
     /// Non-TCP (MPTCP, SCTP) state changes ignored in the kernel.

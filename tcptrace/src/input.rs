@@ -12,10 +12,16 @@
 //!
 //! A batch is `bytes`: records framed as a little-endian `u32` length and
 //! the record's bytes, cheap to split and hand on (a recorder can keep the
-//! same frames).
+//! same frames). With several rings (one per CPU) the thread also merges
+//! them back into time order ([`merge`]), so that what follows sees one
+//! ordered stream, as from a single ring.
+
+mod merge;
+mod rings;
+pub use rings::Rings;
 
 use std::{
-    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+    os::fd::{AsRawFd, BorrowedFd, RawFd},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -24,7 +30,6 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, RingBuf};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -76,9 +81,12 @@ pub struct LiveInput {
 /// How full the input is, readable from anywhere at any time (metrics).
 #[derive(Clone, Debug)]
 pub struct InputGauge {
-    /// Bytes of records taken from the ring and not yet processed.
+    /// Bytes of records taken from the rings and not yet processed.
     backlog: Arc<AtomicUsize>,
-    ring: Option<Arc<RingPositions>>,
+    /// Each ring's positions (empty when they could not be mapped).
+    rings: Arc<[RingPositions]>,
+    /// Records read after the merge had passed their time.
+    late: Arc<AtomicU64>,
 }
 
 impl InputGauge {
@@ -87,10 +95,16 @@ impl InputGauge {
         self.backlog.load(Ordering::Relaxed)
     }
 
-    /// Bytes in the kernel's ring not yet consumed (`None` when its
+    /// Bytes in the kernel's rings not yet consumed (`None` when their
     /// positions could not be mapped).
     pub fn ring_used_bytes(&self) -> Option<u64> {
-        self.ring.as_ref().map(|r| r.used())
+        (!self.rings.is_empty()).then(|| self.rings.iter().map(RingPositions::used).sum())
+    }
+
+    /// Records another CPU's ring delivered after the merge had handed on
+    /// later ones: they went on out of time order.
+    pub fn late(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
     }
 }
 
@@ -154,23 +168,33 @@ impl Drop for RingPositions {
 }
 
 impl LiveInput {
-    /// Starts reading `ring`; `received` counts the records taken from it.
-    pub fn start(ring: RingBuf<MapData>, received: Arc<AtomicU64>) -> std::io::Result<LiveInput> {
+    /// Starts reading `rings`; `received` counts the records handed on,
+    /// `late` those the merge handed on out of order.
+    pub fn start(
+        rings: Rings,
+        received: Arc<AtomicU64>,
+        late: Arc<AtomicU64>,
+    ) -> std::io::Result<LiveInput> {
         let (tx, rx) = unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
-        let ring_positions = RingPositions::map(ring.as_fd())
-            .map_err(|e| log::debug!("cannot map the ring's positions: {e}"))
-            .ok()
-            .map(Arc::new);
+        let positions: std::io::Result<Vec<_>> = rings.fds().map(RingPositions::map).collect();
+        let positions = positions
+            .map_err(|e| log::debug!("cannot map the rings' positions: {e}"))
+            .unwrap_or_default();
         let gauge = InputGauge {
             backlog: Arc::new(AtomicUsize::new(0)),
-            ring: ring_positions,
+            rings: positions.into(),
+            late,
         };
-        let backlog = gauge.backlog.clone();
+        let counts = Counts {
+            received,
+            late: gauge.late.clone(),
+            backlog: gauge.backlog.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("tcptrace-ring".into())
-            .spawn(move || read_ring(ring, &tx, &thread_stop, &received, backlog))?;
+            .spawn(move || read_rings(rings, &tx, &thread_stop, &counts))?;
         Ok(LiveInput {
             rx,
             stop,
@@ -207,52 +231,43 @@ impl LiveInput {
     }
 }
 
-fn read_ring(
-    mut ring: RingBuf<MapData>,
-    tx: &UnboundedSender<Batch>,
-    stop: &AtomicBool,
-    received: &AtomicU64,
+/// What the reading thread counts, shared with the rest.
+struct Counts {
+    received: Arc<AtomicU64>,
+    late: Arc<AtomicU64>,
     backlog: Arc<AtomicUsize>,
-) {
-    let fd = ring.as_raw_fd();
+}
+
+fn read_rings(mut rings: Rings, tx: &UnboundedSender<Batch>, stop: &AtomicBool, counts: &Counts) {
+    let fds = rings.raw_fds();
+    let backlog = &counts.backlog;
     let mut buf = BytesMut::with_capacity(BATCH_BYTES);
-    let mut count = 0u64;
     loop {
         // Read before draining: the last drain after stop sees everything.
         let stopping = stop.load(Ordering::Acquire);
-        let send = |buf: &mut BytesMut, count: &mut u64| -> bool {
-            if buf.is_empty() {
-                return true;
-            }
-            let bytes = buf.split().freeze();
-            // One fresh allocation per batch, not a series of regrowths.
-            buf.reserve(BATCH_BYTES);
-            let len = bytes.len();
-            backlog.fetch_add(len, Ordering::Relaxed);
-            received.fetch_add(std::mem::take(count), Ordering::Relaxed);
-            let batch = Batch {
-                bytes,
-                backlog: backlog.clone(),
-                len,
-            };
-            tx.send(batch).is_ok()
-        };
-        // Past the backlog bound the ring is left to fill (and the kernel
-        // counts what it cannot take); the final drain takes everything.
-        while stopping || backlog.load(Ordering::Relaxed) < MAX_BACKLOG {
-            let Some(item) = ring.next() else { break };
-            buf.put_u32_le(item.len() as u32);
-            buf.extend_from_slice(&item);
-            count += 1;
-            if buf.len() >= BATCH_BYTES && !send(&mut buf, &mut count) {
-                return;
-            }
-        }
-        if !send(&mut buf, &mut count) || stopping {
+        let mut records = 0u64;
+        // False once the main thread is gone: nothing more to read for.
+        let open = std::cell::Cell::new(true);
+        // Past the backlog bound the rings are left to fill (and the kernel
+        // counts what they cannot take); the final drain takes everything.
+        rings.read(
+            stopping,
+            || open.get() && (stopping || backlog.load(Ordering::Relaxed) < MAX_BACKLOG),
+            |record| {
+                buf.put_u32_le(record.len() as u32);
+                buf.extend_from_slice(record);
+                records += 1;
+                if buf.len() >= BATCH_BYTES && !send(&mut buf, &mut records, counts, tx) {
+                    open.set(false);
+                }
+            },
+        );
+        counts.late.store(rings.late(), Ordering::Relaxed);
+        if !open.get() || !send(&mut buf, &mut records, counts, tx) || stopping {
             return;
         }
         wait_readable(
-            fd,
+            &fds,
             if backlog.load(Ordering::Relaxed) < MAX_BACKLOG {
                 POLL_MS
             } else {
@@ -263,15 +278,45 @@ fn read_ring(
     }
 }
 
-/// Waits until the kernel wakes the ring's readers or `ms` pass.
-fn wait_readable(fd: RawFd, ms: i32) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+/// Hands the batch in `buf` (holding `records`) to the main thread; false
+/// once it is gone.
+fn send(
+    buf: &mut BytesMut,
+    records: &mut u64,
+    counts: &Counts,
+    tx: &UnboundedSender<Batch>,
+) -> bool {
+    if buf.is_empty() {
+        return true;
+    }
+    let bytes = buf.split().freeze();
+    // One fresh allocation per batch, not a series of regrowths.
+    buf.reserve(BATCH_BYTES);
+    let len = bytes.len();
+    counts.backlog.fetch_add(len, Ordering::Relaxed);
+    counts
+        .received
+        .fetch_add(std::mem::take(records), Ordering::Relaxed);
+    let batch = Batch {
+        bytes,
+        backlog: counts.backlog.clone(),
+        len,
     };
-    // SAFETY: one valid pollfd.
-    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    tx.send(batch).is_ok()
+}
+
+/// Waits until the kernel wakes a ring's readers or `ms` pass.
+fn wait_readable(fds: &[RawFd], ms: i32) {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: a valid array of pollfds, of the length given.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
     if rc < 0 {
         // EINTR or worse: do not spin.
         std::thread::sleep(Duration::from_millis(ms.max(1) as u64));

@@ -11,6 +11,7 @@
 pub mod cgroups;
 pub mod classify;
 pub mod cli;
+pub mod clock;
 pub mod command;
 pub mod counters;
 pub mod decode;

@@ -17,12 +17,14 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::ProgramError,
 };
-use tcptrace_common::{Config, Event, Filter, ListenerKey, Task, counter};
+use tcptrace_common::{
+    Config, Event, Filter, ListenerKey, MAX_RINGS, MIN_RING_BYTES, Task, counter,
+};
 
 use crate::{
     counters::Counters,
     decode::{Decoder, Record, event_from_bytes},
-    input::LiveInput,
+    input::{LiveInput, Rings},
     kernel::{self, KernelLayout},
     kernel_log::{self, KernelLog},
     owners::Owners,
@@ -113,15 +115,20 @@ impl Default for TraceOptions {
 /// A loaded and attached tracer. Dropping it detaches everything.
 pub struct Tracer {
     ebpf: Ebpf,
-    /// Until [`Tracer::live_input`] hands it to its reading thread.
-    ring: Option<RingBuf<MapData>>,
+    /// Until [`Tracer::live_input`] hands them to their reading thread.
+    rings: Option<Rings>,
     counters: PerCpuArray<MapData, u64>,
     decoder: Decoder,
     /// Owner maps, when the kernel keeps none (no process filters): for
     /// [`Tracer::drain`], until [`Tracer::take_owners`] hands them on.
     owners: Option<Owners>,
-    /// Records taken from the ring (by whoever reads it).
+    /// Records taken from the rings (by whoever reads them).
     received: Arc<AtomicU64>,
+    /// Of those, records the merge of the rings handed on out of order.
+    late: Arc<AtomicU64>,
+    /// Set by [`Tracer::detach`]: nothing more will be committed, so a
+    /// drain hands on everything, held back or not.
+    detached: bool,
     undecodable: u64,
     /// Skipped runs of the programs already unloaded (their fdinfo is gone).
     /// Of those, the socket programs'.
@@ -161,9 +168,11 @@ impl Tracer {
                 layout.accept_unavailable = Some(e.to_string());
             }
         }
-        let (wakeup_bytes, query_every) = wakeup_policy(opts.ring_bytes);
+        let (rings, ring_bytes) = ring_layout(opts.ring_bytes, aya::util::nr_cpus().ok());
+        let (wakeup_bytes, query_every) = wakeup_policy(ring_bytes);
         config.wakeup_bytes = wakeup_bytes;
         config.query_every = query_every;
+        config.ring_mask = rings - 1;
 
         // Rust eBPF carries no CO-RE relocations, so aya needs no kernel BTF:
         // it is hidden from EbpfLoader::new where possible, else dropped here
@@ -172,12 +181,21 @@ impl Tracer {
         // verifier drops its code for the levels above (by default, debug).
         let log_level = kernel_log::kernel_level(log::max_level());
         let mut ebpf = without_kernel_btf(|| {
-            EbpfLoader::new()
+            let mut loader = EbpfLoader::new();
+            loader
                 .btf(None)
                 .override_global("CONFIG", &config, true)
-                .override_global(aya_log::LEVEL, &log_level, false)
-                .map_max_entries("EVENTS", opts.ring_bytes)
-                .load(KERNEL_OBJECT)
+                .override_global(aya_log::LEVEL, &log_level, false);
+            for (ring, name) in (0..).zip(RING_NAMES) {
+                // The rings no CPU writes to: the smallest a ring can be.
+                let bytes = if ring < rings {
+                    ring_bytes
+                } else {
+                    page_size()
+                };
+                loader.map_max_entries(name, bytes);
+            }
+            loader.load(KERNEL_OBJECT)
         })?;
         release_freed_memory();
 
@@ -231,11 +249,11 @@ impl Tracer {
             );
         }
 
-        let ring = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
-                .ok_or(LoadError::MissingMap("EVENTS"))?,
-        )
-        .map_err(|e| LoadError::Map("EVENTS", e))?;
+        let mut ring_maps = Vec::new();
+        for name in &RING_NAMES[..rings as usize] {
+            let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+            ring_maps.push(RingBuf::try_from(map).map_err(|e| LoadError::Map(name, e))?);
+        }
         let counters = PerCpuArray::try_from(
             ebpf.take_map("COUNTERS")
                 .ok_or(LoadError::MissingMap("COUNTERS"))?,
@@ -243,12 +261,14 @@ impl Tracer {
         .map_err(|e| LoadError::Map("COUNTERS", e))?;
         Ok(Tracer {
             ebpf,
-            ring: Some(ring),
+            rings: Some(Rings::new(ring_maps)),
             owners,
             counters,
             decoder: Decoder::new(layout.reasons.clone())
                 .with_drop_reasons(layout.drop_reasons.clone()),
             received: Arc::new(AtomicU64::new(0)),
+            late: Arc::new(AtomicU64::new(0)),
+            detached: false,
             undecodable: 0,
             detached_socket_misses: 0,
             detached_misses: 0,
@@ -267,14 +287,14 @@ impl Tracer {
         self.decoder.clone()
     }
 
-    /// Hands the ring buffer to a reading thread of its own (see
+    /// Hands the rings to a reading thread of their own (see
     /// [`LiveInput`]); records then arrive in batches, to [`Tracer::decode`].
     pub fn live_input(&mut self) -> std::io::Result<LiveInput> {
-        let ring = self
-            .ring
+        let rings = self
+            .rings
             .take()
-            .ok_or_else(|| std::io::Error::other("the ring buffer is already being read"))?;
-        LiveInput::start(ring, self.received.clone())
+            .ok_or_else(|| std::io::Error::other("the ring buffers are already being read"))?;
+        LiveInput::start(rings, self.received.clone(), self.late.clone())
     }
 
     /// The owner maps the kernel does not keep (no process filters), for
@@ -302,30 +322,34 @@ impl Tracer {
         }
     }
 
-    /// Reads every event waiting in the ring buffer, in order, on this
-    /// thread (unless [`Tracer::live_input`] took the ring). Returns how
-    /// many were read.
+    /// Reads the events waiting in the ring buffers, in time order, on this
+    /// thread (unless [`Tracer::live_input`] took the rings): all of them
+    /// once detached, else those no other ring can still precede. Returns
+    /// how many were read.
     pub fn drain(&mut self, mut sink: impl FnMut(Record)) -> usize {
-        let Some(mut ring) = self.ring.take() else {
+        let Some(mut rings) = self.rings.take() else {
             return 0;
         };
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            n += 1;
-            let record = self.decode(&item);
-            if let Some(record) = record {
-                sink(record);
-            }
-        }
-        self.ring = Some(ring);
-        self.received.fetch_add(n as u64, Ordering::Relaxed);
-        n
+        let n = rings.read(
+            self.detached,
+            || true,
+            |bytes| {
+                if let Some(record) = self.decode(bytes) {
+                    sink(record);
+                }
+            },
+        );
+        self.late.store(rings.late(), Ordering::Relaxed);
+        self.rings = Some(rings);
+        self.received.fetch_add(n, Ordering::Relaxed);
+        n as usize
     }
 
     /// Detaches every program (the accept program on its syscall
     /// tracepoints too) so no event is produced after this; call
     /// [`Tracer::drain`] once more afterwards to make the counters add up.
     pub fn detach(&mut self) {
+        self.detached = true;
         for (name, program) in self.ebpf.programs_mut() {
             let Ok(fd) = program.fd() else { continue }; // never loaded
             // Its last count, read while its fd is still open.
@@ -355,6 +379,7 @@ impl Tracer {
             filtered: self.kernel_count(counter::FILTERED),
             not_tcp: self.kernel_count(counter::NOT_TCP),
             received: self.received.load(Ordering::Relaxed),
+            late: self.late.load(Ordering::Relaxed),
             undecodable: self.undecodable,
             missed: self.recursion_misses(),
             recovered: self.kernel_count(counter::RECOVERED),
@@ -500,6 +525,33 @@ fn seed(ebpf: &mut Ebpf, seeds: &Seeds) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// How many rings, and the bytes of each, for `--ring-size` bytes in all
+/// on a host of `cpus` (possible) CPUs: one ring per CPU up to MAX_RINGS,
+/// a power of two (the kernel picks a ring by masking the CPU number), none
+/// smaller than MIN_RING_BYTES. The total stays what the user chose: rings
+/// are resident memory, and a burst on one CPU is drained by the reader
+/// long before a ring its size fills (the mass close lost nothing).
+pub fn ring_layout(ring_bytes: u32, cpus: Option<usize>) -> (u32, u32) {
+    let cpus = u32::try_from(cpus.unwrap_or(1).max(1)).unwrap_or(MAX_RINGS);
+    let most = cpus
+        .min(MAX_RINGS)
+        .min((ring_bytes / MIN_RING_BYTES).max(1));
+    // The largest power of two not above `most`.
+    let rings = 1 << most.ilog2();
+    (rings, ring_bytes / rings)
+}
+
+/// The kernel program's ring maps, by number.
+const RING_NAMES: [&str; MAX_RINGS as usize] = [
+    "EVENTS_0", "EVENTS_1", "EVENTS_2", "EVENTS_3", "EVENTS_4", "EVENTS_5", "EVENTS_6", "EVENTS_7",
+];
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(page).unwrap_or(4096)
+}
+
 /// When the kernel program wakes the reader: once an eighth of the ring is
 /// waiting (below that the reader's timer drains, far cheaper than a wakeup
 /// per event), checked every `query_every` events — never fewer than the
@@ -540,5 +592,32 @@ mod tests {
         // The smallest: woken at an eighth (~200 events), checked every 32.
         assert_eq!(wakeup_policy(min), (32 << 10, 32));
         assert_eq!(wakeup_policy(4 << 20).1, 32);
+    }
+
+    #[test]
+    fn rings_follow_the_cpus_and_share_the_chosen_size() {
+        let mib = 1 << 20;
+        // The default 4 MiB on this VM's 2 CPUs: two rings of 2 MiB.
+        assert_eq!(ring_layout(4 * mib, Some(2)), (2, 2 * mib));
+        assert_eq!(ring_layout(4 * mib, Some(1)), (1, 4 * mib));
+        // A power of two of rings, at most MAX_RINGS.
+        assert_eq!(ring_layout(4 * mib, Some(6)), (4, mib));
+        assert_eq!(ring_layout(4 * mib, Some(96)), (MAX_RINGS, mib / 2));
+        // No ring below the smallest size: the smallest total is one ring.
+        assert_eq!(ring_layout(MIN_RING_BYTES, Some(96)), (1, MIN_RING_BYTES));
+        assert_eq!(
+            ring_layout(2 * MIN_RING_BYTES, Some(96)),
+            (2, MIN_RING_BYTES)
+        );
+        // CPUs unknown: one ring.
+        assert_eq!(ring_layout(4 * mib, None), (1, 4 * mib));
+        for shift in MIN_RING_BYTES.trailing_zeros()..=30 {
+            for cpus in 1..=300 {
+                let (rings, each) = ring_layout(1 << shift, Some(cpus));
+                assert!(rings.is_power_of_two() && rings <= MAX_RINGS);
+                assert!(each >= MIN_RING_BYTES && each.is_power_of_two());
+                assert_eq!(rings * each, 1 << shift);
+            }
+        }
     }
 }

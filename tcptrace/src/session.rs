@@ -48,25 +48,8 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 /// Lost-event warnings are rate-limited to one a second.
 const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC) as u64
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer; both clocks always exist on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-}
-
-/// CLOCK_REALTIME − CLOCK_MONOTONIC: adds to an event time to get wall time.
-pub fn wall_offset_ns() -> i128 {
-    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
-}
+use crate::clock::wall_now_ns;
+pub use crate::clock::{monotonic_ns, wall_offset_ns};
 
 /// Runs tcptrace as the CLI does, until a stop signal, `--duration`, or
 /// the end of `-- COMMAND`, whose exit code it then returns.
@@ -447,10 +430,6 @@ fn recording_header(args: &Args, tracer: &Tracer, render: &RenderOptions) -> Hea
         ring_bytes: args.ring_size,
         max_sockets: args.max_sockets,
     }
-}
-
-fn wall_now_ns() -> i64 {
-    clock_ns(libc::CLOCK_REALTIME) as i64
 }
 
 /// One summary line on the recording: where it went, what is missing.

@@ -43,6 +43,7 @@ pub struct Health {
     lost: AtomicU64,
     filtered: AtomicU64,
     undecodable: AtomicU64,
+    late: AtomicU64,
     skipped: AtomicU64,
     recovered: AtomicU64,
     stdout_dropped: AtomicU64,
@@ -96,6 +97,7 @@ impl Health {
         set(&self.lost, c.lost);
         set(&self.filtered, c.filtered);
         set(&self.undecodable, c.undecodable);
+        set(&self.late, c.late);
         set(&self.skipped, c.missed);
         set(&self.recovered, c.recovered);
         set(&self.stdout_dropped, stdout.dropped_lines);
@@ -174,7 +176,7 @@ fn gauge(
 impl Collector for Health {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let e = &mut e;
-        let events: [(&str, &str, &AtomicU64); 5] = [
+        let events: [(&str, &str, &AtomicU64); 6] = [
             (
                 "events_produced",
                 "Events that passed the kernel filters and were offered to the ring buffer \
@@ -201,6 +203,13 @@ impl Collector for Health {
                 "events_undecodable",
                 "Events that could not be decoded (a kernel/loader mismatch).",
                 &self.undecodable,
+            ),
+            (
+                "events_late",
+                "Events that reached tcptrace after later ones from other CPUs' ring \
+                 buffers (delayed in the kernel past the merge's hold-back): passed on out \
+                 of time order.",
+                &self.late,
             ),
         ];
         for (name, help, value) in events {
@@ -291,7 +300,8 @@ impl Collector for Health {
             gauge(
                 e,
                 "ring_size",
-                "Size of the kernel ring buffer (--ring-size).",
+                "Size of the kernel ring buffers, all together (--ring-size; one ring per \
+                 CPU up to 8, sharing it).",
                 Some(&Unit::Bytes),
                 get(&self.ring_bytes) as i64,
             )?;
@@ -299,10 +309,10 @@ impl Collector for Health {
                 gauge(
                     e,
                     "ring_used",
-                    "Bytes in the kernel ring buffer not yet read (producer minus consumer \
-                     position, read from a read-only mapping of the ring's position pages, \
-                     which aya's RingBuf does not expose). The reader drains it every 20 ms or \
-                     once an eighth is full.",
+                    "Bytes in the kernel ring buffers not yet read (producer minus consumer \
+                     position, read from a read-only mapping of each ring's position pages, \
+                     which aya's RingBuf does not expose). The reader drains them every 20 ms \
+                     or once an eighth of one is full.",
                     Some(&Unit::Bytes),
                     used as i64,
                 )?;
@@ -310,8 +320,8 @@ impl Collector for Health {
             gauge(
                 e,
                 "input_backlog",
-                "Bytes of records taken out of the ring by the input thread and not yet \
-                 processed (at most 64 MiB; past it the ring fills and loses events).",
+                "Bytes of records taken out of the rings by the input thread and not yet \
+                 processed (at most 64 MiB; past it the rings fill and lose events).",
                 Some(&Unit::Bytes),
                 input.backlog_bytes() as i64,
             )?;

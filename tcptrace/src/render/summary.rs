@@ -38,6 +38,14 @@ pub fn write_summary(
             c.missed
         )?;
     }
+    if c.late > 0 {
+        writeln!(
+            out,
+            "  late:       {} events reached tcptrace after later ones from other CPUs \
+             (delayed in the kernel past the rings' merge): passed on out of time order",
+            c.late
+        )?;
+    }
     if c.recovered > 0 {
         writeln!(
             out,
