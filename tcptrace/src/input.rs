@@ -51,17 +51,28 @@ pub struct Batch {
 impl Batch {
     /// Each record's bytes (slices of the batch: no copy, no refcount).
     pub fn records(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        let mut rest: &[u8] = &self.bytes;
-        std::iter::from_fn(move || {
-            if rest.remaining() < 4 {
-                return None;
-            }
-            let len = rest.get_u32_le() as usize;
-            let record = rest.get(..len)?;
-            rest = &rest[len..];
-            Some(record)
-        })
+        frames(&self.bytes)
     }
+}
+
+/// Appends `record` to `out` as one frame: its length, little-endian `u32`,
+/// then its bytes.
+pub(crate) fn put_frame(out: &mut BytesMut, record: &[u8]) {
+    out.put_u32_le(record.len() as u32);
+    out.extend_from_slice(record);
+}
+
+/// The records of frames back to back; a frame cut short ends them.
+pub(crate) fn frames(mut rest: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if rest.remaining() < 4 {
+            return None;
+        }
+        let len = rest.get_u32_le() as usize;
+        let record = rest.get(..len)?;
+        rest = &rest[len..];
+        Some(record)
+    })
 }
 
 impl Drop for Batch {
@@ -245,25 +256,15 @@ fn read_rings(mut rings: Rings, tx: &UnboundedSender<Batch>, stop: &AtomicBool, 
     loop {
         // Read before draining: the last drain after stop sees everything.
         let stopping = stop.load(Ordering::Acquire);
-        let mut records = 0u64;
-        // False once the main thread is gone: nothing more to read for.
-        let open = std::cell::Cell::new(true);
         // Past the backlog bound the rings are left to fill (and the kernel
         // counts what they cannot take); the final drain takes everything.
-        rings.read(
+        let mut records = rings.read(
             stopping,
-            || open.get() && (stopping || backlog.load(Ordering::Relaxed) < MAX_BACKLOG),
-            |record| {
-                buf.put_u32_le(record.len() as u32);
-                buf.extend_from_slice(record);
-                records += 1;
-                if buf.len() >= BATCH_BYTES && !send(&mut buf, &mut records, counts, tx) {
-                    open.set(false);
-                }
-            },
+            || stopping || backlog.load(Ordering::Relaxed) < MAX_BACKLOG,
+            &mut buf,
         );
         counts.late.store(rings.late(), Ordering::Relaxed);
-        if !open.get() || !send(&mut buf, &mut records, counts, tx) || stopping {
+        if !send(&mut buf, &mut records, counts, tx) || stopping {
             return;
         }
         wait_readable(

@@ -17,6 +17,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::ProgramError,
 };
+use bytes::BytesMut;
 use tcptrace_common::{
     Config, Event, Filter, ListenerKey, MAX_RINGS, MIN_RING_BYTES, Task, counter,
 };
@@ -24,7 +25,7 @@ use tcptrace_common::{
 use crate::{
     counters::Counters,
     decode::{Decoder, Record, event_from_bytes},
-    input::{LiveInput, Rings},
+    input::{LiveInput, Rings, frames},
     kernel::{self, KernelLayout},
     kernel_log::{self, KernelLog},
     owners::Owners,
@@ -330,15 +331,13 @@ impl Tracer {
         let Some(mut rings) = self.rings.take() else {
             return 0;
         };
-        let n = rings.read(
-            self.detached,
-            || true,
-            |bytes| {
-                if let Some(record) = self.decode(bytes) {
-                    sink(record);
-                }
-            },
-        );
+        let mut framed = BytesMut::new();
+        let n = rings.read(self.detached, || true, &mut framed);
+        for bytes in frames(&framed) {
+            if let Some(record) = self.decode(bytes) {
+                sink(record);
+            }
+        }
         self.late.store(rings.late(), Ordering::Relaxed);
         self.rings = Some(rings);
         self.received.fetch_add(n, Ordering::Relaxed);
