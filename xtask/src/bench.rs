@@ -154,6 +154,11 @@ pub struct BenchArgs {
     /// (which is then not built).
     #[arg(long, value_name = "PATH", hide = true)]
     pub tcptrace: Option<PathBuf>,
+    /// The tcptrace binary of the `baseline` configuration (add `baseline`
+    /// to --configs): another build, say of main before a change, run
+    /// interleaved with this one, to measure the change within one run.
+    #[arg(long, value_name = "PATH")]
+    pub baseline: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -215,6 +220,11 @@ pub enum Config {
     TcptraceNoAccept,
     BpftracePrint,
     BpftraceCount,
+    /// Another tcptrace binary (`--baseline PATH`, e.g. main's build before
+    /// a change) with the default output: an A/B inside one run, which this
+    /// VM's drift between runs (a third slower within an hour) otherwise
+    /// hides. Never among the defaults.
+    Baseline,
 }
 
 impl Config {
@@ -236,6 +246,7 @@ impl Config {
             Config::TcptraceNoAccept => "tcptrace-no-accept",
             Config::BpftracePrint => "bpftrace-print",
             Config::BpftraceCount => "bpftrace-count",
+            Config::Baseline => "baseline",
         }
     }
 
@@ -246,6 +257,7 @@ impl Config {
                 | Config::TcptraceJson
                 | Config::TcptraceMetrics
                 | Config::TcptraceNoAccept
+                | Config::Baseline
         )
     }
 
@@ -302,6 +314,7 @@ struct Ctx {
     args: BenchArgs,
     dir: PathBuf,
     tcptrace: PathBuf,
+    baseline: Option<PathBuf>,
     churn: PathBuf,
     bulk: PathBuf,
     massclose: PathBuf,
@@ -340,6 +353,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let wants = |s: Scenario| scenarios.contains(&s);
     if wants(Scenario::Churn) && (args.configs.is_empty() || args.modes.is_empty()) {
         bail!("--configs and --modes must name at least one entry");
+    }
+    let wants_baseline = wants(Scenario::Churn) && args.configs.contains(&Config::Baseline);
+    if wants_baseline != args.baseline.is_some() {
+        bail!("--baseline PATH and `baseline` in --configs go together");
     }
     crate::setup::setup()?;
 
@@ -381,6 +398,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             .tcptrace
             .clone()
             .unwrap_or_else(|| release.join("tcptrace")),
+        baseline: args.baseline.clone(),
         churn: release.join("churn"),
         bulk: release.join("bulk"),
         massclose: release.join("massclose"),
@@ -393,7 +411,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         (&ctx.massclose, wants(Scenario::Massclose)),
         (&ctx.syscalls, wants(Scenario::Syscalls)),
         (&ctx.tcptrace, wants_tcptrace),
-    ] {
+    ]
+    .into_iter()
+    .chain(ctx.baseline.as_ref().map(|b| (b, true)))
+    {
         if needed && !bin.is_file() {
             bail!(
                 "{} is missing (build it, or drop --no-build)",

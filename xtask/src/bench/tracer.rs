@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::run::{create, tail};
@@ -284,6 +284,13 @@ fn tracer_command(ctx: &Ctx, config: Config) -> Result<Option<Command>> {
     Ok(match config {
         Config::None => None,
         Config::Tcptrace => Some(command(&ctx.tcptrace)?),
+        Config::Baseline => {
+            let baseline = ctx
+                .baseline
+                .as_ref()
+                .context("--baseline PATH is missing")?;
+            Some(command(baseline)?)
+        }
         Config::TcptraceJson => {
             let mut c = command(&ctx.tcptrace)?;
             c.arg("--json");
