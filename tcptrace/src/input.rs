@@ -21,13 +21,12 @@ mod rings;
 pub use rings::Rings;
 
 use std::{
-    os::fd::{AsRawFd, BorrowedFd, RawFd},
+    os::fd::{AsRawFd, BorrowedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
 };
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -55,15 +54,42 @@ impl Batch {
     }
 }
 
+/// Where the rings' records go: framed ([`put_frame`]) into a buffer that
+/// the sink may hand on as it fills.
+pub trait Sink {
+    /// The buffer to append frames to.
+    fn buf(&mut self) -> &mut BytesMut;
+    /// `records` more frames were appended to [`Sink::buf`].
+    fn appended(&mut self, records: u64);
+}
+
+/// A sink that keeps everything in one buffer.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub buf: BytesMut,
+    /// Frames in `buf`.
+    pub records: u64,
+}
+
+impl Sink for Collected {
+    fn buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    fn appended(&mut self, records: u64) {
+        self.records += records;
+    }
+}
+
 /// Appends `record` to `out` as one frame: its length, little-endian `u32`,
 /// then its bytes.
-pub(crate) fn put_frame(out: &mut BytesMut, record: &[u8]) {
+pub fn put_frame(out: &mut BytesMut, record: &[u8]) {
     out.put_u32_le(record.len() as u32);
     out.extend_from_slice(record);
 }
 
 /// The records of frames back to back; a frame cut short ends them.
-pub(crate) fn frames(mut rest: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub fn frames(mut rest: &[u8]) -> impl Iterator<Item = &[u8]> {
     std::iter::from_fn(move || {
         if rest.remaining() < 4 {
             return None;
@@ -250,77 +276,85 @@ struct Counts {
 }
 
 fn read_rings(mut rings: Rings, tx: &UnboundedSender<Batch>, stop: &AtomicBool, counts: &Counts) {
-    let fds = rings.raw_fds();
     let backlog = &counts.backlog;
-    let mut buf = BytesMut::with_capacity(BATCH_BYTES);
+    let mut batches = Batches {
+        buf: BytesMut::with_capacity(BATCH_BYTES),
+        records: 0,
+        counts,
+        tx,
+        open: true,
+    };
     loop {
         // Read before draining: the last drain after stop sees everything.
         let stopping = stop.load(Ordering::Acquire);
         // Past the backlog bound the rings are left to fill (and the kernel
         // counts what they cannot take); the final drain takes everything.
-        let mut records = rings.read(
+        rings.read(
             stopping,
             || stopping || backlog.load(Ordering::Relaxed) < MAX_BACKLOG,
-            &mut buf,
+            &mut batches,
         );
         counts.late.store(rings.late(), Ordering::Relaxed);
-        if !send(&mut buf, &mut records, counts, tx) || stopping {
+        if !batches.send() || stopping {
             return;
         }
-        wait_readable(
-            &fds,
-            if backlog.load(Ordering::Relaxed) < MAX_BACKLOG {
-                POLL_MS
-            } else {
-                // Backlogged: come back soon to see whether it shrank.
-                1
-            },
-        );
+        rings.wait(if backlog.load(Ordering::Relaxed) < MAX_BACKLOG {
+            POLL_MS
+        } else {
+            // Backlogged: come back soon to see whether it shrank.
+            1
+        });
     }
 }
 
-/// Hands the batch in `buf` (holding `records`) to the main thread; false
-/// once it is gone.
-fn send(
-    buf: &mut BytesMut,
-    records: &mut u64,
-    counts: &Counts,
-    tx: &UnboundedSender<Batch>,
-) -> bool {
-    if buf.is_empty() {
-        return true;
-    }
-    let bytes = buf.split().freeze();
-    // One fresh allocation per batch, not a series of regrowths.
-    buf.reserve(BATCH_BYTES);
-    let len = bytes.len();
-    counts.backlog.fetch_add(len, Ordering::Relaxed);
-    counts
-        .received
-        .fetch_add(std::mem::take(records), Ordering::Relaxed);
-    let batch = Batch {
-        bytes,
-        backlog: counts.backlog.clone(),
-        len,
-    };
-    tx.send(batch).is_ok()
+/// The reading thread's sink: batches of about [`BATCH_BYTES`], handed to
+/// the main thread as they fill, so that it starts on a large drain early
+/// and no batch grows past what one drain holds.
+struct Batches<'a> {
+    buf: BytesMut,
+    /// Frames in `buf`.
+    records: u64,
+    counts: &'a Counts,
+    tx: &'a UnboundedSender<Batch>,
+    /// False once the main thread is gone.
+    open: bool,
 }
 
-/// Waits until the kernel wakes a ring's readers or `ms` pass.
-fn wait_readable(fds: &[RawFd], ms: i32) {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    // SAFETY: a valid array of pollfds, of the length given.
-    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-    if rc < 0 {
-        // EINTR or worse: do not spin.
-        std::thread::sleep(Duration::from_millis(ms.max(1) as u64));
+impl Sink for Batches<'_> {
+    fn buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    fn appended(&mut self, records: u64) {
+        self.records += records;
+        if self.buf.len() >= BATCH_BYTES {
+            self.send();
+        }
+    }
+}
+
+impl Batches<'_> {
+    /// Hands what `buf` holds to the main thread; false once it is gone.
+    fn send(&mut self) -> bool {
+        if self.buf.is_empty() || !self.open {
+            return self.open;
+        }
+        let bytes = self.buf.split().freeze();
+        // One fresh allocation per batch, not a series of regrowths.
+        self.buf.reserve(BATCH_BYTES);
+        let len = bytes.len();
+        let counts = self.counts;
+        counts.backlog.fetch_add(len, Ordering::Relaxed);
+        counts
+            .received
+            .fetch_add(std::mem::take(&mut self.records), Ordering::Relaxed);
+        let batch = Batch {
+            bytes,
+            backlog: counts.backlog.clone(),
+            len,
+        };
+        self.open = self.tx.send(batch).is_ok();
+        self.open
     }
 }
 

@@ -17,7 +17,6 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::ProgramError,
 };
-use bytes::BytesMut;
 use tcptrace_common::{
     Config, Event, Filter, ListenerKey, MAX_RINGS, MIN_RING_BYTES, Task, counter,
 };
@@ -25,7 +24,7 @@ use tcptrace_common::{
 use crate::{
     counters::Counters,
     decode::{Decoder, Record, event_from_bytes},
-    input::{LiveInput, Rings, frames},
+    input::{Collected, LiveInput, Rings, frames},
     kernel::{self, KernelLayout},
     kernel_log::{self, KernelLog},
     owners::Owners,
@@ -331,17 +330,17 @@ impl Tracer {
         let Some(mut rings) = self.rings.take() else {
             return 0;
         };
-        let mut framed = BytesMut::new();
-        let n = rings.read(self.detached, || true, &mut framed);
-        for bytes in frames(&framed) {
+        let mut read = Collected::default();
+        rings.read(self.detached, || true, &mut read);
+        for bytes in frames(&read.buf) {
             if let Some(record) = self.decode(bytes) {
                 sink(record);
             }
         }
         self.late.store(rings.late(), Ordering::Relaxed);
         self.rings = Some(rings);
-        self.received.fetch_add(n, Ordering::Relaxed);
-        n as usize
+        self.received.fetch_add(read.records, Ordering::Relaxed);
+        read.records as usize
     }
 
     /// Detaches every program (the accept program on its syscall

@@ -1,58 +1,59 @@
 //! Merges the rings (one per CPU) back into one stream in time order.
 //!
-//! Each ring holds its CPUs' records in the order they were committed. A
-//! program reads its timestamp first and commits last; between the two only
-//! an interrupt on its CPU (or a virtual CPU the hypervisor stalls) can
-//! delay it. So once the rings have been drained,
-//! every record older than the drain's start less [`HOLD_BACK_NS`] that will
-//! ever be committed already has been, and can be handed on in timestamp
-//! order. A record committed later still (counted as `late`) is handed on as
+//! Each ring holds its CPUs' records in the order they were committed. The
+//! merge looks at one record per ring, its head, and passes on the oldest
+//! head. While every ring has a head that is safe: what a ring commits later
+//! comes after its head. A ring with nothing to read is the question: a
+//! program reads its timestamp first and commits last, and between the two
+//! only an interrupt on its CPU (or a virtual CPU the hypervisor stalls) can
+//! delay it; so once a ring is found empty at T, what it commits later is
+//! not older than T less [`HOLD_BACK_NS`]. Heads older than that go on;
+//! younger ones wait, and so does everything behind them, left in the
+//! kernel's ring: the merge itself keeps one record per ring, whatever the
+//! load. A record committed later still (counted as `late`) is passed on as
 //! soon as it is read, out of order: never dropped.
 //!
 //! Within one ring the order is kept as committed: it is the order the
 //! tracker has always seen on a single ring, nesting included.
 
-use std::collections::VecDeque;
-
-use bytes::{Buf, BytesMut};
-
-use super::put_frame;
+use super::{Sink, put_frame};
 
 /// How long a record is held back for other rings to commit older ones:
 /// longer than a program's run (a microsecond) plus the softirq that may
 /// interrupt it (the kernel ends a softirq run after 2 ms). Measured on the
 /// saturated churn (2 vCPUs, about a million events a run): no late record
 /// in three runs even at 0.2 ms; one in one run at 2 ms (the VM's vCPU
-/// stalled, most likely). Each millisecond held costs the reader a second
-/// copy of a millisecond's records.
+/// stalled, most likely).
 pub const HOLD_BACK_NS: u64 = 3_000_000;
 
-/// Records taken from the rings and not yet handed on.
+/// Where the merge reads records from: a ring, or a list in tests.
+pub trait Source {
+    /// Moves the next record into `into` (replacing what it held); false
+    /// when there is none now.
+    fn next_into(&mut self, into: &mut Vec<u8>) -> bool;
+}
+
+/// The merge's state between reads: each ring's head, if it has one.
 #[derive(Debug)]
 pub struct Merge {
-    queues: Vec<Queue>,
-    /// Every record with a timestamp below this has been handed on.
+    heads: Vec<Head>,
+    /// The youngest record passed on while some ring was empty: one older
+    /// than this, read later, is late.
     passed: u64,
     late: u64,
 }
 
 #[derive(Debug, Default)]
-struct Queue {
-    /// The waiting records, framed ([`put_frame`]), oldest first.
-    bytes: BytesMut,
-    /// Each waiting record's timestamp and framed length, oldest first.
-    records: VecDeque<(u64, usize)>,
-}
-
-impl Queue {
-    fn head(&self) -> Option<u64> {
-        self.records.front().map(|&(ts, _)| ts)
-    }
+struct Head {
+    /// Holds a record (the buffer is kept for the next one when not).
+    full: bool,
+    ts: u64,
+    record: Vec<u8>,
 }
 
 /// A record's timestamp: `Event::ts_ns`, its first eight bytes. A record
 /// too short to have one (undecodable anyway) sorts first.
-pub(super) fn timestamp(record: &[u8]) -> u64 {
+fn timestamp(record: &[u8]) -> u64 {
     record
         .first_chunk::<8>()
         .map(|ts| u64::from_le_bytes(*ts))
@@ -62,132 +63,82 @@ pub(super) fn timestamp(record: &[u8]) -> u64 {
 impl Merge {
     pub fn new(rings: usize) -> Merge {
         Merge {
-            queues: (0..rings).map(|_| Queue::default()).collect(),
+            heads: (0..rings).map(|_| Head::default()).collect(),
             passed: 0,
             late: 0,
         }
     }
 
-    /// Makes way for `ring`'s next records to go straight out, ahead of
-    /// every record waiting, without waiting themselves: appends to `out`
-    /// those of `ring`'s waiting records that come before every other
-    /// ring's oldest and `until`, and returns the timestamp below which its
-    /// next records may go straight (0 when some of its own still wait:
-    /// its own order comes first). On a host where one CPU does the work,
-    /// that is most records: one copy, not two.
-    pub fn make_way(&mut self, ring: usize, until: u64, out: &mut BytesMut) -> (u64, u64) {
-        let below = self
-            .queues
-            .iter()
-            .enumerate()
-            .filter(|&(other, _)| other != ring)
-            .filter_map(|(_, queue)| queue.head())
-            .fold(until, u64::min);
-        // Every other ring's oldest is at or past `below`: only `ring`'s go.
-        let handed = self.pop_below(below, out);
-        let straight = if self.queues[ring].records.is_empty() {
-            below
-        } else {
-            0
-        };
-        (straight, handed)
-    }
-
-    /// Counts a record of timestamp `ts` that went straight out.
-    pub fn went_straight(&mut self, ts: u64) {
-        self.check_late(ts);
-    }
-
-    fn check_late(&mut self, ts: u64) {
-        if ts < self.passed {
-            self.late += 1;
-        }
-    }
-
-    /// Takes a record read from `ring`.
-    pub fn push(&mut self, ring: usize, record: &[u8]) {
-        let ts = timestamp(record);
-        self.check_late(ts);
-        let queue = &mut self.queues[ring];
-        let before = queue.bytes.len();
-        put_frame(&mut queue.bytes, record);
-        queue.records.push_back((ts, queue.bytes.len() - before));
-    }
-
-    /// Appends to `out`, framed and oldest first, every waiting record with
-    /// a timestamp below `until` (`u64::MAX`: all of them). Returns how many.
-    ///
-    /// Records go in runs: as many of one ring's as come before the other
-    /// rings' oldest, in one copy (on a host where one CPU does the work,
-    /// everything waiting is one run).
-    pub fn pop_until(&mut self, until: u64, out: &mut BytesMut) -> u64 {
-        let handed = self.pop_below(until, out);
-        self.passed = self.passed.max(until);
-        handed
-    }
-
-    /// [`Merge::pop_until`], without declaring the time before `until` done
-    /// (what comes straight after is not late).
-    fn pop_below(&mut self, until: u64, out: &mut BytesMut) -> u64 {
-        let mut handed = 0;
+    /// Gives `sink`, oldest first, the records of `sources` (one per ring,
+    /// in ring order) that no ring can still precede: those older than
+    /// `until` when a ring is empty (`u64::MAX` once nothing more can be
+    /// committed). Stops early, keeping its place, when `more()` says the
+    /// sink has no room.
+    pub fn read<S: Source>(
+        &mut self,
+        sources: &mut [S],
+        until: u64,
+        more: impl Fn() -> bool,
+        sink: &mut impl Sink,
+    ) {
+        debug_assert_eq!(sources.len(), self.heads.len());
         loop {
-            // A handful of rings: a linear scan beats a heap's bookkeeping.
-            // The oldest head, and the oldest of the other rings' heads
-            // (ties go to the lower ring).
-            let mut first: Option<(u64, usize)> = None;
-            let mut second: Option<(u64, usize)> = None;
-            for (ring, queue) in self.queues.iter().enumerate() {
-                let Some(ts) = queue.head() else { continue };
-                if first.is_none_or(|(best, _)| ts < best) {
-                    second = first;
-                    first = Some((ts, ring));
-                } else if second.is_none_or(|(next, _)| ts < next) {
-                    second = Some((ts, ring));
+            let mut some_empty = false;
+            let mut oldest: Option<(u64, usize)> = None;
+            // A handful of rings: a scan per record beats a heap's upkeep.
+            for (ring, (head, source)) in self.heads.iter_mut().zip(sources.iter_mut()).enumerate()
+            {
+                if !head.full {
+                    if !more() {
+                        return;
+                    }
+                    if !source.next_into(&mut head.record) {
+                        some_empty = true;
+                        continue;
+                    }
+                    head.full = true;
+                    head.ts = timestamp(&head.record);
+                    if head.ts < self.passed {
+                        self.late += 1;
+                    }
+                }
+                // Ties go to the lower ring.
+                if oldest.is_none_or(|(best, _)| head.ts < best) {
+                    oldest = Some((head.ts, ring));
                 }
             }
-            let Some((ts, ring)) = first else { break };
-            if ts >= until {
-                break;
-            }
-            let queue = &mut self.queues[ring];
-            let mut run_bytes = 0;
-            let mut run = 0;
-            for &(ts, len) in &queue.records {
-                let other_first = second.is_some_and(|(other, other_ring)| {
-                    other < ts || (other == ts && other_ring < ring)
-                });
-                if ts >= until || other_first {
-                    break;
+            let Some((_, ring)) = oldest else { return };
+            let head = &mut self.heads[ring];
+            if some_empty {
+                if head.ts >= until {
+                    return;
                 }
-                run_bytes += len;
-                run += 1;
+                self.passed = self.passed.max(head.ts);
             }
-            // At least the head, which passed both tests above.
-            out.extend_from_slice(&queue.bytes[..run_bytes]);
-            // O(1); the space is reused once the queue has emptied or the
-            // next extend finds room at the front.
-            queue.bytes.advance(run_bytes);
-            queue.records.drain(..run);
-            handed += run as u64;
+            put_frame(sink.buf(), &head.record);
+            sink.appended(1);
+            head.full = false;
         }
-        handed
     }
 
-    /// Records read after the merge had passed their time.
+    /// Records read after a younger one had been passed on.
     pub fn late(&self) -> u64 {
         self.late
-    }
-
-    /// Records waiting.
-    pub fn waiting(&self) -> usize {
-        self.queues.iter().map(|q| q.records.len()).sum()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use super::*;
-    use crate::input::frames;
+    use crate::input::{Collected, frames};
+
+    impl Source for VecDeque<Vec<u8>> {
+        fn next_into(&mut self, into: &mut Vec<u8>) -> bool {
+            self.pop_front().map(|record| *into = record).is_some()
+        }
+    }
 
     fn record(ts: u64, tag: u8) -> Vec<u8> {
         let mut r = ts.to_le_bytes().to_vec();
@@ -195,92 +146,86 @@ mod tests {
         r
     }
 
-    fn tags(merge: &mut Merge, until: u64) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        let n = merge.pop_until(until, &mut out);
-        let tags: Vec<u8> = frames(&out).map(|r| r[8]).collect();
-        assert_eq!(tags.len() as u64, n);
+    fn rings(records: &[&[(u64, u8)]]) -> Vec<VecDeque<Vec<u8>>> {
+        records
+            .iter()
+            .map(|ring| ring.iter().map(|&(ts, tag)| record(ts, tag)).collect())
+            .collect()
+    }
+
+    fn tags(merge: &mut Merge, sources: &mut [VecDeque<Vec<u8>>], until: u64) -> Vec<u8> {
+        let mut out = Collected::default();
+        merge.read(sources, until, || true, &mut out);
+        let tags: Vec<u8> = frames(&out.buf).map(|r| r[8]).collect();
+        assert_eq!(tags.len() as u64, out.records);
         tags
     }
 
     #[test]
-    fn rings_interleave_by_timestamp_and_wait_for_the_hold_back() {
+    fn rings_interleave_by_timestamp_and_an_empty_one_holds_back_the_young() {
         let mut merge = Merge::new(2);
-        for (ts, tag) in [(10, b'a'), (30, b'c'), (50, b'e')] {
-            merge.push(0, &record(ts, tag));
-        }
-        for (ts, tag) in [(20, b'b'), (40, b'd')] {
-            merge.push(1, &record(ts, tag));
-        }
-        assert_eq!(tags(&mut merge, 45), b"abcd");
-        assert_eq!(merge.waiting(), 1);
+        let mut sources = rings(&[
+            &[(10, b'a'), (30, b'c'), (50, b'e')],
+            &[(20, b'b'), (40, b'd')],
+        ]);
+        // Ring 1 runs dry after 40: ring 0's 50 waits for the hold-back.
+        assert_eq!(tags(&mut merge, &mut sources, 45), b"abcd");
         // Ring 1 now commits what it had in flight before 50.
-        merge.push(1, &record(48, b'x'));
-        assert_eq!(tags(&mut merge, u64::MAX), b"xe");
+        sources[1].push_back(record(48, b'x'));
+        assert_eq!(tags(&mut merge, &mut sources, 45), b"x");
+        assert_eq!(tags(&mut merge, &mut sources, u64::MAX), b"e");
         assert_eq!(merge.late(), 0);
     }
 
     #[test]
-    fn a_record_older_than_what_was_handed_on_is_late_but_still_handed_on() {
+    fn while_every_ring_has_a_head_the_oldest_goes_whatever_the_hold_back() {
         let mut merge = Merge::new(2);
-        merge.push(0, &record(100, b'a'));
-        assert_eq!(tags(&mut merge, 200), b"a");
-        merge.push(1, &record(150, b'b'));
-        merge.push(1, &record(250, b'c'));
+        let mut sources = rings(&[&[(10, b'a'), (30, b'c')], &[(20, b'b'), (40, b'd')]]);
+        // 30 goes while ring 1 still has 40 ahead; then ring 0 is empty.
+        assert_eq!(tags(&mut merge, &mut sources, 0), b"abc");
+        assert_eq!(tags(&mut merge, &mut sources, 35), b"");
+        assert_eq!(tags(&mut merge, &mut sources, 45), b"d");
+    }
+
+    #[test]
+    fn a_record_older_than_one_passed_on_is_late_but_still_passed_on() {
+        let mut merge = Merge::new(2);
+        let mut sources = rings(&[&[(100, b'a')], &[]]);
+        assert_eq!(tags(&mut merge, &mut sources, 200), b"a");
+        sources[1].extend([record(50, b'b'), record(250, b'c')]);
+        assert_eq!(tags(&mut merge, &mut sources, 200), b"b");
         assert_eq!(merge.late(), 1);
-        assert_eq!(tags(&mut merge, 200), b"b");
-        assert_eq!(tags(&mut merge, u64::MAX), b"c");
+        assert_eq!(tags(&mut merge, &mut sources, u64::MAX), b"c");
     }
 
     #[test]
     fn a_ring_keeps_its_own_order_and_ties_go_to_the_lower_ring() {
         let mut merge = Merge::new(3);
         // A nested run committed its record before the one it interrupted.
-        merge.push(2, &record(7, b'n'));
-        merge.push(2, &record(5, b'o'));
-        merge.push(1, &record(7, b't'));
-        merge.push(0, &record(6, b's'));
-        assert_eq!(tags(&mut merge, u64::MAX), b"stno");
+        let mut sources = rings(&[&[(6, b's')], &[(7, b't')], &[(7, b'n'), (5, b'o')]]);
+        assert_eq!(tags(&mut merge, &mut sources, u64::MAX), b"stno");
     }
 
     #[test]
-    fn a_record_goes_straight_out_only_ahead_of_everything_waiting() {
-        let mut merge = Merge::new(3);
-        let mut out = BytesMut::new();
-        assert_eq!(merge.make_way(0, 100, &mut out), (100, 0));
-        merge.push(0, &record(20, b'z'));
-        merge.push(1, &record(40, b'a'));
-        merge.push(2, &record(60, b'b'));
-        // Ring 0's own waiting record goes first; then ring 0 may pass
-        // what is older than every other ring's oldest.
-        assert_eq!(merge.make_way(0, 100, &mut out), (40, 1));
-        assert_eq!(frames(&out).map(|r| r[8]).collect::<Vec<_>>(), b"z");
-        assert_eq!(merge.make_way(0, 30, &mut out), (30, 0));
-        // Ring 1's record comes before ring 2's: it makes way.
-        assert_eq!(merge.make_way(1, 100, &mut out), (60, 1));
-        // Ring 1 waits behind its own record when that cannot go yet.
-        merge.push(1, &record(70, b'c'));
-        assert_eq!(merge.make_way(1, 100, &mut out), (0, 0));
-        assert_eq!(frames(&out).map(|r| r[8]).collect::<Vec<_>>(), b"za");
-        assert_eq!(tags(&mut merge, 50), b"");
-        // One older than what was handed on is late, straight or not.
-        merge.went_straight(45);
-        assert_eq!(merge.late(), 1);
-        merge.went_straight(55);
-        assert_eq!(merge.late(), 1);
-    }
-
-    #[test]
-    fn a_short_record_sorts_first_and_space_is_reused() {
+    fn no_room_stops_the_merge_where_it_is() {
         let mut merge = Merge::new(2);
-        merge.push(1, b"abc");
-        let mut out = BytesMut::new();
-        merge.pop_until(1, &mut out);
-        assert_eq!(frames(&out).collect::<Vec<_>>(), [b"abc"]);
-        for round in 0..1000u64 {
-            merge.push(0, &record(round, 0));
-            assert_eq!(merge.pop_until(round + 1, &mut out), 1);
-        }
-        assert!(merge.queues[0].bytes.capacity() < 4096);
+        let mut sources = rings(&[&[(1, b'a'), (3, b'c')], &[(2, b'b')]]);
+        let mut out = Collected::default();
+        merge.read(&mut sources, u64::MAX, || false, &mut out);
+        assert_eq!(out.records, 0);
+        assert_eq!(tags(&mut merge, &mut sources, u64::MAX), b"abc");
+    }
+
+    #[test]
+    fn a_short_record_sorts_first() {
+        let mut merge = Merge::new(2);
+        let mut sources = vec![
+            VecDeque::from([record(5, b'x')]),
+            VecDeque::from([b"ab".to_vec()]),
+        ];
+        let mut out = Collected::default();
+        merge.read(&mut sources, u64::MAX, || true, &mut out);
+        let records: Vec<&[u8]> = frames(&out.buf).collect();
+        assert_eq!(records, [&b"ab"[..], &record(5, b'x')]);
     }
 }

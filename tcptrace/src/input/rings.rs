@@ -1,15 +1,20 @@
 //! The kernel's rings, read as one stream: one ring is read as it stands;
 //! several are merged back into time order ([`Merge`]).
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::{
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
-use bytes::BytesMut;
 
 use super::{
-    merge::{HOLD_BACK_NS, Merge, timestamp},
+    Sink,
+    merge::{HOLD_BACK_NS, Merge, Source},
     put_frame,
 };
+use tcptrace_common::MAX_RINGS;
+
 use crate::clock::monotonic_ns;
 
 /// Every ring the kernel program writes to, and what was read from them and
@@ -18,18 +23,45 @@ pub struct Rings {
     rings: Vec<RingBuf<MapData>>,
     /// `None` with a single ring: nothing to merge.
     merge: Option<Merge>,
-    /// The ring that gave the most records at the last read: read last,
-    /// passing straight out what nothing else can precede.
-    busiest: usize,
+    /// The rings' wakeups, edge-triggered (`None`: epoll failed; then the
+    /// reader only sleeps).
+    wakeups: Option<OwnedFd>,
 }
 
 impl Rings {
     pub fn new(rings: Vec<RingBuf<MapData>>) -> Rings {
         let merge = (rings.len() > 1).then(|| Merge::new(rings.len()));
+        let wakeups = edge_triggered(&rings)
+            .map_err(|e| log::warn!("epoll on the ring buffers: {e}; reading every 20 ms only"))
+            .ok();
         Rings {
             rings,
             merge,
-            busiest: 0,
+            wakeups,
+        }
+    }
+
+    /// Waits until the kernel wakes the rings' reader (a backlog built up
+    /// in one of them) or `ms` pass. Edge-triggered: records the merge
+    /// leaves in a ring for later do not make it return at once.
+    pub fn wait(&self, ms: i32) {
+        let Some(epoll) = &self.wakeups else {
+            std::thread::sleep(Duration::from_millis(ms.max(1) as u64));
+            return;
+        };
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_RINGS as usize];
+        // SAFETY: a valid epoll fd and a buffer of the length given.
+        let rc = unsafe {
+            libc::epoll_wait(
+                epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                ms,
+            )
+        };
+        if rc < 0 {
+            // EINTR or worse: do not spin.
+            std::thread::sleep(Duration::from_millis(ms.max(1) as u64));
         }
     }
 
@@ -37,80 +69,74 @@ impl Rings {
         self.rings.iter().map(|ring| ring.as_fd())
     }
 
-    pub fn raw_fds(&self) -> Vec<RawFd> {
-        self.rings.iter().map(|ring| ring.as_raw_fd()).collect()
-    }
-
-    /// Reads the rings while `more()` says there is room, and appends to
-    /// `out`, framed ([`put_frame`]) and in time order, every record no
-    /// other ring can still precede; with `flush` (the programs are
-    /// detached), everything. Returns how many records it appended.
-    pub fn read(&mut self, flush: bool, more: impl Fn() -> bool, out: &mut BytesMut) -> u64 {
+    /// Reads the rings while `more()` says there is room, and gives `sink`,
+    /// in time order, every record no other ring can still precede; with
+    /// `flush` (the programs are detached), everything.
+    pub fn read(&mut self, flush: bool, more: impl Fn() -> bool, sink: &mut impl Sink) {
         let Some(merge) = &mut self.merge else {
-            let mut handed = 0;
             for ring in &mut self.rings {
                 while more() {
                     let Some(item) = ring.next() else { break };
-                    put_frame(out, &item);
-                    handed += 1;
+                    put_frame(sink.buf(), &item);
+                    sink.appended(1);
                 }
             }
-            return handed;
+            return;
         };
-        // Read before draining: whatever is committed after the drain
-        // began is at most HOLD_BACK_NS older than this.
+        // Read before the rings: whatever a ring found empty from here on
+        // commits later is at most HOLD_BACK_NS older than this.
         let until = if flush {
             u64::MAX
         } else {
             monotonic_ns().saturating_sub(HOLD_BACK_NS)
         };
-        // The others first, so that the busiest (the last read's) knows
-        // what it may pass straight.
-        let busiest = self.busiest;
-        let order = (0..self.rings.len())
-            .filter(|&ring| ring != busiest)
-            .chain([busiest]);
-        let mut most = 0;
-        let mut handed = 0;
-        for index in order {
-            let ring = &mut self.rings[index];
-            let mut straight_below = 0;
-            if index == busiest {
-                let (below, made_way) = merge.make_way(index, until, out);
-                straight_below = below;
-                handed += made_way;
-            }
-            let mut read = 0;
-            while more() {
-                let Some(item) = ring.next() else { break };
-                read += 1;
-                let ts = timestamp(&item);
-                if ts < straight_below {
-                    merge.went_straight(ts);
-                    put_frame(out, &item);
-                    handed += 1;
-                } else {
-                    // From here on this ring's records wait: its own order.
-                    straight_below = 0;
-                    merge.push(index, &item);
-                }
-            }
-            if read > most {
-                most = read;
-                self.busiest = index;
-            }
-        }
-        handed + merge.pop_until(until, out)
+        merge.read(&mut self.rings, until, more, sink);
     }
 
-    /// Records read after the merge had passed their time (handed on out of
-    /// order).
+    /// Records read after a younger one had been passed on (passed on out
+    /// of order).
     pub fn late(&self) -> u64 {
         self.merge.as_ref().map_or(0, Merge::late)
     }
+}
 
-    /// Records read and held back.
-    pub fn waiting(&self) -> usize {
-        self.merge.as_ref().map_or(0, Merge::waiting)
+/// An epoll instance that reports each ring's wakeups once (EPOLLET).
+fn edge_triggered(rings: &[RingBuf<MapData>]) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd is owned from here on.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd of our own.
+    let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+    for ring in rings {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 0,
+        };
+        // SAFETY: valid fds and event.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                ring.as_raw_fd(),
+                &mut event,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(epoll)
+}
+
+impl Source for RingBuf<MapData> {
+    fn next_into(&mut self, into: &mut Vec<u8>) -> bool {
+        let Some(item) = self.next() else {
+            return false;
+        };
+        into.clear();
+        into.extend_from_slice(&item);
+        true
     }
 }
