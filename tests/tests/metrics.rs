@@ -254,6 +254,12 @@ fn prometheus_scrapes_the_paths_the_test_makes() {
     let produced = prom.value("tcptrace_events_produced_total");
     assert!(produced > 0.0);
     assert_eq!(prom.value("tcptrace_events_lost_total"), 0.0);
+    // The rings' merge exports its out-of-order count from the start.
+    assert_eq!(
+        prom.query("tcptrace_events_late_total").len(),
+        1,
+        "no tcptrace_events_late_total series"
+    );
     assert!(prom.value("tcptrace_cpu_seconds_total") > 0.0);
     assert!(prom.value("tcptrace_ring_size_bytes") > 0.0);
 

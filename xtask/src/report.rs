@@ -381,9 +381,12 @@ impl Report {
              `--bulk-seconds S`, `--bulk-connections C`, `--bulk-unpinned`, `--bulk-port P`, \
              `--massclose-conns N`, `--massclose-runs R`, `--massclose-port P`, \
              `--massclose-timeout S`, `--syscalls-seconds S`, \
-             `--ready-timeout S`, `--stop-timeout S`, `--no-build`, `--no-benchmarks-md` (see \
+             `--ready-timeout S`, `--stop-timeout S`, `--no-build`, `--no-benchmarks-md`, \
+             `--baseline PATH` with `baseline` in `--configs` (another tcptrace build run \
+             interleaved with this one: a before/after inside one run) (see \
              `cargo xtask bench --help`). Unpinned runs vary by 10-20% between repetitions on \
-             a 2-CPU VM; compare medians, and run on an otherwise idle machine.\n\n\
+             a 2-CPU VM; compare medians (a change across two runs: use `--baseline`), and run \
+             on an otherwise idle machine.\n\n\
              ## Machine\n\n\
              - kernel: {}\n- CPUs: {}\n- CPU model: {}\n- date: {}\n\n{}",
             m.kernel,
