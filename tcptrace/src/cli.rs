@@ -123,7 +123,8 @@ pub struct Args {
     /// Ring buffer size in bytes, all rings together: a power of two from
     /// 262144 (256 KiB) to 1073741824 (1 GiB). It is shared by one ring
     /// per CPU (up to 8, none under 256 KiB), so that CPUs do not contend
-    /// for one ring; tcptrace merges them back into time order. Larger
+    /// for one ring; tcptrace merges them back into time order. A burst
+    /// on one CPU fills that CPU's share. Larger
     /// absorbs bigger bursts without losing events; it is resident memory,
     /// mapped into tcptrace twice. 256 KiB holds about 1,600 events, a
     /// tenth of a second at a thousand connections a second: a smaller ring

@@ -122,8 +122,6 @@ pub struct InputGauge {
     backlog: Arc<AtomicUsize>,
     /// Each ring's positions (empty when they could not be mapped).
     rings: Arc<[RingPositions]>,
-    /// Records read after the merge had passed their time.
-    late: Arc<AtomicU64>,
 }
 
 impl InputGauge {
@@ -136,12 +134,6 @@ impl InputGauge {
     /// positions could not be mapped).
     pub fn ring_used_bytes(&self) -> Option<u64> {
         (!self.rings.is_empty()).then(|| self.rings.iter().map(RingPositions::used).sum())
-    }
-
-    /// Records another CPU's ring delivered after the merge had handed on
-    /// later ones: they went on out of time order.
-    pub fn late(&self) -> u64 {
-        self.late.load(Ordering::Relaxed)
     }
 }
 
@@ -222,11 +214,10 @@ impl LiveInput {
         let gauge = InputGauge {
             backlog: Arc::new(AtomicUsize::new(0)),
             rings: positions.into(),
-            late,
         };
         let counts = Counts {
             received,
-            late: gauge.late.clone(),
+            late,
             backlog: gauge.backlog.clone(),
         };
         let thread = std::thread::Builder::new()
