@@ -12,11 +12,11 @@
 use std::{
     io::Read,
     net::{TcpListener, TcpStream},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tcptrace::loader::TraceOptions;
-use tcptrace_tests::{DEADLINE, State as S, Trace, json_run::traced};
+use tcptrace_tests::{State as S, Trace, json_run::traced, paths::path};
 
 /// The two tests pin threads to the same CPUs: one at a time.
 static CPUS: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -143,24 +143,9 @@ fn the_librarys_drain_merges_the_cpus_rings_back_into_the_kernels_order() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut trace = Trace::start_with(TraceOptions::default(), &[port]);
-    let ports = server_closes_first_across_cpus(&listener);
-    let start = Instant::now();
-    for client in ports {
-        loop {
-            trace.drain();
-            let life = trace.lives.iter().find(|(l, _)| l.local.port() == client);
-            if let Some((life, _)) = life {
-                let steps: Vec<(S, S)> = life.steps.iter().map(|s| (s.old, s.new)).collect();
-                assert_eq!(steps, CLIENT, "the client :{client}: {life:?}");
-                break;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "no life for the client :{client}; lives seen: {}",
-                trace.lives.len()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    for client in server_closes_first_across_cpus(&listener) {
+        let (life, _) = trace.wait_life(client, port);
+        assert_eq!(path(&life), CLIENT, "the client :{client}: {life:#?}");
     }
     let counters = trace.stop();
     assert_eq!(counters.lost, 0, "{counters:?}");
