@@ -1,4 +1,5 @@
-//! The host's clocks, as the kernel program's timestamps need them.
+//! Facts of the host that several stages read: its clocks (as the kernel
+//! program's timestamps need them) and its page size.
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
@@ -23,4 +24,11 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     // SAFETY: valid pointer; both clocks always exist on Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// The size of a memory page, in bytes.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page).unwrap_or(4096)
 }

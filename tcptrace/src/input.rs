@@ -153,9 +153,7 @@ unsafe impl Sync for RingPositions {}
 
 impl RingPositions {
     fn map(fd: BorrowedFd<'_>) -> std::io::Result<RingPositions> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let len = 2 * page;
+        let len = 2 * crate::host::page_size();
         // SAFETY: a fresh read-only mapping of the ring fd's first two
         // pages (consumer position, then producer position).
         let base = unsafe {

@@ -11,12 +11,12 @@
 pub mod cgroups;
 pub mod classify;
 pub mod cli;
-pub mod clock;
 pub mod command;
 pub mod counters;
 pub mod decode;
 pub mod errors;
 pub mod filter;
+pub mod host;
 pub mod input;
 pub mod kernel;
 pub mod kernel_log;

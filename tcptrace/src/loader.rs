@@ -184,14 +184,10 @@ impl Tracer {
                 .btf(None)
                 .override_global("CONFIG", &config, true)
                 .override_global(aya_log::LEVEL, &log_level, false);
+            // The rings no CPU writes to: the smallest a ring can be.
+            let page = u32::try_from(crate::host::page_size()).unwrap_or(4096);
             for (ring, name) in (0..).zip(RING_NAMES) {
-                // The rings no CPU writes to: the smallest a ring can be.
-                let bytes = if ring < rings {
-                    ring_bytes
-                } else {
-                    page_size()
-                };
-                loader.map_max_entries(name, bytes);
+                loader.map_max_entries(name, if ring < rings { ring_bytes } else { page });
             }
             loader.load(KERNEL_OBJECT)
         })?;
@@ -528,4 +524,4 @@ mod rings;
 use limits::{ensure_descriptors, raise_memlock, release_freed_memory, without_kernel_btf};
 pub use limits::{has_bpf_privileges, raise_nofile};
 use rings::RING_NAMES;
-pub use rings::{page_size, ring_layout, wakeup_policy};
+pub use rings::{ring_layout, wakeup_policy};

@@ -48,8 +48,8 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 /// Lost-event warnings are rate-limited to one a second.
 const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-use crate::clock::wall_now_ns;
-pub use crate::clock::{monotonic_ns, wall_offset_ns};
+use crate::host::wall_now_ns;
+pub use crate::host::{monotonic_ns, wall_offset_ns};
 
 /// Runs tcptrace as the CLI does, until a stop signal, `--duration`, or
 /// the end of `-- COMMAND`, whose exit code it then returns.

@@ -15,7 +15,7 @@ use super::{
 };
 use tcptrace_common::MAX_RINGS;
 
-use crate::clock::monotonic_ns;
+use crate::host::monotonic_ns;
 
 /// Every ring the kernel program writes to, and what was read from them and
 /// not yet handed on.

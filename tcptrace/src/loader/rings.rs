@@ -27,12 +27,6 @@ pub(super) const RING_NAMES: [&str; MAX_RINGS as usize] = [
     "EVENTS_0", "EVENTS_1", "EVENTS_2", "EVENTS_3", "EVENTS_4", "EVENTS_5", "EVENTS_6", "EVENTS_7",
 ];
 
-pub fn page_size() -> u32 {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u32::try_from(page).unwrap_or(4096)
-}
-
 /// When the kernel program wakes the reader: once an eighth of the ring is
 /// waiting (below that the reader's timer drains, far cheaper than a wakeup
 /// per event), checked every `query_every` events — never fewer than the
