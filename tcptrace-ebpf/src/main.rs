@@ -380,7 +380,11 @@ fn backlog_check_due() -> bool {
 /// every `query_every` events: waking the reader per event costs more than
 /// the event itself, so it is woken only when a backlog builds and its
 /// timer drains the rest. The ring is this CPU's (`Event::cpu`, already
-/// read): userspace merges the rings back into time order.
+/// read): userspace merges the rings back into time order. Each record is
+/// the shortest prefix of the event that holds its non-zero sections
+/// ([`Event::record_len`]): a ring holds more of them, and on this VM each
+/// 64 bytes of record cost the output 10-20 ns more (the cache lines
+/// are handed back and forth with the reader's CPU).
 #[inline(always)]
 fn submit(event: &Event) {
     count(counter::PRODUCED);
@@ -398,7 +402,14 @@ fn submit(event: &Event) {
     if backlog_check_due() && ring.query(BPF_RB_AVAIL_DATA) >= config().wakeup_bytes {
         wake = BPF_RB_FORCE_WAKEUP;
     }
-    if ring.output::<Event>(event, wake).is_err() {
+    // Only the prefix that holds the event's non-zero sections: most
+    // records are 80-112 bytes of the 152 (see record_len).
+    // SAFETY: `event` is valid for record_len() bytes (at most its size),
+    // all initialised.
+    let record = unsafe {
+        core::slice::from_raw_parts(core::ptr::from_ref(event).cast::<u8>(), event.record_len())
+    };
+    if ring.output::<[u8]>(record, wake).is_err() {
         count(counter::LOST);
     }
 }

@@ -126,8 +126,8 @@ pub struct Args {
     /// for one ring; tcptrace merges them back into time order. A burst
     /// on one CPU fills that CPU's share. Larger
     /// absorbs bigger bursts without losing events; it is resident memory,
-    /// mapped into tcptrace twice. 256 KiB holds about 1,600 events, a
-    /// tenth of a second at a thousand connections a second: a smaller ring
+    /// mapped into tcptrace twice. 256 KiB holds about 2,400 events, a
+    /// fifth of a second at a thousand connections a second: a smaller ring
     /// fills while a loaded machine keeps the reader waiting for a CPU.
     #[arg(long, value_name = "BYTES", default_value_t = tcptrace_common::DEFAULT_RING_BYTES,
           allow_hyphen_values = true, value_parser = parse_ring_size)]

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::Serialize;
-use tcptrace_common::{Event, Task, flag, kind, more_flags};
+use tcptrace_common::{Event, Task, flag, kind, more_flags, record_len};
 
 use crate::kernel::{DropReasons, ResetReasons};
 
@@ -366,7 +366,7 @@ impl Record {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("ring buffer item of {0} bytes, expected {1}")]
+    #[error("ring buffer item of {0} bytes, shorter than the {1} every record has")]
     Size(usize, usize),
     #[error("unknown event kind {0}")]
     Kind(u8),
@@ -383,15 +383,25 @@ fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
 }
 
 /// Copies a ring-buffer item into an [`Event`] (items are not guaranteed to be
-/// aligned for it).
+/// aligned for it). An item is a prefix of an event, at least
+/// [`record_len::BARE`] bytes: what it leaves off is zero ("unknown"); bytes
+/// past the event (a newer kernel program's) are ignored.
 pub fn event_from_bytes(bytes: &[u8]) -> Result<Event, DecodeError> {
-    let size = core::mem::size_of::<Event>();
-    if bytes.len() < size {
-        return Err(DecodeError::Size(bytes.len(), size));
+    if bytes.len() < record_len::BARE {
+        return Err(DecodeError::Size(bytes.len(), record_len::BARE));
     }
+    let mut event = Event::default();
+    let len = bytes.len().min(record_len::FULL);
     // SAFETY: Event is plain #[repr(C)] data valid for any bit pattern, and
-    // the length was checked above.
-    Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+    // at most its size is written.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            core::ptr::from_mut(&mut event).cast::<u8>(),
+            len,
+        );
+    }
+    Ok(event)
 }
 
 /// Turns raw events into records, naming RST and drop reasons as the

@@ -198,13 +198,14 @@ impl<W: Write> Pipeline<W> {
             if self.owners.is_some() && self.recorder.is_some() {
                 // The recording holds records as if the kernel had filled
                 // the owner in: a replay needs no owner maps.
-                let size = std::mem::size_of_val(&event);
+                // As short as the kernel would have written it.
+                let size = event.record_len();
                 self.enriched.clear();
-                // SAFETY: Event is plain #[repr(C)] data with no padding.
+                // SAFETY: Event is plain #[repr(C)] data with no padding, and
+                // record_len() is at most its size.
                 self.enriched.extend_from_slice(unsafe {
                     std::slice::from_raw_parts(std::ptr::from_ref(&event).cast::<u8>(), size)
                 });
-                self.enriched.extend_from_slice(&raw[size..]);
             }
             if let Some(f) = &self.filter
                 && !f.passes(&event)

@@ -111,11 +111,78 @@ fn comm_is_the_lossy_name_up_to_the_first_nul() {
     assert_eq!(format!("[{:<6}]", Comm::from("ab")), "[ab    ]");
 }
 
+fn bytes_of(e: &Event) -> &[u8] {
+    // SAFETY: viewing plain data as bytes, as the ring buffer delivers it.
+    unsafe {
+        std::slice::from_raw_parts(
+            std::ptr::from_ref(e).cast::<u8>(),
+            core::mem::size_of::<Event>(),
+        )
+    }
+}
+
+/// What the kernel program writes for each section that is non-zero, and
+/// that the prefix reads back as the whole event.
+#[test]
+fn a_record_is_the_prefix_up_to_its_last_non_zero_section() {
+    let bare = Event {
+        ts_ns: 9,
+        skaddr: 0xffff_0000_1234,
+        kind: kind::DESTROY_SOCK,
+        cpu: 1,
+        ..Event::default()
+    };
+    let with_cookie = Event { aux: 77, ..bare };
+    let mut with_address = bare;
+    with_address.daddr[15] = 1;
+    let with_context = Event {
+        context: task(7, b"curl"),
+        ..with_cookie
+    };
+    let with_cgroup_only = Event {
+        context: Task {
+            cgroup_id: 5,
+            ..Task::default()
+        },
+        ..bare
+    };
+    let with_owner = Event {
+        owner: task(8, b"nginx"),
+        ..bare
+    };
+    let with_netns = Event {
+        netns: 4026531840,
+        ..with_context
+    };
+    let with_more_flags = Event {
+        more_flags: more_flags::SHARED_LISTENER,
+        ..bare
+    };
+    for (e, len) in [
+        (bare, record_len::BARE),
+        (with_cookie, record_len::TO_CONTEXT),
+        (with_address, record_len::TO_CONTEXT),
+        (with_context, record_len::TO_OWNER),
+        (with_cgroup_only, record_len::TO_OWNER),
+        (with_owner, record_len::TO_TAIL),
+        (with_netns, record_len::FULL),
+        (with_more_flags, record_len::FULL),
+    ] {
+        assert_eq!(e.record_len(), len, "{e:?}");
+        let back = event_from_bytes(&bytes_of(&e)[..len]).unwrap();
+        assert_eq!(bytes_of(&back), bytes_of(&e), "{e:?} cut at {len}");
+    }
+}
+
 #[test]
 fn rejects_short_items_and_unknown_kinds_and_states() {
     assert!(matches!(
         Decoder::default().decode_bytes(&[0; 10]),
-        Err(DecodeError::Size(10, _))
+        Err(DecodeError::Size(10, record_len::BARE))
+    ));
+    assert!(matches!(
+        Decoder::default().decode_bytes(&[0; record_len::BARE - 1]),
+        Err(DecodeError::Size(_, _))
     ));
     let e = Event {
         kind: 99,

@@ -2,13 +2,14 @@
 //! was told besides (drain ticks, losses, cgroup names, the exit check),
 //! kept in a file that replays anywhere, without root, to the same output.
 //!
-//! # File format (version 1)
+//! # File format (version 3)
 //!
 //! ```text
 //! file    = magic "TCPTRACE" · version u16 · 0u16 · header_len u32 · header · frame*
 //! header  = JSON (see [`Header`]): how to decode and render the records
 //! frame   = kind u8 · len u32 · payload[len]              (integers little-endian)
-//! kinds   = 1 event     the kernel's record, `header.event_size` bytes
+//! kinds   = 1 event     the kernel's record: `header.event_size` bytes, or
+//!                       (version 3 on) a prefix of them, 32 bytes or more
 //!           2 tick      u64: the monotonic time the pipeline was ticked at
 //!           3 loss      u64: when new losses were seen (lives before are marked)
 //!           4 workload  JSON {id, unit, container}: a cgroup's name, before
@@ -44,8 +45,10 @@ pub use writer::{Recorder, RecorderReport, Rotation};
 
 pub const MAGIC: &[u8; 8] = b"TCPTRACE";
 /// The format this tcptrace writes; it reads 1..=VERSION. Version 2 added
-/// the `sample` frame (an older tcptrace would call it corrupt).
-pub const VERSION: u16 = 2;
+/// the `sample` frame (an older tcptrace would call it corrupt); version 3
+/// let event frames be shorter than `event_size` (the kernel writes each
+/// record only as long as its non-zero sections).
+pub const VERSION: u16 = 3;
 /// magic · version · reserved · header length.
 pub const PREAMBLE_LEN: usize = 8 + 2 + 2 + 4;
 /// kind · length.
@@ -53,7 +56,7 @@ pub const FRAME_HEAD_LEN: usize = 1 + 4;
 /// No header or control frame is larger (an exit check of a million
 /// sockets is about 60 MB of JSON).
 pub const MAX_PAYLOAD: u32 = 128 << 20;
-/// A kernel record is never larger than this (today 152 bytes).
+/// A kernel record is never larger than this (today at most 152 bytes).
 pub const MAX_EVENT_SIZE: u32 = 4096;
 
 /// Frame kinds.

@@ -9,7 +9,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use tcptrace_common::Event;
+use tcptrace_common::{Event, record_len};
 
 use super::{
     FRAME_HEAD_LEN, FormatError, Frame, Header, MAGIC, MAX_EVENT_SIZE, MAX_PAYLOAD, PREAMBLE_LEN,
@@ -110,6 +110,17 @@ impl<R: Read> FrameReader<R> {
         &self.header
     }
 
+    /// The lengths an event frame may have: from version 3 on, a record is
+    /// a prefix of the event (see [`tcptrace_common::record_len`]); before,
+    /// every record was whole.
+    fn event_lengths(&self) -> std::ops::RangeInclusive<u32> {
+        if self.version >= 3 {
+            record_len::BARE as u32..=self.header.event_size
+        } else {
+            self.header.event_size..=self.header.event_size
+        }
+    }
+
     pub fn version(&self) -> u16 {
         self.version
     }
@@ -142,7 +153,7 @@ impl<R: Read> FrameReader<R> {
             what,
         };
         match kind {
-            kind::EVENT if len != self.header.event_size => return Err(bad_length()),
+            kind::EVENT if !self.event_lengths().contains(&len) => return Err(bad_length()),
             kind::TICK | kind::LOSS if len != 8 => return Err(bad_length()),
             kind::WORKLOAD | kind::ALIVE | kind::TRAILER if len > MAX_PAYLOAD => {
                 return Err(bad_length());

@@ -5,7 +5,7 @@ use std::{io::Cursor, net::SocketAddr};
 
 use bytes::BytesMut;
 use proptest::prelude::*;
-use tcptrace_common::Event;
+use tcptrace_common::{Event, record_len};
 
 use super::*;
 
@@ -191,15 +191,18 @@ fn a_frame_cut_short_keeps_every_whole_frame_before_it() {
 #[test]
 fn a_corrupt_length_or_kind_is_named_with_its_offset() {
     let at = header_end();
-    let mut f = file(2);
-    f[at + 1..at + 5].copy_from_slice(&99u32.to_le_bytes());
-    let (frames, err) = read_all(&f).unwrap();
-    assert!(frames.is_empty());
-    let msg = err.unwrap().to_string();
-    assert_eq!(
-        msg,
-        format!("frame at byte {at} has a corrupt length 99 for a event frame")
-    );
+    // Shorter than every record's head, or longer than the header says.
+    for len in [record_len::BARE as u32 - 8, EVENT_SIZE as u32 + 8] {
+        let mut f = file(2);
+        f[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
+        let (frames, err) = read_all(&f).unwrap();
+        assert!(frames.is_empty());
+        let msg = err.unwrap().to_string();
+        assert_eq!(
+            msg,
+            format!("frame at byte {at} has a corrupt length {len} for a event frame")
+        );
+    }
 
     let mut f = file(2);
     let second = at + FRAME_HEAD_LEN + EVENT_SIZE;
@@ -254,6 +257,31 @@ fn older_shorter_records_read_with_their_new_fields_zero() {
     put_preamble(&mut b, &h).unwrap();
     let e = FrameReader::open(Cursor::new(b.to_vec())).err().unwrap();
     assert!(e.to_string().contains("newer than this tcptrace"), "{e}");
+}
+
+#[test]
+fn a_record_cut_at_a_section_reads_with_the_rest_zero_but_only_from_version_3() {
+    let mut b = BytesMut::new();
+    put_preamble(&mut b, &header()).unwrap();
+    put_frame(&mut b, kind::EVENT, &[5u8; record_len::TO_OWNER]);
+    let (frames, err) = read_all(&b).unwrap();
+    assert!(err.is_none(), "{err:?}");
+    let Frame::Event(raw) = &frames[0] else {
+        panic!("{:?}", frames[0])
+    };
+    assert_eq!(raw.len(), EVENT_SIZE);
+    assert!(raw[..record_len::TO_OWNER].iter().all(|&b| b == 5));
+    assert!(raw[record_len::TO_OWNER..].iter().all(|&b| b == 0));
+
+    // Version 2 wrote every record whole: a short one there is corruption.
+    let mut v2 = b.to_vec();
+    v2[MAGIC.len()..MAGIC.len() + 2].copy_from_slice(&2u16.to_le_bytes());
+    let (frames, err) = read_all(&v2).unwrap();
+    assert!(frames.is_empty());
+    assert!(
+        err.unwrap().to_string().contains("corrupt length 112"),
+        "a short record in a version 2 file"
+    );
 }
 
 #[test]
