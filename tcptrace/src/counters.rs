@@ -13,6 +13,10 @@ pub struct Counters {
     pub lost: u64,
     /// Events read from the ring buffers by userspace.
     pub received: u64,
+    /// Their bytes as the kernel wrote them (each ring entry also has an
+    /// 8-byte header): over `received`, the average record, for sizing
+    /// `--ring-size`.
+    pub received_bytes: u64,
     /// Of those, events a CPU's ring delivered after the merge of the rings
     /// had handed on later ones (a program delayed more than the merge's
     /// hold-back between its timestamp and its commit): handed on out of

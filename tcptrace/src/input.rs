@@ -59,8 +59,9 @@ impl Batch {
 pub trait Sink {
     /// The buffer to append frames to.
     fn buf(&mut self) -> &mut BytesMut;
-    /// `records` more frames were appended to [`Sink::buf`].
-    fn appended(&mut self, records: u64);
+    /// One more frame, of a record `len` bytes long, was appended to
+    /// [`Sink::buf`].
+    fn appended(&mut self, len: usize);
 }
 
 /// A sink that keeps everything in one buffer.
@@ -69,6 +70,8 @@ pub struct Collected {
     pub buf: BytesMut,
     /// Frames in `buf`.
     pub records: u64,
+    /// Bytes of the records in `buf` (without their frames' lengths).
+    pub bytes: u64,
 }
 
 impl Sink for Collected {
@@ -76,8 +79,9 @@ impl Sink for Collected {
         &mut self.buf
     }
 
-    fn appended(&mut self, records: u64) {
-        self.records += records;
+    fn appended(&mut self, len: usize) {
+        self.records += 1;
+        self.bytes += len as u64;
     }
 }
 
@@ -195,13 +199,8 @@ impl Drop for RingPositions {
 }
 
 impl LiveInput {
-    /// Starts reading `rings`; `received` counts the records handed on,
-    /// `late` those the merge handed on out of order.
-    pub fn start(
-        rings: Rings,
-        received: Arc<AtomicU64>,
-        late: Arc<AtomicU64>,
-    ) -> std::io::Result<LiveInput> {
+    /// Starts reading `rings`, counting what it hands on in `read`.
+    pub fn start(rings: Rings, read: Arc<ReadCounts>) -> std::io::Result<LiveInput> {
         let (tx, rx) = unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
@@ -214,8 +213,7 @@ impl LiveInput {
             rings: positions.into(),
         };
         let counts = Counts {
-            received,
-            late,
+            read,
             backlog: gauge.backlog.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -257,10 +255,29 @@ impl LiveInput {
     }
 }
 
+/// What was read from the rings, counted where it is read.
+#[derive(Debug, Default)]
+pub struct ReadCounts {
+    /// Records handed on.
+    pub received: AtomicU64,
+    /// Their bytes, as the kernel wrote them (each record is only as long
+    /// as its non-zero sections: see `tcptrace_common::record_len`).
+    pub received_bytes: AtomicU64,
+    /// Records the merge handed on out of time order.
+    pub late: AtomicU64,
+}
+
+impl ReadCounts {
+    /// Adds what one read took from the rings.
+    pub fn add(&self, read: &Collected) {
+        self.received.fetch_add(read.records, Ordering::Relaxed);
+        self.received_bytes.fetch_add(read.bytes, Ordering::Relaxed);
+    }
+}
+
 /// What the reading thread counts, shared with the rest.
 struct Counts {
-    received: Arc<AtomicU64>,
-    late: Arc<AtomicU64>,
+    read: Arc<ReadCounts>,
     backlog: Arc<AtomicUsize>,
 }
 
@@ -269,6 +286,7 @@ fn read_rings(mut rings: Rings, tx: &UnboundedSender<Batch>, stop: &AtomicBool, 
     let mut batches = Batches {
         buf: BytesMut::with_capacity(BATCH_BYTES),
         records: 0,
+        bytes: 0,
         counts,
         tx,
         open: true,
@@ -283,7 +301,7 @@ fn read_rings(mut rings: Rings, tx: &UnboundedSender<Batch>, stop: &AtomicBool, 
             || stopping || backlog.load(Ordering::Relaxed) < MAX_BACKLOG,
             &mut batches,
         );
-        counts.late.store(rings.late(), Ordering::Relaxed);
+        counts.read.late.store(rings.late(), Ordering::Relaxed);
         if !batches.send() || stopping {
             return;
         }
@@ -301,8 +319,9 @@ fn read_rings(mut rings: Rings, tx: &UnboundedSender<Batch>, stop: &AtomicBool, 
 /// and no batch grows past what one drain holds.
 struct Batches<'a> {
     buf: BytesMut,
-    /// Frames in `buf`.
+    /// Frames in `buf`, and their records' bytes.
     records: u64,
+    bytes: u64,
     counts: &'a Counts,
     tx: &'a UnboundedSender<Batch>,
     /// False once the main thread is gone.
@@ -314,8 +333,9 @@ impl Sink for Batches<'_> {
         &mut self.buf
     }
 
-    fn appended(&mut self, records: u64) {
-        self.records += records;
+    fn appended(&mut self, len: usize) {
+        self.records += 1;
+        self.bytes += len as u64;
         if self.buf.len() >= BATCH_BYTES {
             self.send();
         }
@@ -335,8 +355,13 @@ impl Batches<'_> {
         let counts = self.counts;
         counts.backlog.fetch_add(len, Ordering::Relaxed);
         counts
+            .read
             .received
             .fetch_add(std::mem::take(&mut self.records), Ordering::Relaxed);
+        counts
+            .read
+            .received_bytes
+            .fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
         let batch = Batch {
             bytes,
             backlog: counts.backlog.clone(),

@@ -6,10 +6,7 @@
 
 use std::{
     os::fd::{AsFd, AsRawFd},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
 };
 
 use aya::{
@@ -22,7 +19,7 @@ use tcptrace_common::{Config, Filter, ListenerKey, Task, counter};
 use crate::{
     counters::Counters,
     decode::{Decoder, Record, event_from_bytes},
-    input::{Collected, LiveInput, Rings, frames},
+    input::{Collected, LiveInput, ReadCounts, Rings, frames},
     kernel::{self, KernelLayout},
     kernel_log::{self, KernelLog},
     owners::Owners,
@@ -120,10 +117,9 @@ pub struct Tracer {
     /// Owner maps, when the kernel keeps none (no process filters): for
     /// [`Tracer::drain`], until [`Tracer::take_owners`] hands them on.
     owners: Option<Owners>,
-    /// Records taken from the rings (by whoever reads them).
-    received: Arc<AtomicU64>,
-    /// Of those, records the merge of the rings handed on out of order.
-    late: Arc<AtomicU64>,
+    /// Records taken from the rings (by whoever reads them), their bytes,
+    /// and those the merge of the rings handed on out of order.
+    read: Arc<ReadCounts>,
     /// Set by [`Tracer::detach`]: nothing more will be committed, so a
     /// drain hands on everything, held back or not.
     detached: bool,
@@ -260,8 +256,7 @@ impl Tracer {
             counters,
             decoder: Decoder::new(layout.reasons.clone())
                 .with_drop_reasons(layout.drop_reasons.clone()),
-            received: Arc::new(AtomicU64::new(0)),
-            late: Arc::new(AtomicU64::new(0)),
+            read: Arc::default(),
             detached: false,
             undecodable: 0,
             detached_socket_misses: 0,
@@ -288,7 +283,7 @@ impl Tracer {
             .rings
             .take()
             .ok_or_else(|| std::io::Error::other("the ring buffers are already being read"))?;
-        LiveInput::start(rings, self.received.clone(), self.late.clone())
+        LiveInput::start(rings, self.read.clone())
     }
 
     /// The owner maps the kernel does not keep (no process filters), for
@@ -331,9 +326,9 @@ impl Tracer {
                 sink(record);
             }
         }
-        self.late.store(rings.late(), Ordering::Relaxed);
+        self.read.late.store(rings.late(), Ordering::Relaxed);
         self.rings = Some(rings);
-        self.received.fetch_add(read.records, Ordering::Relaxed);
+        self.read.add(&read);
         read.records as usize
     }
 
@@ -370,8 +365,9 @@ impl Tracer {
             lost: self.lost(),
             filtered: self.kernel_count(counter::FILTERED),
             not_tcp: self.kernel_count(counter::NOT_TCP),
-            received: self.received.load(Ordering::Relaxed),
-            late: self.late.load(Ordering::Relaxed),
+            received: self.read.received.load(Ordering::Relaxed),
+            received_bytes: self.read.received_bytes.load(Ordering::Relaxed),
+            late: self.read.late.load(Ordering::Relaxed),
             undecodable: self.undecodable,
             missed: self.recursion_misses(),
             recovered: self.kernel_count(counter::RECOVERED),

@@ -260,6 +260,13 @@ fn prometheus_scrapes_the_paths_the_test_makes() {
         1,
         "no tcptrace_events_late_total series"
     );
+    // Records are only as long as what they hold: below 152 bytes each.
+    let received = prom.value("tcptrace_events_received_total");
+    let bytes = prom.value("tcptrace_events_received_bytes_total");
+    assert!(
+        received > 0.0 && bytes >= 32.0 * received && bytes < 152.0 * received,
+        "{bytes} bytes in {received} events"
+    );
     assert!(prom.value("tcptrace_cpu_seconds_total") > 0.0);
     assert!(prom.value("tcptrace_ring_size_bytes") > 0.0);
 

@@ -125,8 +125,9 @@ fn a_refused_connect_goes_syn_sent_to_close() {
 
 #[test]
 fn a_full_ring_buffer_counts_every_lost_event() {
-    // The smallest ring (256 KiB) holds about 1,600 events: a burst of
-    // 400 connections (some 5,000 events) without draining must overflow it.
+    // The smallest ring (256 KiB) holds at most 6,500 records (the
+    // shortest, 40 bytes; about 2,400 of this mix): a burst of 400
+    // connections (some 5,000 events, 550 KB) without draining overflows it.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let mut trace = Trace::start_with(
@@ -151,6 +152,35 @@ fn a_full_ring_buffer_counts_every_lost_event() {
         "events unaccounted for: {c:?}"
     );
     assert_eq!(c.undecodable, 0, "{c:?}");
+}
+
+#[test]
+fn the_kernel_writes_each_record_only_as_long_as_what_it_holds() {
+    // Without filters a destroy is its first 32 bytes and a state change
+    // leaves the owner (and, once its life has started, the tail) off:
+    // 80-112 bytes of the 152. Whole records would average 152.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut trace = Trace::start(&[addr.port()]);
+    for _ in 0..100 {
+        let c = TcpStream::connect(addr).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        drop(c);
+        drop(s);
+    }
+    let c = trace.stop();
+    assert_eq!(c.lost, 0, "{c:?}");
+    assert!(
+        c.received >= 100 * 10,
+        "fewer events than 100 connections make: {c:?}"
+    );
+    let average = c.received_bytes as f64 / c.received as f64;
+    let whole = std::mem::size_of::<tcptrace_common::Event>() as f64;
+    assert!(
+        (32.0..whole * 0.85).contains(&average),
+        "records average {average:.1} bytes, expected 32 to {:.0} (whole events are {whole}): {c:?}",
+        whole * 0.85
+    );
 }
 
 #[test]

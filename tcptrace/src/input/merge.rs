@@ -116,7 +116,7 @@ impl Merge {
                 self.passed = self.passed.max(head.ts);
             }
             put_frame(sink.buf(), &head.record);
-            sink.appended(1);
+            sink.appended(head.record.len());
             head.full = false;
         }
     }

@@ -78,7 +78,7 @@ impl Rings {
                 while more() {
                     let Some(item) = ring.next() else { break };
                     put_frame(sink.buf(), &item);
-                    sink.appended(1);
+                    sink.appended(item.len());
                 }
             }
             return;

@@ -40,6 +40,7 @@ struct Program {
 pub struct Health {
     produced: AtomicU64,
     received: AtomicU64,
+    received_bytes: AtomicU64,
     lost: AtomicU64,
     filtered: AtomicU64,
     undecodable: AtomicU64,
@@ -94,6 +95,7 @@ impl Health {
         let c = tracer.counters();
         set(&self.produced, c.produced);
         set(&self.received, c.received);
+        set(&self.received_bytes, c.received_bytes);
         set(&self.lost, c.lost);
         set(&self.filtered, c.filtered);
         set(&self.undecodable, c.undecodable);
@@ -175,7 +177,7 @@ fn gauge(
 impl Collector for Health {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let e = &mut e;
-        let events: [(&str, &str, &AtomicU64); 6] = [
+        let events: [(&str, &str, &AtomicU64); 7] = [
             (
                 "events_produced",
                 "Events that passed the kernel filters and were offered to the ring buffer \
@@ -186,6 +188,12 @@ impl Collector for Health {
                 "events_received",
                 "Events read from the ring buffer.",
                 &self.received,
+            ),
+            (
+                "events_received_bytes",
+                "Bytes of the events read from the ring buffer, as the kernel wrote them \
+                 (each also takes an 8-byte header in the ring): for sizing --ring-size.",
+                &self.received_bytes,
             ),
             (
                 "events_lost",
