@@ -14,6 +14,17 @@ use tcptrace_tests::{
     wait_line,
 };
 
+/// `n` connections to `listener`, each accepted and closed at once.
+fn open_and_close(listener: &TcpListener, n: usize) {
+    let addr = listener.local_addr().unwrap();
+    for _ in 0..n {
+        let c = TcpStream::connect(addr).unwrap();
+        let (s, _) = listener.accept().unwrap();
+        drop(c);
+        drop(s);
+    }
+}
+
 /// A client that closes first, a server that closes after reading EOF.
 fn client_closes_first(listener: TcpListener) -> (u16, u16) {
     let server_port = listener.local_addr().unwrap().port();
@@ -137,12 +148,7 @@ fn a_full_ring_buffer_counts_every_lost_event() {
         },
         &[addr.port()],
     );
-    for _ in 0..400 {
-        let c = TcpStream::connect(addr).unwrap();
-        let (s, _) = listener.accept().unwrap();
-        drop(c);
-        drop(s);
-    }
+    open_and_close(&listener, 400);
     let c = trace.stop();
     assert!(c.lost > 0, "expected losses with the smallest ring: {c:?}");
     assert!(c.received > 0, "{c:?}");
@@ -162,12 +168,7 @@ fn the_kernel_writes_each_record_only_as_long_as_what_it_holds() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let mut trace = Trace::start(&[addr.port()]);
-    for _ in 0..100 {
-        let c = TcpStream::connect(addr).unwrap();
-        let (s, _) = listener.accept().unwrap();
-        drop(c);
-        drop(s);
-    }
+    open_and_close(&listener, 100);
     let c = trace.stop();
     assert_eq!(c.lost, 0, "{c:?}");
     assert!(
