@@ -284,9 +284,10 @@ struct Counts {
 fn read_rings(mut rings: Rings, tx: &UnboundedSender<Batch>, stop: &AtomicBool, counts: &Counts) {
     let backlog = &counts.backlog;
     let mut batches = Batches {
-        buf: BytesMut::with_capacity(BATCH_BYTES),
-        records: 0,
-        bytes: 0,
+        pending: Collected {
+            buf: BytesMut::with_capacity(BATCH_BYTES),
+            ..Collected::default()
+        },
         counts,
         tx,
         open: true,
@@ -318,10 +319,8 @@ fn read_rings(mut rings: Rings, tx: &UnboundedSender<Batch>, stop: &AtomicBool, 
 /// the main thread as they fill, so that it starts on a large drain early
 /// and no batch grows past what one drain holds.
 struct Batches<'a> {
-    buf: BytesMut,
-    /// Frames in `buf`, and their records' bytes.
-    records: u64,
-    bytes: u64,
+    /// The batch being filled.
+    pending: Collected,
     counts: &'a Counts,
     tx: &'a UnboundedSender<Batch>,
     /// False once the main thread is gone.
@@ -330,13 +329,12 @@ struct Batches<'a> {
 
 impl Sink for Batches<'_> {
     fn buf(&mut self) -> &mut BytesMut {
-        &mut self.buf
+        &mut self.pending.buf
     }
 
     fn appended(&mut self, len: usize) {
-        self.records += 1;
-        self.bytes += len as u64;
-        if self.buf.len() >= BATCH_BYTES {
+        self.pending.appended(len);
+        if self.pending.buf.len() >= BATCH_BYTES {
             self.send();
         }
     }
@@ -345,23 +343,18 @@ impl Sink for Batches<'_> {
 impl Batches<'_> {
     /// Hands what `buf` holds to the main thread; false once it is gone.
     fn send(&mut self) -> bool {
-        if self.buf.is_empty() || !self.open {
+        if self.pending.buf.is_empty() || !self.open {
             return self.open;
         }
-        let bytes = self.buf.split().freeze();
-        // One fresh allocation per batch, not a series of regrowths.
-        self.buf.reserve(BATCH_BYTES);
-        let len = bytes.len();
         let counts = self.counts;
+        counts.read.add(&self.pending);
+        self.pending.records = 0;
+        self.pending.bytes = 0;
+        let bytes = self.pending.buf.split().freeze();
+        // One fresh allocation per batch, not a series of regrowths.
+        self.pending.buf.reserve(BATCH_BYTES);
+        let len = bytes.len();
         counts.backlog.fetch_add(len, Ordering::Relaxed);
-        counts
-            .read
-            .received
-            .fetch_add(std::mem::take(&mut self.records), Ordering::Relaxed);
-        counts
-            .read
-            .received_bytes
-            .fetch_add(std::mem::take(&mut self.bytes), Ordering::Relaxed);
         let batch = Batch {
             bytes,
             backlog: counts.backlog.clone(),
