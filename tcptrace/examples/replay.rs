@@ -306,10 +306,12 @@ fn replay_with<W: Write>(
     p.finish(None).expect("write");
 }
 
-/// An event's bytes, as the ring buffer holds them.
+/// An event's bytes, as the ring buffer holds them: the prefix the kernel
+/// program writes.
 fn event_bytes(e: &Event) -> &[u8] {
-    // SAFETY: Event is plain #[repr(C)] data with no padding.
-    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(e).cast::<u8>(), size_of::<Event>()) }
+    // SAFETY: Event is plain #[repr(C)] data with no padding; record_len()
+    // is at most its size.
+    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(e).cast::<u8>(), e.record_len()) }
 }
 
 fn main() -> io::Result<()> {

@@ -172,6 +172,9 @@ fn a_record_is_the_prefix_up_to_its_last_non_zero_section() {
         let back = event_from_bytes(&bytes_of(&e)[..len]).unwrap();
         assert_eq!(bytes_of(&back), bytes_of(&e), "{e:?} cut at {len}");
     }
+    // A length the kernel never cuts at reads the same way.
+    let back = event_from_bytes(&bytes_of(&with_context)[..record_len::TO_OWNER + 8]).unwrap();
+    assert_eq!(bytes_of(&back), bytes_of(&with_context));
 }
 
 #[test]
