@@ -222,6 +222,17 @@ impl Event {
             record_len::BARE
         }
     }
+
+    /// What the kernel program writes for this event: its first
+    /// [`Event::record_len`] bytes.
+    #[inline(always)]
+    pub fn record(&self) -> &[u8] {
+        // SAFETY: Event is plain #[repr(C)] data without padding, and
+        // record_len() is at most its size.
+        unsafe {
+            core::slice::from_raw_parts(core::ptr::from_ref(self).cast::<u8>(), self.record_len())
+        }
+    }
 }
 
 /// Bits of [`Event::more_flags`].

@@ -404,12 +404,7 @@ fn submit(event: &Event) {
     }
     // Only the prefix that holds the event's non-zero sections: most
     // records are 80-112 bytes of the 152 (see record_len).
-    // SAFETY: `event` is valid for record_len() bytes (at most its size),
-    // all initialised.
-    let record = unsafe {
-        core::slice::from_raw_parts(core::ptr::from_ref(event).cast::<u8>(), event.record_len())
-    };
-    if ring.output::<[u8]>(record, wake).is_err() {
+    if ring.output::<[u8]>(event.record(), wake).is_err() {
         count(counter::LOST);
     }
 }

@@ -296,22 +296,14 @@ fn replay_with<W: Write>(
     let mut p = Pipeline::new(TrackerOptions::default(), render, out).with_decoder(decoder.clone());
     let mut next_tick = events.first().map_or(0, |e| e.ts_ns);
     for e in events {
-        // As the reader hands them over: the ring's bytes.
-        p.raw(black_box(event_bytes(e))).expect("write");
+        // As the reader hands them over: the prefix the kernel writes.
+        p.raw(black_box(e.record())).expect("write");
         if e.ts_ns >= next_tick {
             p.tick(e.ts_ns).expect("write");
             next_tick = e.ts_ns + 20_000_000;
         }
     }
     p.finish(None).expect("write");
-}
-
-/// An event's bytes, as the ring buffer holds them: the prefix the kernel
-/// program writes.
-fn event_bytes(e: &Event) -> &[u8] {
-    // SAFETY: Event is plain #[repr(C)] data with no padding; record_len()
-    // is at most its size.
-    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(e).cast::<u8>(), e.record_len()) }
 }
 
 fn main() -> io::Result<()> {

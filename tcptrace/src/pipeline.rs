@@ -199,13 +199,8 @@ impl<W: Write> Pipeline<W> {
                 // The recording holds records as if the kernel had filled
                 // the owner in: a replay needs no owner maps.
                 // As short as the kernel would have written it.
-                let size = event.record_len();
                 self.enriched.clear();
-                // SAFETY: Event is plain #[repr(C)] data with no padding, and
-                // record_len() is at most its size.
-                self.enriched.extend_from_slice(unsafe {
-                    std::slice::from_raw_parts(std::ptr::from_ref(&event).cast::<u8>(), size)
-                });
+                self.enriched.extend_from_slice(event.record());
             }
             if let Some(f) = &self.filter
                 && !f.passes(&event)
