@@ -62,6 +62,9 @@ pub trait Sink {
     /// One more frame, of a record `len` bytes long, was appended to
     /// [`Sink::buf`].
     fn appended(&mut self, len: usize);
+    /// Whether to read on: false leaves what is unread in the kernel's
+    /// rings (where a full ring's losses are counted).
+    fn has_room(&self) -> bool;
 }
 
 /// A sink that keeps everything in one buffer.
@@ -82,6 +85,10 @@ impl Sink for Collected {
     fn appended(&mut self, len: usize) {
         self.records += 1;
         self.bytes += len as u64;
+    }
+
+    fn has_room(&self) -> bool {
+        true
     }
 }
 
@@ -291,17 +298,13 @@ fn read_rings(mut rings: Rings, tx: &UnboundedSender<Batch>, stop: &AtomicBool, 
         counts,
         tx,
         open: true,
+        stopping: false,
     };
     loop {
         // Read before draining: the last drain after stop sees everything.
         let stopping = stop.load(Ordering::Acquire);
-        // Past the backlog bound the rings are left to fill (and the kernel
-        // counts what they cannot take); the final drain takes everything.
-        rings.read(
-            stopping,
-            || stopping || backlog.load(Ordering::Relaxed) < MAX_BACKLOG,
-            &mut batches,
-        );
+        batches.stopping = stopping;
+        rings.read(stopping, &mut batches);
         counts.read.late.store(rings.late(), Ordering::Relaxed);
         if !batches.send() || stopping {
             return;
@@ -323,8 +326,10 @@ struct Batches<'a> {
     pending: Collected,
     counts: &'a Counts,
     tx: &'a UnboundedSender<Batch>,
-    /// False once the main thread is gone.
+    /// False once the main thread is gone: nothing more to read for.
     open: bool,
+    /// The last drain, after the programs are detached.
+    stopping: bool,
 }
 
 impl Sink for Batches<'_> {
@@ -337,6 +342,12 @@ impl Sink for Batches<'_> {
         if self.pending.buf.len() >= BATCH_BYTES {
             self.send();
         }
+    }
+
+    /// Past the backlog bound the rings are left to fill (and the kernel
+    /// counts what they cannot take); the final drain takes everything.
+    fn has_room(&self) -> bool {
+        self.open && (self.stopping || self.counts.backlog.load(Ordering::Relaxed) < MAX_BACKLOG)
     }
 }
 

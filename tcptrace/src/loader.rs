@@ -320,7 +320,7 @@ impl Tracer {
             return 0;
         };
         let mut read = Collected::default();
-        rings.read(self.detached, || true, &mut read);
+        rings.read(self.detached, &mut read);
         for bytes in frames(&read.buf) {
             if let Some(record) = self.decode(bytes) {
                 sink(record);

@@ -72,15 +72,9 @@ impl Merge {
     /// Gives `sink`, oldest first, the records of `sources` (one per ring,
     /// in ring order) that no ring can still precede: those older than
     /// `until` when a ring is empty (`u64::MAX` once nothing more can be
-    /// committed). Stops early, keeping its place, when `more()` says the
-    /// sink has no room.
-    pub fn read<S: Source>(
-        &mut self,
-        sources: &mut [S],
-        until: u64,
-        more: impl Fn() -> bool,
-        sink: &mut impl Sink,
-    ) {
+    /// committed). Stops early, keeping its place, when the sink has no
+    /// room.
+    pub fn read<S: Source>(&mut self, sources: &mut [S], until: u64, sink: &mut impl Sink) {
         debug_assert_eq!(sources.len(), self.heads.len());
         loop {
             let mut some_empty = false;
@@ -89,7 +83,7 @@ impl Merge {
             for (ring, (head, source)) in self.heads.iter_mut().zip(sources.iter_mut()).enumerate()
             {
                 if !head.full {
-                    if !more() {
+                    if !sink.has_room() {
                         return;
                     }
                     if !source.next_into(&mut head.record) {
@@ -140,6 +134,23 @@ mod tests {
         }
     }
 
+    /// A sink that is full from the start.
+    struct NoRoom(Collected);
+
+    impl Sink for NoRoom {
+        fn buf(&mut self) -> &mut bytes::BytesMut {
+            self.0.buf()
+        }
+
+        fn appended(&mut self, len: usize) {
+            self.0.appended(len);
+        }
+
+        fn has_room(&self) -> bool {
+            false
+        }
+    }
+
     fn record(ts: u64, tag: u8) -> Vec<u8> {
         let mut r = ts.to_le_bytes().to_vec();
         r.push(tag);
@@ -155,7 +166,7 @@ mod tests {
 
     fn tags(merge: &mut Merge, sources: &mut [VecDeque<Vec<u8>>], until: u64) -> Vec<u8> {
         let mut out = Collected::default();
-        merge.read(sources, until, || true, &mut out);
+        merge.read(sources, until, &mut out);
         let tags: Vec<u8> = frames(&out.buf).map(|r| r[8]).collect();
         assert_eq!(tags.len() as u64, out.records);
         tags
@@ -210,9 +221,9 @@ mod tests {
     fn no_room_stops_the_merge_where_it_is() {
         let mut merge = Merge::new(2);
         let mut sources = rings(&[&[(1, b'a'), (3, b'c')], &[(2, b'b')]]);
-        let mut out = Collected::default();
-        merge.read(&mut sources, u64::MAX, || false, &mut out);
-        assert_eq!(out.records, 0);
+        let mut out = NoRoom(Collected::default());
+        merge.read(&mut sources, u64::MAX, &mut out);
+        assert_eq!(out.0.records, 0);
         assert_eq!(tags(&mut merge, &mut sources, u64::MAX), b"abc");
     }
 
@@ -224,7 +235,7 @@ mod tests {
             VecDeque::from([b"ab".to_vec()]),
         ];
         let mut out = Collected::default();
-        merge.read(&mut sources, u64::MAX, || true, &mut out);
+        merge.read(&mut sources, u64::MAX, &mut out);
         let records: Vec<&[u8]> = frames(&out.buf).collect();
         assert_eq!(records, [&b"ab"[..], &record(5, b'x')]);
     }

@@ -69,13 +69,13 @@ impl Rings {
         self.rings.iter().map(|ring| ring.as_fd())
     }
 
-    /// Reads the rings while `more()` says there is room, and gives `sink`,
-    /// in time order, every record no other ring can still precede; with
-    /// `flush` (the programs are detached), everything.
-    pub fn read(&mut self, flush: bool, more: impl Fn() -> bool, sink: &mut impl Sink) {
+    /// Reads the rings while `sink` has room, and gives it, in time order,
+    /// every record no other ring can still precede; with `flush` (the
+    /// programs are detached), everything.
+    pub fn read(&mut self, flush: bool, sink: &mut impl Sink) {
         let Some(merge) = &mut self.merge else {
             for ring in &mut self.rings {
-                while more() {
+                while sink.has_room() {
                     let Some(item) = ring.next() else { break };
                     put_frame(sink.buf(), &item);
                     sink.appended(item.len());
@@ -90,7 +90,7 @@ impl Rings {
         } else {
             monotonic_ns().saturating_sub(HOLD_BACK_NS)
         };
-        merge.read(&mut self.rings, until, more, sink);
+        merge.read(&mut self.rings, until, sink);
     }
 
     /// Records read after a younger one had been passed on (passed on out
