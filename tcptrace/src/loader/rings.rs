@@ -32,7 +32,8 @@ pub(super) const RING_NAMES: [&str; MAX_RINGS as usize] = [
 /// per event), checked every `query_every` events — never fewer than the
 /// threshold holds, so that even a 4 KiB ring wakes its reader in time.
 pub fn wakeup_policy(ring_bytes: u32) -> (u64, u32) {
-    // Each ring entry: the event plus the ring's 8-byte header.
+    // The largest ring entry: the whole event plus the ring's 8-byte
+    // header (most are shorter, see record_len: checks come sooner).
     const ENTRY: u32 = (core::mem::size_of::<Event>() + 8) as u32;
     let wakeup_bytes = ring_bytes / 8;
     let query_every = (wakeup_bytes / ENTRY / 2).clamp(1, 32);
