@@ -314,7 +314,6 @@ struct Ctx {
     args: BenchArgs,
     dir: PathBuf,
     tcptrace: PathBuf,
-    baseline: Option<PathBuf>,
     churn: PathBuf,
     bulk: PathBuf,
     massclose: PathBuf,
@@ -398,7 +397,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             .tcptrace
             .clone()
             .unwrap_or_else(|| release.join("tcptrace")),
-        baseline: args.baseline.clone(),
         churn: release.join("churn"),
         bulk: release.join("bulk"),
         massclose: release.join("massclose"),
@@ -413,7 +411,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         (&ctx.tcptrace, wants_tcptrace),
     ]
     .into_iter()
-    .chain(ctx.baseline.as_ref().map(|b| (b, true)))
+    .chain(ctx.args.baseline.as_ref().map(|b| (b, true)))
     {
         if needed && !bin.is_file() {
             bail!(

@@ -286,6 +286,7 @@ fn tracer_command(ctx: &Ctx, config: Config) -> Result<Option<Command>> {
         Config::Tcptrace => Some(command(&ctx.tcptrace)?),
         Config::Baseline => {
             let baseline = ctx
+                .args
                 .baseline
                 .as_ref()
                 .context("--baseline PATH is missing")?;
