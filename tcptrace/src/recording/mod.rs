@@ -130,7 +130,8 @@ pub struct WorkloadFrame {
 /// One frame, decoded.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
-    /// A kernel record, zero-extended to today's size if it was shorter.
+    /// A kernel record as the file holds it: a prefix of today's event
+    /// when shorter, which the decoder reads with the rest zero.
     Event(bytes::Bytes),
     Tick(u64),
     Loss(u64),

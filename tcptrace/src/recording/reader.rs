@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use tcptrace_common::{Event, record_len};
 
 use super::{
@@ -185,7 +185,7 @@ impl<R: Read> FrameReader<R> {
             why,
         };
         Ok(Some(match kind {
-            kind::EVENT => Frame::Event(widen_event(payload)),
+            kind::EVENT => Frame::Event(payload),
             kind::TICK => Frame::Tick(payload.clone().get_u64_le()),
             kind::LOSS => Frame::Loss(payload.clone().get_u64_le()),
             kind::WORKLOAD => Frame::Workload(
@@ -230,18 +230,6 @@ impl<R: Read> FrameReader<R> {
         }
         Ok(self.buf.len().min(n))
     }
-}
-
-/// Records of an older, shorter layout read with their missing (newer)
-/// fields zero, which every field treats as "unknown".
-fn widen_event(payload: Bytes) -> Bytes {
-    let today = size_of::<Event>();
-    if payload.len() >= today {
-        return payload;
-    }
-    let mut wide = BytesMut::zeroed(today);
-    wide[..payload.len()].copy_from_slice(&payload);
-    wide.freeze()
 }
 
 /// The files of a recording, in the order they were written (or stdin).
