@@ -384,7 +384,7 @@ fn json_paths(events: &[Event], reps: usize) {
         lives.extend(tracker.observe(r));
     }
     lives.extend(tracker.finish());
-    let verdicts: Vec<_> = lives.iter().map(classify).collect();
+    let verdicts: Vec<_> = lives.iter().map(|life| classify(life)).collect();
     let best = |f: &dyn Fn() -> usize| {
         (0..reps.max(1))
             .map(|_| {

@@ -191,37 +191,40 @@ impl<W: Write> Pipeline<W> {
 
     /// One raw kernel record, as the ring (or a recording) held it.
     pub fn raw(&mut self, raw: &[u8]) -> io::Result<()> {
-        let decoded = event_from_bytes(raw).and_then(|mut event| {
-            if let Some(owners) = &mut self.owners {
-                owners.apply(&mut event);
-            }
-            if self.owners.is_some() && self.recorder.is_some() {
-                // The recording holds records as if the kernel had filled
-                // the owner in: a replay needs no owner maps.
-                // As short as the kernel would have written it.
-                self.enriched.clear();
-                self.enriched.extend_from_slice(event.record());
-            }
-            if let Some(f) = &self.filter
-                && !f.passes(&event)
-            {
-                return Ok(None);
-            }
-            self.decoder.decode(&event).map(Some)
-        });
-        let record = match decoded {
-            Ok(Some(record)) => record,
-            Ok(None) => {
-                self.filtered += 1;
-                return Ok(());
-            }
+        let mut event = match event_from_bytes(raw) {
+            Ok(event) => event,
             Err(e) => {
-                self.undecodable += 1;
-                log::debug!("undecodable event: {e}");
+                self.count_undecodable(&e);
                 return Ok(());
             }
         };
-        self.learn_cgroups(&record);
+        if let Some(owners) = &mut self.owners {
+            owners.apply(&mut event);
+            if self.recorder.is_some() {
+                // The recording holds records as if the kernel had filled
+                // the owner in: a replay needs no owner maps. As short as
+                // the kernel would have written it.
+                self.enriched.clear();
+                self.enriched.extend_from_slice(event.record());
+            }
+        }
+        if let Some(f) = &self.filter
+            && !f.passes(&event)
+        {
+            self.filtered += 1;
+            return Ok(());
+        }
+        // Used where it was decoded: a Record is some 300 bytes, and moving
+        // it out of the Result copied it once per event.
+        let decoded = self.decoder.decode(&event);
+        let record = match &decoded {
+            Ok(record) => record,
+            Err(e) => {
+                self.count_undecodable(e);
+                return Ok(());
+            }
+        };
+        self.learn_cgroups(record);
         if let Some(r) = &mut self.recorder {
             // Filled in above whenever owners are kept here.
             r.event(if self.owners.is_some() {
@@ -230,7 +233,12 @@ impl<W: Write> Pipeline<W> {
                 raw
             });
         }
-        self.record(&record)
+        self.record(record)
+    }
+
+    fn count_undecodable(&mut self, e: &dyn std::fmt::Display) {
+        self.undecodable += 1;
+        log::debug!("undecodable event: {e}");
     }
 
     /// One decoded record.
@@ -337,7 +345,7 @@ impl<W: Write> Pipeline<W> {
         self.recorder.take()
     }
 
-    fn finished(&mut self, mut life: SocketLife) -> io::Result<()> {
+    fn finished(&mut self, mut life: Box<SocketLife>) -> io::Result<()> {
         if life.shared_listener
             && let Some(f) = &self.owner_filter
             && !f.owner_passes(life.owner.as_ref())

@@ -498,14 +498,19 @@ pub(crate) fn run(records: &[Record]) -> Vec<SocketLife> {
 
 pub(crate) fn run_with(opts: TrackerOptions, records: &[Record]) -> Vec<SocketLife> {
     let mut t = Tracker::new(opts);
-    let mut out: Vec<SocketLife> = records.iter().flat_map(|r| t.observe(r)).collect();
+    let mut out: Vec<Box<SocketLife>> = records.iter().flat_map(|r| t.observe(r)).collect();
     out.extend(t.finish());
-    out
+    out.into_iter().map(|life| *life).collect()
 }
 
 /// The one life reported for `skaddr` (panics in tests otherwise).
-pub(crate) fn life_of(lives: &[SocketLife], skaddr: u64) -> SocketLife {
-    let found: Vec<_> = lives.iter().filter(|l| l.skaddr == skaddr).collect();
+/// Takes the tracker's boxed lives as well as plain ones.
+pub(crate) fn life_of<L: std::borrow::Borrow<SocketLife>>(lives: &[L], skaddr: u64) -> SocketLife {
+    let found: Vec<&SocketLife> = lives
+        .iter()
+        .map(|l| l.borrow())
+        .filter(|l| l.skaddr == skaddr)
+        .collect();
     assert_eq!(found.len(), 1, "lives for {skaddr:#x}: {found:#?}");
     found[0].clone()
 }

@@ -127,7 +127,9 @@ pub(super) fn push_step(life: &mut SocketLife, step: Step) {
 }
 
 /// The life as reported: durations and the TIME_WAIT verdict settled.
-pub(super) fn finalize(t: Tracked) -> SocketLife {
+/// Boxed as tracked: a life is about a kilobyte, and it goes on to the
+/// renderers and outputs without being copied again.
+pub(super) fn finalize(t: Tracked) -> Box<SocketLife> {
     let mut life = t.life;
     // FIN_WAIT2→CLOSE followed by an RST is a linger abort, not TIME_WAIT.
     life.time_wait = t.handoff && life.resets_sent.is_empty();
@@ -135,7 +137,7 @@ pub(super) fn finalize(t: Tracked) -> SocketLife {
         life.end_ns = life.last_ns;
     }
     life.duration_ns = life.end_ns.saturating_sub(life.start_ns);
-    *life
+    life
 }
 
 /// Bytes the application never read, from the kernel's raw

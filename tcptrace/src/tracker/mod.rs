@@ -191,7 +191,7 @@ impl Tracker {
     }
 
     /// Feeds one record; returns the lives it completed (in order).
-    pub fn observe(&mut self, rec: &Record) -> Vec<SocketLife> {
+    pub fn observe(&mut self, rec: &Record) -> Vec<Box<SocketLife>> {
         let mut out = Vec::new();
         // Record time moves the linger clock too, so replays need no timer.
         self.expire_into(rec.ts_ns(), &mut out);
@@ -317,14 +317,14 @@ impl Tracker {
     }
 
     /// Reports closed lives whose linger time has passed at `now_ns`.
-    pub fn expire(&mut self, now_ns: u64) -> Vec<SocketLife> {
+    pub fn expire(&mut self, now_ns: u64) -> Vec<Box<SocketLife>> {
         self.expire_changed(now_ns).0
     }
 
     /// [`Tracker::expire`], and whether it changed anything at all (a life
     /// reported or a table entry aged out): a tick that changed nothing
     /// need not be recorded, for a replay without it ends the same.
-    pub fn expire_changed(&mut self, now_ns: u64) -> (Vec<SocketLife>, bool) {
+    pub fn expire_changed(&mut self, now_ns: u64) -> (Vec<Box<SocketLife>>, bool) {
         let mut out = Vec::new();
         self.expire_into(now_ns, &mut out);
         let pruned = self.socketless.prune(now_ns)
@@ -337,7 +337,7 @@ impl Tracker {
     }
 
     /// Reports every life left, oldest first; open ones are marked `still_open`.
-    pub fn finish(&mut self) -> Vec<SocketLife> {
+    pub fn finish(&mut self) -> Vec<Box<SocketLife>> {
         self.finish_against(None)
     }
 
@@ -350,7 +350,7 @@ impl Tracker {
     pub fn finish_against(
         &mut self,
         alive: Option<&HashSet<(SocketAddr, SocketAddr)>>,
-    ) -> Vec<SocketLife> {
+    ) -> Vec<Box<SocketLife>> {
         let mut skaddrs: Vec<(u64, u64)> = self
             .lives
             .iter()
@@ -387,14 +387,14 @@ impl Tracker {
         }
     }
 
-    fn expire_into(&mut self, now_ns: u64, out: &mut Vec<SocketLife>) {
+    fn expire_into(&mut self, now_ns: u64, out: &mut Vec<Box<SocketLife>>) {
         while let Some(t) = self.lives.take_expired(now_ns) {
             out.push(self.settle(t));
         }
     }
 
     /// The life of `t` as reported, with the drops that waited for it.
-    fn settle(&mut self, mut t: Tracked) -> SocketLife {
+    fn settle(&mut self, mut t: Tracked) -> Box<SocketLife> {
         let (stats, tallies) = (&mut self.stats, &mut self.tallies);
         claim(
             &mut self.pending_drops,
@@ -405,7 +405,7 @@ impl Tracker {
     }
 
     /// Starts tracking `life`, evicting the least recently active if full.
-    fn insert(&mut self, life: SocketLife, out: &mut Vec<SocketLife>) {
+    fn insert(&mut self, life: Box<SocketLife>, out: &mut Vec<Box<SocketLife>>) {
         while self.lives.len() >= self.opts.max_sockets.max(1) {
             let Some((sk, mut t)) = self.lives.take_least_recent() else {
                 break;
@@ -419,7 +419,7 @@ impl Tracker {
             out.push(self.settle(t));
         }
         let tracked = Tracked {
-            life: Box::new(life),
+            life,
             deadline: None,
             handoff: false,
             abort_candidate: None,
@@ -431,7 +431,7 @@ impl Tracker {
 
     /// Makes sure `sock` has a life (created mid-life when unknown), marks
     /// it active and takes what the record knows about the socket.
-    fn enter(&mut self, sock: &SockInfo, out: &mut Vec<SocketLife>) {
+    fn enter(&mut self, sock: &SockInfo, out: &mut Vec<Box<SocketLife>>) {
         if let Some(t) = self.lives.touch(sock.skaddr) {
             let learns_port = t.life.local.port() == 0 && sock.local.port() != 0;
             absorb(&mut t.life, sock);
@@ -446,7 +446,7 @@ impl Tracker {
             self.stats.after_eviction += 1;
             return;
         }
-        let mut life = new_life(sock);
+        let mut life = Box::new(new_life(sock));
         life.started_mid_life = true;
         // Inserted as the most recently active.
         self.insert(life, out);
@@ -461,7 +461,7 @@ impl Tracker {
         old: TcpState,
         new: TcpState,
         unread: Option<u32>,
-        out: &mut Vec<SocketLife>,
+        out: &mut Vec<Box<SocketLife>>,
     ) {
         let unread = unread.and_then(|raw| unread_at_close(old, raw));
         let start = starts_life(old, new);
@@ -472,7 +472,7 @@ impl Tracker {
             if let Some(t) = self.lives.take(sock.skaddr) {
                 out.push(self.settle(t));
             }
-            let mut life = new_life(sock);
+            let mut life = Box::new(new_life(sock));
             life.role = role;
             if role == Role::Server {
                 self.adopt_child(&mut life);

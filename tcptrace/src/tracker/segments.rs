@@ -37,7 +37,7 @@ impl Tracker {
         state: Option<TcpState>,
         reason: &Option<ResetReason>,
         segment_flags: Option<u8>,
-        out: &mut Vec<SocketLife>,
+        out: &mut Vec<Box<SocketLife>>,
     ) {
         let pending = PendingReset {
             ts_ns: sock.ts_ns,
@@ -48,7 +48,7 @@ impl Tracker {
         };
         if sock.skaddr == 0 || !self.lives.contains(sock.skaddr) {
             // Nothing to attach to: report it alone, now.
-            let mut life = new_life(sock);
+            let mut life = Box::new(new_life(sock));
             life.state = state;
             life.resets_sent
                 .push(pending_to_sent(&life, pending.clone()));
@@ -84,7 +84,7 @@ impl Tracker {
         }
     }
 
-    pub(super) fn on_receive_reset(&mut self, sock: &SockInfo, out: &mut Vec<SocketLife>) {
+    pub(super) fn on_receive_reset(&mut self, sock: &SockInfo, out: &mut Vec<Box<SocketLife>>) {
         let refusal = self.refusal_for(sock);
         self.enter(sock, out);
         let Some(t) = self.lives.get_mut(sock.skaddr) else {
@@ -109,7 +109,7 @@ impl Tracker {
         &mut self,
         sock: &SockInfo,
         state: Option<TcpState>,
-        out: &mut Vec<SocketLife>,
+        out: &mut Vec<Box<SocketLife>>,
     ) {
         self.enter(sock, out);
         let Some(t) = self.lives.get_mut(sock.skaddr) else {
