@@ -91,8 +91,14 @@ impl Owners {
                     event.flags |= flag::OWNER_KNOWN;
                 }
             }
-            // A destroy without filters is bare (its life knows the rest);
-            // exits and signals are about processes.
+            // The socket is gone and its address free for the next one,
+            // which must not inherit this owner if its start was missed
+            // (a loss): forgotten here, not when the LRU gets round to it.
+            // A destroy without filters is bare: its life knows the rest.
+            kind::DESTROY_SOCK => {
+                self.by_socket.remove(&event.skaddr);
+            }
+            // Exits and signals are about processes.
             _ => {}
         }
     }

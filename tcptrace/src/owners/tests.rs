@@ -186,3 +186,23 @@ fn a_drop_names_the_owner_of_the_receiving_socket_else_the_sender() {
     assert_eq!(dropped.owner.tgid, 50);
     assert_ne!(dropped.flags & flag::OWNER_KNOWN, 0);
 }
+
+#[test]
+fn a_destroyed_sockets_owner_is_forgotten_and_not_given_to_the_next_at_its_address() {
+    let mut owners = Owners::new(Seeds::default());
+    let client = task(700, b"curl");
+    let sk = 0xffff_1000;
+    let connect = state(sk, tcp_state::CLOSE, tcp_state::SYN_SENT, Some(client), 0);
+    assert_eq!(owner_of(&mut owners, connect), Some(700));
+    let established = state(sk, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, None, 40000);
+    assert_eq!(owner_of(&mut owners, established), Some(700));
+    let mut destroy = Event {
+        kind: kind::DESTROY_SOCK,
+        skaddr: sk,
+        ..Event::default()
+    };
+    owners.apply(&mut destroy);
+    // The next socket at that address, first seen mid-life in softirq.
+    let reused = state(sk, tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT, None, 40001);
+    assert_eq!(owner_of(&mut owners, reused), None);
+}
