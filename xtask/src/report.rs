@@ -20,7 +20,7 @@ mod targets;
 mod tests;
 
 pub use self::format::run_line;
-use self::format::{programs_table, short};
+use self::format::{floor_line, programs_table, short};
 pub use self::stats::load_average;
 use self::stats::{Group, Machine, groups_of};
 use self::syscalls::syscalls_section;
@@ -197,6 +197,7 @@ impl Report {
                     g.ok,
                     &g.programs,
                 );
+                floor_line(&mut s, &g.programs, g.bpf_ns_per_event);
             }
         }
 

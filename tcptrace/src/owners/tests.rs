@@ -203,6 +203,12 @@ fn a_destroyed_sockets_owner_is_forgotten_and_not_given_to_the_next_at_its_addre
     };
     owners.apply(&mut destroy);
     // The next socket at that address, first seen mid-life in softirq.
-    let reused = state(sk, tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT, None, 40001);
+    let reused = state(
+        sk,
+        tcp_state::ESTABLISHED,
+        tcp_state::CLOSE_WAIT,
+        None,
+        40001,
+    );
     assert_eq!(owner_of(&mut owners, reused), None);
 }

@@ -33,6 +33,39 @@ pub(super) fn programs_table(s: &mut String, title: &str, runs: usize, rows: &[P
     let _ = writeln!(s);
 }
 
+/// tcptrace's program that does almost nothing (reads one per-CPU slot and
+/// returns, unless a nested run needs it): what any run costs here.
+const FLOOR_PROGRAM: &str = "inet_sock_set_state_nested";
+
+/// How much of the BPF time per event is the machine's price of running a
+/// program at all: the near-empty program's ns per run times the runs per
+/// event (derived from the table's sums and the group's ns per event).
+/// Nothing when that program did not run.
+pub(super) fn floor_line(s: &mut String, rows: &[ProgRow], bpf_ns_per_event: Option<f64>) {
+    let Some(floor) = rows
+        .iter()
+        .find(|r| r.name == FLOOR_PROGRAM)
+        .and_then(ProgRow::ns_per_run)
+    else {
+        return;
+    };
+    let runs: u64 = rows.iter().map(|r| r.run_cnt).sum();
+    let time: u64 = rows.iter().map(|r| r.run_time_ns).sum();
+    let Some(per_event) = bpf_ns_per_event.filter(|_| time > 0) else {
+        return;
+    };
+    let runs_per_event = per_event * runs as f64 / time as f64;
+    let floor_per_event = runs_per_event * floor;
+    let _ = writeln!(
+        s,
+        "Per-run floor: `{FLOOR_PROGRAM}`, which only reads one per-CPU slot and returns, \
+         took {floor:.0} ns a run; the programs ran {runs_per_event:.1} times per event \
+         produced, so about {floor_per_event:.0} of the {per_event:.0} ns per event is what \
+         this machine charges for running a program at all, and {:.0} the programs' work.\n",
+        per_event - floor_per_event
+    );
+}
+
 pub(super) fn short(e: &str) -> String {
     let one_line = e.replace('\n', " ");
     if one_line.chars().count() > 300 {

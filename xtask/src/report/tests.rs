@@ -264,3 +264,33 @@ fn report_shows_every_figure_with_its_target() {
         "{md}"
     );
 }
+
+#[test]
+fn the_per_run_floor_is_the_near_empty_programs_cost_times_the_runs_per_event() {
+    use super::stats::ProgRow;
+    let row = |name: &str, run_cnt: u64, run_time_ns: u64| ProgRow {
+        name: name.into(),
+        reps: 1,
+        run_cnt,
+        run_time_ns,
+        recursion_misses: 0,
+        calls: String::new(),
+    };
+    // 3000 runs in 300 µs over 1000 events (300 ns per event): 3 runs per
+    // event at 40 ns each is 120 ns of floor.
+    let rows = [
+        row("inet_sock_set_state", 1000, 240_000),
+        row("inet_sock_set_state_nested", 1000, 40_000),
+        row("softirq_entry", 1000, 20_000),
+    ];
+    let mut s = String::new();
+    super::format::floor_line(&mut s, &rows, Some(300.0));
+    assert!(s.contains("took 40 ns a run"), "{s}");
+    assert!(s.contains("ran 3.0 times per event"), "{s}");
+    assert!(s.contains("about 120 of the 300 ns per event"), "{s}");
+    assert!(s.contains("and 180 the programs' work"), "{s}");
+    // Without the near-empty program there is no floor to state.
+    let mut s = String::new();
+    super::format::floor_line(&mut s, &rows[..1], Some(300.0));
+    assert!(s.is_empty(), "{s}");
+}
