@@ -95,11 +95,11 @@ impl Trace {
         }
     }
 
-    fn keep_life(&mut self, life: SocketLife) {
+    fn keep_life(&mut self, life: Box<SocketLife>) {
         let ours = |p: u16| life.local.port() == p || life.remote.port() == p;
         if self.ports.iter().any(|&p| ours(p)) {
             let verdict = classify(&life);
-            self.lives.push((life, verdict));
+            self.lives.push((*life, verdict));
         }
     }
 
