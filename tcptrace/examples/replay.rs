@@ -1,7 +1,8 @@
 //! Replay micro-benchmark: a synthetic connection-churn event stream (the
-//! loopback sequences of `tracker/fixtures.rs`, with varying sockets, ports
-//! and a few resets, refusals and retransmits) pushed through
-//! decode → [`Pipeline`] for each output mode, into a discarding writer.
+//! loopback sequences of `tracker/fixtures.rs`, with varying sockets, ports,
+//! accepts and a few resets, refusals and retransmits) pushed through
+//! owners → decode → [`Pipeline`] for each output mode, into a discarding
+//! writer, as a live run without process filters handles them.
 //!
 //! ```text
 //! cargo run --release -p tcptrace --example replay              # timings
@@ -30,8 +31,10 @@ use std::{
 use tcptrace::{
     decode::{AF_INET, AF_INET6, Decoder},
     kernel::ResetReasons,
+    owners::Owners,
     render::{RenderOptions, View},
     session::Pipeline,
+    snapshot::Seeds,
     tracker::TrackerOptions,
 };
 use tcptrace_common::{COMM_LEN, Event, Task, flag, kind};
@@ -106,7 +109,12 @@ impl Gen {
                 e.flags |= flag::SOFTIRQ;
             }
         }
-        if let Some(o) = s.owner {
+        // Without process filters the kernel names no owner: the
+        // pipeline's owner maps do (as live), except for accept(2), where
+        // the acceptor is the owner and the kernel says so.
+        if kind == kind::ACCEPT
+            && let Some(o) = s.owner
+        {
             e.owner = o;
             e.flags |= flag::OWNER_KNOWN;
         }
@@ -192,6 +200,7 @@ impl Gen {
         self.st(c, SYN_SENT, ESTABLISHED, py);
         self.st(s, LISTEN, SYN_RECV, None);
         self.st(s, SYN_RECV, ESTABLISHED, None);
+        self.ev(s, kind::ACCEPT, ng, 2_000);
         match i % 16 {
             // SO_LINGER 0 on the server: RST.
             15 => {
@@ -293,7 +302,10 @@ fn replay_with<W: Write>(
         wall_offset_ns: 1_700_000_000_000_000_000,
         own_netns: None,
     };
-    let mut p = Pipeline::new(TrackerOptions::default(), render, out).with_decoder(decoder.clone());
+    // As a live run without process filters: owners kept here.
+    let mut p = Pipeline::new(TrackerOptions::default(), render, out)
+        .with_decoder(decoder.clone())
+        .with_owners(Owners::new(Seeds::default()));
     let mut next_tick = events.first().map_or(0, |e| e.ts_ns);
     for e in events {
         // As the reader hands them over: the prefix the kernel writes.
