@@ -13,9 +13,9 @@
 //! ```
 
 use super::{
-    RenderOptions, Tone,
+    RenderOptions, Tone, const_chars,
     escape::{escape_from, escape_into},
-    pad_ascii, pad_from, paint_end, paint_start, push_addr, push_hex, push_ms, push_u64,
+    pad_ascii, pad_from, pad_known, paint_end, paint_start, push_addr, push_hex, push_ms, push_u64,
     push_wall_clock, trim_end_from, words,
 };
 use crate::decode::{Context, Proc, TcpState};
@@ -72,17 +72,24 @@ pub(crate) fn write(
         match row.kind {
             RowKind::Step => {
                 let step = &life.steps[i];
-                let col = buf.len();
-                buf.push_str(step.old.name());
+                let (old, new) = (step.old.name(), step.new.name());
+                debug_assert!(old.is_ascii() && new.is_ascii());
+                buf.push_str(old);
                 buf.push_str(" → ");
-                buf.push_str(step.new.name());
-                pad_from(buf, col, 26);
+                buf.push_str(new);
+                pad_known(buf, old.len() + 3 + new.len(), 26);
                 buf.push(' ');
-                let col = buf.len();
-                buf.push_str(wire(step, life));
-                pad_from(buf, col, 18);
+                let (wire, wire_chars) = wire(step, life);
+                buf.push_str(wire);
+                let bare = buf.len();
+                pad_known(buf, wire_chars, 18);
                 buf.push(' ');
+                let note = buf.len();
                 step_note(buf, step, life, verdict, close_step);
+                if buf.len() == note {
+                    // No note: no padding to trim off again.
+                    buf.truncate(bare);
+                }
             }
             RowKind::ResetSent => {
                 let r = &life.resets_sent[i];
@@ -306,20 +313,31 @@ fn header(buf: &mut String, life: &SocketLife, opts: &RenderOptions) {
 }
 
 /// What a transition implies on the wire, from this socket's point of view.
-fn wire(step: &Step, life: &SocketLife) -> &'static str {
+/// The segments a step puts on the wire, and their width in characters
+/// (an arrow is three bytes): counted once, at compile time.
+fn wire(step: &Step, life: &SocketLife) -> (&'static str, usize) {
     use TcpState::*;
+    const fn w(text: &'static str) -> (&'static str, usize) {
+        (text, const_chars(text))
+    }
+    const SYN: (&str, usize) = w("SYN →");
+    const SYNACK_ACK: (&str, usize) = w("← SYN/ACK  ACK →");
+    const SYN_SYNACK: (&str, usize) = w("← SYN  SYN/ACK →");
+    const ACK: (&str, usize) = w("← ACK");
+    const FIN: (&str, usize) = w("FIN →");
+    const FIN_ACK: (&str, usize) = w("← FIN  ACK →");
     match (step.old, step.new) {
-        (Close, SynSent) => "SYN →",
-        (SynSent, Established) => "← SYN/ACK  ACK →",
-        (Listen, SynRecv) => "← SYN  SYN/ACK →",
-        (SynRecv, Established) => "← ACK",
-        (Established | SynRecv, FinWait1) => "FIN →",
-        (FinWait1, FinWait2) => "← ACK",
-        (FinWait1, Closing) | (Established, CloseWait) | (_, TimeWait) => "← FIN  ACK →",
-        (FinWait2, Close) if life.time_wait => "← FIN  ACK →",
-        (Closing, Close) | (LastAck, Close) => "← ACK",
-        (CloseWait, LastAck) => "FIN →",
-        _ => "",
+        (Close, SynSent) => SYN,
+        (SynSent, Established) => SYNACK_ACK,
+        (Listen, SynRecv) => SYN_SYNACK,
+        (SynRecv, Established) => ACK,
+        (Established | SynRecv, FinWait1) => FIN,
+        (FinWait1, FinWait2) => ACK,
+        (FinWait1, Closing) | (Established, CloseWait) | (_, TimeWait) => FIN_ACK,
+        (FinWait2, Close) if life.time_wait => FIN_ACK,
+        (Closing, Close) | (LastAck, Close) => ACK,
+        (CloseWait, LastAck) => FIN,
+        _ => ("", 0),
     }
 }
 

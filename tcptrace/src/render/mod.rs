@@ -142,8 +142,12 @@ pub(crate) fn fmt_ms(ns: u64) -> String {
 pub(crate) fn push_ms(buf: &mut String, ns: u64) {
     let us = ns.saturating_add(500) / 1000;
     push_u64(buf, us / 1000);
-    buf.push('.');
-    push_zero_padded(buf, us % 1000, 3);
+    // Always three decimals: one 4-byte append (every ladder row has one).
+    let frac = (us % 1000) as u32;
+    let digit = |n: u32| b'0' + (n % 10) as u8;
+    let text = [b'.', digit(frac / 100), digit(frac / 10), digit(frac)];
+    // SAFETY: ASCII only.
+    buf.push_str(unsafe { std::str::from_utf8_unchecked(&text) });
 }
 
 /// `n` in decimal (`{n}`).
@@ -253,6 +257,27 @@ pub(crate) fn pad_from(buf: &mut String, start: usize, width: usize) {
     if chars < width {
         push_spaces(buf, width - chars);
     }
+}
+
+/// Pads text of `chars` characters, just written, to `width` (for text
+/// whose width is known without counting it).
+pub(crate) fn pad_known(buf: &mut String, chars: usize, width: usize) {
+    if chars < width {
+        push_spaces(buf, width - chars);
+    }
+}
+
+/// Characters in `s`, at compile time (for fixed column texts).
+pub(crate) const fn const_chars(s: &str) -> usize {
+    let bytes = s.as_bytes();
+    let (mut i, mut n) = (0, 0);
+    while i < bytes.len() {
+        if bytes[i] & 0xc0 != 0x80 {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
 }
 
 /// [`pad_from`] for ASCII text, where characters are bytes.

@@ -396,6 +396,17 @@ fn milliseconds() {
     assert_eq!(fmt_ms(500), "0.001");
     assert_eq!(fmt_ms(15_000_000_000), "15000.000");
     assert_eq!(fmt_ms(u64::MAX), "18446744073709.551");
+    // Every fraction, against the formatter.
+    for us in (0..3000).chain([999_999, 1_000_000, 123_456_789]) {
+        assert_eq!(fmt_ms(us * 1000), format!("{}.{:03}", us / 1000, us % 1000));
+    }
+}
+
+#[test]
+fn column_widths_counted_at_compile_time_match_the_characters() {
+    for text in ["", "SYN →", "← SYN/ACK  ACK →", "进程x", "plain"] {
+        assert_eq!(const_chars(text), text.chars().count(), "{text}");
+    }
 }
 
 #[test]
