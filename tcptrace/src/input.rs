@@ -275,10 +275,18 @@ pub struct ReadCounts {
 }
 
 impl ReadCounts {
-    /// Adds what one read took from the rings.
-    pub fn add(&self, read: &Collected) {
-        self.received.fetch_add(read.records, Ordering::Relaxed);
-        self.received_bytes.fetch_add(read.bytes, Ordering::Relaxed);
+    /// Takes in the tallies of what one read took from the rings, leaving
+    /// them at zero (the buffer stays with the reader).
+    pub fn take(&self, read: &mut Collected) {
+        let records = std::mem::take(&mut read.records);
+        let bytes = std::mem::take(&mut read.bytes);
+        self.received.fetch_add(records, Ordering::Relaxed);
+        self.received_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The rings' count of late records, as it stands after a read.
+    pub fn note_late(&self, rings: &Rings) {
+        self.late.store(rings.late(), Ordering::Relaxed);
     }
 }
 
@@ -305,7 +313,7 @@ fn read_rings(mut rings: Rings, tx: &UnboundedSender<Batch>, stop: &AtomicBool, 
         let stopping = stop.load(Ordering::Acquire);
         batches.stopping = stopping;
         rings.read(stopping, &mut batches);
-        counts.read.late.store(rings.late(), Ordering::Relaxed);
+        counts.read.note_late(&rings);
         if !batches.send() || stopping {
             return;
         }
@@ -358,9 +366,7 @@ impl Batches<'_> {
             return self.open;
         }
         let counts = self.counts;
-        counts.read.add(&self.pending);
-        self.pending.records = 0;
-        self.pending.bytes = 0;
+        counts.read.take(&mut self.pending);
         let bytes = self.pending.buf.split().freeze();
         // One fresh allocation per batch, not a series of regrowths.
         self.pending.buf.reserve(BATCH_BYTES);

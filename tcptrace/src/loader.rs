@@ -326,10 +326,11 @@ impl Tracer {
                 sink(record);
             }
         }
-        self.read.late.store(rings.late(), Ordering::Relaxed);
+        self.read.note_late(&rings);
         self.rings = Some(rings);
-        self.read.add(&read);
-        read.records as usize
+        let records = read.records as usize;
+        self.read.take(&mut read);
+        records
     }
 
     /// Detaches every program (the accept program on its syscall
