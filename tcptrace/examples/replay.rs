@@ -29,6 +29,7 @@ use std::{
 };
 
 use tcptrace::{
+    cgroups::Workload,
     decode::{AF_INET, AF_INET6, Decoder},
     kernel::ResetReasons,
     owners::Owners,
@@ -302,10 +303,19 @@ fn replay_with<W: Write>(
         wall_offset_ns: 1_700_000_000_000_000_000,
         own_netns: None,
     };
-    // As a live run without process filters: owners kept here.
+    // As a live run without process filters: owners kept here. On a
+    // systemd host every owner's cgroup names a unit.
     let mut p = Pipeline::new(TrackerOptions::default(), render, out)
         .with_decoder(decoder.clone())
-        .with_owners(Owners::new(Seeds::default()));
+        .with_owners(Owners::new(Seeds::default()))
+        .with_recorded_cgroups();
+    p.workload(
+        4242,
+        Workload {
+            unit: Some("churn.service".into()),
+            container: None,
+        },
+    );
     let mut next_tick = events.first().map_or(0, |e| e.ts_ns);
     for e in events {
         // As the reader hands them over: the prefix the kernel writes.

@@ -14,6 +14,7 @@ use std::{
     collections::{HashMap, HashSet},
     io::{self, Write},
     net::SocketAddr,
+    sync::Arc,
 };
 
 use crate::{
@@ -100,7 +101,7 @@ pub struct Pipeline<W: Write> {
     tracker: Tracker,
     cgroups: CgroupSource,
     /// Cgroup id → its unit and container, for owners.
-    workloads: HashMap<u64, Workload, CgroupHasher>,
+    workloads: HashMap<u64, Arc<Workload>, CgroupHasher>,
     recorder: Option<Recorder>,
     renderer: Renderer<W>,
     summary: Summary,
@@ -318,7 +319,7 @@ impl<W: Write> Pipeline<W> {
 
     /// A cgroup's unit and container, as a recording names it.
     pub fn workload(&mut self, id: u64, workload: Workload) {
-        self.workloads.insert(id, workload);
+        self.workloads.insert(id, Arc::new(workload));
     }
 
     /// At exit: sockets still open are reported as such, unless `alive`
@@ -395,7 +396,7 @@ impl<W: Write> Pipeline<W> {
                 _ => {}
             }
             if let Some(w) = names.resolve(p) {
-                self.workloads.insert(p, w.clone());
+                self.workloads.insert(p, Arc::new(w.clone()));
                 if let Some(r) = &mut self.recorder {
                     r.workload(p, w);
                 }

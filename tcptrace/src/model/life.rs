@@ -275,8 +275,10 @@ pub struct SocketLife {
     /// Network namespace (inode number, as `lsns`/`ip netns identify` show).
     pub netns: Option<u32>,
     /// The owner's systemd unit or container, from its cgroup (filled in
-    /// by the session, which knows the host's cgroups).
-    pub workload: Option<crate::cgroups::Workload>,
+    /// by the session, which knows the host's cgroups). Shared: every life
+    /// of a unit names the same one, and a clone per life was two small
+    /// allocations on every busy systemd host.
+    pub workload: Option<std::sync::Arc<crate::cgroups::Workload>>,
     /// Server child: the listening address it was accepted from.
     #[serde(serialize_with = "ser_opt_display")]
     pub listener: Option<SocketAddr>,
