@@ -131,12 +131,8 @@ fn edge_triggered(rings: &[RingBuf<MapData>]) -> std::io::Result<OwnedFd> {
 }
 
 impl Source for RingBuf<MapData> {
-    fn next_into(&mut self, into: &mut Vec<u8>) -> bool {
-        let Some(item) = self.next() else {
-            return false;
-        };
-        into.clear();
-        into.extend_from_slice(&item);
-        true
+    fn next_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        // The item gives its space back to the kernel when dropped.
+        self.next().map(|item| f(&item))
     }
 }
