@@ -488,8 +488,8 @@ pub fn inet_sock_set_state_nested(ctx: RawTracePointContext) -> i32 {
 /// Records that `sk`'s firing reached `inet_sock_set_state`. Only a backup
 /// that was itself skipped (a third nesting level) leaves a claim behind;
 /// should such leftovers fill the stack, it starts again (an outer firing
-/// then has its event made twice: counted as recovered, and the tracker
-/// takes a repeated transition as a self-transition).
+/// still open then has its event made twice, the second counted as
+/// recovered: rarer than the third-level skip that began it).
 #[inline(always)]
 fn claim(sk: u64) {
     let Some(claims) = SET_STATE_CLAIMS.get_ptr_mut(0) else {
