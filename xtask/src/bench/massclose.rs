@@ -46,6 +46,11 @@ pub struct MassClose {
     pub left: u64,
     /// What tcptrace's JSON said about the sockets on those ports.
     pub sockets: SocketCounts,
+    /// Sockets the kernel closed without TIME_WAIT because its table was
+    /// full (`TcpExt TCPTimeWaitOverflow` over the run; None: unreadable).
+    /// Within a minute of a churn the table is full, the peers' late FINs
+    /// draw resets from no socket, and more sockets are reported.
+    pub time_wait_overflows: Option<u64>,
 }
 
 /// Socket lines of tcptrace's JSON that have one of the scenario's ports at
@@ -75,6 +80,7 @@ fn try_massclose(ctx: &Ctx, run: &mut Run) -> Result<()> {
     let a = &ctx.args;
     let stem = stem(ctx, run);
     let tracer = start_tracer(ctx, run.config, &stem)?.context("massclose needs tcptrace")?;
+    let overflows_before = time_wait_overflows();
     let mut cmd = command(&ctx.massclose)?;
     cmd.args(["--conns", &a.massclose_conns.to_string()])
         .args(["--port", &a.massclose_port.to_string()])
@@ -110,6 +116,9 @@ fn try_massclose(ctx: &Ctx, run: &mut Run) -> Result<()> {
         thread::sleep(Duration::from_millis(50));
     };
     let gone_after_s = left.is_empty().then(|| waited.elapsed().as_secs_f64());
+    let time_wait_overflows = overflows_before
+        .zip(time_wait_overflows())
+        .map(|(before, after)| after.saturating_sub(before));
 
     let stopped = stop_tracer(ctx, tracer, run, "the mass close");
     let present: Vec<(u16, u16)> = left.iter().map(|s| (s.local_port, s.remote_port)).collect();
@@ -123,8 +132,28 @@ fn try_massclose(ctx: &Ctx, run: &mut Run) -> Result<()> {
         gone_after_s,
         left: left.len() as u64,
         sockets: scanned?,
+        time_wait_overflows,
     });
     Ok(())
+}
+
+/// This namespace's count of sockets closed without TIME_WAIT for want of
+/// a bucket; None when /proc/net/netstat cannot say.
+fn time_wait_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    tcp_ext(&text, "TCPTimeWaitOverflow")
+}
+
+/// `name`'s value in /proc/net/netstat's text: a line of `TcpExt:` names,
+/// then one of their values.
+fn tcp_ext(text: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names = lines.next()?.split_whitespace().skip(1);
+    let values = lines.next()?.split_whitespace().skip(1);
+    names
+        .zip(values)
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 /// The parts of a `{"type":"socket",…}` line of tcptrace's JSON that the
@@ -200,6 +229,18 @@ fn scan_sockets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_wait_overflows_are_read_from_netstats_tcp_ext_lines() {
+        let text = "TcpExt: SyncookiesSent TW TCPTimeWaitOverflow\n\
+                    TcpExt: 0 95859727 165326164\n\
+                    IpExt: InNoRoutes TCPTimeWaitOverflow\n\
+                    IpExt: 0 7\n";
+        assert_eq!(tcp_ext(text, "TCPTimeWaitOverflow"), Some(165_326_164));
+        assert_eq!(tcp_ext(text, "TW"), Some(95_859_727));
+        assert_eq!(tcp_ext(text, "Nonexistent"), None);
+        assert_eq!(tcp_ext("", "TW"), None);
+    }
 
     #[test]
     fn massclose_json_counts() {

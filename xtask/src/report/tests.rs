@@ -215,6 +215,7 @@ fn report_shows_every_figure_with_its_target() {
             still_open_gone: 3,
             incomplete: 4,
         },
+        time_wait_overflows: Some(1234),
     });
     let mut failed = Run::new(Scenario::Massclose, "massclose", Config::TcptraceJson, 1);
     failed.error = Some("massclose ended with exit 1: boom".into());
@@ -222,12 +223,13 @@ fn report_shows_every_figure_with_its_target() {
     let md = r.markdown();
     assert!(
         md.contains(
-            "| 1 | 100 (1) | 25 / 25 | 1000 | 5 | 1 | 0.100 % | 201 (201) | 3 | 3 | 4 | 0.05 s |"
+            "| 1 | 100 (1) | 25 / 25 | 1000 | 5 | 1 | 0.100 % | 201 (201) | 3 | 3 | 4 | 0.05 s | \
+             1234 |"
         ),
         "{md}"
     );
     assert!(
-        md.contains("| 2 | failed: massclose ended with exit 1: boom | | | | | | | | | | |"),
+        md.contains("| 2 | failed: massclose ended with exit 1: boom | | | | | | | | | | | |"),
         "{md}"
     );
     assert!(
