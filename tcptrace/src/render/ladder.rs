@@ -72,12 +72,14 @@ pub(crate) fn write(
         match row.kind {
             RowKind::Step => {
                 let step = &life.steps[i];
+                const ARROW: &str = " → ";
+                const ARROW_CHARS: usize = const_chars(ARROW);
                 let (old, new) = (step.old.name(), step.new.name());
                 debug_assert!(old.is_ascii() && new.is_ascii());
                 buf.push_str(old);
-                buf.push_str(" → ");
+                buf.push_str(ARROW);
                 buf.push_str(new);
-                pad_known(buf, old.len() + 3 + new.len(), 26);
+                pad_known(buf, old.len() + ARROW_CHARS + new.len(), 26);
                 buf.push(' ');
                 let (wire, wire_chars) = wire(step, life);
                 buf.push_str(wire);

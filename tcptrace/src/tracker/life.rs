@@ -7,9 +7,10 @@ use crate::{
     model::{Accepted, Family, Role, SocketLife, Step},
 };
 
-/// A blank life for `sock`, starting at its record.
-pub(super) fn new_life(sock: &SockInfo) -> SocketLife {
-    SocketLife {
+/// A blank life for `sock`, starting at its record; boxed from the start,
+/// as the tracker keeps and hands on every life.
+pub(super) fn new_life(sock: &SockInfo) -> Box<SocketLife> {
+    Box::new(SocketLife {
         skaddr: sock.skaddr,
         family: if sock.local.is_ipv6() {
             Family::Ipv6
@@ -60,7 +61,7 @@ pub(super) fn new_life(sock: &SockInfo) -> SocketLife {
         gone_unseen: false,
         events_lost: false,
         gap: false,
-    }
+    })
 }
 
 /// The role of a life that starts with `old → new`, if such a transition

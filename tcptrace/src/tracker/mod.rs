@@ -446,7 +446,7 @@ impl Tracker {
             self.stats.after_eviction += 1;
             return;
         }
-        let mut life = Box::new(new_life(sock));
+        let mut life = new_life(sock);
         life.started_mid_life = true;
         // Inserted as the most recently active.
         self.insert(life, out);
@@ -472,7 +472,7 @@ impl Tracker {
             if let Some(t) = self.lives.take(sock.skaddr) {
                 out.push(self.settle(t));
             }
-            let mut life = Box::new(new_life(sock));
+            let mut life = new_life(sock);
             life.role = role;
             if role == Role::Server {
                 self.adopt_child(&mut life);

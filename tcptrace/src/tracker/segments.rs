@@ -48,7 +48,7 @@ impl Tracker {
         };
         if sock.skaddr == 0 || !self.lives.contains(sock.skaddr) {
             // Nothing to attach to: report it alone, now.
-            let mut life = Box::new(new_life(sock));
+            let mut life = new_life(sock);
             life.state = state;
             life.resets_sent
                 .push(pending_to_sent(&life, pending.clone()));
