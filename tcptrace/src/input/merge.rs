@@ -51,6 +51,17 @@ struct Head {
     record: Vec<u8>,
 }
 
+impl Head {
+    /// Keeps `record`, read at `ts`, until it may be passed on (its buffer
+    /// is reused record after record).
+    fn hold(&mut self, record: &[u8], ts: u64) {
+        self.record.clear();
+        self.record.extend_from_slice(record);
+        self.ts = ts;
+        self.full = true;
+    }
+}
+
 /// A record's timestamp: `Event::ts_ns`, its first eight bytes. A record
 /// too short to have one (undecodable anyway) sorts first.
 fn timestamp(record: &[u8]) -> u64 {
@@ -86,16 +97,11 @@ impl Merge {
                     if !sink.has_room() {
                         return;
                     }
-                    let read = source.next_with(|record| {
-                        head.record.clear();
-                        head.record.extend_from_slice(record);
-                    });
+                    let read = source.next_with(|record| head.hold(record, timestamp(record)));
                     if read.is_none() {
                         some_empty = true;
                         continue;
                     }
-                    head.full = true;
-                    head.ts = timestamp(&head.record);
                     if head.ts < self.passed {
                         self.late += 1;
                     }
@@ -163,10 +169,7 @@ impl Merge {
                     sink.appended(record.len());
                     true
                 } else {
-                    head.record.clear();
-                    head.record.extend_from_slice(record);
-                    head.ts = ts;
-                    head.full = true;
+                    head.hold(record, ts);
                     false
                 }
             });
