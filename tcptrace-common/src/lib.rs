@@ -519,6 +519,7 @@ pub mod counter {
     pub const COUNT: u32 = 6;
 }
 
+pub mod netstat;
 pub mod oddity;
 
 mod config;

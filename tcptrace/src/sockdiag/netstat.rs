@@ -1,10 +1,7 @@
 //! A network namespace's `TcpExt` counters, from `/proc/net/netstat` as the
 //! calling thread sees it (`/proc/thread-self/net` follows the thread's
 //! namespace, so a worker that entered another namespace reads that one's).
-//!
-//! The file pairs a line of names with a line of values per group
-//! (`TcpExt: SyncookiesSent …` then `TcpExt: 0 …`); counters are found by
-//! name, so their order and any the kernel adds do not matter.
+//! Its layout: [`tcptrace_common::netstat`].
 
 /// The `TcpExt` counters about handshakes that no socket holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,14 +36,8 @@ pub(super) fn read_from(file: &std::fs::File) -> Option<TcpExt> {
 
 /// The `TcpExt` group of a netstat file; `None` without one.
 pub(super) fn parse(text: &str) -> Option<TcpExt> {
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let names = lines.next()?.split_whitespace().skip(1);
-    let values = lines.next()?.split_whitespace().skip(1);
     let mut out = TcpExt::default();
-    for (name, value) in names.zip(values) {
-        let Ok(v) = value.parse::<u64>() else {
-            continue;
-        };
+    for (name, v) in tcptrace_common::netstat::tcp_ext(text)? {
         match name {
             "SyncookiesSent" => out.syncookies_sent = v,
             "SyncookiesFailed" => out.syncookies_failed = v,

@@ -141,19 +141,9 @@ fn try_massclose(ctx: &Ctx, run: &mut Run) -> Result<()> {
 /// a bucket; None when /proc/net/netstat cannot say.
 fn time_wait_overflows() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
-    tcp_ext(&text, "TCPTimeWaitOverflow")
-}
-
-/// `name`'s value in /proc/net/netstat's text: a line of `TcpExt:` names,
-/// then one of their values.
-fn tcp_ext(text: &str, name: &str) -> Option<u64> {
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let names = lines.next()?.split_whitespace().skip(1);
-    let values = lines.next()?.split_whitespace().skip(1);
-    names
-        .zip(values)
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
+    tcptrace_common::netstat::tcp_ext(&text)?
+        .find(|&(name, _)| name == "TCPTimeWaitOverflow")
+        .map(|(_, v)| v)
 }
 
 /// The parts of a `{"type":"socket",…}` line of tcptrace's JSON that the
@@ -229,18 +219,6 @@ fn scan_sockets(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn time_wait_overflows_are_read_from_netstats_tcp_ext_lines() {
-        let text = "TcpExt: SyncookiesSent TW TCPTimeWaitOverflow\n\
-                    TcpExt: 0 95859727 165326164\n\
-                    IpExt: InNoRoutes TCPTimeWaitOverflow\n\
-                    IpExt: 0 7\n";
-        assert_eq!(tcp_ext(text, "TCPTimeWaitOverflow"), Some(165_326_164));
-        assert_eq!(tcp_ext(text, "TW"), Some(95_859_727));
-        assert_eq!(tcp_ext(text, "Nonexistent"), None);
-        assert_eq!(tcp_ext("", "TW"), None);
-    }
 
     #[test]
     fn massclose_json_counts() {
