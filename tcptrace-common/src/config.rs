@@ -118,6 +118,8 @@ pub struct Config {
     pub oom_victim: ArgPos,
     /// `accept(2)`: appended.
     pub accept: AcceptConfig,
+    /// How the programs tell softirq from process context: appended.
+    pub context: ContextConfig,
 }
 
 impl Config {
@@ -192,5 +194,47 @@ impl Config {
             socket_file_word: 0,
             socket_sk_word: 0,
         },
+        context: ContextConfig {
+            task_cfs_rq: 0,
+            cfs_rq_rq: 0,
+            rq_cpu: 0,
+            preempt_count_from_rq: 0,
+        },
     };
 }
+
+/// Telling softirq from process context from the kernel's own per-CPU
+/// `preempt_count`, whose softirq bits the scheduler's data leads to: the
+/// on-CPU task's `se.cfs_rq->rq` is this CPU's runqueue, a per-CPU variable
+/// like `__preempt_count`, so the two lie a fixed distance apart (both
+/// offsets from BTF's `.data..percpu` section). A program finds the address
+/// once per CPU (checking the runqueue's `cpu`) and reads 4 bytes per event,
+/// where the `softirq_entry`/`softirq_exit` programs cost two runs on every
+/// softirq of the host. All 0 (a kernel without these in BTF): those
+/// programs are attached instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct ContextConfig {
+    /// `task_struct::se` + `sched_entity::cfs_rq`.
+    pub task_cfs_rq: u32,
+    /// `cfs_rq::rq`.
+    pub cfs_rq_rq: u32,
+    /// `rq::cpu`.
+    pub rq_cpu: u32,
+    /// `__preempt_count`'s offset in the per-CPU area minus `runqueues`'.
+    pub preempt_count_from_rq: i32,
+}
+
+impl ContextConfig {
+    /// Is softirq context read from `preempt_count`?
+    #[inline(always)]
+    pub const fn reads_preempt_count(&self) -> bool {
+        self.task_cfs_rq != 0
+    }
+}
+
+/// `SOFTIRQ_OFFSET` of the kernel's `preempt_count` (include/linux/preempt.h,
+/// unchanged since 2.6.x; not in BTF): set while a softirq is being served,
+/// and only then (`local_bh_disable` adds twice it).
+pub const SOFTIRQ_OFFSET: u32 = 1 << 8;

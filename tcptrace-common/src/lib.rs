@@ -523,7 +523,7 @@ pub mod netstat;
 pub mod oddity;
 
 mod config;
-pub use config::{AcceptConfig, Config, Filter, filter};
+pub use config::{AcceptConfig, Config, ContextConfig, Filter, SOFTIRQ_OFFSET, filter};
 
 /// The smallest ring: 256 KiB, about 2,400 events (records are 40-160
 /// bytes with the ring's header, about 110 on average in a loopback churn;
@@ -564,7 +564,7 @@ const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 56);
 const _: () = assert!(core::mem::size_of::<DropConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<AcceptConfig>() == 40);
-const _: () = assert!(core::mem::size_of::<Config>() == 320);
+const _: () = assert!(core::mem::size_of::<Config>() == 336);
 
 #[cfg(feature = "user")]
 mod pod {

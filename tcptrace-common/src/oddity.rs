@@ -46,8 +46,11 @@ pub const DROP_READ: u32 = 16;
 /// accept(2) returned an fd whose socket could not be found (the fd): the
 /// socket keeps its listener's owner.
 pub const ACCEPT_FD: u32 = 17;
+/// This CPU's `preempt_count` not found from the on-CPU task (task): its
+/// events until it is are taken as softirq's (no task named).
+pub const CONTEXT_READ: u32 = 18;
 /// One past the last code.
-pub const END: u32 = 18;
+pub const END: u32 = 19;
 
 /// Is an event, a kill or a followed process lost (a warning), or
 /// only an annotation (debug)?

@@ -35,8 +35,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tcptrace_common::{
-    ABSENT, AF_INET6, ArgPos, Config, DEFAULT_RING_BYTES, Event, IPPROTO_TCP, ListenerKey, Task,
-    counter, filter, flag, kind, more_flags, oddity, tcp_state,
+    ABSENT, AF_INET6, ArgPos, Config, DEFAULT_RING_BYTES, Event, IPPROTO_TCP, ListenerKey,
+    SOFTIRQ_OFFSET, Task, counter, filter, flag, kind, more_flags, oddity, tcp_state,
 };
 
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
@@ -130,8 +130,14 @@ static SET_STATE_CLAIMS: PerCpuArray<Claims> = PerCpuArray::with_max_entries(1, 
 static TCP_PROTS: Array<u64> = Array::with_max_entries(2, 0);
 
 /// Non-zero while this CPU runs a softirq: the on-CPU task is then a bystander.
+/// Kept by the softirq programs, on kernels where [`in_softirq`] cannot read
+/// `preempt_count`.
 #[map]
 static IN_SOFTIRQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU: the address of its `__preempt_count`, once found.
+#[map]
+static PREEMPT_COUNT_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn config() -> &'static Config {
@@ -200,9 +206,58 @@ impl Args {
     }
 }
 
+/// Is this CPU serving a softirq (the on-CPU task then a bystander)?
+///
+/// From the kernel's own `preempt_count` where the loader found the way to
+/// it ([`tcptrace_common::ContextConfig`]): one 4-byte read per event, and
+/// nothing on the host's other softirqs. Otherwise from the mark the
+/// softirq programs keep, which costs two program runs on every softirq.
 #[inline(always)]
 fn in_softirq() -> bool {
-    IN_SOFTIRQ.get(0).is_some_and(|depth| *depth != 0)
+    let c = &config().context;
+    if !c.reads_preempt_count() {
+        return IN_SOFTIRQ.get(0).is_some_and(|depth| *depth != 0);
+    }
+    let Some(slot) = PREEMPT_COUNT_AT.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: per-CPU slot; a nested run on this CPU writes the same value.
+    let mut at = unsafe { *slot };
+    if at == 0 {
+        at = find_preempt_count();
+        // SAFETY: as above.
+        unsafe { *slot = at };
+    }
+    // Unknown: the on-CPU task is taken as a bystander (no attribution
+    // rather than a wrong one), and the oddity was counted.
+    at != 0 && read::read_kernel::<u32>(at).is_none_or(|count| count & SOFTIRQ_OFFSET != 0)
+}
+
+/// This CPU's `__preempt_count`, the first time a CPU needs it: the on-CPU
+/// task's runqueue (`current->se.cfs_rq->rq`, this CPU's per-CPU
+/// `runqueues`, checked by its `cpu`), moved by the two variables' distance
+/// in the per-CPU area. 0 (and an oddity) when not found; tried again at
+/// the next event.
+#[inline(never)]
+fn find_preempt_count() -> u64 {
+    let c = &config().context;
+    // SAFETY: plain helper call.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    let rq = read::read_kernel::<u64>(task + u64::from(c.task_cfs_rq))
+        .filter(|&cfs_rq| cfs_rq != 0)
+        .and_then(|cfs_rq| read::read_kernel::<u64>(cfs_rq + u64::from(c.cfs_rq_rq)))
+        .filter(|&rq| rq != 0);
+    // SAFETY: plain helper call (inlined by the verifier).
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+    match rq {
+        Some(rq) if read::read_kernel::<u32>(rq + u64::from(c.rq_cpu)) == Some(cpu) => {
+            rq.wrapping_add_signed(i64::from(c.preempt_count_from_rq))
+        }
+        _ => {
+            odd::oddity(oddity::CONTEXT_READ, task);
+            0
+        }
+    }
 }
 
 /// Does a task pass the user's process filters?

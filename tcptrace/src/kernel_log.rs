@@ -205,6 +205,10 @@ pub fn describe(code: u32, detail: u64) -> Option<String> {
             "accept returned fd {detail} but its socket could not be found (closed at once by \
              another thread?): that socket keeps its listener's owner"
         ),
+        CONTEXT_READ => format!(
+            "this CPU's preempt_count could not be found from task {detail:#x}: its events \
+             name no task until it is"
+        ),
         _ => return None,
     };
     Some(text)

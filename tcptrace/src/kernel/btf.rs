@@ -167,6 +167,22 @@ impl Btf {
             .map(|id| id as u32)
     }
 
+    /// Offset of per-CPU variable `name` in the per-CPU area (its place in
+    /// the `.data..percpu` section), when it is `size` bytes wide.
+    pub fn percpu_offset(&self, name: &str, size: u32) -> Option<u32> {
+        let var = self.find(KIND_VAR, name)?;
+        let section = self.find(KIND_DATASEC, ".data..percpu")?;
+        let sec = self.types[section as usize];
+        (0..usize::from(sec.vlen)).find_map(|i| {
+            // Each member: the VAR's type id, its offset, its size.
+            let at = sec.members_at as usize + i * 12;
+            let ty = u32_at(&self.bytes, at).ok()?;
+            let offset = u32_at(&self.bytes, at + 4).ok()?;
+            let width = u32_at(&self.bytes, at + 8).ok()?;
+            (ty == var && width == size).then_some(offset)
+        })
+    }
+
     /// Size in bytes of `struct name`.
     pub fn struct_size(&self, name: &str) -> Option<u32> {
         let id = self.find(KIND_STRUCT, name)?;

@@ -15,7 +15,7 @@ mod reasons;
 use tcptrace_common::{ABSENT, ArgPos, Config, NO_ARG};
 
 use self::accept::accept_offsets;
-use self::offsets::{drop_skb_offsets, skb_offsets, sock_offsets, task_offsets};
+use self::offsets::{context_offsets, drop_skb_offsets, skb_offsets, sock_offsets, task_offsets};
 pub use self::{
     btf::{ArgType, Btf},
     reasons::{DropReasons, Reasons, ResetReasons},
@@ -543,6 +543,12 @@ impl KernelLayout {
             present.retain(|tp| tp.name != "kfree_skb");
             missing_fields
                 .push("drops (sk_buff.protocol, network_header, tail, head not together)");
+        }
+        // One read per event instead of two program runs on every softirq of
+        // the host; kernels without the way there keep the softirq programs.
+        config.context = context_offsets(btf);
+        if config.context.reads_preempt_count() {
+            present.retain(|tp| tp.group != "irq");
         }
         Ok(KernelLayout {
             config,

@@ -1,9 +1,11 @@
 //! Struct offsets the kernel program reads at, from the running kernel's
 //! BTF: `struct sock` (its `sock_common` head and a few fields past it),
-//! `struct sk_buff` and `struct task_struct`.
+//! `struct sk_buff`, `struct task_struct`, and the path from the on-CPU
+//! task to this CPU's `preempt_count`.
 
 use tcptrace_common::{
-    ABSENT, DropSkbOffsets, SKB_WINDOW_BYTES, SOCK_HEAD_BYTES, SkbOffsets, SockOffsets, TaskOffsets,
+    ABSENT, ContextConfig, DropSkbOffsets, SKB_WINDOW_BYTES, SOCK_HEAD_BYTES, SkbOffsets,
+    SockOffsets, TaskOffsets,
 };
 
 use super::{Btf, LayoutError};
@@ -166,6 +168,35 @@ pub(super) fn task_offsets(btf: &Btf) -> TaskOffsets {
         sigaction_size,
         _pad: 0,
     }
+}
+
+/// Where the programs find this CPU's `preempt_count` (see
+/// [`ContextConfig`]); all 0 when any piece is missing from BTF (kernels
+/// whose count is not a per-CPU `int __preempt_count`, or without group
+/// scheduling's `se.cfs_rq`), and the softirq programs are used instead.
+pub(super) fn context_offsets(btf: &Btf) -> ContextConfig {
+    let found = || -> Option<ContextConfig> {
+        let pointer = |st: &str, member: &str| {
+            btf.member(st, member)
+                .and_then(|(offset, size)| (size == 8).then_some(offset))
+        };
+        let se = btf.member_offset("task_struct", "se")?;
+        let cfs_rq = pointer("sched_entity", "cfs_rq")?;
+        let rq = pointer("cfs_rq", "rq")?;
+        let (rq_cpu, 4) = btf.member("rq", "cpu")? else {
+            return None;
+        };
+        let preempt_count = btf.percpu_offset("__preempt_count", 4)?;
+        let runqueues = btf.percpu_offset("runqueues", btf.struct_size("rq")?)?;
+        Some(ContextConfig {
+            task_cfs_rq: se.checked_add(cfs_rq)?,
+            cfs_rq_rq: rq,
+            rq_cpu,
+            preempt_count_from_rq: i32::try_from(i64::from(preempt_count) - i64::from(runqueues))
+                .ok()?,
+        })
+    };
+    found().unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -173,3 +173,33 @@ fn only_socket_programs_can_leave_a_socket_incomplete() {
     assert!(is_backup_program("inet_sock_set_state_nested"));
     assert!(!is_socket_program("inet_sock_set_state_nested"));
 }
+
+#[test]
+fn preempt_count_is_found_from_the_runqueue_on_this_kernel() {
+    let Some(btf) = Btf::from_sys_fs().expect("the kernel's BTF parses") else {
+        return;
+    };
+    // Per-CPU variables are found in `.data..percpu` only with their size.
+    let preempt_count = btf.percpu_offset("__preempt_count", 4);
+    assert_eq!(btf.percpu_offset("__preempt_count", 8), None);
+    assert_eq!(btf.percpu_offset("no_such_variable", 4), None);
+    let layout = KernelLayout::from_btf(&btf).unwrap();
+    let context = layout.config.context;
+    let irq_attached = layout.present.iter().any(|tp| tp.group == "irq");
+    if preempt_count.is_none() {
+        // Another kernel: the softirq programs stand in.
+        assert!(!context.reads_preempt_count() && irq_attached);
+        return;
+    }
+    assert!(context.reads_preempt_count(), "{context:?}");
+    assert!(!irq_attached, "softirq programs attached needlessly");
+    let runqueues = btf
+        .percpu_offset("runqueues", btf.struct_size("rq").unwrap())
+        .unwrap();
+    assert_eq!(
+        i64::from(context.preempt_count_from_rq),
+        i64::from(preempt_count.unwrap()) - i64::from(runqueues)
+    );
+    assert_eq!(btf.member("rq", "cpu"), Some((context.rq_cpu, 4)));
+    assert!(context.cfs_rq_rq > 0 && context.task_cfs_rq > 0);
+}
