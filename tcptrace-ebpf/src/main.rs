@@ -42,7 +42,7 @@ use tcptrace_common::{
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
 use crate::{
-    owners::{attach_owner, copy_task, track_owner},
+    owners::{attach_owner, copy_task, forget_owner, track_owner},
     read::{SockHead, read_kernel},
 };
 
@@ -81,7 +81,8 @@ const _: () = assert!(tcptrace_common::MAX_RINGS == 8);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// Owner of each socket, captured in process context at connect and listen.
+/// Owner of each socket, captured in process context at connect and listen,
+/// forgotten at its destroy.
 /// This and the two maps below are used only under process filters (see
 /// [`tcptrace_common::Filter::judges_owners`]); otherwise userspace keeps
 /// owners, and the verifier prunes every access to them.
@@ -346,7 +347,8 @@ fn process_passes(e: &mut Event) -> bool {
 /// socket) the context's name is never shown.
 #[inline(always)]
 fn new_event(slot: &mut MaybeUninit<Event>, event_kind: u8, skaddr: u64) -> &mut Event {
-    let softirq = in_softirq();
+    // A syscall's return and a task's exit run in process context: no read.
+    let softirq = !matches!(event_kind, kind::ACCEPT | kind::PROCESS_EXIT) && in_softirq();
     let e = slot.as_mut_ptr();
     // SAFETY: every field of the #[repr(C)] Event (which has no padding) is
     // written below before assume_init; the casts keep 8-byte alignment.

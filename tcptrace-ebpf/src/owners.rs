@@ -156,3 +156,14 @@ pub(crate) fn track_owner(event: &mut Event) {
     }
     attach_owner(event);
 }
+
+/// A destroyed socket's owner is forgotten at once: its address may be the
+/// next socket's, and a socket first seen mid-life there (its start lost)
+/// must not inherit it. One map delete per socket, under process filters
+/// only (without them the map is never used).
+#[inline(always)]
+pub(crate) fn forget_owner(sk: u64) {
+    if config().filter.judges_owners() {
+        let _ = OWNERS.remove(sk);
+    }
+}

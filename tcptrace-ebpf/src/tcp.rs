@@ -8,7 +8,7 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use tcptrace_common::{ABSENT, ArgPos, NO_ARG, QUEUED_ERROR, filter, flag, kind, oddity};
 
 use crate::{
-    Args, attach_owner, config, finish_sock_event, is_tcp, new_event, odd,
+    Args, attach_owner, config, finish_sock_event, forget_owner, is_tcp, new_event, odd,
     read::{self, SockHead, read_kernel},
     submit,
 };
@@ -75,14 +75,17 @@ pub fn tcp_retransmit_synack(ctx: RawTracePointContext) -> i32 {
 }
 
 /// The end of a socket. With a filter on, it is judged like any socket
-/// event (its tuple and owner read). Without one, its address and time
+/// event (its tuple and owner read), and under process filters the kernel's
+/// record of its owner goes with it. Without one, its address and time
 /// are all userspace needs (the socket's life knows the rest): two helper
 /// calls (the time, the output) instead of six, on one event per socket.
 #[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
     let pos = &config().destroy_sock;
     if config().filter.flags != 0 {
-        return sock_event(&ctx, pos, kind::DESTROY_SOCK);
+        sock_event(&ctx, pos, kind::DESTROY_SOCK);
+        forget_owner(Args::of(&ctx, pos).get(pos.sk));
+        return 0;
     }
     let args = Args::of(&ctx, pos);
     let mut slot = MaybeUninit::uninit();

@@ -564,3 +564,152 @@ fn nginx_started_before_tcptrace_master_pid_keeps_its_connections_and_follow_its
     drop(nginx);
     served.join().unwrap();
 }
+
+/// The map ids of the kernel maps named `name` that process `pid` holds.
+fn kernel_maps_of(pid: u32, name: &str) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let info = std::fs::read_to_string(fd.unwrap().path()).unwrap_or_default();
+        let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|id| id.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let show = Command::new("bpftool")
+            .args(["map", "show", "id", &id.to_string(), "-j"])
+            .output()
+            .expect("bpftool (installed by `cargo xtask setup`)");
+        let show: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap_or_default();
+        if show["name"] == name && !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// The 8-byte keys of kernel map `id`, as bpftool dumps them (hex bytes).
+fn u64_keys_of(id: u32) -> Vec<u64> {
+    let dump = Command::new("bpftool")
+        .args(["map", "dump", "id", &id.to_string(), "-j"])
+        .output()
+        .unwrap();
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&dump.stdout).unwrap();
+    entries
+        .iter()
+        .map(|e| {
+            let bytes: Vec<u8> = e["key"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+                })
+                .collect();
+            u64::from_le_bytes(bytes.try_into().unwrap())
+        })
+        .collect()
+}
+
+/// This test's own tcptrace: the child started with `--comm <name>`.
+fn tracer_with_comm_filter(name: &str) -> u32 {
+    let me = std::process::id();
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(") ")
+                .next()
+                .and_then(|rest| rest.split(' ').nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(me)
+                && args
+                    .windows(2)
+                    .any(|w| w == [&b"--comm"[..], name.as_bytes()])
+            {
+                return pid;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no tcptrace child with --comm {name}");
+}
+
+/// Under a process filter the kernel keeps each socket's owner (to judge
+/// its events). A socket's entry goes at its destroy: a later socket at the
+/// same address, first seen mid-life, must not inherit a dead one's owner.
+#[test]
+fn the_kernels_owner_map_forgets_each_socket_at_its_destroy() {
+    const NAME: &str = "tt-owners-gone";
+    const CONNECTIONS: usize = 20;
+    let mut left = Vec::new();
+    let mut port = 0;
+    let (lines, summary) = traced(&["--comm", NAME], || {
+        port = std::thread::Builder::new()
+            .name(NAME.into())
+            .spawn(|| {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                for _ in 0..CONNECTIONS {
+                    let client = TcpStream::connect(addr).unwrap();
+                    let (mut server, _) = listener.accept().unwrap();
+                    // The client closes first (TIME_WAIT), the server once
+                    // it has read the FIN.
+                    drop(client);
+                    let _ = server.read(&mut [0u8; 1]);
+                }
+                addr.port()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        // The last server sockets' final ACK, and their destroys.
+        std::thread::sleep(Duration::from_millis(300));
+        let tracer = tracer_with_comm_filter(NAME);
+        let maps = kernel_maps_of(tracer, "OWNERS");
+        assert_eq!(maps.len(), 1, "tcptrace {tracer}'s OWNERS maps: {maps:?}");
+        left = u64_keys_of(maps[0]);
+    });
+
+    // Every socket of the test: the listener, and both ends of each
+    // connection, each destroyed before the map was read.
+    let mut sockets: Vec<u64> = lines
+        .iter()
+        .filter(|l| {
+            l["type"] == "socket"
+                && (port_of(&l["socket"]["local"]) == port
+                    || port_of(&l["socket"]["remote"]) == port)
+        })
+        .filter_map(|l| {
+            let hex = l["socket"]["skaddr"].as_str()?;
+            u64::from_str_radix(hex.trim_start_matches("0x"), 16).ok()
+        })
+        .collect();
+    let lives = sockets.len();
+    // Addresses come back: a freed socket's is often the next one's.
+    sockets.sort_unstable();
+    sockets.dedup();
+    assert!(
+        lives > 2 * CONNECTIONS,
+        "expected the listener and {} connection ends on port {port}, got {}; summary {summary}",
+        2 * CONNECTIONS,
+        lives
+    );
+    let remembered: Vec<String> = sockets
+        .iter()
+        .filter(|sk| left.contains(sk))
+        .map(|sk| format!("{sk:#x}"))
+        .collect();
+    assert!(
+        remembered.is_empty(),
+        "the kernel still holds owners at {} addresses of destroyed sockets: {remembered:?}",
+        remembered.len()
+    );
+}
