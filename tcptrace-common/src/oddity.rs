@@ -47,7 +47,7 @@ pub const DROP_READ: u32 = 16;
 /// socket keeps its listener's owner.
 pub const ACCEPT_FD: u32 = 17;
 /// This CPU's `preempt_count` not found from the on-CPU task (task): its
-/// events until it is are taken as softirq's (no task named).
+/// events are taken as softirq's from then on (no task named).
 pub const CONTEXT_READ: u32 = 18;
 /// One past the last code.
 pub const END: u32 = 19;

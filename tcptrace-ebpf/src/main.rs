@@ -229,16 +229,21 @@ fn in_softirq() -> bool {
         // SAFETY: as above.
         unsafe { *slot = at };
     }
-    // Unknown: the on-CPU task is taken as a bystander (no attribution
-    // rather than a wrong one), and the oddity was counted.
-    at != 0 && read::read_kernel::<u32>(at).is_none_or(|count| count & SOFTIRQ_OFFSET != 0)
+    // Not found (counted once): the on-CPU task is taken as a bystander,
+    // no attribution rather than a wrong one.
+    at == PREEMPT_COUNT_NOT_FOUND
+        || read::read_kernel::<u32>(at).is_none_or(|count| count & SOFTIRQ_OFFSET != 0)
 }
+
+/// A CPU's `PREEMPT_COUNT_AT` once the search failed: not tried again on
+/// every event (three reads and a log line each), and never an address.
+const PREEMPT_COUNT_NOT_FOUND: u64 = 1;
 
 /// This CPU's `__preempt_count`, the first time a CPU needs it: the on-CPU
 /// task's runqueue (`current->se.cfs_rq->rq`, this CPU's per-CPU
 /// `runqueues`, checked by its `cpu`), moved by the two variables' distance
-/// in the per-CPU area. 0 (and an oddity) when not found; tried again at
-/// the next event.
+/// in the per-CPU area. [`PREEMPT_COUNT_NOT_FOUND`] (and an oddity) when
+/// not found.
 #[inline(never)]
 fn find_preempt_count() -> u64 {
     let c = &config().context;
@@ -256,7 +261,7 @@ fn find_preempt_count() -> u64 {
         }
         _ => {
             odd::oddity(oddity::CONTEXT_READ, task);
-            0
+            PREEMPT_COUNT_NOT_FOUND
         }
     }
 }

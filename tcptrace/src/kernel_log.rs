@@ -206,8 +206,8 @@ pub fn describe(code: u32, detail: u64) -> Option<String> {
              another thread?): that socket keeps its listener's owner"
         ),
         CONTEXT_READ => format!(
-            "this CPU's preempt_count could not be found from task {detail:#x}: its events \
-             name no task until it is"
+            "a CPU's preempt_count could not be found from task {detail:#x}: that CPU's \
+             events name no task (softirq cannot be told from process context there)"
         ),
         _ => return None,
     };
