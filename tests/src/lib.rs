@@ -4,6 +4,7 @@
 //! Tests run concurrently and every tracer sees all of the machine's TCP
 //! traffic, so each test picks out its own sockets by their ports.
 
+pub mod bpf_objects;
 pub mod json_run;
 pub mod netns;
 pub mod paths;

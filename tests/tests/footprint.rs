@@ -6,7 +6,10 @@
 
 use std::{process::Stdio, time::Duration};
 
-use tcptrace_tests::Cli;
+use tcptrace_tests::{
+    Cli,
+    bpf_objects::{Kind, held_by},
+};
 
 const BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -51,4 +54,34 @@ fn hiding_the_kernel_btf_from_the_loader_leaves_no_mount_behind() {
         btf_now.starts_with(&[0x9f, 0xeb]),
         "{BTF} is not BTF any more"
     );
+}
+
+/// Telling softirq from process context costs the host nothing outside
+/// tcptrace's own events: on a kernel where the programs read the CPU's
+/// `preempt_count`, no program of tcptrace's is on the softirq tracepoints
+/// (each would run on every softirq of the host: every packet batch,
+/// timer and RCU callback).
+#[test]
+fn nothing_runs_on_the_hosts_softirqs() {
+    let layout = tcptrace::kernel::KernelLayout::read_running().expect("the kernel's layout");
+    let cli = Cli::start(&["--json"], Stdio::null());
+    let programs = held_by(cli.child.id(), Kind::Program);
+    cli.signal(libc::SIGINT);
+    let (code, _, stderr) = cli.exit_within(Duration::from_secs(5));
+    assert_eq!(code, Some(0), "{stderr:#?}");
+
+    let names: Vec<&str> = programs.iter().map(|p| p.name.as_str()).collect();
+    assert!(
+        names.contains(&"inet_sock_set_state"),
+        "tcptrace's state program is not among what it holds: {names:?}"
+    );
+    let on_softirqs: Vec<&&str> = names.iter().filter(|n| n.starts_with("softirq_")).collect();
+    if layout.config.context.reads_preempt_count() {
+        assert!(
+            on_softirqs.is_empty(),
+            "programs on every softirq: {on_softirqs:?}"
+        );
+    } else {
+        assert_eq!(on_softirqs.len(), 2, "{names:?}");
+    }
 }

@@ -11,6 +11,7 @@ use std::{
 
 use tcptrace_tests::{
     DEADLINE,
+    bpf_objects::{Held, Kind, held_by, u64_keys_of},
     json_run::{KillOnDrop, port_of, traced},
     netns::Netns,
     tcptrace_binary,
@@ -565,53 +566,6 @@ fn nginx_started_before_tcptrace_master_pid_keeps_its_connections_and_follow_its
     served.join().unwrap();
 }
 
-/// The map ids of the kernel maps named `name` that process `pid` holds.
-fn kernel_maps_of(pid: u32, name: &str) -> Vec<u32> {
-    let mut ids = Vec::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
-        let info = std::fs::read_to_string(fd.unwrap().path()).unwrap_or_default();
-        let Some(id) = info
-            .lines()
-            .find_map(|l| l.strip_prefix("map_id:"))
-            .and_then(|id| id.trim().parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let show = Command::new("bpftool")
-            .args(["map", "show", "id", &id.to_string(), "-j"])
-            .output()
-            .expect("bpftool (installed by `cargo xtask setup`)");
-        let show: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap_or_default();
-        if show["name"] == name && !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
-    ids
-}
-
-/// The 8-byte keys of kernel map `id`, as bpftool dumps them (hex bytes).
-fn u64_keys_of(id: u32) -> Vec<u64> {
-    let dump = Command::new("bpftool")
-        .args(["map", "dump", "id", &id.to_string(), "-j"])
-        .output()
-        .unwrap();
-    let entries: Vec<serde_json::Value> = serde_json::from_slice(&dump.stdout).unwrap();
-    entries
-        .iter()
-        .map(|e| {
-            let bytes: Vec<u8> = e["key"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| {
-                    u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-                })
-                .collect();
-            u64::from_le_bytes(bytes.try_into().unwrap())
-        })
-        .collect()
-}
-
 /// This test's own tcptrace: the child started with `--comm <name>`.
 fn tracer_with_comm_filter(name: &str) -> u32 {
     let me = std::process::id();
@@ -673,9 +627,12 @@ fn the_kernels_owner_map_forgets_each_socket_at_its_destroy() {
         // The last server sockets' final ACK, and their destroys.
         std::thread::sleep(Duration::from_millis(300));
         let tracer = tracer_with_comm_filter(NAME);
-        let maps = kernel_maps_of(tracer, "OWNERS");
+        let maps: Vec<Held> = held_by(tracer, Kind::Map)
+            .into_iter()
+            .filter(|m| m.name == "OWNERS")
+            .collect();
         assert_eq!(maps.len(), 1, "tcptrace {tracer}'s OWNERS maps: {maps:?}");
-        left = u64_keys_of(maps[0]);
+        left = u64_keys_of(maps[0].id);
     });
 
     // Every socket of the test: the listener, and both ends of each
