@@ -32,6 +32,7 @@ use tcptrace::{
     cgroups::Workload,
     decode::{AF_INET, AF_INET6, Decoder},
     kernel::ResetReasons,
+    metrics::{DEFAULT_MAX_SERIES, Metrics},
     owners::Owners,
     render::{RenderOptions, View},
     session::Pipeline,
@@ -269,11 +270,13 @@ fn churn(n: usize) -> Vec<Event> {
     g.events
 }
 
-const MODES: [(&str, View, bool); 4] = [
+const MODES: [(&str, View, bool); 5] = [
     ("sockets", View::Sockets, false),
     ("sockets-json", View::Sockets, true),
     ("stream", View::Stream, false),
     ("stream-json", View::Stream, true),
+    // The daemon (`--view none --metrics`): the metric families only.
+    ("metrics", View::None, false),
 ];
 
 /// Output variants only written with `--out` (for diffing).
@@ -309,6 +312,9 @@ fn replay_with<W: Write>(
         .with_decoder(decoder.clone())
         .with_owners(Owners::new(Seeds::default()))
         .with_recorded_cgroups();
+    if view == View::None {
+        p = p.with_output(Metrics::new(DEFAULT_MAX_SERIES).sink());
+    }
     p.workload(
         4242,
         Workload {
