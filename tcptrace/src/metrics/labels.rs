@@ -73,14 +73,15 @@ pub type Labels<const N: usize> = [(&'static str, Value); N];
 /// The values one label may take: the first `max` seen, then `other`.
 #[derive(Debug)]
 pub struct Bounded {
-    values: HashSet<Arc<str>>,
+    /// Looked up for every label of every finished socket: foldhash.
+    values: HashSet<Arc<str>, foldhash::fast::FixedState>,
     max: usize,
 }
 
 impl Bounded {
     pub fn new(max: usize) -> Bounded {
         Bounded {
-            values: HashSet::with_capacity(max.min(1024)),
+            values: HashSet::with_capacity_and_hasher(max.min(1024), Default::default()),
             max,
         }
     }

@@ -14,6 +14,7 @@
 //! small set of values, so the series, and the memory, stay bounded however
 //! long tcptrace runs.
 
+mod handles;
 pub mod health;
 pub mod labels;
 pub mod server;
@@ -29,6 +30,7 @@ use prometheus_client::{
 
 pub use self::server::{BindError, MetricsListener, parse_addr};
 use self::{
+    handles::Handles,
     health::Health,
     labels::{Bounded, Labels, UNKNOWN, Value},
 };
@@ -295,8 +297,23 @@ impl Metrics {
 }
 
 /// Counts each finished socket into the families.
+/// The sink's own handles to what it counts per finished socket (see
+/// `handles.rs`).
+#[derive(Default)]
+struct SinkHandles {
+    sockets: Handles<Labels<2>, Counter>,
+    resets_sent: Handles<Labels<1>, Counter>,
+    resets_received: Handles<Labels<1>, Counter>,
+    closes_by_signal: Handles<Labels<1>, Counter>,
+    incomplete: Handles<Labels<1>, Counter>,
+    handshake: Handles<Labels<1>, Histogram>,
+    lifetime: Handles<Labels<1>, Histogram>,
+    services: [(Handles<Labels<2>, Counter>, Handles<Labels<2>, Counter>); 3],
+}
+
 struct MetricsSink {
     f: Families,
+    h: SinkHandles,
     /// The summary's sampled and inferred counts at the last tick: metrics
     /// count what they added since.
     counted: (u64, u64, NetnsFailures),
@@ -315,6 +332,7 @@ impl MetricsSink {
     fn new(f: Families, health: Arc<Health>, max_series: usize) -> MetricsSink {
         MetricsSink {
             f,
+            h: SinkHandles::default(),
             counted: (0, 0, NetnsFailures::default()),
             health,
             services: std::array::from_fn(|_| Bounded::new(max_series)),
@@ -412,22 +430,24 @@ impl Output for MetricsSink {
     }
 
     fn finished(&mut self, life: &SocketLife, verdict: &Verdict) -> io::Result<()> {
+        let (f, h) = (&self.f, &mut self.h);
         let close = code(verdict.close.kind());
-        self.f
-            .sockets
-            .get_or_create(&[
-                ("open", code(verdict.open.kind())),
-                ("close", close.clone()),
-            ])
+        h.sockets
+            .get(
+                &f.sockets,
+                [
+                    ("open", code(verdict.open.kind())),
+                    ("close", close.clone()),
+                ],
+            )
             .inc();
         if matches!(verdict.close, Close::HandshakeTimeout { .. }) {
-            self.f.handshake_timeouts.inc();
+            f.handshake_timeouts.inc();
         }
         for r in &life.resets_received {
             let state = code(received_in(r.state, life));
-            self.f
-                .resets_received
-                .get_or_create(&[("state", state)])
+            h.resets_received
+                .get(&f.resets_received, [("state", state)])
                 .inc();
         }
         let side = match verdict.open.kind() {
@@ -438,49 +458,48 @@ impl Output for MetricsSink {
         if let Some(side) = side {
             let side = [("side", code(side))];
             if let Some(ns) = verdict.open.handshake_ns() {
-                self.f
-                    .handshake
-                    .get_or_create(&side)
+                h.handshake
+                    .get(&f.handshake, side.clone())
                     .observe(ns as f64 / 1e9);
             }
             // Whole lives only: opened and closed while traced.
             if life.state == Some(TcpState::Close) && verdict.incomplete.is_empty() {
                 let secs = life.duration_ns as f64 / 1e9;
-                self.f.lifetime.get_or_create(&side).observe(secs);
+                h.lifetime.get(&f.lifetime, side).observe(secs);
             }
         }
         if let Some(exit) = &life.exit {
-            self.f.closes_by_exit.inc();
+            f.closes_by_exit.inc();
             if let Some(sig) = &exit.signal {
                 let (signal, _) = self.signals.get(&sig.name);
-                self.f
-                    .closes_by_signal
-                    .get_or_create(&[("signal", signal)])
+                h.closes_by_signal
+                    .get(&f.closes_by_signal, [("signal", signal)])
                     .inc();
             }
         }
         for &i in &verdict.incomplete {
             let why = [("reason", code(incomplete_code(i)))];
-            self.f.incomplete.get_or_create(&why).inc();
+            h.incomplete.get(&f.incomplete, why).inc();
         }
         let services = self.services_of(life);
         for r in &life.resets_sent {
             let reason = self.reason(r.reason.as_ref());
-            self.f
-                .resets_sent
-                .get_or_create(&[("reason", reason.clone())])
+            let (f, h) = (&self.f, &mut self.h);
+            h.resets_sent
+                .get(&f.resets_sent, [("reason", reason.clone())])
                 .inc();
             for (i, service) in services.iter().enumerate() {
                 if let Some(s) = service {
                     let labels = [(SERVICES[i].0, s.clone()), ("reason", reason.clone())];
-                    self.f.services[i].1.get_or_create(&labels).inc();
+                    h.services[i].1.get(&f.services[i].1, labels).inc();
                 }
             }
         }
+        let (f, h) = (&self.f, &mut self.h);
         for (i, service) in services.into_iter().enumerate() {
             if let Some(s) = service {
                 let labels = [(SERVICES[i].0, s), ("close", close.clone())];
-                self.f.services[i].0.get_or_create(&labels).inc();
+                h.services[i].0.get(&f.services[i].0, labels).inc();
             }
         }
         Ok(())
