@@ -23,15 +23,34 @@ use crate::{
     task_matches,
 };
 
+/// Where `ret` has been in every `sys_exit_*` record since syscall
+/// tracepoints exist (after the 8-byte common header and `__syscall_nr`).
+const USUAL_RET_OFFSET: u32 = 16;
+
 /// The syscall's return value: the new fd, or a negative errno, at the
-/// offset the format file gives. One helper call: a direct context load
-/// needs an offset fixed at compile time, and LLVM folds per-offset loads
-/// back into one computed address, which the verifier refuses.
+/// offset the format file gives. Where that is the usual place, a plain
+/// load from the record: the program runs on every accept of the host
+/// (Unix sockets', and the EAGAIN that ends each non-blocking accept loop),
+/// most of which it leaves at once. Elsewhere, one helper call: a direct
+/// context load needs an offset fixed at compile time (LLVM folds loads at
+/// several constant offsets back into one computed address, which the
+/// verifier refuses).
 #[inline(always)]
 fn returned(ctx: &TracePointContext) -> Option<i64> {
     let ret = config().accept.ret;
     if ret == 0 {
         return None;
+    }
+    if ret == USUAL_RET_OFFSET {
+        // SAFETY: the record holds an 8-byte `ret` at this offset (its
+        // format file says so); the verifier checks the load is in bounds.
+        return Some(unsafe {
+            ctx.as_ptr()
+                .cast::<u8>()
+                .add(USUAL_RET_OFFSET as usize)
+                .cast::<i64>()
+                .read()
+        });
     }
     read_kernel::<i64>(ctx.as_ptr() as u64 + u64::from(ret))
 }
