@@ -33,7 +33,7 @@
 use std::fmt;
 use std::fs;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
@@ -67,6 +67,10 @@ pub use self::syscalls::SYSCALL_CONFIGS;
 #[cfg(test)] // Named only by the report's tests.
 pub use self::tracer::BASIS_PRODUCED;
 pub use self::tracer::{Summary, TracerOut};
+
+/// Longest wait for a churn's TIME_WAIT sockets to expire before the bulk
+/// and mass-close scenarios (the kernel keeps them 60 s).
+const TIME_WAIT_WAIT: Duration = Duration::from_secs(75);
 
 #[derive(clap::Args, Debug, Clone, Serialize)]
 pub struct BenchArgs {
@@ -484,6 +488,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
     }
     if wants(Scenario::Bulk) {
+        run::wait_for_time_wait(TIME_WAIT_WAIT)?;
         println!(
             "bench: bulk: {} runs (none and tcptrace x {} reps, {} s each, {} connection(s), {}), \
              interleaved, and {} of tcptrace with BPF statistics on",
@@ -513,6 +518,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
     }
     if wants(Scenario::Massclose) && a.massclose_runs > 0 {
+        run::wait_for_time_wait(TIME_WAIT_WAIT)?;
         println!(
             "bench: massclose: {} run(s), {} connections SIGKILLed under tcptrace --json",
             a.massclose_runs, a.massclose_conns

@@ -171,3 +171,56 @@ pub(super) fn workload<T: serde::de::DeserializeOwned>(
         }
     })
 }
+
+/// Most TIME_WAIT sockets a scenario may start among: a churn leaves over
+/// a hundred thousand, whose expiry (timer softirqs, on the CPUs the next
+/// scenario uses) took a fifth off a bulk stream's throughput in the reps
+/// that met it.
+const SETTLED_TIME_WAIT: u64 = 1000;
+
+/// Waits, at most `limit`, until the host's TIME_WAIT sockets have expired
+/// (below [`SETTLED_TIME_WAIT`]); says how many were left otherwise.
+pub(super) fn wait_for_time_wait(limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let sockstat = fs::read_to_string("/proc/net/sockstat").context("/proc/net/sockstat")?;
+        let left = time_wait_of(&sockstat).unwrap_or(0);
+        if left < SETTLED_TIME_WAIT {
+            return Ok(());
+        }
+        if start.elapsed() >= limit {
+            println!("  {left} TIME_WAIT sockets still there after {limit:?}: going on");
+            return Ok(());
+        }
+        if !said {
+            println!("  waiting for {left} TIME_WAIT sockets to expire (at most {limit:?})");
+            said = true;
+        }
+        proc::check_interrupted()?;
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The `tw` count of /proc/net/sockstat's TCP line.
+fn time_wait_of(sockstat: &str) -> Option<u64> {
+    let tcp = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = tcp.split_whitespace();
+    words.find(|&w| w == "tw")?;
+    words.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod time_wait_tests {
+    use super::time_wait_of;
+
+    #[test]
+    fn the_time_wait_count_is_read_from_sockstat() {
+        let sockstat = "sockets: used 84\n\
+                        TCP: inuse 34 orphan 0 tw 128017 alloc 36 mem 51\n\
+                        UDP: inuse 0 mem 0\n";
+        assert_eq!(time_wait_of(sockstat), Some(128_017));
+        assert_eq!(time_wait_of("sockets: used 1\n"), None);
+        assert_eq!(time_wait_of("TCP: inuse 1 orphan 0\n"), None);
+    }
+}
