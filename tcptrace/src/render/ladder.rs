@@ -314,9 +314,9 @@ fn header(buf: &mut String, life: &SocketLife, opts: &RenderOptions) {
     paint_end(buf, painted);
 }
 
-/// What a transition implies on the wire, from this socket's point of view.
-/// The segments a step puts on the wire, and their width in characters
-/// (an arrow is three bytes): counted once, at compile time.
+/// The segments a step puts on the wire, from this socket's point of view,
+/// and their width in characters (an arrow is three bytes), counted at
+/// compile time.
 fn wire(step: &Step, life: &SocketLife) -> (&'static str, usize) {
     use TcpState::*;
     const fn w(text: &'static str) -> (&'static str, usize) {
