@@ -120,6 +120,8 @@ pub struct Config {
     pub accept: AcceptConfig,
     /// How the programs tell softirq from process context: appended.
     pub context: ContextConfig,
+    /// How the programs read kernel memory: appended.
+    pub reads: ReadConfig,
 }
 
 impl Config {
@@ -200,8 +202,34 @@ impl Config {
             rq_cpu: 0,
             preempt_count_from_rq: 0,
         },
+        reads: ReadConfig { direct: 0, _pad: 0 },
     };
 }
+
+/// Reading kernel memory with plain loads instead of
+/// `bpf_probe_read_kernel` calls, where the kernel allows it: a pointer
+/// cast by the `bpf_rdonly_cast(addr, 0)` kfunc (Linux 6.17+, announced by
+/// BTF's `enum bpf_features`) is an untrusted read-only pointer the
+/// verifier lets a program load from at any offset. The JIT makes each
+/// load a probe load (a fault reads 0) and the cast itself a register
+/// move, so a field costs an instruction where the helper cost a call.
+/// The program calls the helper id [`RDONLY_CAST_MARKER`]; the loader
+/// rewrites those calls into the kfunc's, or, where the kfunc is not
+/// there, into a harmless helper the verifier never reaches (`direct` 0
+/// keeps every read on the helper).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct ReadConfig {
+    /// Non-zero: plain loads through `bpf_rdonly_cast`.
+    pub direct: u32,
+    pub _pad: u32,
+}
+
+/// The helper id the program calls for `bpf_rdonly_cast`: no helper has
+/// it (they number in the hundreds), and the loader rewrites every call
+/// to it before the kernel sees the program.
+pub const RDONLY_CAST_MARKER: i32 = 0x7c0a_5701;
 
 /// Telling softirq from process context from the kernel's own per-CPU
 /// `preempt_count`, whose softirq bits the scheduler's data leads to: the

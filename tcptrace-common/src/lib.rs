@@ -523,7 +523,10 @@ pub mod netstat;
 pub mod oddity;
 
 mod config;
-pub use config::{AcceptConfig, Config, ContextConfig, Filter, SOFTIRQ_OFFSET, filter};
+pub use config::{
+    AcceptConfig, Config, ContextConfig, Filter, RDONLY_CAST_MARKER, ReadConfig, SOFTIRQ_OFFSET,
+    filter,
+};
 
 /// The smallest ring: 256 KiB, about 2,400 events (records are 40-160
 /// bytes with the ring's header, about 110 on average in a loopback churn;
@@ -564,7 +567,7 @@ const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 56);
 const _: () = assert!(core::mem::size_of::<DropConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<AcceptConfig>() == 40);
-const _: () = assert!(core::mem::size_of::<Config>() == 336);
+const _: () = assert!(core::mem::size_of::<Config>() == 344);
 
 #[cfg(feature = "user")]
 mod pod {

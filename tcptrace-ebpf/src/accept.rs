@@ -19,7 +19,7 @@ use tcptrace_common::{AF_INET, AF_INET6, flag, kind, oddity};
 
 use crate::{
     OWNERS, attach_owner, cgroup_id, config, copy_task, finish_sock_event, is_tcp, new_event, odd,
-    read::{SockHead, read_kernel},
+    read::{self, SockHead, read_kernel},
     task_matches,
 };
 
@@ -52,18 +52,22 @@ fn returned(ctx: &TracePointContext) -> Option<i64> {
                 .read()
         });
     }
-    read_kernel::<i64>(ctx.as_ptr() as u64 + u64::from(ret))
+    read::read_bytes::<i64>(ctx.as_ptr() as u64 + u64::from(ret))
 }
 
-/// Two words of kernel memory read with one helper call.
+/// Two words of kernel memory: two loads, or one helper call.
 #[inline(always)]
 fn read_pair(addr: u64) -> Option<[u64; 2]> {
-    read_kernel::<[u64; 2]>(addr)
+    if read::direct() {
+        return Some([read_kernel::<u64>(addr)?, read_kernel::<u64>(addr + 8)?]);
+    }
+    read::read_bytes::<[u64; 2]>(addr)
 }
 
 /// `task->files->fdt->fd[fd]`'s socket, when that file is one: six reads
 /// (the task's file table, its fd array and bound, the file, its socket's
-/// back-pointer and `sk`), each a helper call, once per accepted socket.
+/// back-pointer and `sk`), each a load or a helper call, once per accepted
+/// socket.
 #[inline(always)]
 fn socket_of_fd(fd: u64) -> Option<u64> {
     let a = &config().accept;

@@ -25,7 +25,8 @@ use tcptrace_common::{
 };
 
 use crate::{
-    Args, OWNERS, config, copy_task, count, new_event, odd, process_passes, read::read_kernel,
+    Args, OWNERS, config, copy_task, count, new_event, odd, process_passes,
+    read::{self, read_kernel},
     submit,
 };
 
@@ -86,7 +87,8 @@ impl Segment {
             return None;
         }
         // Helper call 1: the buffer's head fields, in one read.
-        let Some(words) = read_kernel::<[u64; SKB_WINDOW_BYTES / 8]>(skb + u64::from(d.window))
+        let Some(words) =
+            read::read_bytes::<[u64; SKB_WINDOW_BYTES / 8]>(skb + u64::from(d.window))
         else {
             odd::oddity(oddity::DROP_READ, skb);
             return None;
@@ -104,7 +106,7 @@ impl Segment {
         let ip = head + u64::from(network);
         // Helper call 2: the IP header and, for IPv6 or an IPv4 header
         // without options, the TCP header after it.
-        let Some(h) = read_kernel::<[u32; HEADERS_BYTES / 4]>(ip) else {
+        let Some(h) = read::read_bytes::<[u32; HEADERS_BYTES / 4]>(ip) else {
             odd::oddity(oddity::DROP_READ, skb);
             return None;
         };
@@ -119,7 +121,7 @@ impl Segment {
                     [h[5], h[6], h[7], h[8]]
                 } else if ihl > 5 {
                     // IP options (rare): one more read, where the TCP header is.
-                    read_kernel::<[u32; 4]>(ip + u64::from(ip_len))?
+                    read::read_bytes::<[u32; 4]>(ip + u64::from(ip_len))?
                 } else {
                     return None;
                 };

@@ -1,19 +1,69 @@
-//! Reads from kernel memory at offsets the loader took from BTF. Each read
-//! is one `bpf_probe_read_kernel` helper call into uninitialised stack
-//! memory (nothing is zeroed first), and fields are then plain loads.
+//! Reads from kernel memory at offsets the loader took from BTF.
+//!
+//! Where the kernel allows it ([`tcptrace_common::ReadConfig`]), a read is
+//! a plain load through a pointer cast by `bpf_rdonly_cast`: the JIT makes
+//! it a probe load (a bad address reads as zero) and the cast a register
+//! move, so a field costs one instruction. Elsewhere each read is one
+//! `bpf_probe_read_kernel` helper call into uninitialised stack memory
+//! (nothing is zeroed first), and fields are then plain loads.
 
 use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
 use tcptrace_common::{
-    AF_INET, AF_INET6, COMM_LEN, Event, SOCK_HEAD_BYTES, TaskOffsets, flag, kind, oddity, tcp_state,
+    AF_INET, AF_INET6, COMM_LEN, Event, RDONLY_CAST_MARKER, SOCK_HEAD_BYTES, TaskOffsets, flag,
+    kind, oddity, tcp_state,
 };
 
 use crate::{config, odd};
 
-/// One value of type `T` at kernel address `addr`.
+/// Are reads plain loads? A constant to the verifier, which drops the
+/// other branch of every read.
 #[inline(always)]
-pub fn read_kernel<T>(addr: u64) -> Option<T> {
+pub fn direct() -> bool {
+    config().reads.direct != 0
+}
+
+/// `addr` as a pointer the verifier lets the program load from: a call
+/// of `bpf_rdonly_cast(addr, 0)` once the loader has rewritten it, which
+/// the verifier then turns into a register move.
+#[inline(always)]
+fn rdonly_cast(addr: u64) -> *const u8 {
+    // SAFETY: the loader rewrites every call to this helper id into the
+    // kfunc's before load (or, where the kfunc is missing, into a helper
+    // no path with `direct` 0 reaches).
+    unsafe {
+        let cast: unsafe extern "C" fn(u64, u64) -> *const u8 =
+            core::mem::transmute(RDONLY_CAST_MARKER as usize);
+        cast(addr, 0)
+    }
+}
+
+/// The values a direct read loads with one instruction.
+pub trait Scalar: Copy + Default {}
+impl Scalar for u8 {}
+impl Scalar for u16 {}
+impl Scalar for u32 {}
+impl Scalar for u64 {}
+impl Scalar for i32 {}
+impl Scalar for i64 {}
+
+/// One value of type `T` at kernel address `addr`. A direct read cannot
+/// fail: a bad address reads as zero, which callers treat as "unknown".
+#[inline(always)]
+pub fn read_kernel<T: Scalar>(addr: u64) -> Option<T> {
+    if direct() {
+        // SAFETY: a probe load (see above); volatile, so that it stays one
+        // load of exactly this size.
+        return Some(unsafe { core::ptr::read_volatile(rdonly_cast(addr).cast::<T>()) });
+    }
+    read_bytes(addr)
+}
+
+/// A value of any plain type (byte arrays, header windows) at `addr`: one
+/// helper call, on the rare paths that read more than a word at once.
+#[inline(always)]
+pub fn read_bytes<T>(addr: u64) -> Option<T> {
     // SAFETY: the helper checks the address and fails cleanly.
     unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
 }
@@ -32,38 +82,69 @@ pub unsafe fn current_comm_into(dst: *mut [u8; COMM_LEN]) {
 
 /// The head of a `struct sock_common`: tuple, family, state and cookie.
 pub struct SockHead {
-    words: [u64; SOCK_HEAD_BYTES / 8],
+    /// Direct reads: the socket itself, cast for loads.
+    base: *const u8,
+    /// Otherwise: a copy of its head, made by one helper call.
+    words: MaybeUninit<[u64; SOCK_HEAD_BYTES / 8]>,
 }
 
 impl SockHead {
-    /// One helper call for every field the socket events need.
+    /// No helper call with direct reads; otherwise one, for every field the
+    /// socket events need.
     #[inline(always)]
     pub fn read(sk: u64) -> Option<SockHead> {
-        let mut head = MaybeUninit::<SockHead>::uninit();
+        if direct() {
+            return Some(SockHead {
+                base: rdonly_cast(sk),
+                words: MaybeUninit::uninit(),
+            });
+        }
+        let mut words = MaybeUninit::<[u64; SOCK_HEAD_BYTES / 8]>::uninit();
         // SAFETY: the helper checks `sk` and writes SOCK_HEAD_BYTES bytes of
         // our stack, or fails (then nothing is read from it).
         let rc = unsafe {
             generated::bpf_probe_read_kernel(
-                head.as_mut_ptr().cast(),
+                words.as_mut_ptr().cast(),
                 SOCK_HEAD_BYTES as u32,
                 sk as *const core::ffi::c_void,
             )
         };
-        // SAFETY: fully written by the successful read.
-        (rc == 0).then(|| unsafe { head.assume_init() })
+        (rc == 0).then_some(SockHead {
+            base: core::ptr::null(),
+            words,
+        })
     }
 
     /// The field at `offset` (from BTF, aligned to `T` by the loader), or
     /// zero for a field outside the head ([`tcptrace_common::ABSENT`]).
     #[inline(always)]
-    fn get<T: Copy + Default>(&self, offset: u16) -> T {
+    fn get<T: Scalar>(&self, offset: u16) -> T {
         let offset = usize::from(offset);
         if offset + size_of::<T>() > SOCK_HEAD_BYTES {
             return T::default();
         }
-        // SAFETY: in bounds (checked above) and aligned (the loader admits
-        // only offsets aligned to the field's size).
+        if direct() {
+            // SAFETY: a probe load through the cast socket pointer.
+            return unsafe { core::ptr::read_volatile(self.base.add(offset).cast::<T>()) };
+        }
+        // SAFETY: the copy was fully written by the successful read; in
+        // bounds (checked above) and aligned (the loader admits only
+        // offsets aligned to the field's size).
         unsafe { core::ptr::read(self.words.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+    }
+
+    /// A 16-byte address at `offset`, as four words.
+    #[inline(always)]
+    fn get_words(&self, offset: u16) -> [u32; 4] {
+        if offset == tcptrace_common::ABSENT {
+            return [0; 4];
+        }
+        [
+            self.get::<u32>(offset),
+            self.get::<u32>(offset.wrapping_add(4)),
+            self.get::<u32>(offset.wrapping_add(8)),
+            self.get::<u32>(offset.wrapping_add(12)),
+        ]
     }
 
     #[inline(always)]
@@ -130,10 +211,7 @@ impl SockHead {
         }
         event.dport = u16::from_be(self.get::<u16>(o.dport));
         let (saddr, daddr) = if event.family == AF_INET6 {
-            (
-                self.get::<[u32; 4]>(o.v6_saddr),
-                self.get::<[u32; 4]>(o.v6_daddr),
-            )
+            (self.get_words(o.v6_saddr), self.get_words(o.v6_daddr))
         } else {
             if event.family != AF_INET {
                 odd::oddity(oddity::FAMILY, u64::from(event.family));
@@ -180,14 +258,14 @@ pub fn reset_without_full_socket(skb: u64, event: &mut Event) {
         return;
     };
     // The TCP header's first 16 bytes: ports, sequence numbers, flags.
-    let Some(tcp) = read_kernel::<[u32; 4]>(data) else {
+    let Some(tcp) = read_bytes::<[u32; 4]>(data) else {
         odd::oddity(oddity::SEGMENT_READ, skb);
         return;
     };
     let ip = head + u64::from(network);
     // The IPv6 header is the longer of the two: read its first 40 bytes
     // (an IPv4 header with options is longer than 20, never shorter).
-    let Some(iph) = read_kernel::<[u32; 10]>(ip) else {
+    let Some(iph) = read_bytes::<[u32; 10]>(ip) else {
         odd::oddity(oddity::SEGMENT_READ, skb);
         return;
     };

@@ -120,6 +120,14 @@ pub struct Args {
     #[arg(long)]
     pub no_accept: bool,
 
+    /// Read kernel memory with the bpf_probe_read_kernel helper, as on
+    /// kernels before 6.17, even where this kernel lets the programs load
+    /// it directly (through the bpf_rdonly_cast kfunc; each read is then an
+    /// instruction instead of a helper call, about 20 ns). For comparing
+    /// the two, or if a kernel misbehaves with the direct loads.
+    #[arg(long)]
+    pub no_direct_reads: bool,
+
     /// Ring buffer size in bytes, all rings together: a power of two from
     /// 262144 (256 KiB) to 1073741824 (1 GiB). It is shared by one ring
     /// per CPU (up to 8, none under 256 KiB), so that CPUs do not contend
@@ -306,6 +314,7 @@ impl Args {
             // The session fills these in from the start-up snapshot.
             seeds: Default::default(),
             follow_accept: !self.no_accept,
+            direct_reads: !self.no_direct_reads,
         })
     }
 

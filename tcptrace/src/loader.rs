@@ -68,6 +68,8 @@ pub enum LoadError {
     Load(#[from] aya::EbpfError),
     #[error("{0}")]
     Program(#[from] ProgramError),
+    #[error("rewriting the kernel object's kfunc calls: {0}")]
+    Kfuncs(#[from] kfuncs::PatchError),
     #[error("kernel map `{0}` is missing from the object")]
     MissingMap(&'static str),
     #[error("kernel program `{0}` is missing from the object")]
@@ -93,6 +95,9 @@ pub struct TraceOptions {
     /// Follow accept(2) to give accepted sockets their acceptor as owner
     /// (costs every syscall of the host a little while attached).
     pub follow_accept: bool,
+    /// Plain loads of kernel memory where the kernel allows them
+    /// ([`tcptrace_common::ReadConfig`]).
+    pub direct_reads: bool,
 }
 
 impl Default for TraceOptions {
@@ -103,6 +108,7 @@ impl Default for TraceOptions {
             pids: Vec::new(),
             seeds: Seeds::default(),
             follow_accept: true,
+            direct_reads: true,
         }
     }
 }
@@ -174,6 +180,9 @@ impl Tracer {
         // The kernel logs only what our log filters let through: the
         // verifier drops its code for the levels above (by default, debug).
         let log_level = kernel_log::kernel_level(log::max_level());
+        let rdonly_cast = layout.rdonly_cast.filter(|_| opts.direct_reads);
+        config.reads.direct = u32::from(rdonly_cast.is_some());
+        let (object, _) = kfuncs::with_rdonly_cast(KERNEL_OBJECT, rdonly_cast)?;
         let mut ebpf = without_kernel_btf(|| {
             let mut loader = EbpfLoader::new();
             loader
@@ -185,7 +194,7 @@ impl Tracer {
             for (ring, name) in (0..).zip(RING_NAMES) {
                 loader.map_max_entries(name, if ring < rings { ring_bytes } else { page });
             }
-            loader.load(KERNEL_OBJECT)
+            loader.load(&object)
         })?;
         release_freed_memory();
 
@@ -514,6 +523,7 @@ fn seed(ebpf: &mut Ebpf, seeds: &Seeds) -> Result<(), LoadError> {
     Ok(())
 }
 
+mod kfuncs;
 mod limits;
 mod programs;
 mod rings;

@@ -12,6 +12,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -108,8 +109,8 @@ impl Btf {
                 KIND_ARRAY => 12,
                 KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
                 KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
-                2 | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | 12 | 16
-                | KIND_TYPE_TAG => 0,
+                2 | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC
+                | 16 | KIND_TYPE_TAG => 0,
                 other => return Err(BtfError::Kind(other)),
             };
             types.push(TypeEntry {
@@ -284,6 +285,11 @@ impl Btf {
             }
             _ => ArgType::Other,
         }
+    }
+
+    /// The type id of function `name` (a kfunc's id is how a program calls it).
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.find(KIND_FUNC, name)
     }
 
     /// The enumerators of `enum name`, by value.

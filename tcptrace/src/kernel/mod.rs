@@ -318,6 +318,9 @@ pub struct KernelLayout {
     /// Why accept(2) is not followed, when it is not (set by the loader:
     /// it depends on tracefs and on `--no-accept`, not only on BTF).
     pub accept_unavailable: Option<String>,
+    /// `bpf_rdonly_cast`'s BTF id, where it casts to `void *` (reads are
+    /// then plain loads: [`tcptrace_common::ReadConfig`]).
+    pub rdonly_cast: Option<u32>,
 }
 
 impl KernelLayout {
@@ -550,8 +553,11 @@ impl KernelLayout {
         if config.context.reads_preempt_count() {
             present.retain(|tp| tp.group != "irq");
         }
+        let rdonly_cast = offsets::rdonly_cast_id(btf);
+        config.reads.direct = u32::from(rdonly_cast.is_some());
         Ok(KernelLayout {
             config,
+            rdonly_cast,
             reasons: ResetReasons::resets_from_btf(btf),
             drop_reasons,
             missing,

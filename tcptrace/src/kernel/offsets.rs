@@ -199,6 +199,20 @@ pub(super) fn context_offsets(btf: &Btf) -> ContextConfig {
     found().unwrap_or_default()
 }
 
+/// `bpf_rdonly_cast`'s BTF id (the id a program calls a kfunc by), on a
+/// kernel whose `enum bpf_features` says it casts to `void *` (Linux 6.17
+/// and later): reads are then plain loads. `None` keeps them on
+/// `bpf_probe_read_kernel`.
+pub(super) fn rdonly_cast_id(btf: &Btf) -> Option<u32> {
+    let casts_to_void = btf
+        .enum_values("bpf_features")
+        .iter()
+        .any(|(_, name)| name == "BPF_FEAT_RDONLY_CAST_TO_VOID");
+    casts_to_void
+        .then(|| btf.func_id("bpf_rdonly_cast"))
+        .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
