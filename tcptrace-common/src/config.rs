@@ -201,6 +201,10 @@ impl Config {
             cfs_rq_rq: 0,
             rq_cpu: 0,
             preempt_count_from_rq: 0,
+            current_task_from_preempt_count: 0,
+            task_pid: 0,
+            task_comm: 0,
+            _pad: 0,
         },
         reads: ReadConfig { direct: 0, _pad: 0 },
     };
@@ -252,6 +256,15 @@ pub struct ContextConfig {
     pub rq_cpu: u32,
     /// `__preempt_count`'s offset in the per-CPU area minus `runqueues`'.
     pub preempt_count_from_rq: i32,
+    /// `current_task`'s offset in the per-CPU area minus
+    /// `__preempt_count`'s (0: unknown). With direct reads the on-CPU task
+    /// is then one load away, and its ids and name four more: no helper
+    /// call for who is on the CPU.
+    pub current_task_from_preempt_count: i32,
+    /// `task_struct::pid` and `task_struct::comm` (16 bytes).
+    pub task_pid: u32,
+    pub task_comm: u32,
+    pub _pad: u32,
 }
 
 impl ContextConfig {
@@ -259,6 +272,13 @@ impl ContextConfig {
     #[inline(always)]
     pub const fn reads_preempt_count(&self) -> bool {
         self.task_cfs_rq != 0
+    }
+
+    /// Is the on-CPU task found from its per-CPU variable (given direct
+    /// reads)?
+    #[inline(always)]
+    pub const fn finds_current_task(&self) -> bool {
+        self.reads_preempt_count() && self.current_task_from_preempt_count != 0
     }
 }
 

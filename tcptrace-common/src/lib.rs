@@ -567,7 +567,7 @@ const _: () = assert!(core::mem::size_of::<ArgPos>() == 8);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 56);
 const _: () = assert!(core::mem::size_of::<DropConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<AcceptConfig>() == 40);
-const _: () = assert!(core::mem::size_of::<Config>() == 344);
+const _: () = assert!(core::mem::size_of::<Config>() == 360);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -12,14 +12,12 @@
 
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{
-    EbpfContext, helpers::bpf_get_current_task, macros::tracepoint, programs::TracePointContext,
-};
+use aya_ebpf::{EbpfContext, macros::tracepoint, programs::TracePointContext};
 use tcptrace_common::{AF_INET, AF_INET6, flag, kind, oddity};
 
 use crate::{
     OWNERS, attach_owner, cgroup_id, config, copy_task, finish_sock_event, is_tcp, new_event, odd,
-    read::{self, SockHead, read_kernel},
+    read::{self, SockFields, SockHead, read_kernel, with_sock_head},
     task_matches,
 };
 
@@ -71,8 +69,7 @@ fn read_pair(addr: u64) -> Option<[u64; 2]> {
 #[inline(always)]
 fn socket_of_fd(fd: u64) -> Option<u64> {
     let a = &config().accept;
-    // SAFETY: plain helper call: the on-CPU task's address.
-    let task = unsafe { bpf_get_current_task() };
+    let task = crate::context::current_task();
     let files = read_kernel::<u64>(task + u64::from(a.task_files))?;
     let fdt = read_kernel::<u64>(files + u64::from(a.files_fdt))?;
     let table = read_pair(fdt + u64::from(a.fdt_window))?;
@@ -105,22 +102,27 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         odd::oddity(oddity::ACCEPT_FD, fd as u64);
         return 0;
     };
-    let Some(head) = SockHead::read(sk) else {
-        odd::oddity(oddity::SOCK_HEAD, u64::from(kind::ACCEPT));
-        return 0;
-    };
+    with_sock_head!(sk, |head| accepted(sk, head), else {
+        odd::oddity(oddity::SOCK_HEAD, u64::from(kind::ACCEPT))
+    });
+    0
+}
+
+/// The accept event of TCP socket `sk`, from its head.
+#[inline(always)]
+fn accepted<F: SockFields>(sk: u64, head: SockHead<F>) {
     // Unix sockets are accepted far more often than TCP on most hosts:
     // their family, in the head already read, sends them away first.
     let family = head.family();
     if family != AF_INET && family != AF_INET6 {
-        return 0;
+        return;
     }
-    if is_tcp(sk, &head) != Some(true) {
-        return 0;
+    if is_tcp(&head) != Some(true) {
+        return;
     }
     let mut slot = MaybeUninit::uninit();
     let event = new_event(&mut slot, kind::ACCEPT, sk);
-    head.fill_endpoints(sk, event);
+    head.fill_endpoints(event);
     event.aux = head.cookie();
     event.netns = head.netns();
     // The acceptor owns the socket from now on: its later events (and the
@@ -137,7 +139,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
             && !task_matches(f, &event.context);
         if kept_for_listener {
             finish_sock_event(event);
-            return 0;
+            return;
         }
     }
     if f.judges_owners() {
@@ -148,5 +150,4 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     copy_task(&event.context, &mut event.owner);
     event.flags |= flag::OWNER_KNOWN;
     finish_sock_event(event);
-    0
 }

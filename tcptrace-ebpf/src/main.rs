@@ -21,6 +21,7 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod accept;
+mod context;
 mod drops;
 mod odd;
 mod owners;
@@ -29,21 +30,21 @@ mod read;
 mod tcp;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use tcptrace_common::{
-    ABSENT, AF_INET6, ArgPos, Config, DEFAULT_RING_BYTES, Event, IPPROTO_TCP, ListenerKey,
-    SOFTIRQ_OFFSET, Task, counter, filter, flag, kind, more_flags, oddity, tcp_state,
+    ABSENT, AF_INET6, ArgPos, Config, DEFAULT_RING_BYTES, Event, IPPROTO_TCP, ListenerKey, Task,
+    counter, filter, flag, kind, more_flags, oddity, tcp_state,
 };
 
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
 use crate::{
     owners::{attach_owner, copy_task, forget_owner, track_owner},
-    read::{SockHead, read_kernel},
+    read::{SockFields, SockHead, with_sock_head},
 };
 
 // bpf_ringbuf_output flags and bpf_ringbuf_query's BPF_RB_AVAIL_DATA.
@@ -130,16 +131,6 @@ static SET_STATE_CLAIMS: PerCpuArray<Claims> = PerCpuArray::with_max_entries(1, 
 #[map]
 static TCP_PROTS: Array<u64> = Array::with_max_entries(2, 0);
 
-/// Non-zero while this CPU runs a softirq: the on-CPU task is then a bystander.
-/// Kept by the softirq programs, on kernels where [`in_softirq`] cannot read
-/// `preempt_count`.
-#[map]
-static IN_SOFTIRQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
-/// Per CPU: the address of its `__preempt_count`, once found.
-#[map]
-static PREEMPT_COUNT_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
 #[inline(always)]
 fn config() -> &'static Config {
     // SAFETY: CONFIG is written once by the loader before load; the volatile
@@ -181,87 +172,34 @@ unsafe fn add_atomically(slot: *mut u64) {
         .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
 }
 
-/// The most arguments any program reads (signal_generate's fifth).
-const MAX_ARGS: usize = 5;
-
 /// A raw tracepoint's arguments, copied with constant-offset loads (the
 /// verifier refuses a context load at a computed offset). Loads past the
 /// tracepoint's own count (`nargs`, from BTF) are never made: the verifier
 /// sees `nargs` as a constant and drops them, and the kernel refuses to
-/// attach a program that reads past the last argument.
-struct Args([u64; MAX_ARGS]);
+/// attach a program that reads past the last argument. Five values, not
+/// an array: picked by a `match`, they stay in registers, where an array
+/// indexed by a position would take 40 bytes of the 512-byte stack.
+struct Args(u64, u64, u64, u64, u64);
 
 impl Args {
     #[inline(always)]
     fn of(ctx: &RawTracePointContext, pos: &ArgPos) -> Args {
         let n = pos.nargs as usize;
         let at = |i: usize| if i < n { ctx.arg::<u64>(i) } else { 0 };
-        Args([at(0), at(1), at(2), at(3), at(4)])
+        Args(at(0), at(1), at(2), at(3), at(4))
     }
 
     /// Argument `index` (a position from BTF, also a constant to the
     /// verifier), or 0 for [`NO_ARG`].
     #[inline(always)]
     fn get(&self, index: u8) -> u64 {
-        self.0.get(index as usize).copied().unwrap_or(0)
-    }
-}
-
-/// Is this CPU serving a softirq (the on-CPU task then a bystander)?
-///
-/// From the kernel's own `preempt_count` where the loader found the way to
-/// it ([`tcptrace_common::ContextConfig`]): one 4-byte read per event, and
-/// nothing on the host's other softirqs. Otherwise from the mark the
-/// softirq programs keep, which costs two program runs on every softirq.
-#[inline(always)]
-fn in_softirq() -> bool {
-    let c = &config().context;
-    if !c.reads_preempt_count() {
-        return IN_SOFTIRQ.get(0).is_some_and(|depth| *depth != 0);
-    }
-    let Some(slot) = PREEMPT_COUNT_AT.get_ptr_mut(0) else {
-        return true;
-    };
-    // SAFETY: per-CPU slot; a nested run on this CPU writes the same value.
-    let mut at = unsafe { *slot };
-    if at == 0 {
-        at = find_preempt_count();
-        // SAFETY: as above.
-        unsafe { *slot = at };
-    }
-    // Not found (counted once): the on-CPU task is taken as a bystander,
-    // no attribution rather than a wrong one.
-    at == PREEMPT_COUNT_NOT_FOUND
-        || read::read_kernel::<u32>(at).is_none_or(|count| count & SOFTIRQ_OFFSET != 0)
-}
-
-/// A CPU's `PREEMPT_COUNT_AT` once the search failed: not tried again on
-/// every event (three reads and a log line each), and never an address.
-const PREEMPT_COUNT_NOT_FOUND: u64 = 1;
-
-/// This CPU's `__preempt_count`, the first time a CPU needs it: the on-CPU
-/// task's runqueue (`current->se.cfs_rq->rq`, this CPU's per-CPU
-/// `runqueues`, checked by its `cpu`), moved by the two variables' distance
-/// in the per-CPU area. [`PREEMPT_COUNT_NOT_FOUND`] (and an oddity) when
-/// not found.
-#[inline(never)]
-fn find_preempt_count() -> u64 {
-    let c = &config().context;
-    // SAFETY: plain helper call.
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
-    let rq = read::read_kernel::<u64>(task + u64::from(c.task_cfs_rq))
-        .filter(|&cfs_rq| cfs_rq != 0)
-        .and_then(|cfs_rq| read::read_kernel::<u64>(cfs_rq + u64::from(c.cfs_rq_rq)))
-        .filter(|&rq| rq != 0);
-    // SAFETY: plain helper call (inlined by the verifier).
-    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
-    match rq {
-        Some(rq) if read::read_kernel::<u32>(rq + u64::from(c.rq_cpu)) == Some(cpu) => {
-            rq.wrapping_add_signed(i64::from(c.preempt_count_from_rq))
-        }
-        _ => {
-            odd::oddity(oddity::CONTEXT_READ, task);
-            PREEMPT_COUNT_NOT_FOUND
+        match index {
+            0 => self.0,
+            1 => self.1,
+            2 => self.2,
+            3 => self.3,
+            4 => self.4,
+            _ => 0,
         }
     }
 }
@@ -343,17 +281,17 @@ fn process_passes(e: &mut Event) -> bool {
 /// returned-by-value Event compiles to a byte-loop memset or memcpy.
 ///
 /// Helper calls: `bpf_ktime_get_ns` (the event's time: nothing else gives
-/// it), `bpf_get_current_pid_tgid` (who is on the CPU; not in softirq,
-/// where that task is a bystander), and
-/// `bpf_get_current_comm` (its name) only for state changes, resets sent,
-/// exits and signals in process context: those name who connected,
-/// listened, closed, aborted or killed. In softirq the on-CPU task is a
-/// bystander, and for resets received, retransmits and destroys (one per
-/// socket) the context's name is never shown.
+/// it). Who is on the CPU (not in softirq, where that task is a bystander)
+/// and its name (only for state changes, resets sent, exits, signals and
+/// accepts: those name who connected, listened, closed, aborted or killed;
+/// for resets received, retransmits and destroys the context's name is
+/// never shown) are loads from the task where the kernel allows them, and
+/// otherwise `bpf_get_current_pid_tgid` and `bpf_get_current_comm`
+/// ([`context::on_cpu_into`]).
 #[inline(always)]
 fn new_event(slot: &mut MaybeUninit<Event>, event_kind: u8, skaddr: u64) -> &mut Event {
     // A syscall's return and a task's exit run in process context: no read.
-    let softirq = !matches!(event_kind, kind::ACCEPT | kind::PROCESS_EXIT) && in_softirq();
+    let softirq = !matches!(event_kind, kind::ACCEPT | kind::PROCESS_EXIT) && context::in_softirq();
     let e = slot.as_mut_ptr();
     // SAFETY: every field of the #[repr(C)] Event (which has no padding) is
     // written below before assume_init; the casts keep 8-byte alignment.
@@ -377,25 +315,18 @@ fn new_event(slot: &mut MaybeUninit<Event>, event_kind: u8, skaddr: u64) -> &mut
         let context = addr_of_mut!((*e).context);
         // Without filters a destroy's context is never looked at.
         let bare_destroy = event_kind == kind::DESTROY_SOCK && config().filter.flags == 0;
-        if softirq || bare_destroy {
-            // A bystander: not worth a helper call (pid and tgid, one word).
-            zero8(addr_of_mut!((*context).pid).cast());
-        } else {
-            let pid_tgid = bpf_get_current_pid_tgid();
-            addr_of_mut!((*context).pid).write(pid_tgid as u32);
-            addr_of_mut!((*context).tgid).write((pid_tgid >> 32) as u32);
-        }
-        // Filled in only where needed (owners, the cgroup filter).
-        zero8(addr_of_mut!((*context).cgroup_id));
         let names_someone = matches!(
             event_kind,
             kind::STATE | kind::SEND_RESET | kind::PROCESS_EXIT | kind::SIGNAL | kind::ACCEPT
         );
-        if softirq || !names_someone {
-            zero16(addr_of_mut!((*context).comm));
-        } else {
-            read::current_comm_into(addr_of_mut!((*context).comm));
-        }
+        // A bystander's ids and name are not worth reading.
+        context::on_cpu_into(
+            context,
+            !softirq && !bare_destroy,
+            !softirq && names_someone,
+        );
+        // Filled in only where needed (owners, the cgroup filter).
+        zero8(addr_of_mut!((*context).cgroup_id));
         let owner = addr_of_mut!((*e).owner);
         zero8(addr_of_mut!((*owner).pid).cast());
         zero8(addr_of_mut!((*owner).cgroup_id));
@@ -485,18 +416,18 @@ fn submit(event: &Event) {
 /// Bytes received but not yet read: `rcv_nxt - copied_seq` of the tcp_sock.
 /// Two reads, only on a transition to CLOSE (the one place it matters).
 #[inline(always)]
-fn read_unread(sk: u64, event: &mut Event) {
+fn read_unread<F: SockFields>(head: &SockHead<F>, event: &mut Event) {
     let o = &config().sock;
     if o.tcp_rcv_nxt == 0 || o.tcp_copied_seq == 0 {
         return;
     }
-    let rcv_nxt = read_kernel::<u32>(sk + u64::from(o.tcp_rcv_nxt));
-    let copied = read_kernel::<u32>(sk + u64::from(o.tcp_copied_seq));
+    let rcv_nxt = head.far::<u32>(o.tcp_rcv_nxt);
+    let copied = head.far::<u32>(o.tcp_copied_seq);
     if let (Some(rcv_nxt), Some(copied)) = (rcv_nxt, copied) {
         event.unread = rcv_nxt.wrapping_sub(copied);
         event.flags |= flag::UNREAD_VALID;
     } else {
-        odd::oddity(oddity::UNREAD_READ, sk);
+        odd::oddity(oddity::UNREAD_READ, event.skaddr);
     }
 }
 
@@ -599,7 +530,7 @@ fn unclaim(sk: u64) -> bool {
 /// whose `skc_prot` is not known yet (the first TCP socket of each family,
 /// and every non-TCP one) costs that read. `None`: unreadable.
 #[inline(always)]
-pub(crate) fn is_tcp(sk: u64, head: &SockHead) -> Option<bool> {
+pub(crate) fn is_tcp<F: SockFields>(head: &SockHead<F>) -> Option<bool> {
     let o = &config().sock;
     let slot = u32::from(head.family() == AF_INET6);
     let prot = if o.prot != ABSENT { head.prot() } else { 0 };
@@ -611,7 +542,7 @@ pub(crate) fn is_tcp(sk: u64, head: &SockHead) -> Option<bool> {
         // itself did not before 5.6.
         return Some(true);
     }
-    let protocol = read_kernel::<u16>(sk + u64::from(o.protocol))?;
+    let protocol = head.far::<u16>(u32::from(o.protocol))?;
     if protocol == IPPROTO_TCP
         && prot != 0
         && let Some(known) = TCP_PROTS.get_ptr_mut(slot)
@@ -622,17 +553,22 @@ pub(crate) fn is_tcp(sk: u64, head: &SockHead) -> Option<bool> {
     Some(protocol == IPPROTO_TCP)
 }
 
-/// Helper calls: one read of the socket's head (tuple, family, proto), the
-/// event's common part, an owner lookup, the output; two more reads on
-/// CLOSE. `sk_protocol` is read only for sockets [`is_tcp`] does not know.
+/// Reads the socket at `sk` (see [`with_sock_head`]) and makes its event.
 #[inline(always)]
 fn set_state_event(args: &Args, sk: u64) {
+    with_sock_head!(sk, |head| set_state_event_from(args, sk, head), else {
+        odd::oddity(oddity::SET_STATE_SOCK, sk)
+    })
+}
+
+/// Helper calls, where reads are not loads: one read of the socket's head
+/// (tuple, family, proto), the event's common part, an owner lookup, the
+/// output; two more reads on CLOSE. `sk_protocol` is read only for sockets
+/// [`is_tcp`] does not know.
+#[inline(always)]
+fn set_state_event_from<F: SockFields>(args: &Args, sk: u64, head: SockHead<F>) {
     let pos = &config().set_state;
-    let Some(head) = SockHead::read(sk) else {
-        odd::oddity(oddity::SET_STATE_SOCK, sk);
-        return;
-    };
-    match is_tcp(sk, &head) {
+    match is_tcp(&head) {
         Some(true) => {}
         Some(false) => {
             count(counter::NOT_TCP);
@@ -648,7 +584,7 @@ fn set_state_event(args: &Args, sk: u64) {
     let event = new_event(&mut slot, kind::STATE, sk);
     event.oldstate = args.get(pos.int0) as u8;
     event.newstate = args.get(pos.int1) as u8;
-    head.fill_endpoints(sk, event);
+    head.fill_endpoints(event);
     event.aux = head.cookie();
     let starts = event.oldstate == tcp_state::CLOSE || event.oldstate == tcp_state::LISTEN;
     if starts || config().filter.flags & filter::NETNS != 0 {
@@ -658,7 +594,7 @@ fn set_state_event(args: &Args, sk: u64) {
     }
     track_owner(event);
     if event.newstate == tcp_state::CLOSE {
-        read_unread(sk, event);
+        read_unread(&head, event);
         if event.oldstate == tcp_state::FIN_WAIT2 && o.flags != ABSENT && o.done_bit < 64 {
             // Did the peer's FIN come (SOCK_DONE, set as it arrives), or is
             // this the orphan handed to a FIN_WAIT2 mini-socket while the
@@ -668,24 +604,6 @@ fn set_state_event(args: &Args, sk: u64) {
         }
     }
     finish_sock_event(event);
-}
-
-#[raw_tracepoint(tracepoint = "softirq_entry")]
-pub fn softirq_entry(_ctx: RawTracePointContext) -> i32 {
-    if let Some(depth) = IN_SOFTIRQ.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, only this CPU writes it.
-        unsafe { *depth = 1 };
-    }
-    0
-}
-
-#[raw_tracepoint(tracepoint = "softirq_exit")]
-pub fn softirq_exit(_ctx: RawTracePointContext) -> i32 {
-    if let Some(depth) = IN_SOFTIRQ.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, only this CPU writes it.
-        unsafe { *depth = 0 };
-    }
-    0
 }
 
 #[cfg(target_arch = "bpf")]

@@ -80,25 +80,90 @@ pub unsafe fn current_comm_into(dst: *mut [u8; COMM_LEN]) {
     unsafe { generated::bpf_get_current_comm(dst.cast(), COMM_LEN as u32) };
 }
 
-/// The head of a `struct sock_common`: tuple, family, state and cookie.
-pub struct SockHead {
-    /// Direct reads: the socket itself, cast for loads.
-    base: *const u8,
-    /// Otherwise: a copy of its head, made by one helper call.
-    words: MaybeUninit<[u64; SOCK_HEAD_BYTES / 8]>,
+/// How a socket's fields are read: [`Loaded`] or [`Copied`].
+pub trait SockFields {
+    /// The socket's address.
+    fn sk(&self) -> u64;
+    /// The field at `offset` in the head (from BTF, aligned to `T` by the
+    /// loader; the caller checks it lies in the head).
+    fn head<T: Scalar>(&self, offset: usize) -> T;
+    /// A field beyond the head: `None` when it cannot be read.
+    fn far<T: Scalar>(&self, offset: u32) -> Option<T>;
 }
 
-impl SockHead {
-    /// No helper call with direct reads; otherwise one, for every field the
-    /// socket events need.
+/// Direct reads: the socket itself, cast once for every load (the cast is
+/// a register move once verified). No helper call, and nothing copied to
+/// the stack.
+pub struct Loaded {
+    sk: u64,
+    base: *const u8,
+}
+
+impl SockFields for Loaded {
     #[inline(always)]
-    pub fn read(sk: u64) -> Option<SockHead> {
-        if direct() {
-            return Some(SockHead {
-                base: rdonly_cast(sk),
-                words: MaybeUninit::uninit(),
-            });
-        }
+    fn sk(&self) -> u64 {
+        self.sk
+    }
+
+    #[inline(always)]
+    fn head<T: Scalar>(&self, offset: usize) -> T {
+        // SAFETY: a probe load through the cast socket pointer.
+        unsafe { core::ptr::read_volatile(self.base.add(offset).cast::<T>()) }
+    }
+
+    #[inline(always)]
+    fn far<T: Scalar>(&self, offset: u32) -> Option<T> {
+        Some(self.head(offset as usize))
+    }
+}
+
+/// Helper reads: the head copied to the stack by one call, fields beyond
+/// it one call each.
+pub struct Copied {
+    sk: u64,
+    words: [u64; SOCK_HEAD_BYTES / 8],
+}
+
+impl SockFields for Copied {
+    #[inline(always)]
+    fn sk(&self) -> u64 {
+        self.sk
+    }
+
+    #[inline(always)]
+    fn head<T: Scalar>(&self, offset: usize) -> T {
+        // SAFETY: the copy was fully written by the successful read; the
+        // caller keeps `offset` in bounds, the loader aligned.
+        unsafe { core::ptr::read(self.words.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+    }
+
+    #[inline(always)]
+    fn far<T: Scalar>(&self, offset: u32) -> Option<T> {
+        read_bytes(self.sk + u64::from(offset))
+    }
+}
+
+/// The head of a `struct sock_common` (tuple, family, state and cookie)
+/// and the socket's other fields, read the way this kernel allows. The
+/// two ways are two types, not a branch inside one: the helper's stack
+/// copy would otherwise take 104 of the state program's 512 stack bytes
+/// on kernels that never make it ([`with_sock_head`]).
+pub struct SockHead<F>(F);
+
+impl SockHead<Loaded> {
+    #[inline(always)]
+    pub fn load(sk: u64) -> SockHead<Loaded> {
+        SockHead(Loaded {
+            sk,
+            base: rdonly_cast(sk),
+        })
+    }
+}
+
+impl SockHead<Copied> {
+    /// One helper call for every field of the head; `None` if it fails.
+    #[inline(always)]
+    pub fn copy(sk: u64) -> Option<SockHead<Copied>> {
         let mut words = MaybeUninit::<[u64; SOCK_HEAD_BYTES / 8]>::uninit();
         // SAFETY: the helper checks `sk` and writes SOCK_HEAD_BYTES bytes of
         // our stack, or fails (then nothing is read from it).
@@ -109,12 +174,37 @@ impl SockHead {
                 sk as *const core::ffi::c_void,
             )
         };
-        (rc == 0).then_some(SockHead {
-            base: core::ptr::null(),
-            words,
+        // SAFETY: fully written by the successful read.
+        (rc == 0).then(|| {
+            SockHead(Copied {
+                sk,
+                words: unsafe { words.assume_init() },
+            })
         })
     }
+}
 
+/// Runs `$body` with `$head` bound to the head of the socket at `$sk`,
+/// read the way this kernel allows (the body is compiled once for each
+/// way, and the verifier keeps the one this kernel takes), or `$failed`
+/// when the helper cannot read it.
+macro_rules! with_sock_head {
+    ($sk:expr, |$head:ident| $body:expr, else $failed:expr) => {{
+        let sk = $sk;
+        if $crate::read::direct() {
+            let $head = $crate::read::SockHead::load(sk);
+            $body
+        } else {
+            match $crate::read::SockHead::copy(sk) {
+                Some($head) => $body,
+                None => $failed,
+            }
+        }
+    }};
+}
+pub(crate) use with_sock_head;
+
+impl<F: SockFields> SockHead<F> {
     /// The field at `offset` (from BTF, aligned to `T` by the loader), or
     /// zero for a field outside the head ([`tcptrace_common::ABSENT`]).
     #[inline(always)]
@@ -123,14 +213,14 @@ impl SockHead {
         if offset + size_of::<T>() > SOCK_HEAD_BYTES {
             return T::default();
         }
-        if direct() {
-            // SAFETY: a probe load through the cast socket pointer.
-            return unsafe { core::ptr::read_volatile(self.base.add(offset).cast::<T>()) };
-        }
-        // SAFETY: the copy was fully written by the successful read; in
-        // bounds (checked above) and aligned (the loader admits only
-        // offsets aligned to the field's size).
-        unsafe { core::ptr::read(self.words.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+        self.0.head(offset)
+    }
+
+    /// A field of the socket beyond its head (`offset` from BTF): a load
+    /// with direct reads, else one more helper call.
+    #[inline(always)]
+    pub fn far<T: Scalar>(&self, offset: u32) -> Option<T> {
+        self.0.far(offset)
     }
 
     /// A 16-byte address at `offset`, as four words.
@@ -190,9 +280,9 @@ impl SockHead {
     }
 
     /// Family, ports (host order) and addresses (network order) of the
-    /// socket at `sk` whose head this is.
+    /// socket whose head this is.
     #[inline(always)]
-    pub fn fill_endpoints(&self, sk: u64, event: &mut Event) {
+    pub fn fill_endpoints(&self, event: &mut Event) {
         let o = &config().sock;
         event.family = self.get::<u16>(o.family);
         event.sport = self.get::<u16>(o.num);
@@ -204,9 +294,9 @@ impl SockHead {
             // A socket going to CLOSE has already given its port back
             // (skc_num is 0); inet_sport still names it. One more read,
             // on closes.
-            match read_kernel::<u16>(sk + u64::from(o.inet_sport)) {
+            match self.far::<u16>(u32::from(o.inet_sport)) {
                 Some(port) => event.sport = u16::from_be(port),
-                None => odd::oddity(oddity::SPORT_READ, sk),
+                None => odd::oddity(oddity::SPORT_READ, self.0.sk()),
             }
         }
         event.dport = u16::from_be(self.get::<u16>(o.dport));

@@ -5,11 +5,11 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use tcptrace_common::{ABSENT, ArgPos, NO_ARG, QUEUED_ERROR, filter, flag, kind, oddity};
+use tcptrace_common::{ABSENT, ArgPos, Event, NO_ARG, QUEUED_ERROR, filter, flag, kind, oddity};
 
 use crate::{
     Args, attach_owner, config, finish_sock_event, forget_owner, is_tcp, new_event, odd,
-    read::{self, SockHead, read_kernel},
+    read::{self, SockFields, SockHead, read_kernel, with_sock_head},
     submit,
 };
 
@@ -28,17 +28,9 @@ fn sock_event(ctx: &RawTracePointContext, pos: &ArgPos, event_kind: u8) -> i32 {
     } else {
         sk
     };
-    if tuple_of != 0 {
-        let Some(head) = SockHead::read(tuple_of) else {
-            odd::oddity(oddity::SOCK_HEAD, u64::from(event_kind));
-            return 0;
-        };
-        head.fill_endpoints(tuple_of, event);
-        event.newstate = head.state();
-        event.aux = head.cookie();
-        if config().filter.flags & filter::NETNS != 0 {
-            event.netns = head.netns();
-        }
+    if tuple_of != 0 && !with_sock_head!(tuple_of, |head| fill_from(&head, event), else false) {
+        odd::oddity(oddity::SOCK_HEAD, u64::from(event_kind));
+        return 0;
     }
     if pos.int0 != NO_ARG {
         event.value = args.get(pos.int0) as u32;
@@ -52,6 +44,19 @@ fn sock_event(ctx: &RawTracePointContext, pos: &ArgPos, event_kind: u8) -> i32 {
     attach_owner(event);
     finish_sock_event(event);
     0
+}
+
+/// The tuple, state and cookie (and namespace, for its filter) from the
+/// socket's head. True: read.
+#[inline(always)]
+fn fill_from<F: SockFields>(head: &SockHead<F>, event: &mut Event) -> bool {
+    head.fill_endpoints(event);
+    event.newstate = head.state();
+    event.aux = head.cookie();
+    if config().filter.flags & filter::NETNS != 0 {
+        event.netns = head.netns();
+    }
+    true
 }
 
 #[raw_tracepoint(tracepoint = "tcp_send_reset")]
@@ -109,23 +114,29 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
         // not be told from TCP's.
         return 0;
     }
-    let Some(head) = SockHead::read(sk) else {
-        odd::oddity(oddity::ERROR_REPORT_SOCK, sk);
-        return 0;
-    };
+    with_sock_head!(sk, |head| error_report_from(sk, head), else {
+        odd::oddity(oddity::ERROR_REPORT_SOCK, sk)
+    });
+    0
+}
+
+/// [`inet_sk_error_report`]'s event, from the socket's head.
+#[inline(always)]
+fn error_report_from<F: SockFields>(sk: u64, head: SockHead<F>) {
+    let o = &config().sock;
     // UDP and raw sockets report errors here too: the head already read
     // tells TCP's (see is_tcp), without reading sk_protocol for each.
-    match is_tcp(sk, &head) {
+    match is_tcp(&head) {
         Some(true) => {}
-        Some(false) => return 0,
+        Some(false) => return,
         None => {
             odd::oddity(oddity::ERROR_REPORT_SOCK, sk);
-            return 0;
+            return;
         }
     }
     let mut slot = MaybeUninit::uninit();
     let event = new_event(&mut slot, kind::ERROR_REPORT, sk);
-    head.fill_endpoints(sk, event);
+    head.fill_endpoints(event);
     event.newstate = head.state();
     event.aux = head.cookie();
     let byte = |offset: u16| {
@@ -169,5 +180,4 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     }
     attach_owner(event);
     finish_sock_event(event);
-    0
 }

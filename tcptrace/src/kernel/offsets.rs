@@ -188,12 +188,28 @@ pub(super) fn context_offsets(btf: &Btf) -> ContextConfig {
         };
         let preempt_count = btf.percpu_offset("__preempt_count", 4)?;
         let runqueues = btf.percpu_offset("runqueues", btf.struct_size("rq")?)?;
+        let distance = |from: u32, to: u32| i32::try_from(i64::from(to) - i64::from(from)).ok();
+        // Optional: without them, who is on the CPU comes from helpers.
+        let current = || {
+            let current_task = btf.percpu_offset("current_task", 8)?;
+            let (pid, 4) = btf.member("task_struct", "pid")? else {
+                return None;
+            };
+            let (comm, 16) = btf.member("task_struct", "comm")? else {
+                return None;
+            };
+            Some((distance(preempt_count, current_task)?, pid, comm))
+        };
+        let (current_task_from_preempt_count, task_pid, task_comm) = current().unwrap_or_default();
         Some(ContextConfig {
             task_cfs_rq: se.checked_add(cfs_rq)?,
             cfs_rq_rq: rq,
             rq_cpu,
-            preempt_count_from_rq: i32::try_from(i64::from(preempt_count) - i64::from(runqueues))
-                .ok()?,
+            preempt_count_from_rq: distance(runqueues, preempt_count)?,
+            current_task_from_preempt_count,
+            task_pid,
+            task_comm,
+            _pad: 0,
         })
     };
     found().unwrap_or_default()

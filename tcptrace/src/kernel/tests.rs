@@ -202,4 +202,20 @@ fn preempt_count_is_found_from_the_runqueue_on_this_kernel() {
     );
     assert_eq!(btf.member("rq", "cpu"), Some((context.rq_cpu, 4)));
     assert!(context.cfs_rq_rq > 0 && context.task_cfs_rq > 0);
+    // The on-CPU task's variable, where this kernel has it per CPU.
+    if let Some(current_task) = btf.percpu_offset("current_task", 8) {
+        assert!(context.finds_current_task(), "{context:?}");
+        assert_eq!(
+            i64::from(context.current_task_from_preempt_count),
+            i64::from(current_task) - i64::from(preempt_count.unwrap())
+        );
+        assert_eq!(
+            btf.member("task_struct", "pid"),
+            Some((context.task_pid, 4))
+        );
+        assert_eq!(
+            btf.member("task_struct", "comm"),
+            Some((context.task_comm, 16))
+        );
+    }
 }
