@@ -126,19 +126,35 @@ pub fn current_task() -> u64 {
 /// Plain loads from the task where possible (no helper call at all);
 /// otherwise `bpf_get_current_pid_tgid` and `bpf_get_current_comm`.
 ///
-/// Not inlined: its stack would add to every program's, and the state
+/// A bystander's (neither asked for) costs two stores, inline; the rest
+/// is not inlined: its stack would add to every program's, and the state
 /// programs are near the verifier's 512 bytes.
 ///
 /// # Safety
 /// `task` is valid for writes and 8-byte aligned.
-#[inline(never)]
+#[inline(always)]
 pub unsafe fn on_cpu_into(task: *mut Task, ids: bool, name: bool) {
+    if !ids && !name {
+        // SAFETY: as the caller promises.
+        unsafe {
+            zero8(addr_of_mut!((*task).pid).cast());
+            zero16(addr_of_mut!((*task).comm));
+        }
+        return;
+    }
+    // SAFETY: as the caller promises.
+    unsafe { read_on_cpu_into(task, ids, name) }
+}
+
+/// [`on_cpu_into`] for a task that is not a bystander: one call, where a
+/// bystander (most events: softirq, destroys) makes none.
+///
+/// # Safety
+/// As [`on_cpu_into`].
+#[inline(never)]
+unsafe fn read_on_cpu_into(task: *mut Task, ids: bool, name: bool) {
     let c = &config().context;
-    let loaded = if ids || name {
-        current_task_by_load()
-    } else {
-        None
-    };
+    let loaded = current_task_by_load();
     // SAFETY: as the caller promises; the casts keep 8-byte alignment.
     unsafe {
         match loaded {
