@@ -82,29 +82,22 @@ pub unsafe fn current_comm_into(dst: *mut [u8; COMM_LEN]) {
 
 /// How a socket's fields are read: [`Loaded`] or [`Copied`].
 pub trait SockFields {
-    /// The socket's address.
-    fn sk(&self) -> u64;
     /// The field at `offset` in the head (from BTF, aligned to `T` by the
     /// loader; the caller checks it lies in the head).
     fn head<T: Scalar>(&self, offset: usize) -> T;
-    /// A field beyond the head: `None` when it cannot be read.
-    fn far<T: Scalar>(&self, offset: u32) -> Option<T>;
+    /// A field beyond the head of the socket at `sk`: `None` when it
+    /// cannot be read.
+    fn far<T: Scalar>(&self, sk: u64, offset: u32) -> Option<T>;
 }
 
 /// Direct reads: the socket itself, cast once for every load (the cast is
 /// a register move once verified). No helper call, and nothing copied to
 /// the stack.
 pub struct Loaded {
-    sk: u64,
     base: *const u8,
 }
 
 impl SockFields for Loaded {
-    #[inline(always)]
-    fn sk(&self) -> u64 {
-        self.sk
-    }
-
     #[inline(always)]
     fn head<T: Scalar>(&self, offset: usize) -> T {
         // SAFETY: a probe load through the cast socket pointer.
@@ -112,7 +105,7 @@ impl SockFields for Loaded {
     }
 
     #[inline(always)]
-    fn far<T: Scalar>(&self, offset: u32) -> Option<T> {
+    fn far<T: Scalar>(&self, _sk: u64, offset: u32) -> Option<T> {
         Some(self.head(offset as usize))
     }
 }
@@ -120,16 +113,10 @@ impl SockFields for Loaded {
 /// Helper reads: the head copied to the stack by one call, fields beyond
 /// it one call each.
 pub struct Copied {
-    sk: u64,
     words: [u64; SOCK_HEAD_BYTES / 8],
 }
 
 impl SockFields for Copied {
-    #[inline(always)]
-    fn sk(&self) -> u64 {
-        self.sk
-    }
-
     #[inline(always)]
     fn head<T: Scalar>(&self, offset: usize) -> T {
         // SAFETY: the copy was fully written by the successful read; the
@@ -138,8 +125,8 @@ impl SockFields for Copied {
     }
 
     #[inline(always)]
-    fn far<T: Scalar>(&self, offset: u32) -> Option<T> {
-        read_bytes(self.sk + u64::from(offset))
+    fn far<T: Scalar>(&self, sk: u64, offset: u32) -> Option<T> {
+        read_bytes(sk + u64::from(offset))
     }
 }
 
@@ -148,15 +135,20 @@ impl SockFields for Copied {
 /// two ways are two types, not a branch inside one: the helper's stack
 /// copy would otherwise take 104 of the state program's 512 stack bytes
 /// on kernels that never make it ([`with_sock_head`]).
-pub struct SockHead<F>(F);
+pub struct SockHead<F> {
+    sk: u64,
+    fields: F,
+}
 
 impl SockHead<Loaded> {
     #[inline(always)]
     pub fn load(sk: u64) -> SockHead<Loaded> {
-        SockHead(Loaded {
+        SockHead {
             sk,
-            base: rdonly_cast(sk),
-        })
+            fields: Loaded {
+                base: rdonly_cast(sk),
+            },
+        }
     }
 }
 
@@ -175,11 +167,11 @@ impl SockHead<Copied> {
             )
         };
         // SAFETY: fully written by the successful read.
-        (rc == 0).then(|| {
-            SockHead(Copied {
-                sk,
+        (rc == 0).then(|| SockHead {
+            sk,
+            fields: Copied {
                 words: unsafe { words.assume_init() },
-            })
+            },
         })
     }
 }
@@ -213,14 +205,14 @@ impl<F: SockFields> SockHead<F> {
         if offset + size_of::<T>() > SOCK_HEAD_BYTES {
             return T::default();
         }
-        self.0.head(offset)
+        self.fields.head(offset)
     }
 
     /// A field of the socket beyond its head (`offset` from BTF): a load
     /// with direct reads, else one more helper call.
     #[inline(always)]
     pub fn far<T: Scalar>(&self, offset: u32) -> Option<T> {
-        self.0.far(offset)
+        self.fields.far(self.sk, offset)
     }
 
     /// A 16-byte address at `offset`, as four words.
@@ -296,7 +288,7 @@ impl<F: SockFields> SockHead<F> {
             // on closes.
             match self.far::<u16>(u32::from(o.inet_sport)) {
                 Some(port) => event.sport = u16::from_be(port),
-                None => odd::oddity(oddity::SPORT_READ, self.0.sk()),
+                None => odd::oddity(oddity::SPORT_READ, self.sk),
             }
         }
         event.dport = u16::from_be(self.get::<u16>(o.dport));
