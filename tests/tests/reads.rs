@@ -8,6 +8,7 @@ use std::{
     io::Write,
     net::{IpAddr, TcpListener, TcpStream},
     process::{Command, Stdio},
+    sync::Mutex,
     time::Duration,
 };
 
@@ -17,6 +18,12 @@ use tcptrace_tests::{
     bpf_objects::{Kind, held_by},
     json_run::traced,
 };
+
+/// One test at a time: a process the other test starts is forked from
+/// this one, and until it execs it holds this one's sockets. A socket
+/// dropped meanwhile is closed for real by that child's exec, and
+/// tcptrace rightly names the child as its closer (seen once).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Calls of `bpf_probe_read_kernel` in the state-change program the CLI
 /// started with `args` runs, as the kernel shows its verified program.
@@ -40,6 +47,7 @@ fn probe_reads_in_the_state_program(args: &[&str]) -> usize {
 
 #[test]
 fn the_state_program_reads_with_loads_where_the_kernel_allows_and_with_the_helper_when_told() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let layout = tcptrace::kernel::KernelLayout::read_running().expect("the kernel's layout");
     let with_helper = probe_reads_in_the_state_program(&["--json", "--no-direct-reads"]);
     assert!(
@@ -134,6 +142,7 @@ fn sockets_of_a_connection(ip: IpAddr, args: &[&str]) -> Value {
 
 #[test]
 fn plain_loads_and_helper_reads_report_the_same_sockets() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let me = u64::from(std::process::id());
     let my_netns = std::fs::metadata("/proc/self/ns/net")
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
