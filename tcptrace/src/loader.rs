@@ -182,6 +182,14 @@ impl Tracer {
         let log_level = kernel_log::kernel_level(log::max_level());
         let rdonly_cast = layout.rdonly_cast.filter(|_| opts.direct_reads);
         config.reads.direct = u32::from(rdonly_cast.is_some());
+        log::debug!(
+            "kernel memory read {}",
+            match (rdonly_cast, layout.rdonly_cast) {
+                (Some(_), _) => "with loads (bpf_rdonly_cast)",
+                (None, Some(_)) => "with bpf_probe_read_kernel (--no-direct-reads)",
+                (None, None) => "with bpf_probe_read_kernel (no bpf_rdonly_cast to void here)",
+            }
+        );
         let (object, _) = kfuncs::with_rdonly_cast(KERNEL_OBJECT, rdonly_cast)?;
         let mut ebpf = without_kernel_btf(|| {
             let mut loader = EbpfLoader::new();
