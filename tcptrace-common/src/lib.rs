@@ -9,6 +9,35 @@
 /// Length of a task's `comm`, as in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
+/// A task name's two little-endian words (a `comm` read as two loads) with
+/// every byte after its first NUL zeroed, as `bpf_get_current_comm` pads
+/// it: the `--comm` filter compares all 16 bytes. Word arithmetic, no
+/// loop, for the kernel program.
+#[inline(always)]
+pub const fn comm_words_up_to_nul(low: u64, high: u64) -> (u64, u64) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Flags the zero bytes; the lowest flag is always the first NUL (a
+    // byte above it may be flagged falsely by the borrow, and is masked
+    // off anyway).
+    const fn zero_bytes(w: u64) -> u64 {
+        w.wrapping_sub(ONES) & !w & HIGHS
+    }
+    // All ones below the lowest flagged byte.
+    const fn below_first(flags: u64) -> u64 {
+        ((flags & flags.wrapping_neg()) >> 7).wrapping_sub(1)
+    }
+    let in_low = zero_bytes(low);
+    if in_low != 0 {
+        return (low & below_first(in_low), 0);
+    }
+    let in_high = zero_bytes(high);
+    if in_high != 0 {
+        return (low, high & below_first(in_high));
+    }
+    (low, high)
+}
+
 /// A field the running kernel does not have, or that lies outside what the
 /// kernel program reads (see [`SockOffsets`]).
 pub const ABSENT: u16 = u16::MAX;
@@ -576,4 +605,45 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Task {}
     unsafe impl aya::Pod for super::ListenerKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The name the helper would give: bytes up to the first NUL, then 0.
+    fn padded(raw: [u8; COMM_LEN]) -> [u8; COMM_LEN] {
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        let mut out = [0; COMM_LEN];
+        out[..end].copy_from_slice(&raw[..end]);
+        out
+    }
+
+    fn masked(raw: [u8; COMM_LEN]) -> [u8; COMM_LEN] {
+        let low = u64::from_le_bytes(raw[..8].try_into().unwrap());
+        let high = u64::from_le_bytes(raw[8..].try_into().unwrap());
+        let (low, high) = comm_words_up_to_nul(low, high);
+        let mut out = [0; COMM_LEN];
+        out[..8].copy_from_slice(&low.to_le_bytes());
+        out[8..].copy_from_slice(&high.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn a_name_read_as_two_words_is_cut_at_its_first_nul_like_the_helpers() {
+        // Every NUL position, behind bytes that provoke the borrow trick's
+        // false flags (0x01 after a NUL, 0x80 and 0xff), and a name left
+        // over from a longer one after the NUL.
+        for nul in 0..=COMM_LEN {
+            for fill in [b'a', 0x01, 0x80, 0xff] {
+                let mut raw = [fill; COMM_LEN];
+                if nul < COMM_LEN {
+                    raw[nul] = 0;
+                }
+                assert_eq!(masked(raw), padded(raw), "NUL at {nul}, fill {fill:#x}");
+            }
+        }
+        let renamed = *b"nginx\0-worker-42";
+        assert_eq!(&masked(renamed), b"nginx\0\0\0\0\0\0\0\0\0\0\0");
+    }
 }

@@ -175,7 +175,7 @@ unsafe fn read_on_cpu_into(task: *mut Task, ids: bool, name: bool) {
             Some(current) if name => {
                 let at = current + u64::from(c.task_comm);
                 let words = comm.cast::<u64>();
-                let (low, high) = up_to_nul(
+                let (low, high) = tcptrace_common::comm_words_up_to_nul(
                     read::read_kernel::<u64>(at).unwrap_or(0),
                     read::read_kernel::<u64>(at + 8).unwrap_or(0),
                 );
@@ -186,29 +186,6 @@ unsafe fn read_on_cpu_into(task: *mut Task, ids: bool, name: bool) {
             _ => zero16(comm),
         }
     }
-}
-
-/// A name's two little-endian words with every byte after its first NUL
-/// zeroed, as `bpf_get_current_comm` pads it (the `--comm` filter compares
-/// all 16 bytes). The kernel pads names itself; this covers one being
-/// renamed while it is read.
-#[inline(always)]
-fn up_to_nul(low: u64, high: u64) -> (u64, u64) {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // The lowest flagged byte is the first NUL (bytes above it may be
-    // flagged falsely, which the mask below ignores).
-    let nul = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
-    let before_first = |flags: u64| ((flags & flags.wrapping_neg()) >> 7).wrapping_sub(1);
-    let in_low = nul(low);
-    if in_low != 0 {
-        return (low & before_first(in_low), 0);
-    }
-    let in_high = nul(high);
-    if in_high != 0 {
-        return (low, high & before_first(in_high));
-    }
-    (low, high)
 }
 
 #[raw_tracepoint(tracepoint = "softirq_entry")]
