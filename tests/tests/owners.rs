@@ -467,6 +467,15 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         // SAFETY: plain kill(2) of our own child (QUIT: graceful stop).
         unsafe { libc::kill(self.master.0.id() as i32, libc::SIGQUIT) };
+        // The master stops its workers before it exits. Killed at once (by
+        // KillOnDrop), it left them running as orphans, holding the test
+        // harness's output pipe (seen: workers an hour old, and a
+        // `cargo test | grep` that never ended). Bounded: KillOnDrop ends
+        // a master that takes longer.
+        let start = Instant::now();
+        while matches!(self.master.0.try_wait(), Ok(None)) && start.elapsed() < DEADLINE {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
