@@ -143,13 +143,13 @@ fn error_report_from<F: SockFields>(sk: u64, head: SockHead<F>) {
         if offset == ABSENT {
             return 0;
         }
-        read_kernel::<u8>(sk + u64::from(offset)).unwrap_or_else(|| {
+        head.far::<u8>(u32::from(offset)).unwrap_or_else(|| {
             odd::oddity(oddity::ERROR_READ, sk);
             0
         })
     };
     if o.sk_err != ABSENT {
-        match read_kernel::<i32>(sk + u64::from(o.sk_err)) {
+        match head.far::<i32>(u32::from(o.sk_err)) {
             Some(err) => event.value = err as u32,
             None => odd::oddity(oddity::ERROR_READ, sk),
         }
@@ -159,7 +159,9 @@ fn error_report_from<F: SockFields>(sk: u64, head: SockHead<F>) {
     // its errno is in the newest queued skb's control block.
     if event.value == 0 && o.error_queue != ABSENT && o.queued_errno != ABSENT {
         let queue = sk + u64::from(o.error_queue);
-        let skb = read_kernel::<u64>(queue + u64::from(o.queue_prev)).unwrap_or(0);
+        let skb = head
+            .far::<u64>(u32::from(o.error_queue) + u32::from(o.queue_prev))
+            .unwrap_or(0);
         // An empty queue's `prev` points at the queue head itself.
         if skb != 0 && skb != queue {
             match read_kernel::<u32>(skb + u64::from(o.queued_errno)) {
@@ -173,7 +175,7 @@ fn error_report_from<F: SockFields>(sk: u64, head: SockHead<F>) {
     // TCP_USER_TIMEOUT, when set, is what gave up (not tcp_retries2 or the
     // keepalive count): one more read, on this rare path only.
     if o.user_timeout != ABSENT {
-        match read_kernel::<u32>(sk + u64::from(o.user_timeout)) {
+        match head.far::<u32>(u32::from(o.user_timeout)) {
             Some(ms) => event.unread = ms,
             None => odd::oddity(oddity::ERROR_READ, sk),
         }
