@@ -26,7 +26,7 @@ use crate::{
     snapshot::Seeds,
 };
 
-/// The kernel object, built by build.rs (aya-build) from tcptrace-ebpf.
+/// The kernel object, built by build.rs (a nested cargo) from tcptrace-ebpf.
 static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
 
 /// The kernel object this binary loads (empty when built with
