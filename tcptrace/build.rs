@@ -79,18 +79,25 @@ fn build_kernel_object(root_dir: &Path, out_dir: &Path, object: &Path) -> anyhow
     ]
     .join("\x1f");
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--package", "tcptrace-ebpf"])
-        .args(["--bins", "--message-format=json", "--release"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(out_dir.join("ebpf-target"))
-        .current_dir(root_dir)
-        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
-        // The outer build's compiler and wrappers are stable's.
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--package",
+        "tcptrace-ebpf",
+    ])
+    .args(["--bins", "--message-format=json", "--release"])
+    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+    .arg("--target-dir")
+    .arg(out_dir.join("ebpf-target"))
+    .current_dir(root_dir)
+    .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+    // The outer build's compiler and wrappers are stable's.
+    .env_remove("RUSTC")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {cmd:?} (is rustup installed?)"))?;

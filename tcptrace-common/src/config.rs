@@ -104,12 +104,12 @@ pub struct Config {
     pub filter: Filter,
     /// Signals (bit n = signal n) worth reporting: those that kill by default.
     pub signal_mask: u64,
-    /// Bytes waiting in the ring buffer past which a submit wakes the reader;
-    /// below it, the reader drains on its timer.
-    pub wakeup_bytes: u64,
-    /// Events between two checks of that backlog, per CPU: fewer than the
-    /// wakeup threshold holds, so that a small ring still wakes its reader.
-    pub query_every: u32,
+    /// Slots waiting in a ring past which a submit wakes the reader
+    /// ([`crate::ring::wake_at`]); below it, the reader drains on its timer.
+    pub wake_at: u64,
+    /// log2 of the slots in each ring ([`crate::ring`]): slot `n` of ring
+    /// `r` is element `(r << slot_shift) + n` of the kernel's slot array.
+    pub slot_shift: u32,
     /// Rings − 1 (a power of two less one): an event goes to ring
     /// `cpu & ring_mask`, so that CPUs do not contend for one ring.
     pub ring_mask: u32,
@@ -162,8 +162,8 @@ impl Config {
             comm: [0; COMM_LEN],
         },
         signal_mask: 0,
-        wakeup_bytes: 0,
-        query_every: 1,
+        wake_at: 1,
+        slot_shift: 6,
         ring_mask: 0,
         drop: DropConfig {
             args: ArgPos::NONE,

@@ -550,6 +550,7 @@ pub mod counter {
 
 pub mod netstat;
 pub mod oddity;
+pub mod ring;
 
 mod config;
 pub use config::{

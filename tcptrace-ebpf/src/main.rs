@@ -36,8 +36,10 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tcptrace_common::{
-    ABSENT, AF_INET6, ArgPos, Config, DEFAULT_RING_BYTES, Event, IPPROTO_TCP, ListenerKey, Task,
-    counter, filter, flag, kind, more_flags, oddity, tcp_state,
+    ABSENT, AF_INET6, ArgPos, Config, Event, IPPROTO_TCP, ListenerKey, MAX_RINGS, Task, counter,
+    filter, flag, kind, more_flags, oddity,
+    ring::{RingPos, Slot, seq_word},
+    tcp_state,
 };
 
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
@@ -47,36 +49,30 @@ use crate::{
     read::{SockFields, SockHead, with_sock_head},
 };
 
-// bpf_ringbuf_output flags and bpf_ringbuf_query's BPF_RB_AVAIL_DATA.
-const BPF_RB_NO_WAKEUP: u64 = 1;
+/// `bpf_ringbuf_output`'s flag that wakes the reader at once.
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
+/// `BPF_F_MMAPABLE`: the reader maps the array into its memory.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Filled in by the loader (`EbpfLoader::set_global`) before loading.
 #[unsafe(no_mangle)]
 static CONFIG: Config = Config::EMPTY;
 
-// One ring per CPU, up to MAX_RINGS (see there why); the loader sizes the
-// rings it uses and shrinks the others to a page. Separate maps, not an
-// array of maps: aya-ebpf has none, and a switch on a constant mask costs
-// a few instructions.
+/// The event rings' slots ([`tcptrace_common::ring`]): ring `r`'s slot `n`
+/// is element `(r << slot_shift) + n`. The loader sizes it (rings × slots
+/// per ring); one ring per CPU up to MAX_RINGS, so that CPUs do not
+/// contend for a ring's head.
 #[map]
-static EVENTS_0: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+static SLOTS: Array<Slot> = Array::with_max_entries(MAX_RINGS << 6, BPF_F_MMAPABLE);
+
+/// Each ring's positions: `head` is this program's, `tail` the reader's.
 #[map]
-static EVENTS_1: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+static RING_POS: Array<RingPos> = Array::with_max_entries(MAX_RINGS, BPF_F_MMAPABLE);
+
+/// Wakes the reader when a ring's backlog crosses `wake_at` (see
+/// [`submit`]); what is written here is never read.
 #[map]
-static EVENTS_2: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
-#[map]
-static EVENTS_3: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
-#[map]
-static EVENTS_4: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
-#[map]
-static EVENTS_5: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
-#[map]
-static EVENTS_6: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
-#[map]
-static EVENTS_7: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
-const _: () = assert!(tcptrace_common::MAX_RINGS == 8);
+static WAKE: RingBuf = RingBuf::with_byte_size(4096, 0);
 
 /// `counter::*` per CPU: produced = received + lost holds exactly.
 #[map]
@@ -105,10 +101,6 @@ static SNAPSHOT_OWNERS: HashMap<u64, Task> = HashMap::with_max_entries(65536, 0)
 /// Process ids (tgids) to trace when `filter::PID` is on.
 #[map]
 static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
-
-/// Per CPU: events left until the next ring-buffer backlog check.
-#[map]
-static QUERY_COUNTDOWN: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Most `inet_sock_set_state` runs one CPU can have begun and not yet seen
 /// through to their backup's run: a firing nests only under an interrupt.
@@ -362,55 +354,153 @@ unsafe fn zero16(dst: *mut [u8; 16]) {
     }
 }
 
-/// Events between two backlog checks, per CPU (at least 1).
-#[inline(always)]
-fn backlog_check_due() -> bool {
-    let Some(countdown) = QUERY_COUNTDOWN.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: per-CPU slot, only this CPU writes it.
-    unsafe {
-        if *countdown == 0 {
-            *countdown = config().query_every.saturating_sub(1);
-            true
-        } else {
-            *countdown -= 1;
-            false
-        }
-    }
-}
-
-/// One helper call per event (`bpf_ringbuf_output`), plus a backlog query
-/// every `query_every` events: waking the reader per event costs more than
-/// the event itself, so it is woken only when a backlog builds and its
-/// timer drains the rest. The ring is this CPU's (`Event::cpu`, already
-/// read): userspace merges the rings back into time order. Each record is
-/// the shortest prefix of the event that holds its non-zero sections
-/// ([`Event::record_len`]): a ring holds half as many again (1,640 → 2,440
-/// churn events in a stalled 256 KiB ring). The kernel's cost hardly
-/// changes: the output's is mostly fixed (see docs/kernel-behaviour.md).
+/// Writes the event into a slot of this CPU's ring ([`tcptrace_common::ring`]
+/// says how the reader and this program share it): no helper call, except
+/// one `bpf_ringbuf_output` to wake the reader when the ring's backlog
+/// crosses `wake_at` (below that, the reader drains on its timer: a wakeup
+/// per event would cost more than the event). The whole event is stored;
+/// the reader keeps only the prefix that holds its non-zero sections.
 #[inline(always)]
 fn submit(event: &Event) {
     count(counter::PRODUCED);
-    let ring = match event.cpu & config().ring_mask {
-        0 => &EVENTS_0,
-        1 => &EVENTS_1,
-        2 => &EVENTS_2,
-        3 => &EVENTS_3,
-        4 => &EVENTS_4,
-        5 => &EVENTS_5,
-        6 => &EVENTS_6,
-        _ => &EVENTS_7,
-    };
-    let mut wake = BPF_RB_NO_WAKEUP;
-    if backlog_check_due() && ring.query(BPF_RB_AVAIL_DATA) >= config().wakeup_bytes {
-        wake = BPF_RB_FORCE_WAKEUP;
-    }
-    // Only the prefix that holds the event's non-zero sections: most
-    // records are 80-112 bytes of the 152 (see record_len).
-    if ring.output::<[u8]>(event.record(), wake).is_err() {
+    let cfg = config();
+    let ring = event.cpu & cfg.ring_mask;
+    let Some(pos) = RING_POS.get_ptr_mut(ring) else {
         count(counter::LOST);
+        return;
+    };
+    let size = 1u64 << cfg.slot_shift;
+    // SAFETY: `pos` is a valid, 8-byte-aligned map value. The reader only
+    // ever stores `tail`; this program stores `head` (atomically: a program
+    // that interrupts this one on this CPU reserves the next position) and
+    // `limit` (plainly: a nested store of an older limit only costs a
+    // read of `tail` more).
+    let (at, since_tail, tail_read) = unsafe {
+        let head = addr_of_mut!((*pos).head);
+        let limit_at = addr_of_mut!((*pos).limit);
+        let mut limit = limit_at.read_volatile();
+        let mut at = head.read_volatile();
+        let mut reserved = false;
+        let mut tail_read = false;
+        // A failed exchange means a nested program reserved first; two
+        // tries, then the event counts as lost rather than loop.
+        for _ in 0..2 {
+            if at >= limit {
+                // Full as last seen: where has the reader got to?
+                limit = addr_of_mut!((*pos).tail).read_volatile() + size;
+                limit_at.write_volatile(limit);
+                tail_read = true;
+                if at >= limit {
+                    break;
+                }
+            }
+            let (seen, done) = compare_exchange(head, at, at + 1);
+            if done {
+                reserved = true;
+                break;
+            }
+            at = seen;
+        }
+        if !reserved {
+            count(counter::LOST);
+            return;
+        }
+        // Slots since the tail last read, this one included.
+        (at, at + 1 + size - limit, tail_read)
+    };
+    let index = ((ring as u64) << cfg.slot_shift) | (at & (size - 1));
+    let Some(slot) = SLOTS.get_ptr_mut(index as u32) else {
+        // Cannot happen (the loader sizes SLOTS for every ring), and the
+        // reader would wait for this position for ever: say so.
+        odd::oddity(oddity::RING_SLOT, index);
+        return;
+    };
+    // Only the prefix that holds the event's non-zero sections: a socket's
+    // destroy is 4 words of 19, most state changes 10-14. Every slot line
+    // written is likely a cache miss (the reader read it a lap ago).
+    let words = event.record_len() / 8;
+    // SAFETY: the slot is reserved for this program until `seq` says
+    // otherwise; Event is 19 initialised, 8-byte-aligned words.
+    unsafe {
+        let from = core::ptr::from_ref(event).cast::<u64>();
+        let to = addr_of_mut!((*slot).event).cast::<u64>();
+        let mut i = 0;
+        while i < EVENT_WORDS {
+            if i >= words {
+                break;
+            }
+            to.add(i).write_volatile(from.add(i).read());
+            i += 1;
+        }
+        publish(addr_of_mut!((*slot).seq), seq_word(at, words as u64));
     }
+    if since_tail == cfg.wake_at || (tail_read && since_tail > cfg.wake_at) {
+        // Once a lap at most: `since_tail` grows by one per event until the
+        // tail is read again, when it may start past the threshold (the
+        // reader is behind: wake it then).
+        let _ = WAKE.output::<u64>(&0, BPF_RB_FORCE_WAKEUP);
+    }
+}
+
+/// Words in an [`Event`].
+const EVENT_WORDS: usize = core::mem::size_of::<Event>() / 8;
+
+/// `*at == old ? (*at = new, (old, true)) : (*at, false)`, atomically: one
+/// BPF compare-and-exchange (`lock cmpxchg` once JIT-compiled).
+///
+/// # Safety
+/// `at` is valid and 8-byte aligned.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn compare_exchange(at: *mut u64, old: u64, new: u64) -> (u64, bool) {
+    use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(at, old, new)
+    }
+}
+
+/// `*at = value`, after every store before it (a release store).
+///
+/// On x86-64 a plain store is one (TSO: stores become visible in program
+/// order, and the JIT keeps BPF's order). A locked exchange would be too,
+/// but it also waits for the slot's earlier stores to leave the store
+/// buffer, and those are cache misses: measured, that wait was the largest
+/// single cost of a destroy's run. Elsewhere, BPF's atomic exchange.
+///
+/// # Safety
+/// `at` is valid and 8-byte aligned.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn publish(at: *mut u64, value: u64) {
+    #[cfg(bpf_target_arch = "x86_64")]
+    unsafe {
+        at.write_volatile(value)
+    };
+    #[cfg(not(bpf_target_arch = "x86_64"))]
+    unsafe {
+        use core::intrinsics::{AtomicOrdering, atomic_xchg};
+        atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(at, value);
+    }
+}
+
+/// Host builds (clippy, check) only type-check the kernel program.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+unsafe fn compare_exchange(at: *mut u64, old: u64, new: u64) -> (u64, bool) {
+    use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    // SAFETY: as the caller promises.
+    match unsafe { AtomicU64::from_ptr(at) }.compare_exchange(old, new, SeqCst, SeqCst) {
+        Ok(seen) => (seen, true),
+        Err(seen) => (seen, false),
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+unsafe fn publish(at: *mut u64, value: u64) {
+    use core::sync::atomic::{AtomicU64, Ordering::Release};
+    // SAFETY: as the caller promises.
+    unsafe { AtomicU64::from_ptr(at) }.store(value, Release);
 }
 
 /// Bytes received but not yet read: `rcv_nxt - copied_seq` of the tcp_sock.

@@ -18,10 +18,11 @@
 
 mod merge;
 mod rings;
+mod slots;
 pub use rings::Rings;
+pub use slots::{SlotRing, open as open_slot_rings};
 
 use std::{
-    os::fd::{AsRawFd, BorrowedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -131,8 +132,8 @@ pub struct LiveInput {
 pub struct InputGauge {
     /// Bytes of records taken from the rings and not yet processed.
     backlog: Arc<AtomicUsize>,
-    /// Each ring's positions (empty when they could not be mapped).
-    rings: Arc<[RingPositions]>,
+    /// The rings' positions.
+    rings: Option<slots::RingPositions>,
 }
 
 impl InputGauge {
@@ -144,64 +145,7 @@ impl InputGauge {
     /// Bytes in the kernel's rings not yet consumed (`None` when their
     /// positions could not be mapped).
     pub fn ring_used_bytes(&self) -> Option<u64> {
-        (!self.rings.is_empty()).then(|| self.rings.iter().map(RingPositions::used).sum())
-    }
-}
-
-/// The ring's consumer and producer positions, from a read-only mapping
-/// of their two pages (aya 0.14's `RingBuf` keeps its own mapping
-/// private). The kernel allows read-only mappings of every page of a ring.
-#[derive(Debug)]
-struct RingPositions {
-    base: *mut libc::c_void,
-    len: usize,
-}
-
-// SAFETY: a read-only shared mapping of two u64 counters the kernel
-// updates; they are only read, atomically.
-unsafe impl Send for RingPositions {}
-unsafe impl Sync for RingPositions {}
-
-impl RingPositions {
-    fn map(fd: BorrowedFd<'_>) -> std::io::Result<RingPositions> {
-        let len = 2 * crate::host::page_size();
-        // SAFETY: a fresh read-only mapping of the ring fd's first two
-        // pages (consumer position, then producer position).
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(RingPositions { base, len })
-    }
-
-    /// producer − consumer: bytes written (or reserved) and not yet read.
-    fn used(&self) -> u64 {
-        let at = |offset: usize| {
-            // SAFETY: page-aligned u64s inside the mapping, which lives as
-            // long as self; the kernel writes them atomically.
-            unsafe {
-                (*self.base.cast::<u8>().add(offset).cast::<AtomicU64>()).load(Ordering::Acquire)
-            }
-        };
-        let consumer = at(0);
-        let producer = at(self.len / 2);
-        producer.saturating_sub(consumer)
-    }
-}
-
-impl Drop for RingPositions {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, unmapped once.
-        unsafe { libc::munmap(self.base, self.len) };
+        self.rings.as_ref().map(slots::RingPositions::used_bytes)
     }
 }
 
@@ -211,13 +155,9 @@ impl LiveInput {
         let (tx, rx) = unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
-        let positions: std::io::Result<Vec<_>> = rings.fds().map(RingPositions::map).collect();
-        let positions = positions
-            .map_err(|e| log::debug!("cannot map the rings' positions: {e}"))
-            .unwrap_or_default();
         let gauge = InputGauge {
             backlog: Arc::new(AtomicUsize::new(0)),
-            rings: positions.into(),
+            rings: rings.positions(),
         };
         let counts = Counts {
             read,

@@ -189,6 +189,10 @@ pub fn describe(code: u32, detail: u64) -> Option<String> {
         FOLLOW_FULL => format!(
             "sched_process_fork: the pid filter is full: process {detail} is not followed (--follow)"
         ),
+        RING_SLOT => format!(
+            "event ring slot {detail} is outside the slot array: that ring's events stop there \
+             (a bug: please report it)"
+        ),
         SPORT_READ => format!("socket {detail:#x}: its local port was unreadable"),
         NETNS_READ => format!("struct net {detail:#x}: its namespace inode was unreadable"),
         UNREAD_READ => format!("socket {detail:#x}: its unread bytes at close were unreadable"),

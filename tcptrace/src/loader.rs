@@ -11,10 +11,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::ProgramError,
 };
-use tcptrace_common::{Config, Filter, ListenerKey, Task, counter};
+use tcptrace_common::{
+    Config, Filter, ListenerKey, Task, counter,
+    ring::{slots_per_ring, wake_at},
+};
 
 use crate::{
     counters::Counters,
@@ -78,6 +81,8 @@ pub enum LoadError {
     Descriptors(#[source] std::io::Error),
     #[error("kernel map {0}")]
     Map(&'static str, #[source] aya::maps::MapError),
+    #[error("mapping the event rings into memory: {0}")]
+    MapRings(#[source] std::io::Error),
     #[error("--ring-size {0}: must be a power of two from 262144 to 1073741824 bytes")]
     RingSize(u32),
 }
@@ -169,9 +174,9 @@ impl Tracer {
             }
         }
         let (rings, ring_bytes) = ring_layout(opts.ring_bytes, aya::util::nr_cpus().ok());
-        let (wakeup_bytes, query_every) = wakeup_policy(ring_bytes);
-        config.wakeup_bytes = wakeup_bytes;
-        config.query_every = query_every;
+        let slots = slots_per_ring(ring_bytes, 1);
+        config.slot_shift = slots.ilog2();
+        config.wake_at = wake_at(u64::from(slots));
         config.ring_mask = rings - 1;
 
         // Rust eBPF carries no CO-RE relocations, so aya needs no kernel BTF:
@@ -197,11 +202,9 @@ impl Tracer {
                 .btf(None)
                 .override_global("CONFIG", &config, true)
                 .override_global(aya_log::LEVEL, &log_level, false);
-            // The rings no CPU writes to: the smallest a ring can be.
-            let page = u32::try_from(crate::host::page_size()).unwrap_or(4096);
-            for (ring, name) in (0..).zip(RING_NAMES) {
-                loader.map_max_entries(name, if ring < rings { ring_bytes } else { page });
-            }
+            // Every ring's slots; the kernel program indexes them by ring
+            // and position (see tcptrace_common::ring).
+            loader.map_max_entries("SLOTS", rings * slots);
             loader.load(&object)
         })?;
         release_freed_memory();
@@ -256,11 +259,7 @@ impl Tracer {
             );
         }
 
-        let mut ring_maps = Vec::new();
-        for name in &RING_NAMES[..rings as usize] {
-            let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
-            ring_maps.push(RingBuf::try_from(map).map_err(|e| LoadError::Map(name, e))?);
-        }
+        let ring_maps = slot_rings(&mut ebpf, rings, slots)?;
         let counters = PerCpuArray::try_from(
             ebpf.take_map("COUNTERS")
                 .ok_or(LoadError::MissingMap("COUNTERS"))?,
@@ -268,7 +267,7 @@ impl Tracer {
         .map_err(|e| LoadError::Map("COUNTERS", e))?;
         Ok(Tracer {
             ebpf,
-            rings: Some(Rings::new(ring_maps)),
+            rings: Some(ring_maps),
             owners,
             counters,
             decoder: Decoder::new(layout.reasons.clone())
@@ -538,5 +537,5 @@ mod rings;
 
 use limits::{ensure_descriptors, raise_memlock, release_freed_memory, without_kernel_btf};
 pub use limits::{has_bpf_privileges, raise_nofile};
-use rings::RING_NAMES;
-pub use rings::{ring_layout, wakeup_policy};
+pub use rings::ring_layout;
+use rings::slot_rings;

@@ -2,7 +2,7 @@
 //! several are merged back into time order ([`Merge`]).
 
 use std::{
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::Duration,
 };
 
@@ -12,31 +12,35 @@ use super::{
     Sink,
     merge::{HOLD_BACK_NS, Merge, Source},
     put_frame,
+    slots::{RingPositions, SlotRing},
 };
-use tcptrace_common::MAX_RINGS;
 
 use crate::host::monotonic_ns;
 
 /// Every ring the kernel program writes to, and what was read from them and
 /// not yet handed on.
 pub struct Rings {
-    rings: Vec<RingBuf<MapData>>,
+    rings: Vec<SlotRing>,
     /// `None` with a single ring: nothing to merge.
     merge: Option<Merge>,
-    /// The rings' wakeups, edge-triggered (`None`: epoll failed; then the
+    /// The kernel program's wakeup calls (a BPF ring buffer whose records
+    /// say nothing: drained at every read, so that it never fills).
+    wake: RingBuf<MapData>,
+    /// `wake`'s readiness, edge-triggered (`None`: epoll failed; then the
     /// reader only sleeps).
     wakeups: Option<OwnedFd>,
 }
 
 impl Rings {
-    pub fn new(rings: Vec<RingBuf<MapData>>) -> Rings {
+    pub fn new(rings: Vec<SlotRing>, wake: RingBuf<MapData>) -> Rings {
         let merge = (rings.len() > 1).then(|| Merge::new(rings.len()));
-        let wakeups = edge_triggered(&rings)
-            .map_err(|e| log::warn!("epoll on the ring buffers: {e}; reading every 20 ms only"))
+        let wakeups = edge_triggered(&wake)
+            .map_err(|e| log::warn!("epoll on the rings' wakeups: {e}; reading every 20 ms only"))
             .ok();
         Rings {
             rings,
             merge,
+            wake,
             wakeups,
         }
     }
@@ -49,7 +53,7 @@ impl Rings {
             std::thread::sleep(Duration::from_millis(ms.max(1) as u64));
             return;
         };
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_RINGS as usize];
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 1];
         // SAFETY: a valid epoll fd and a buffer of the length given.
         let rc = unsafe {
             libc::epoll_wait(
@@ -65,21 +69,27 @@ impl Rings {
         }
     }
 
-    pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
-        self.rings.iter().map(|ring| ring.as_fd())
+    /// Every ring's positions (for the metrics' gauge).
+    pub fn positions(&self) -> Option<RingPositions> {
+        self.rings.first().map(SlotRing::positions)
     }
 
     /// Reads the rings while `sink` has room, and gives it, in time order,
     /// every record no other ring can still precede; with `flush` (the
     /// programs are detached), everything.
     pub fn read(&mut self, flush: bool, sink: &mut impl Sink) {
+        while self.wake.next().is_some() {}
         let Some(merge) = &mut self.merge else {
             for ring in &mut self.rings {
                 while sink.has_room() {
-                    let Some(item) = ring.next() else { break };
-                    put_frame(sink.buf(), &item);
-                    sink.appended(item.len());
+                    let framed = ring.next_with(|record| {
+                        put_frame(sink.buf(), record);
+                        record.len()
+                    });
+                    let Some(len) = framed else { break };
+                    sink.appended(len);
                 }
+                ring.publish();
             }
             return;
         };
@@ -91,6 +101,9 @@ impl Rings {
             monotonic_ns().saturating_sub(HOLD_BACK_NS)
         };
         merge.read(&mut self.rings, until, sink);
+        for ring in &mut self.rings {
+            ring.publish();
+        }
     }
 
     /// Records read after a younger one had been passed on (passed on out
@@ -100,8 +113,8 @@ impl Rings {
     }
 }
 
-/// An epoll instance that reports each ring's wakeups once (EPOLLET).
-fn edge_triggered(rings: &[RingBuf<MapData>]) -> std::io::Result<OwnedFd> {
+/// An epoll instance that reports the wakeup ring's wakeups once (EPOLLET).
+fn edge_triggered(wake: &RingBuf<MapData>) -> std::io::Result<OwnedFd> {
     // SAFETY: plain syscall; the fd is owned from here on.
     let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if fd < 0 {
@@ -109,30 +122,21 @@ fn edge_triggered(rings: &[RingBuf<MapData>]) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: a fresh fd of our own.
     let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
-    for ring in rings {
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
-            u64: 0,
-        };
-        // SAFETY: valid fds and event.
-        let rc = unsafe {
-            libc::epoll_ctl(
-                epoll.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                ring.as_raw_fd(),
-                &mut event,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+        u64: 0,
+    };
+    // SAFETY: valid fds and event.
+    let rc = unsafe {
+        libc::epoll_ctl(
+            epoll.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            wake.as_raw_fd(),
+            &mut event,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(epoll)
-}
-
-impl Source for RingBuf<MapData> {
-    fn next_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-        // The item gives its space back to the kernel when dropped.
-        self.next().map(|item| f(&item))
-    }
 }

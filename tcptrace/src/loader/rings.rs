@@ -1,7 +1,16 @@
 //! How the kernel's rings are sized and when they wake the reader: one ring
 //! per CPU, sharing `--ring-size`.
 
-use tcptrace_common::{Event, MAX_RINGS, MIN_RING_BYTES};
+use std::os::fd::AsFd;
+
+use aya::{
+    Ebpf,
+    maps::{Map, RingBuf},
+};
+use tcptrace_common::{MAX_RINGS, MIN_RING_BYTES};
+
+use super::LoadError;
+use crate::input::{Rings, open_slot_rings};
 
 /// How many rings, and the bytes of each, for `--ring-size` bytes in all
 /// on a host of `cpus` (possible) CPUs: one ring per CPU up to MAX_RINGS,
@@ -22,47 +31,31 @@ pub fn ring_layout(ring_bytes: u32, cpus: Option<usize>) -> (u32, u32) {
     (rings, ring_bytes / rings)
 }
 
-/// The kernel program's ring maps, by number.
-pub(super) const RING_NAMES: [&str; MAX_RINGS as usize] = [
-    "EVENTS_0", "EVENTS_1", "EVENTS_2", "EVENTS_3", "EVENTS_4", "EVENTS_5", "EVENTS_6", "EVENTS_7",
-];
-
-/// When the kernel program wakes the reader: once an eighth of the ring is
-/// waiting (below that the reader's timer drains, far cheaper than a wakeup
-/// per event), checked every `query_every` events — never fewer than the
-/// threshold holds, so that even a 4 KiB ring wakes its reader in time.
-pub fn wakeup_policy(ring_bytes: u32) -> (u64, u32) {
-    // The largest ring entry: the whole event plus the ring's 8-byte
-    // header (most are shorter, see record_len: checks come sooner).
-    const ENTRY: u32 = (core::mem::size_of::<Event>() + 8) as u32;
-    let wakeup_bytes = ring_bytes / 8;
-    let query_every = (wakeup_bytes / ENTRY / 2).clamp(1, 32);
-    (u64::from(wakeup_bytes), query_every)
+/// Maps the kernel program's event rings (`rings` of `slots` slots each)
+/// and takes its wakeup ring: the reader's side of
+/// [`tcptrace_common::ring`].
+pub(super) fn slot_rings(ebpf: &mut Ebpf, rings: u32, slots: u32) -> Result<Rings, LoadError> {
+    let mut array = |name: &'static str| match ebpf.take_map(name) {
+        Some(Map::Array(data)) => Ok(data),
+        _ => Err(LoadError::MissingMap(name)),
+    };
+    let slot_array = array("SLOTS")?;
+    let positions = array("RING_POS")?;
+    let readers = open_slot_rings(
+        slot_array.fd().as_fd(),
+        positions.fd().as_fd(),
+        rings as usize,
+        u64::from(slots),
+    )
+    .map_err(LoadError::MapRings)?;
+    let wake = ebpf.take_map("WAKE").ok_or(LoadError::MissingMap("WAKE"))?;
+    let wake = RingBuf::try_from(wake).map_err(|e| LoadError::Map("WAKE", e))?;
+    Ok(Rings::new(readers, wake))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_ring_size_wakes_its_reader_before_it_fills() {
-        let min = tcptrace_common::MIN_RING_BYTES;
-        for shift in min.trailing_zeros()..=30 {
-            let ring = 1u32 << shift;
-            let (wakeup, every) = wakeup_policy(ring);
-            let entry = (core::mem::size_of::<Event>() + 8) as u64;
-            // Between two checks at most `every` entries arrive: the check
-            // that sees the threshold crossed comes before the ring is full.
-            assert!(
-                wakeup + u64::from(every) * entry < u64::from(ring),
-                "{ring}"
-            );
-            assert!((1..=32).contains(&every));
-        }
-        // The smallest: woken at an eighth (~200 events), checked every 32.
-        assert_eq!(wakeup_policy(min), (32 << 10, 32));
-        assert_eq!(wakeup_policy(4 << 20).1, 32);
-    }
 
     #[test]
     fn rings_follow_the_cpus_and_share_the_chosen_size() {
