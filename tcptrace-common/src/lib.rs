@@ -528,24 +528,25 @@ pub struct TaskOffsets {
     pub _pad: u32,
 }
 
-/// Indices of the per-CPU `COUNTERS` array.
+/// Indices of the per-CPU `COUNTERS` array. Events produced are not
+/// counted here: they are the slots the rings' heads have reserved
+/// ([`ring::RingPos::head`]) plus those lost, which saves every event a
+/// locked add.
 pub mod counter {
-    /// Events that passed the filters and were offered to the ring buffer.
-    pub const PRODUCED: u32 = 0;
-    /// Of those, events that found no room in the ring buffer.
-    pub const LOST: u32 = 1;
+    /// Events that passed the filters and found no room in their ring.
+    pub const LOST: u32 = 0;
     /// Events dropped by a filter in the kernel.
-    pub const FILTERED: u32 = 2;
+    pub const FILTERED: u32 = 1;
     /// Non-TCP `inet_sock_set_state` events (MPTCP, SCTP) ignored.
-    pub const NOT_TCP: u32 = 3;
+    pub const NOT_TCP: u32 = 2;
     /// Events made by `inet_sock_set_state_nested` for runs the kernel
     /// skipped (each is also one of the programs' `recursion_misses`).
-    pub const RECOVERED: u32 = 4;
+    pub const RECOVERED: u32 = 3;
     /// Rare paths the kernel program met ([`super::oddity`]): a kernel read
     /// that failed, an address family or IP version it does not know, a full
     /// map. Each is also logged through aya-log, saying which.
-    pub const ODD: u32 = 5;
-    pub const COUNT: u32 = 6;
+    pub const ODD: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 pub mod netstat;

@@ -74,7 +74,8 @@ static RING_POS: Array<RingPos> = Array::with_max_entries(MAX_RINGS, BPF_F_MMAPA
 #[map]
 static WAKE: RingBuf = RingBuf::with_byte_size(4096, 0);
 
-/// `counter::*` per CPU: produced = received + lost holds exactly.
+/// `counter::*` per CPU (events produced are the rings' reserved slots plus
+/// those lost): produced = received + lost holds exactly.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
@@ -362,7 +363,6 @@ unsafe fn zero16(dst: *mut [u8; 16]) {
 /// the reader keeps only the prefix that holds its non-zero sections.
 #[inline(always)]
 fn submit(event: &Event) {
-    count(counter::PRODUCED);
     let cfg = config();
     let ring = event.cpu & cfg.ring_mask;
     let Some(pos) = RING_POS.get_ptr_mut(ring) else {

@@ -128,15 +128,15 @@ pub struct Args {
     #[arg(long)]
     pub no_direct_reads: bool,
 
-    /// Ring buffer size in bytes, all rings together: a power of two from
-    /// 262144 (256 KiB) to 1073741824 (1 GiB). It is shared by one ring
-    /// per CPU (up to 8, none under 256 KiB), so that CPUs do not contend
-    /// for one ring; tcptrace merges them back into time order. A burst
-    /// on one CPU fills that CPU's share. Larger
-    /// absorbs bigger bursts without losing events; it is resident memory,
-    /// mapped into tcptrace twice. 256 KiB holds about 2,400 events, a
-    /// fifth of a second at a thousand connections a second: a smaller ring
-    /// fills while a loaded machine keeps the reader waiting for a CPU.
+    /// Event ring size in bytes, all rings together: a power of two from
+    /// 262144 (256 KiB) to 1073741824 (1 GiB), one event per 128 bytes
+    /// (in 160-byte slots: resident memory is 1.25 times this). It is
+    /// shared by one ring per CPU (up to 8, none under 256 KiB), so that
+    /// CPUs do not contend for one ring; tcptrace merges them back into
+    /// time order. A burst on one CPU fills that CPU's share. Larger
+    /// absorbs bigger bursts without losing events. 256 KiB holds 2,048
+    /// events, about 0.15 s at a thousand connections a second: a smaller
+    /// ring fills while a loaded machine keeps the reader waiting for a CPU.
     #[arg(long, value_name = "BYTES", default_value_t = tcptrace_common::DEFAULT_RING_BYTES,
           allow_hyphen_values = true, value_parser = parse_ring_size)]
     pub ring_size: u32,

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 pub struct Counters {
     /// Events that passed the kernel filters and were offered to the ring.
     pub produced: u64,
-    /// Events that found the ring buffer full.
+    /// Events that found their ring full.
     pub lost: u64,
-    /// Events read from the ring buffers by userspace.
+    /// Events read from the rings by userspace.
     pub received: u64,
     /// Their bytes as the kernel wrote them (each ring entry also has an
     /// 8-byte header): over `received`, the average record, for sizing

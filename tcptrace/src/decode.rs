@@ -1,5 +1,5 @@
 //! Kernel event → typed record. The first step of the pipeline: turns the raw
-//! `#[repr(C)]` [`Event`] from the ring buffer into a [`Record`] that the
+//! `#[repr(C)]` [`Event`] from the event rings into a [`Record`] that the
 //! tracker and renderers can use without knowing any kernel layout.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -366,7 +366,7 @@ impl Record {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("ring buffer item of {0} bytes, shorter than the {1} every record has")]
+    #[error("event record of {0} bytes, shorter than the {1} every record has")]
     Size(usize, usize),
     #[error("unknown event kind {0}")]
     Kind(u8),

@@ -20,7 +20,7 @@ mod merge;
 mod rings;
 mod slots;
 pub use rings::Rings;
-pub use slots::{SlotRing, open as open_slot_rings};
+pub use slots::{RingPositions, SlotRing, open as open_slot_rings};
 
 use std::{
     sync::{
@@ -133,7 +133,7 @@ pub struct InputGauge {
     /// Bytes of records taken from the rings and not yet processed.
     backlog: Arc<AtomicUsize>,
     /// The rings' positions.
-    rings: Option<slots::RingPositions>,
+    rings: Option<RingPositions>,
 }
 
 impl InputGauge {
@@ -145,7 +145,7 @@ impl InputGauge {
     /// Bytes in the kernel's rings not yet consumed (`None` when their
     /// positions could not be mapped).
     pub fn ring_used_bytes(&self) -> Option<u64> {
-        self.rings.as_ref().map(slots::RingPositions::used_bytes)
+        self.rings.as_ref().map(RingPositions::used_bytes)
     }
 }
 

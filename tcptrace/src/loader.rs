@@ -1,4 +1,4 @@
-//! Loads tcptrace's kernel program, attaches it, and reads its ring buffer.
+//! Loads tcptrace's kernel program, attaches it, and reads its event rings.
 //!
 //! Start-up order matters for clear errors: privileges first, then the
 //! kernel's layout (its BTF), then the load (where the verifier speaks).
@@ -22,7 +22,7 @@ use tcptrace_common::{
 use crate::{
     counters::Counters,
     decode::{Decoder, Record, event_from_bytes},
-    input::{Collected, LiveInput, ReadCounts, Rings, frames},
+    input::{Collected, LiveInput, ReadCounts, RingPositions, Rings, frames},
     kernel::{self, KernelLayout},
     kernel_log::{self, KernelLog},
     owners::Owners,
@@ -123,6 +123,8 @@ pub struct Tracer {
     ebpf: Ebpf,
     /// Until [`Tracer::live_input`] hands them to their reading thread.
     rings: Option<Rings>,
+    /// The rings' positions: their heads count the events produced.
+    positions: Option<RingPositions>,
     counters: PerCpuArray<MapData, u64>,
     decoder: Decoder,
     /// Owner maps, when the kernel keeps none (no process filters): for
@@ -267,6 +269,7 @@ impl Tracer {
         .map_err(|e| LoadError::Map("COUNTERS", e))?;
         Ok(Tracer {
             ebpf,
+            positions: ring_maps.positions(),
             rings: Some(ring_maps),
             owners,
             counters,
@@ -298,7 +301,7 @@ impl Tracer {
         let rings = self
             .rings
             .take()
-            .ok_or_else(|| std::io::Error::other("the ring buffers are already being read"))?;
+            .ok_or_else(|| std::io::Error::other("the event rings are already being read"))?;
         LiveInput::start(rings, self.read.clone())
     }
 
@@ -327,7 +330,7 @@ impl Tracer {
         }
     }
 
-    /// Reads the events waiting in the ring buffers, in time order, on this
+    /// Reads the events waiting in the event rings, in time order, on this
     /// thread (unless [`Tracer::live_input`] took the rings): all of them
     /// once detached, else those no other ring can still precede. Returns
     /// how many were read.
@@ -378,7 +381,7 @@ impl Tracer {
     /// Kernel and userspace counts, summed over CPUs.
     pub fn counters(&self) -> Counters {
         Counters {
-            produced: self.kernel_count(counter::PRODUCED),
+            produced: self.positions.as_ref().map_or(0, RingPositions::reserved) + self.lost(),
             lost: self.lost(),
             filtered: self.kernel_count(counter::FILTERED),
             not_tcp: self.kernel_count(counter::NOT_TCP),
@@ -392,7 +395,7 @@ impl Tracer {
         }
     }
 
-    /// Events that found the ring buffer full: one map lookup, cheap enough
+    /// Events that found their ring full: one map lookup, cheap enough
     /// for every drain tick.
     pub fn lost(&self) -> u64 {
         self.kernel_count(counter::LOST)

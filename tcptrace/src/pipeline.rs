@@ -1,6 +1,6 @@
 //! The pipeline, the same for every input: raw kernel records and the
 //! steps that drive time (ticks, losses, the exit check) come in, from the
-//! live ring buffer or a recording; decoded records, finished lives and
+//! live event rings or a recording; decoded records, finished lives and
 //! their verdicts go out to the renderers and the summary, the raw steps
 //! to the recorder, when there is one, and everything to the extra
 //! [`Output`]s (metrics).

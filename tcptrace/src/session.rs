@@ -1,5 +1,5 @@
 //! Wires the pipeline together: tracer → decode → tracker → classify →
-//! render, driven by the ring buffer's readiness and a short drain timer.
+//! render, driven by the event rings' wakeups and a short drain timer.
 
 use std::{
     io::{self, Write},
@@ -349,7 +349,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
             writeln!(
                 err,
                 "  output:     {} lines written, {} lines ({} bytes) dropped: the reader of stdout \
-                 did not keep up (blocked for {:.1} s); the ring buffer was drained all along",
+                 did not keep up (blocked for {:.1} s); the event rings were drained all along",
                 output.written_lines,
                 output.dropped_lines,
                 output.dropped_bytes,
@@ -548,7 +548,7 @@ impl LossReporter {
         self.seen = gaps;
         if lost + self.missed > self.reported && elapsed(self.last_report) {
             eprintln!(
-                "tcptrace: events lost so far: {lost} (ring buffer full; --ring-size raises it); \
+                "tcptrace: events lost so far: {lost} (event ring full; --ring-size raises it); \
                  the kernel skipped tracing {} events ({} of sockets: those sockets are marked \
                  incomplete; the rest exits, signals or softirq marks)",
                 self.missed, self.missed_socket

@@ -1,4 +1,4 @@
-//! One ring buffer per CPU: a socket whose events are made on two CPUs
+//! One event ring per CPU: a socket whose events are made on two CPUs
 //! reaches the tracker in the kernel's order, through the live CLI's
 //! reading thread and through the library's own drain alike.
 //!

@@ -353,8 +353,8 @@ impl Report {
              aside) when tcptrace was stopped. Program \
              tables: sums over the reps, programs named by the kernel (bpftool). Peak RSS: ru_maxrss from wait4 (bpftrace's includes \
              compiling its program; tcptrace's includes aya parsing the kernel's BTF once at \
-             load). RSS after churn: VmRSS just before the tracer is stopped (the ring buffer's \
-             pages count twice: the kernel maps its data area twice)."
+             load). RSS after churn: VmRSS just before the tracer is stopped (tcptrace's \
+             event rings, which it maps, included)."
         );
         s
     }

@@ -28,7 +28,7 @@ fn decodes_an_ipv4_state_change_from_raw_bytes() {
     };
     e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
     e.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
-    // SAFETY: viewing plain data as bytes, as the ring buffer delivers it.
+    // SAFETY: viewing plain data as bytes, as the event rings deliver it.
     let bytes = unsafe {
         std::slice::from_raw_parts(
             (&e as *const Event).cast::<u8>(),
@@ -112,7 +112,7 @@ fn comm_is_the_lossy_name_up_to_the_first_nul() {
 }
 
 fn bytes_of(e: &Event) -> &[u8] {
-    // SAFETY: viewing plain data as bytes, as the ring buffer delivers it.
+    // SAFETY: viewing plain data as bytes, as the event rings deliver it.
     unsafe {
         std::slice::from_raw_parts(
             std::ptr::from_ref(e).cast::<u8>(),

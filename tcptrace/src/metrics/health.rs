@@ -180,24 +180,24 @@ impl Collector for Health {
         let events: [(&str, &str, &AtomicU64); 7] = [
             (
                 "events_produced",
-                "Events that passed the kernel filters and were offered to the ring buffer \
+                "Events that passed the kernel filters and were offered to the event rings \
                  (produced = received + lost).",
                 &self.produced,
             ),
             (
                 "events_received",
-                "Events read from the ring buffer.",
+                "Events read from the event rings.",
                 &self.received,
             ),
             (
                 "events_received_bytes",
-                "Bytes of the events read from the ring buffer, as the kernel wrote them \
-                 (each also takes an 8-byte header in the ring): for sizing --ring-size.",
+                "Bytes of the events read from the event rings, as the kernel wrote them \
+                 (each takes a slot, 128 bytes of --ring-size, whatever its length).",
                 &self.received_bytes,
             ),
             (
                 "events_lost",
-                "Events that found the ring buffer full (--ring-size raises it); the sockets \
+                "Events that found their event ring full (--ring-size raises it); the sockets \
                  they concern are marked incomplete.",
                 &self.lost,
             ),
@@ -307,8 +307,8 @@ impl Collector for Health {
             gauge(
                 e,
                 "ring_size",
-                "Size of the kernel ring buffers, all together (--ring-size; one ring per \
-                 CPU up to 8, sharing it).",
+                "Size of the kernel's event rings, all together (--ring-size: 128 bytes per \
+                 event slot; one ring per CPU up to 8, sharing it).",
                 Some(&Unit::Bytes),
                 get(&self.ring_bytes) as i64,
             )?;
@@ -316,10 +316,10 @@ impl Collector for Health {
                 gauge(
                     e,
                     "ring_used",
-                    "Bytes in the kernel ring buffers not yet read (producer minus consumer \
-                     position, read from a read-only mapping of each ring's position pages, \
-                     which aya's RingBuf does not expose). The reader drains them every 20 ms \
-                     or once an eighth of one is full.",
+                    "Part of --ring-size holding events not yet read (128 bytes per slot \
+                     reserved and not yet read, from the rings' positions, which the reader \
+                     maps). The reader drains them every 20 ms or once an eighth of a ring \
+                     is waiting.",
                     Some(&Unit::Bytes),
                     used as i64,
                 )?;
@@ -343,7 +343,7 @@ impl Collector for Health {
         gauge(
             e,
             "resident_memory",
-            "Resident memory of the tcptrace process (the ring buffer included).",
+            "Resident memory of the tcptrace process (the event rings included).",
             Some(&Unit::Bytes),
             resident_bytes() as i64,
         )?;

@@ -351,7 +351,7 @@ pub struct SocketLife {
     /// Not closed as far as tcptrace saw, but gone from the kernel when
     /// tracing stopped: its closing transitions never reached tcptrace.
     pub gone_unseen: bool,
-    /// Set by the session when the ring buffer lost events during this life.
+    /// Set by the session when its event ring lost events during this life.
     pub events_lost: bool,
     /// A transition did not start where the previous one ended: the kernel
     /// made one that never reached tcptrace.
@@ -367,7 +367,7 @@ pub struct Accepted {
 }
 
 impl SocketLife {
-    /// Marks the life incomplete because the ring buffer lost events.
+    /// Marks the life incomplete because an event ring lost events.
     pub fn mark_lost_events(&mut self) {
         self.events_lost = true;
     }

@@ -154,7 +154,7 @@ pub fn write_summary(
     if c.lost > 0 {
         writeln!(
             out,
-            "  WARNING: {} events lost (ring buffer full): some sockets are incomplete; use a larger ring buffer",
+            "  WARNING: {} events lost (event ring full): some sockets are incomplete; raise --ring-size",
             c.lost
         )?;
     }
@@ -448,7 +448,7 @@ mod tests {
                 "  exits:      1 sockets closed by a process exit (1 killed by a signal)",
                 "  handshake active   n=2  p50 0.062 ms  p90 0.062 ms  p99 0.062 ms  max 0.062 ms",
                 "  handshake passive  n=2  p50 0.002 ms  p90 0.002 ms  p99 0.002 ms  max 0.002 ms",
-                "  WARNING: 2 events lost (ring buffer full): some sockets are incomplete; use a larger ring buffer",
+                "  WARNING: 2 events lost (event ring full): some sockets are incomplete; raise --ring-size",
             ]
         );
         let v = summary_json(&s, &counters, &stats);

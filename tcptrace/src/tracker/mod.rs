@@ -380,7 +380,7 @@ impl Tracker {
     }
 
     /// Marks every life tracked now as having missed events (the session
-    /// calls this when the ring buffer reports a loss).
+    /// calls this when an event ring reports a loss).
     pub fn mark_events_lost(&mut self) {
         for t in self.lives.values_mut() {
             t.life.mark_lost_events();
@@ -513,7 +513,7 @@ impl Tracker {
             return;
         }
         if life.state.is_some_and(|current| current != old) {
-            // A transition the kernel made never reached us (ring buffer
+            // A transition the kernel made never reached us (event ring
             // full, or a run the kernel skipped): say so, don't guess.
             life.gap = true;
         }
