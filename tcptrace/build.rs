@@ -10,8 +10,8 @@
 //!
 //! The nested cargo is started here rather than through aya-build, which
 //! does the same but cannot choose the BPF CPU version: tcptrace's kernel
-//! program needs v3 (`-C target-cpu=v3`, Linux 5.1+), whose atomic
-//! compare-and-exchange reserves a slot in the event rings (see
+//! program needs v3 (`-C target-cpu=v3`), whose atomic compare-and-exchange
+//! (Linux 5.12+: the loader checks) reserves a slot in the event rings (see
 //! tcptrace-ebpf's `submit`). The default (v1) has only an atomic add that
 //! returns nothing.
 use std::{

@@ -559,26 +559,27 @@ pub use config::{
     filter,
 };
 
-/// The smallest ring: 256 KiB, about 2,400 events (records are 40-160
-/// bytes with the ring's header, about 110 on average in a loopback churn;
-/// at worst 1,600), a fifth of a second at a thousand connections a second
-/// (13 events each). The reader is woken once an eighth of it is waiting; on
-/// a loaded machine it may then wait tens of milliseconds for a CPU, and a
-/// smaller ring loses events meanwhile: measured with a debug build on 2
-/// vCPUs at 1,000 connections/s, 16 KiB lost 2-4 % beside 8 busy loops,
-/// 64 KiB and 128 KiB up to 1-2 % beside 16, 256 KiB nothing beside 16
-/// (and under 2 % beside 32).
+/// The smallest `--ring-size`: 256 KiB, 2,048 events ([`ring`]: one per
+/// 128 bytes), about 0.15 s at a thousand connections a second (13 events
+/// each). The reader is woken once an eighth of a ring is waiting; on a
+/// loaded machine it may then wait tens of milliseconds for a CPU, and a
+/// smaller ring loses events meanwhile: measured (with the kernel's BPF
+/// ring buffer, whose 256 KiB held about 2,400 churn events) with a debug
+/// build on 2 vCPUs at 1,000 connections/s, 16 KiB lost 2-4 % beside 8
+/// busy loops, 64 KiB and 128 KiB up to 1-2 % beside 16, 256 KiB nothing
+/// beside 16 (and under 2 % beside 32).
 pub const MIN_RING_BYTES: u32 = 256 << 10;
 
-/// Ring buffer size used when the user does not choose one (all rings
-/// together).
+/// `--ring-size` when the user does not choose one (all rings together):
+/// 32,768 events.
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
-/// Most ring buffers (maps `EVENTS_0` … `EVENTS_7`): one per CPU up to
-/// this, then CPUs share them by `cpu & (rings - 1)`. When two CPUs produce
-/// into one ring, each event costs 100-140 ns more on a 2-CPU VM (the
-/// ring's lock and producer position bounce between the CPUs); eight
-/// rings keep a large host's sharing to a few CPUs per ring.
+/// Most event rings ([`ring`]): one per CPU up to this, then CPUs share
+/// them by `cpu & (rings - 1)`. When two CPUs produced into one BPF ring
+/// buffer, each event cost 100-140 ns more on a 2-CPU VM (the ring's lock
+/// and producer position bounced between the CPUs; a shared slot ring's
+/// head would too); eight rings keep a large host's sharing to a few CPUs
+/// per ring.
 pub const MAX_RINGS: u32 = 8;
 
 // The loader and the kernel program must agree on these layouts byte for

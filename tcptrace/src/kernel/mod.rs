@@ -369,6 +369,11 @@ pub enum LayoutError {
     },
     #[error("struct {0} has no usable field `{1}` in this kernel's BTF")]
     Field(&'static str, &'static str),
+    #[error(
+        "this kernel's BPF has no atomic compare-and-exchange (Linux 5.12 and later have it): \
+         tcptrace's kernel program reserves its event ring slots with it"
+    )]
+    NoAtomics,
 }
 
 /// Finds each argument of `tp` by its type in the kernel's `TP_PROTO`.
@@ -552,6 +557,9 @@ impl KernelLayout {
         config.context = context_offsets(btf);
         if config.context.reads_preempt_count() {
             present.retain(|tp| tp.group != "irq");
+        }
+        if !offsets::has_bpf_atomics(btf) {
+            return Err(LayoutError::NoAtomics);
         }
         let rdonly_cast = offsets::rdonly_cast_id(btf);
         config.reads.direct = u32::from(rdonly_cast.is_some());

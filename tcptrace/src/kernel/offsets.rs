@@ -229,6 +229,17 @@ pub(super) fn rdonly_cast_id(btf: &Btf) -> Option<u32> {
         .flatten()
 }
 
+/// Does this kernel's verifier take BPF's atomic compare-and-exchange
+/// (Linux 5.12), which reserves a slot in the event rings? BTF has no
+/// entry for an instruction; `BPF_FUNC_check_mtu` came in the same
+/// release, and its presence in `enum bpf_func_id` says the kernel is that
+/// new (or has that release's BPF backported with it).
+pub(super) fn has_bpf_atomics(btf: &Btf) -> bool {
+    btf.enum_values("bpf_func_id")
+        .iter()
+        .any(|(_, name)| name == "BPF_FUNC_check_mtu")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

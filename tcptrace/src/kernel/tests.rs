@@ -58,6 +58,8 @@ fn the_running_kernel_is_read_from_its_btf() {
     let Some(btf) = Btf::from_sys_fs().expect("the kernel's BTF parses") else {
         return; // a kernel without BTF: nothing to check here
     };
+    // 6.18 has BPF's atomic compare-and-exchange, and says so in BTF.
+    assert!(offsets::has_bpf_atomics(&btf));
     let layout = KernelLayout::from_btf(&btf).unwrap();
     let c = layout.config;
     assert_eq!(

@@ -29,6 +29,16 @@ pub struct Summary {
     /// Of the runs the kernel skipped, those whose event tcptrace's second
     /// `inet_sock_set_state` program made instead.
     pub recovered: Option<u64>,
+    /// What tcptrace's output queue wrote and dropped.
+    pub output: Option<OutputSummary>,
+}
+
+/// The `output` part of tcptrace's summary.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OutputSummary {
+    /// Lines rendered but dropped because the output could not take them
+    /// in time (output never holds up tracing).
+    pub dropped_lines: Option<u64>,
 }
 
 impl TracerOut {

@@ -23,16 +23,21 @@ impl Report {
              on the scenario's ports is left (TIME_WAIT aside). Expected socket reports: both \
              ends of every connection plus one per listener; more when the kernel's TIME_WAIT \
              table was full (TIME_WAIT overflows: sockets closed without it, whose peers' late \
-             FINs then draw resets from no socket, each reported).\n"
+             FINs then draw resets from no socket, each reported), fewer when tcptrace's output \
+             dropped lines (output lines dropped: the file could not take the burst in time; \
+             output never holds up tracing, and says what it dropped).\n"
         );
         let _ = writeln!(
             s,
             "| run | connections (shards) | unread: killed / listening side | events produced | \
              lost | runs skipped by the kernel | skipped % of produced | sockets reported \
-             (expected) | still open at exit | of them gone | incomplete | all gone after | \
-             TIME_WAIT overflows |"
+             (expected) | output lines dropped | still open at exit | of them gone | incomplete | \
+             all gone after | TIME_WAIT overflows |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         for r in self
             .runs
             .iter()
@@ -40,7 +45,7 @@ impl Report {
         {
             let (Some(mc), Some(t), true) = (&r.massclose, &r.tracer, r.ok()) else {
                 let why = r.error.as_deref().map_or("no result".into(), short);
-                let _ = writeln!(s, "| {} | failed: {why} |{}", r.rep + 1, " |".repeat(11));
+                let _ = writeln!(s, "| {} | failed: {why} |{}", r.rep + 1, " |".repeat(12));
                 continue;
             };
             let o = &mc.out;
@@ -58,7 +63,7 @@ impl Report {
             let _ = writeln!(
                 s,
                 "| {} | {} ({}) | {} / {} | {} | {} | {missed} | {pct} | {} ({}) | {} | {} | {} | \
-                 {gone} | {} |",
+                 {} | {gone} | {} |",
                 r.rep + 1,
                 o.connections,
                 o.shards,
@@ -68,6 +73,7 @@ impl Report {
                 f(sm.and_then(|x| x.lost)),
                 mc.sockets.reported,
                 2 * o.connections + u64::from(o.shards),
+                f(sm.and_then(|x| x.output.as_ref()?.dropped_lines)),
                 mc.sockets.still_open,
                 mc.sockets.still_open_gone,
                 mc.sockets.incomplete,

@@ -51,6 +51,7 @@ pub(super) fn tracer(progs: Vec<crate::proc::ProgStats>, produced: u64) -> crate
             // tcptrace's own count of skipped runs, net of recovered.
             missed: Some(misses),
             recovered: Some(0),
+            output: None,
         }),
         bpftrace_lost: None,
         bpftrace_count: None,
