@@ -224,8 +224,8 @@ fn report_shows_every_figure_with_its_target() {
     let md = r.markdown();
     assert!(
         md.contains(
-            "| 1 | 100 (1) | 25 / 25 | 1000 | 5 | 1 | 0.100 % | 201 (201) | 3 | 3 | 4 | 0.05 s | \
-             1234 |"
+            "| 1 | 100 (1) | 25 / 25 | 1000 | 5 | 1 | 0.100 % | 201 (201) | n/a | 3 | 3 | 4 | \
+             0.05 s | 1234 |"
         ),
         "{md}"
     );
