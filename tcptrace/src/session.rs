@@ -36,8 +36,9 @@ use crate::{
 };
 
 /// Without a wakeup per event, the reader drains on this timer (the kernel
-/// wakes it early only when a backlog builds).
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// wakes it early only when a backlog builds): the ring thread's pace
+/// (`input::POLL_MS`).
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
 /// After `-- COMMAND` exits: time for its last events (lives linger 200 ms).
 const COMMAND_GRACE: Duration = Duration::from_millis(400);

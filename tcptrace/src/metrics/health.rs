@@ -318,7 +318,7 @@ impl Collector for Health {
                     "ring_used",
                     "Part of --ring-size holding events not yet read (128 bytes per slot \
                      reserved and not yet read, from the rings' positions, which the reader \
-                     maps). The reader drains them every 20 ms or once an eighth of a ring \
+                     maps). The reader drains them every 50 ms or once an eighth of a ring \
                      is waiting.",
                     Some(&Unit::Bytes),
                     used as i64,
