@@ -357,10 +357,9 @@ unsafe fn zero16(dst: *mut [u8; 16]) {
 
 /// Writes the event into a slot of this CPU's ring ([`tcptrace_common::ring`]
 /// says how the reader and this program share it): no helper call, except
-/// one `bpf_ringbuf_output` to wake the reader when the ring's backlog
-/// crosses `wake_at` (below that, the reader drains on its timer: a wakeup
-/// per event would cost more than the event). The whole event is stored;
-/// the reader keeps only the prefix that holds its non-zero sections.
+/// one `bpf_ringbuf_output` to wake the reader when a lap's backlog reaches
+/// `wake_at` (below that, the reader drains on its timer: a wakeup per
+/// event would cost more than the event).
 #[inline(always)]
 fn submit(event: &Event) {
     let cfg = config();
