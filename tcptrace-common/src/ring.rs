@@ -81,16 +81,6 @@ pub struct RingPos {
     _tail_line: [u64; 7],
 }
 
-impl RingPos {
-    pub const EMPTY: RingPos = RingPos {
-        head: 0,
-        limit: 0,
-        _head_line: [0; 6],
-        tail: 0,
-        _tail_line: [0; 7],
-    };
-}
-
 /// Slots waiting past which the reader is woken: an eighth of the ring.
 #[inline(always)]
 pub const fn wake_at(slots: u64) -> u64 {
@@ -104,13 +94,33 @@ pub const fn wake_at(slots: u64) -> u64 {
 /// in 1.25 N bytes of slots.
 pub const RING_BYTES_PER_SLOT: u32 = 128;
 
-/// Slots in each of `rings` rings sharing `ring_bytes`: a power of two
-/// (the kernel program masks positions) when both are, at least 64.
-pub fn slots_per_ring(ring_bytes: u32, rings: u32) -> u32 {
-    let share = ring_bytes / rings.max(1) / RING_BYTES_PER_SLOT;
-    let fit = if share == 0 { 1 } else { 1 << share.ilog2() };
-    fit.max(64)
+/// Slots in a ring given `ring_bytes` of `--ring-size`: the largest power
+/// of two that fits (the kernel program masks positions), at least 64.
+pub fn slots_per_ring(ring_bytes: u32) -> u32 {
+    let fit = ring_bytes / RING_BYTES_PER_SLOT;
+    if fit == 0 {
+        64
+    } else {
+        (1 << fit.ilog2()).max(64)
+    }
 }
 
 const _: () = assert!(SLOT_BYTES == 160);
 const _: () = assert!(core::mem::size_of::<RingPos>() == 128);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ring_holds_one_event_per_128_bytes_in_a_power_of_two_of_slots() {
+        assert_eq!(slots_per_ring(crate::MIN_RING_BYTES), 2048);
+        assert_eq!(slots_per_ring(2 << 20), 16384);
+        assert_eq!(slots_per_ring(3 << 20), 16384);
+        assert_eq!(slots_per_ring(0), 64);
+        assert_eq!(
+            wake_at(u64::from(slots_per_ring(crate::MIN_RING_BYTES))),
+            256
+        );
+    }
+}

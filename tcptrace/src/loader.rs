@@ -176,7 +176,7 @@ impl Tracer {
             }
         }
         let (rings, ring_bytes) = ring_layout(opts.ring_bytes, aya::util::nr_cpus().ok());
-        let slots = slots_per_ring(ring_bytes, 1);
+        let slots = slots_per_ring(ring_bytes);
         config.slot_shift = slots.ilog2();
         config.wake_at = wake_at(u64::from(slots));
         config.ring_mask = rings - 1;
