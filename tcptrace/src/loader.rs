@@ -380,9 +380,11 @@ impl Tracer {
 
     /// Kernel and userspace counts, summed over CPUs.
     pub fn counters(&self) -> Counters {
+        // Read once: produced = reserved + lost must hold for what is shown.
+        let lost = self.lost();
         Counters {
-            produced: self.positions.as_ref().map_or(0, RingPositions::reserved) + self.lost(),
-            lost: self.lost(),
+            produced: self.positions.as_ref().map_or(0, RingPositions::reserved) + lost,
+            lost,
             filtered: self.kernel_count(counter::FILTERED),
             not_tcp: self.kernel_count(counter::NOT_TCP),
             received: self.read.received.load(Ordering::Relaxed),
