@@ -20,7 +20,7 @@ use crate::{
     cli::Args,
     command::{self, CommandCgroup},
     counters::Counters,
-    input::Batch,
+    input::{Batch, DRAIN_INTERVAL},
     loader::TraceOptions,
     loader::Tracer,
     metrics::{Metrics, MetricsListener},
@@ -34,11 +34,6 @@ use crate::{
     snapshot::{Holder, OpenSocket, Snapshot},
     sockdiag,
 };
-
-/// Without a wakeup per event, the reader drains on this timer (the kernel
-/// wakes it early only when a backlog builds): the ring thread's pace
-/// (`input::POLL_MS`).
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
 /// After `-- COMMAND` exits: time for its last events (lives linger 200 ms).
 const COMMAND_GRACE: Duration = Duration::from_millis(400);

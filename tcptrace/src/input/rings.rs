@@ -35,7 +35,12 @@ impl Rings {
     pub fn new(rings: Vec<SlotRing>, wake: RingBuf<MapData>) -> Rings {
         let merge = (rings.len() > 1).then(|| Merge::new(rings.len()));
         let wakeups = edge_triggered(&wake)
-            .map_err(|e| log::warn!("epoll on the rings' wakeups: {e}; reading every 50 ms only"))
+            .map_err(|e| {
+                log::warn!(
+                    "epoll on the rings' wakeups: {e}; reading every {} ms only",
+                    super::DRAIN_INTERVAL.as_millis()
+                )
+            })
             .ok();
         Rings {
             rings,
