@@ -1,10 +1,13 @@
 //! `cargo xtask bench`: what tracing costs, in scenarios.
 //!
 //! - churn: for each mode (workload pinned to CPU 0, or every CPU busy), runs
-//!   the configurations interleaved (A B C D E F A B C D E F …): no tracer,
-//!   tcptrace to a file (text and --json), tcptrace as a metrics daemon
-//!   (`--view none --metrics`: nothing printed, every finished socket
-//!   counted), and bpftrace printing or counting the same tracepoint. Each run starts the tracer, waits until it has
+//!   the configurations interleaved, each repetition starting one later
+//!   (A B C D E F, B C D E F A, …, so that none always follows the same
+//!   one): no tracer, tcptrace to a file (text and --json), tcptrace as a
+//!   metrics daemon (`--view none --metrics`: nothing printed, every
+//!   finished socket counted), and bpftrace printing or counting the same
+//!   tracepoint. Before each run the page cache is written out (a tracer's
+//!   output must not be written back during the next run). Each run starts the tracer, waits until it has
 //!   attached, runs the `churn` workload, stops the tracer with SIGINT and
 //!   collects connections/s, the tracer's CPU time, peak RSS, the BPF
 //!   programs' run time and skipped runs (per program) and tcptrace's own
@@ -462,12 +465,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         );
         for &mode in &a.modes {
             for (rep, bpf_stats) in repetitions(a) {
-                for &config in &a.configs {
+                for config in run::rotated(&a.configs, rep) {
                     if bpf_stats && config == Config::None {
                         continue;
                     }
                     proc::check_interrupted()?;
                     set_bpf_stats(bpf_stats)?;
+                    run::settle();
                     let r = run_churn(
                         &ctx,
                         mode.name(),
@@ -504,12 +508,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             a.stats_reps
         );
         for (rep, bpf_stats) in repetitions(a) {
-            for config in BULK_CONFIGS {
+            for config in run::rotated(&BULK_CONFIGS, rep) {
                 if bpf_stats && config == Config::None {
                     continue;
                 }
                 proc::check_interrupted()?;
                 set_bpf_stats(bpf_stats)?;
+                run::settle();
                 let r = run_bulk(&ctx, config, rep);
                 proc::check_interrupted()?;
                 println!("  {}", report::run_line(&r, a.reps));

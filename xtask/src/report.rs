@@ -326,7 +326,9 @@ impl Report {
         let _ = writeln!(
             s,
             "Ratio: a run's conn/s (bulk: bytes/s) over the median of `none` in the same mode \
-             or scenario. Tracer CPU: \
+             or scenario. The configurations run one after the other in each repetition, their \
+             order rotated by one each repetition, the page cache written out before each run. \
+             Tracer CPU: \
              user+system seconds of the tracer process from the moment it reported being attached \
              until it exited (churn plus final drain), per million events; events are tcptrace's \
              `received` count, bpftrace-count's `@c`, or the lines bpftrace-print printed. \

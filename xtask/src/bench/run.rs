@@ -202,6 +202,30 @@ pub(super) fn wait_for_time_wait(limit: Duration) -> Result<()> {
     }
 }
 
+/// Writes out what earlier runs left in the page cache (a tracer's output
+/// file can be hundreds of megabytes) before the next run starts: its
+/// writeback would otherwise land in that run, whichever configuration it
+/// measures.
+pub(super) fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
+/// `configs` in the order repetition `rep` runs them: rotated by one each
+/// repetition, so that no configuration always follows the same one (and
+/// inherits what it leaves behind: TIME_WAIT sockets, a warm or cold cache).
+pub(super) fn rotated<T: Copy>(configs: &[T], rep: u32) -> Vec<T> {
+    if configs.is_empty() {
+        return Vec::new();
+    }
+    let start = rep as usize % configs.len();
+    configs[start..]
+        .iter()
+        .chain(&configs[..start])
+        .copied()
+        .collect()
+}
+
 /// The `tw` count of /proc/net/sockstat's TCP line.
 fn time_wait_of(sockstat: &str) -> Option<u64> {
     let tcp = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
@@ -212,7 +236,16 @@ fn time_wait_of(sockstat: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod time_wait_tests {
-    use super::time_wait_of;
+    use super::{rotated, time_wait_of};
+
+    #[test]
+    fn each_repetition_starts_one_configuration_later() {
+        let configs = ["none", "tcptrace", "bpftrace"];
+        assert_eq!(rotated(&configs, 0), configs);
+        assert_eq!(rotated(&configs, 1), ["tcptrace", "bpftrace", "none"]);
+        assert_eq!(rotated(&configs, 5), ["bpftrace", "none", "tcptrace"]);
+        assert!(rotated::<u8>(&[], 3).is_empty());
+    }
 
     #[test]
     fn the_time_wait_count_is_read_from_sockstat() {
