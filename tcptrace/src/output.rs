@@ -3,10 +3,14 @@
 //! thread that owns the real output (stdout). A slow reader (`| jq`) holds
 //! processing back ([`OutputQueue::backlogged`]): the session stops taking
 //! batches while the input thread goes on emptying the ring into its own
-//! bounded backlog. Nothing is dropped unless the reader stalls past every
-//! buffer: then whole chunks are dropped and counted, while tcptrace keeps
-//! answering signals. A closed reader (`| head -1`) is noticed even when
-//! nothing more is written.
+//! bounded backlog. A batch already taken can render more than the queue
+//! holds (a burst of closes in JSON): then the renderer waits for room, as
+//! long as the reader takes chunks ([`ROOM_WAIT`]), so that a file or a
+//! reader that is only slower than a burst loses nothing. Only a reader
+//! that stalls past that gets whole chunks dropped and counted (and no more
+//! waits until it catches up), while tcptrace keeps answering signals. A
+//! closed reader (`| head -1`) is noticed even when nothing more is
+//! written.
 //!
 //! Chunks hold whole lines, and a pipe or socket gets them in pieces of
 //! whole lines (see [`pipe`]): whatever is dropped or given up at exit,
@@ -34,6 +38,12 @@ const QUEUE_CHUNKS: usize = 64;
 const BACKLOG_CHUNKS: usize = QUEUE_CHUNKS / 2;
 /// How often an idle writer checks whether its reader went away.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
+/// How long a renderer waits for the writer to take a chunk off a full
+/// queue before it takes the reader for stalled. A file's writes take
+/// microseconds a chunk, and the kernel's dirty-page throttling pauses a
+/// writer for at most 200 ms; a reader stalled for longer than that is
+/// what the drops are for.
+const ROOM_WAIT: Duration = Duration::from_millis(300);
 
 /// Bytes on their way to the writer, with their line count (counted once,
 /// here, for the accounting of a stalled reader).
@@ -78,6 +88,10 @@ struct Shared {
     error: std::sync::Mutex<Option<io::Error>>,
     /// The reader stalled past the grace at exit: write no further line.
     stop: AtomicBool,
+    /// Signalled (under `room_lock`) each time the writer takes a chunk off
+    /// the queue: a renderer waiting for room then tries again.
+    room: std::sync::Condvar,
+    room_lock: std::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -91,6 +105,12 @@ impl Shared {
         if chunk_done {
             self.pending_chunks.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// The writer took a chunk off the queue: room for another.
+    fn took(&self) {
+        let _guard = self.room_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.room.notify_all();
     }
 
     /// Writing failed: the reader is gone (EPIPE), or another error is kept
@@ -116,6 +136,9 @@ pub struct OutputQueue {
     dropped_bytes: u64,
     blocked_since: Option<Instant>,
     blocked: Duration,
+    /// A wait for room ran out: the reader is stalled, and chunks are
+    /// dropped without waiting until it has caught up.
+    stalled: bool,
 }
 
 impl OutputQueue {
@@ -142,6 +165,7 @@ impl OutputQueue {
             dropped_bytes: 0,
             blocked_since: None,
             blocked: Duration::ZERO,
+            stalled: false,
         })
     }
 
@@ -165,6 +189,10 @@ impl OutputQueue {
     pub fn backlogged(&mut self) -> bool {
         let behind = self.shared.pending_chunks.load(Ordering::Relaxed) >= BACKLOG_CHUNKS;
         self.note_blocked(behind);
+        if !behind {
+            // Caught up: a full queue is worth waiting on again.
+            self.stalled = false;
+        }
         behind
     }
 
@@ -220,25 +248,65 @@ impl OutputQueue {
             return;
         }
         let chunk = std::mem::replace(&mut self.current, Vec::with_capacity(CHUNK_BYTES));
-        let Some(tx) = &self.tx else {
+        if self.tx.is_none() {
             return self.drop_chunk(&chunk);
-        };
+        }
         let (bytes, lines) = (chunk.len() as u64, count_lines(&chunk));
-        match tx.try_send(Chunk {
+        let chunk = Chunk {
             bytes: chunk,
             lines,
-        }) {
-            Ok(()) => {
-                let s = &self.shared;
-                s.pending_chunks.fetch_add(1, Ordering::Relaxed);
-                s.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
-                s.pending_lines.fetch_add(lines, Ordering::Relaxed);
+        };
+        // Counted as pending before it is in the queue: the writer may take
+        // it (and count it written) at once.
+        let s = &self.shared;
+        s.pending_chunks.fetch_add(1, Ordering::Relaxed);
+        s.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
+        s.pending_lines.fetch_add(lines, Ordering::Relaxed);
+        if let Err(chunk) = self.queue(chunk) {
+            let s = &self.shared;
+            s.pending_chunks.fetch_sub(1, Ordering::Relaxed);
+            s.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            s.pending_lines.fetch_sub(lines, Ordering::Relaxed);
+            self.note_blocked(true);
+            self.dropped_bytes += bytes;
+            self.dropped_lines += chunk.lines;
+        }
+    }
+
+    /// Puts `chunk` in the queue, waiting up to [`ROOM_WAIT`] for room
+    /// while the writer is taking chunks; hands it back when the reader
+    /// is gone or stalled.
+    fn queue(&mut self, chunk: Chunk) -> Result<(), Chunk> {
+        let Some(tx) = &self.tx else {
+            return Err(chunk);
+        };
+        let mut chunk = match tx.try_send(chunk) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Disconnected(chunk)) => return Err(chunk),
+            Err(TrySendError::Full(chunk)) if self.stalled => return Err(chunk),
+            Err(TrySendError::Full(chunk)) => chunk,
+        };
+        let deadline = Instant::now() + ROOM_WAIT;
+        let shared = &self.shared;
+        let mut guard = shared.room_lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            // Under the lock: the writer's signal cannot come between this
+            // try and the wait.
+            match tx.try_send(chunk) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(c)) => return Err(c),
+                Err(TrySendError::Full(c)) => chunk = c,
             }
-            Err(TrySendError::Full(chunk) | TrySendError::Disconnected(chunk)) => {
-                self.note_blocked(true);
-                self.dropped_bytes += bytes;
-                self.dropped_lines += chunk.lines;
+            let now = Instant::now();
+            if now >= deadline || shared.closed.load(Ordering::Relaxed) {
+                self.stalled = true;
+                return Err(chunk);
             }
+            guard = shared
+                .room
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -307,7 +375,10 @@ fn write_chunks<W: Write>(out: W, fd: Option<RawFd>, rx: &Receiver<Chunk>, share
 fn next_chunk(fd: Option<RawFd>, rx: &Receiver<Chunk>, shared: &Shared) -> Option<Chunk> {
     loop {
         match rx.recv_timeout(IDLE_CHECK) {
-            Ok(chunk) => return Some(chunk),
+            Ok(chunk) => {
+                shared.took();
+                return Some(chunk);
+            }
             Err(RecvTimeoutError::Timeout) => {
                 if fd.is_some_and(reader_gone) {
                     shared.closed.store(true, Ordering::Relaxed);
@@ -375,15 +446,16 @@ mod tests {
     }
 
     #[test]
-    fn a_stalled_reader_costs_dropped_lines_never_a_blocked_writer() {
+    fn a_stalled_reader_costs_dropped_lines_and_one_wait_never_a_blocked_renderer() {
         let (go, wait) = mpsc::channel();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut q = OutputQueue::new(Stalled(wait, seen.clone()), None).unwrap();
         let line = [b'x'; 1023];
         let start = Instant::now();
         let lines = (QUEUE_CHUNKS + 8) * CHUNK_BYTES / 1024;
-        // Far more than the queue holds: every write returns at once, and
-        // the queue says it is backlogged long before it is full.
+        // Far more than the queue holds: the queue says it is backlogged
+        // long before it is full; once full, one wait for room runs out,
+        // and every later write returns at once.
         for i in 0..lines {
             q.write_all(&line).unwrap();
             q.write_all(b"\n").unwrap();
@@ -392,7 +464,11 @@ mod tests {
             }
         }
         q.flush().unwrap();
-        assert!(start.elapsed() < Duration::from_secs(2));
+        let took = start.elapsed();
+        assert!(
+            took >= ROOM_WAIT && took < ROOM_WAIT + Duration::from_secs(1),
+            "one wait of {ROOM_WAIT:?}, then drops without waiting: took {took:?}"
+        );
         let stats = q.stats();
         assert!(stats.dropped_lines > 0, "{stats:?}");
         assert_eq!(stats.dropped_bytes, stats.dropped_lines * 1024, "{stats:?}");
@@ -433,6 +509,38 @@ mod tests {
         assert_eq!(stats.dropped_lines, 0, "{stats:?}");
         assert_eq!(*seen.lock().unwrap(), expected);
         assert_eq!(stats.written_bytes, expected.len() as u64);
+    }
+
+    /// A reader that takes every chunk, only slower than they are
+    /// rendered: a file while a burst of closes is rendered as JSON.
+    struct Slow(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Slow {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(1));
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_burst_larger_than_the_queue_waits_for_a_slow_reader_and_loses_nothing() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut q = OutputQueue::new(Slow(seen.clone()), None).unwrap();
+        let line = [b'y'; 1023];
+        // Three times what the queue holds, rendered at once.
+        let lines = 3 * QUEUE_CHUNKS * CHUNK_BYTES / 1024;
+        for _ in 0..lines {
+            q.write_all(&line).unwrap();
+            q.write_all(b"\n").unwrap();
+        }
+        let stats = q.finish(Duration::from_secs(10));
+        assert_eq!(stats.dropped_lines, 0, "{stats:?}");
+        assert_eq!(stats.written_lines, lines as u64, "{stats:?}");
+        assert_eq!(seen.lock().unwrap().len(), lines * 1024);
     }
 
     #[test]

@@ -189,6 +189,12 @@ fn a_killed_process_with_thousands_of_sockets_leaves_none_reported_open() {
         lost * 100 <= produced,
         "lost {lost} of {produced}: {summary}"
     );
+    // A file takes every line: the burst waits for it, nothing is dropped.
+    assert_eq!(
+        counters["output"]["dropped_lines"].as_u64(),
+        Some(0),
+        "output lines dropped writing to a file: {summary}"
+    );
     // Both ends of every connection, each reported once.
     let twice: Vec<_> = by_socket
         .iter()
