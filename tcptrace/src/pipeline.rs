@@ -109,6 +109,9 @@ pub struct Pipeline<W: Write> {
     /// Monotonic time of the latest loss: lives that began before it may
     /// miss events and are marked incomplete.
     last_loss_ns: Option<u64>,
+    /// The newest record's time (monotonic ns): how far the stream has
+    /// been processed.
+    latest_ns: u64,
     undecodable: u64,
     filtered: u64,
 }
@@ -132,6 +135,7 @@ impl<W: Write> Pipeline<W> {
             summary: Summary::default(),
             outputs: Vec::new(),
             last_loss_ns: None,
+            latest_ns: 0,
             undecodable: 0,
             filtered: 0,
         }
@@ -244,6 +248,7 @@ impl<W: Write> Pipeline<W> {
 
     /// One decoded record.
     pub fn record(&mut self, record: &Record) -> io::Result<()> {
+        self.latest_ns = self.latest_ns.max(record.ts_ns());
         // The kernel sends a bare destroy (address and time) when no filter
         // needs more: the socket's life supplies the rest for the outputs.
         let completed;
@@ -307,6 +312,11 @@ impl<W: Write> Pipeline<W> {
             output.tick(now_ns, &stats, &self.summary)?;
         }
         self.renderer.flush()
+    }
+
+    /// The newest record processed (monotonic ns; 0 before the first).
+    pub fn latest_event_ns(&self) -> u64 {
+        self.latest_ns
     }
 
     /// New losses were seen at `now_ns`: lives begun before are marked.

@@ -291,7 +291,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
             if loss.check(&tracer, false) {
                 pipeline.note_loss(now);
             }
-            result = pipeline.tick(now);
+            let backlog = input.gauge().backlog_bytes();
+            result = pipeline.tick(tick_time(now, backlog, pipeline.latest_event_ns()));
             if let Some((m, _)) = &metrics {
                 let out = pipeline.output().stats();
                 m.read_health(&tracer, &out, pipeline.recording_dropped());
@@ -394,6 +395,20 @@ fn open_socket_passes(trace: &TraceOptions, o: &OpenSocket) -> bool {
         && (f.flags & filter::RPORT == 0 || s.dport == f.rport)
         && (f.flags & filter::NETNS == 0 || s.netns_inode == u64::from(f.netns))
         && (!process_filter || o.holders.iter().any(|h| holder_passes(trace, h)))
+}
+
+/// The time a tick stands for. Closed lives linger, and the tracker's
+/// tables age, by the events' own clock: while read batches wait (the
+/// output held the main thread back, or a busy host starved it), that
+/// clock is the latest event processed, not the wall's, or a life would
+/// be reported before its own last events (its destroy, a late RST) were
+/// read, and those would start a life of their own.
+fn tick_time(now_ns: u64, backlog_bytes: usize, latest_event_ns: u64) -> u64 {
+    if backlog_bytes > 0 && latest_event_ns > 0 {
+        now_ns.min(latest_event_ns)
+    } else {
+        now_ns
+    }
 }
 
 /// Feeds a batch of raw records through the pipeline.
@@ -553,5 +568,22 @@ impl LossReporter {
             self.last_report = Some(std::time::Instant::now());
         }
         new_losses
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick_time;
+
+    #[test]
+    fn ticks_follow_the_events_while_read_batches_wait() {
+        // Caught up: the wall's time, so that a quiet host's lives expire.
+        assert_eq!(tick_time(5_000, 0, 1_000), 5_000);
+        // Behind: no later than the newest event processed.
+        assert_eq!(tick_time(5_000, 4096, 1_000), 1_000);
+        // Nothing processed yet: nothing to hold it back to.
+        assert_eq!(tick_time(5_000, 4096, 0), 5_000);
+        // Events stamped after the wall was read (a batch just taken).
+        assert_eq!(tick_time(5_000, 4096, 6_000), 5_000);
     }
 }
