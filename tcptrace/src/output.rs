@@ -445,6 +445,22 @@ mod tests {
         }
     }
 
+    /// A reader that takes every chunk, each after a pause: with one, only
+    /// slower than chunks are rendered (a file while a burst of closes is
+    /// rendered as JSON).
+    struct Collect(Arc<std::sync::Mutex<Vec<u8>>>, Duration);
+
+    impl Write for Collect {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            std::thread::sleep(self.1);
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn a_stalled_reader_costs_dropped_lines_and_one_wait_never_a_blocked_renderer() {
         let (go, wait) = mpsc::channel();
@@ -484,17 +500,7 @@ mod tests {
     #[test]
     fn everything_is_written_in_order_when_the_reader_keeps_up() {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut q = OutputQueue::new(Sink(seen.clone()), None).unwrap();
+        let mut q = OutputQueue::new(Collect(seen.clone(), Duration::ZERO), None).unwrap();
         let mut expected = Vec::new();
         for i in 0..100_000 {
             let line = format!("{i}\n");
@@ -511,25 +517,11 @@ mod tests {
         assert_eq!(stats.written_bytes, expected.len() as u64);
     }
 
-    /// A reader that takes every chunk, only slower than they are
-    /// rendered: a file while a burst of closes is rendered as JSON.
-    struct Slow(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl Write for Slow {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            std::thread::sleep(Duration::from_millis(1));
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_burst_larger_than_the_queue_waits_for_a_slow_reader_and_loses_nothing() {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut q = OutputQueue::new(Slow(seen.clone()), None).unwrap();
+        let mut q =
+            OutputQueue::new(Collect(seen.clone(), Duration::from_millis(1)), None).unwrap();
         let line = [b'y'; 1023];
         // Three times what the queue holds, rendered at once.
         let lines = 3 * QUEUE_CHUNKS * CHUNK_BYTES / 1024;
