@@ -13,9 +13,9 @@ pub struct Counters {
     pub lost: u64,
     /// Events read from the rings by userspace.
     pub received: u64,
-    /// Their bytes as the kernel wrote them (each ring entry also has an
-    /// 8-byte header): over `received`, the average record, for sizing
-    /// `--ring-size`.
+    /// Their bytes as the kernel wrote them (each in a slot of its own,
+    /// 128 bytes of `--ring-size` whatever its length): over `received`,
+    /// the average record.
     pub received_bytes: u64,
     /// Of those, events a CPU's ring delivered after the merge of the rings
     /// had handed on later ones (a program delayed more than the merge's

@@ -5,7 +5,7 @@
 //! batches while the input thread goes on emptying the ring into its own
 //! bounded backlog. A batch already taken can render more than the queue
 //! holds (a burst of closes in JSON): then the renderer waits for room, as
-//! long as the reader takes chunks ([`ROOM_WAIT`]), so that a file or a
+//! long as the reader takes chunks ([`QUEUE_ROOM_WAIT`]), so that a file or a
 //! reader that is only slower than a burst loses nothing. Only a reader
 //! that stalls past that gets whole chunks dropped and counted (and no more
 //! waits until it catches up), while tcptrace keeps answering signals. A
@@ -43,7 +43,7 @@ const IDLE_CHECK: Duration = Duration::from_millis(100);
 /// microseconds a chunk, and the kernel's dirty-page throttling pauses a
 /// writer for at most 200 ms; a reader stalled for longer than that is
 /// what the drops are for.
-const ROOM_WAIT: Duration = Duration::from_millis(300);
+const QUEUE_ROOM_WAIT: Duration = Duration::from_millis(300);
 
 /// Bytes on their way to the writer, with their line count (counted once,
 /// here, for the accounting of a stalled reader).
@@ -273,7 +273,7 @@ impl OutputQueue {
         }
     }
 
-    /// Puts `chunk` in the queue, waiting up to [`ROOM_WAIT`] for room
+    /// Puts `chunk` in the queue, waiting up to [`QUEUE_ROOM_WAIT`] for room
     /// while the writer is taking chunks; hands it back when the reader
     /// is gone or stalled.
     fn queue(&mut self, chunk: Chunk) -> Result<(), Chunk> {
@@ -286,7 +286,7 @@ impl OutputQueue {
             Err(TrySendError::Full(chunk)) if self.stalled => return Err(chunk),
             Err(TrySendError::Full(chunk)) => chunk,
         };
-        let deadline = Instant::now() + ROOM_WAIT;
+        let deadline = Instant::now() + QUEUE_ROOM_WAIT;
         let shared = &self.shared;
         let mut guard = shared.room_lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -482,8 +482,8 @@ mod tests {
         q.flush().unwrap();
         let took = start.elapsed();
         assert!(
-            took >= ROOM_WAIT && took < ROOM_WAIT + Duration::from_secs(1),
-            "one wait of {ROOM_WAIT:?}, then drops without waiting: took {took:?}"
+            took >= QUEUE_ROOM_WAIT && took < QUEUE_ROOM_WAIT + Duration::from_secs(1),
+            "one wait of {QUEUE_ROOM_WAIT:?}, then drops without waiting: took {took:?}"
         );
         let stats = q.stats();
         assert!(stats.dropped_lines > 0, "{stats:?}");

@@ -24,8 +24,8 @@ impl Report {
              ends of every connection plus one per listener; more when the kernel's TIME_WAIT \
              table was full (TIME_WAIT overflows: sockets closed without it, whose peers' late \
              FINs then draw resets from no socket, each reported), fewer when tcptrace's output \
-             dropped lines (output lines dropped: the file could not take the burst in time; \
-             output never holds up tracing, and says what it dropped).\n"
+             dropped lines (output lines dropped: the file took nothing for 0.3 s while the \
+             burst waited; output never holds up tracing, and says what it dropped).\n"
         );
         let _ = writeln!(
             s,
