@@ -180,6 +180,11 @@ impl LiveInput {
         })
     }
 
+    /// Bytes read out of the rings that the main thread has not processed.
+    pub fn backlog_bytes(&self) -> usize {
+        self.gauge.backlog_bytes()
+    }
+
     /// How full the ring and the backlog are.
     pub fn gauge(&self) -> InputGauge {
         self.gauge.clone()

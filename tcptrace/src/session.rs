@@ -291,7 +291,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Option<u8>> {
             if loss.check(&tracer, false) {
                 pipeline.note_loss(now);
             }
-            let backlog = input.gauge().backlog_bytes();
+            let backlog = input.backlog_bytes();
             result = pipeline.tick(tick_time(now, backlog, pipeline.latest_event_ns()));
             if let Some((m, _)) = &metrics {
                 let out = pipeline.output().stats();
