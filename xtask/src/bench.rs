@@ -227,6 +227,12 @@ pub enum Config {
     TcptraceNoAccept,
     BpftracePrint,
     BpftraceCount,
+    /// bpftrace with a program of no instructions (it returns 0) on the same
+    /// tracepoint: what this machine charges for running any program at all.
+    BpftraceEmpty,
+    /// bpftrace with a program that only reads the clock: with
+    /// `bpftrace-empty`, the price of the one timestamp every event needs.
+    BpftraceClock,
     /// Another tcptrace binary (`--baseline PATH`, e.g. main's build before
     /// a change) with the default output: an A/B inside one run, which this
     /// VM's drift between runs (a third slower within an hour) otherwise
@@ -235,13 +241,15 @@ pub enum Config {
 }
 
 impl Config {
-    const ALL: [Config; 6] = [
+    const ALL: [Config; 8] = [
         Config::None,
         Config::Tcptrace,
         Config::TcptraceJson,
         Config::TcptraceMetrics,
         Config::BpftracePrint,
         Config::BpftraceCount,
+        Config::BpftraceEmpty,
+        Config::BpftraceClock,
     ];
 
     pub fn name(self) -> &'static str {
@@ -253,6 +261,8 @@ impl Config {
             Config::TcptraceNoAccept => "tcptrace-no-accept",
             Config::BpftracePrint => "bpftrace-print",
             Config::BpftraceCount => "bpftrace-count",
+            Config::BpftraceEmpty => "bpftrace-empty",
+            Config::BpftraceClock => "bpftrace-clock",
             Config::Baseline => "baseline",
         }
     }
@@ -269,7 +279,13 @@ impl Config {
     }
 
     pub fn is_bpftrace(self) -> bool {
-        matches!(self, Config::BpftracePrint | Config::BpftraceCount)
+        matches!(
+            self,
+            Config::BpftracePrint
+                | Config::BpftraceCount
+                | Config::BpftraceEmpty
+                | Config::BpftraceClock
+        )
     }
 }
 

@@ -22,7 +22,7 @@ mod tests;
 pub use self::format::run_line;
 use self::format::{floor_line, programs_table, short};
 pub use self::stats::load_average;
-use self::stats::{Group, Machine, groups_of};
+use self::stats::{Group, Machine, groups_of, machine_floor};
 use self::syscalls::syscalls_section;
 use self::targets::{Status, Target, massclose_targets, scenario_targets, targets};
 
@@ -197,7 +197,12 @@ impl Report {
                     g.ok,
                     &g.programs,
                 );
-                floor_line(&mut s, &g.programs, g.bpf_ns_per_event);
+                floor_line(
+                    &mut s,
+                    &g.programs,
+                    g.bpf_ns_per_event,
+                    machine_floor(&self.groups, mode.name()),
+                );
             }
         }
 
@@ -336,7 +341,11 @@ impl Report {
              run_time_ns of all its programs over the churn divided by the events its programs \
              produced (`produced` in its `tcptrace-summary` line), so programs that run without \
              producing an event (on every softirq) count in full; for bpftrace, its program's \
-             run_time_ns / run_cnt (each run is an event). Two kinds of runs: the `--reps` \
+             run_time_ns / run_cnt (each run is an event). `bpftrace-empty` (a program of no \
+             instructions) and `bpftrace-clock` (one that only reads the clock) on the same \
+             tracepoint are not tracers but the machine's floor: what running any program, and \
+             one timestamp, cost here; the per-run floor line under each tcptrace table and the \
+             BPF target's \"least here\" come from them. Two kinds of runs: the `--reps` \
              give conn/s, ratios, tracer CPU and memory with kernel.bpf_stats_enabled=0, as \
              on a production host (the statistics add two clock reads to every BPF program \
              run, which slows the traced workload by itself); the `--stats-reps` of each \
@@ -379,7 +388,8 @@ impl Report {
              `target/bench/results.json`; this file is rewritten by every run.\n\n\
              Flags: `--scenarios churn,bulk,massclose,json,syscalls`, `--reps N`, `--stats-reps N`, \
              `--seconds S`, \
-             `--configs none,tcptrace,tcptrace-json,tcptrace-metrics,bpftrace-print,bpftrace-count`, \
+             `--configs none,tcptrace,tcptrace-json,tcptrace-metrics,bpftrace-print,bpftrace-count,\
+             bpftrace-empty,bpftrace-clock`, \
              `--modes pinned,saturated`, `--ceiling-max-clients K`, `--ports N`, `--base-port P`, \
              `--bulk-seconds S`, `--bulk-connections C`, `--bulk-unpinned`, `--bulk-port P`, \
              `--massclose-conns N`, `--massclose-runs R`, `--massclose-port P`, \

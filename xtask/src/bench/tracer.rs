@@ -98,6 +98,11 @@ const BPFTRACE_SETTLE: Duration = Duration::from_millis(300);
 const SAMPLE_BYTES: u64 = 1 << 20;
 const BPFTRACE_PRINT: &str = r#"tracepoint:sock:inet_sock_set_state { printf("%llx %d %d\n", args->skaddr, args->oldstate, args->newstate); }"#;
 const BPFTRACE_COUNT: &str = "tracepoint:sock:inet_sock_set_state { @c = count(); }";
+/// Compiles to `r0 = 0; exit`.
+const BPFTRACE_EMPTY: &str = "tracepoint:sock:inet_sock_set_state { }";
+/// Compiles to one `bpf_ktime_get_ns` call (bpftrace keeps it: a helper
+/// call is never dropped as dead code), then `r0 = 0; exit`.
+const BPFTRACE_CLOCK: &str = "tracepoint:sock:inet_sock_set_state { $t = nsecs; }";
 
 /// A tracer that has attached, with its readings at the start of the
 /// measured window.
@@ -318,11 +323,15 @@ fn tracer_command(ctx: &Ctx, config: Config) -> Result<Option<Command>> {
             c.args(["--view", "none", "--metrics", "127.0.0.1:0"]);
             Some(c)
         }
-        Config::BpftracePrint | Config::BpftraceCount => {
-            let prog = if config == Config::BpftracePrint {
-                BPFTRACE_PRINT
-            } else {
-                BPFTRACE_COUNT
+        Config::BpftracePrint
+        | Config::BpftraceCount
+        | Config::BpftraceEmpty
+        | Config::BpftraceClock => {
+            let prog = match config {
+                Config::BpftracePrint => BPFTRACE_PRINT,
+                Config::BpftraceCount => BPFTRACE_COUNT,
+                Config::BpftraceEmpty => BPFTRACE_EMPTY,
+                _ => BPFTRACE_CLOCK,
             };
             let mut c = command("bpftrace")?;
             c.args(["-e", prog]);

@@ -34,14 +34,85 @@ pub(super) fn programs_table(s: &mut String, title: &str, runs: usize, rows: &[P
 }
 
 /// tcptrace's program that does almost nothing (reads one per-CPU slot and
-/// returns, unless a nested run needs it): what any run costs here.
+/// returns, unless a nested run needs it): what any run costs here, when
+/// the bench did not run `bpftrace-empty`.
 const FLOOR_PROGRAM: &str = "inet_sock_set_state_nested";
 
+/// What this machine charges before a program does any work, measured on
+/// the same tracepoint in the same mode: `bpftrace-empty`'s ns per run (a
+/// program of no instructions) and `bpftrace-clock`'s (one clock read).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MachineFloor {
+    pub empty_ns: f64,
+    pub clock_ns: Option<f64>,
+}
+
+impl MachineFloor {
+    /// One `bpf_ktime_get_ns` call: the clock program less the empty one.
+    pub fn clock_read_ns(&self) -> Option<f64> {
+        self.clock_ns.map(|c| (c - self.empty_ns).max(0.0))
+    }
+
+    /// The least BPF time per event of any tracer that runs `runs_per_event`
+    /// programs per event and timestamps each event once: before it reads
+    /// a byte of the socket.
+    pub fn least_per_event(&self, runs_per_event: f64) -> Option<f64> {
+        Some(runs_per_event * self.empty_ns + self.clock_read_ns()?)
+    }
+}
+
+/// Runs of all the programs per event produced, from the programs' sums
+/// and the group's ns per event (None without run time).
+pub(super) fn runs_per_event(rows: &[ProgRow], bpf_ns_per_event: Option<f64>) -> Option<f64> {
+    let runs: u64 = rows.iter().map(|r| r.run_cnt).sum();
+    let time: u64 = rows.iter().map(|r| r.run_time_ns).sum();
+    bpf_ns_per_event
+        .filter(|_| time > 0)
+        .map(|per_event| per_event * runs as f64 / time as f64)
+}
+
 /// How much of the BPF time per event is the machine's price of running a
-/// program at all: the near-empty program's ns per run times the runs per
-/// event (derived from the table's sums and the group's ns per event).
-/// Nothing when that program did not run.
-pub(super) fn floor_line(s: &mut String, rows: &[ProgRow], bpf_ns_per_event: Option<f64>) {
+/// program at all (and of reading the clock), and what is left for the
+/// programs' own work. The floor is `bpftrace-empty`'s run when the bench
+/// ran it, else tcptrace's near-empty program's. Nothing without a floor.
+pub(super) fn floor_line(
+    s: &mut String,
+    rows: &[ProgRow],
+    bpf_ns_per_event: Option<f64>,
+    machine: Option<MachineFloor>,
+) {
+    let (Some(runs_per_event), Some(per_event)) =
+        (runs_per_event(rows, bpf_ns_per_event), bpf_ns_per_event)
+    else {
+        return;
+    };
+    if let Some(m) = machine {
+        let floor = runs_per_event * m.empty_ns;
+        let _ = write!(
+            s,
+            "Per-run floor: a program of no instructions on the same tracepoint \
+             (`bpftrace-empty`) took {:.0} ns a run; tcptrace's programs ran {runs_per_event:.1} \
+             times per event produced, so about {floor:.0} of the {per_event:.0} ns per event is \
+             what this machine charges for running a program at all",
+            m.empty_ns
+        );
+        match (m.clock_read_ns(), m.least_per_event(runs_per_event)) {
+            (Some(clock), Some(least)) => {
+                let _ = writeln!(
+                    s,
+                    ". One clock read (`bpftrace-clock` less `bpftrace-empty`) took {clock:.0} \
+                     ns; with one per event, {least:.0} ns per event is the least this machine \
+                     allows at these runs per event, before a byte of the socket is read; \
+                     {:.0} is the programs' other work.\n",
+                    per_event - least
+                );
+            }
+            _ => {
+                let _ = writeln!(s, ", and {:.0} the programs' work.\n", per_event - floor);
+            }
+        }
+        return;
+    }
     let Some(floor) = rows
         .iter()
         .find(|r| r.name == FLOOR_PROGRAM)
@@ -49,12 +120,6 @@ pub(super) fn floor_line(s: &mut String, rows: &[ProgRow], bpf_ns_per_event: Opt
     else {
         return;
     };
-    let runs: u64 = rows.iter().map(|r| r.run_cnt).sum();
-    let time: u64 = rows.iter().map(|r| r.run_time_ns).sum();
-    let Some(per_event) = bpf_ns_per_event.filter(|_| time > 0) else {
-        return;
-    };
-    let runs_per_event = per_event * runs as f64 / time as f64;
     let floor_per_event = runs_per_event * floor;
     let _ = writeln!(
         s,

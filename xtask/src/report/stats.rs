@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::format::MachineFloor;
 use crate::bench::{Config, Run};
 
 #[derive(Debug, Clone, Serialize)]
@@ -271,6 +272,16 @@ fn group(mode: &str, config: Config, runs: &[Run], none_median: Option<f64>) -> 
 
 pub(super) fn find<'a>(groups: &'a [Group], mode: &str, config: Config) -> Option<&'a Group> {
     groups.iter().find(|g| g.mode == mode && g.config == config)
+}
+
+/// This machine's floor in `mode`, when the bench ran `bpftrace-empty`
+/// there with the BPF statistics on.
+pub(super) fn machine_floor(groups: &[Group], mode: &str) -> Option<MachineFloor> {
+    let ns_per_run = |c| find(groups, mode, c).and_then(|g| g.bpf_ns_per_event);
+    Some(MachineFloor {
+        empty_ns: ns_per_run(Config::BpftraceEmpty)?,
+        clock_ns: ns_per_run(Config::BpftraceClock),
+    })
 }
 
 /// The groups of `mode` (a churn mode or a scenario), each compared with

@@ -287,13 +287,58 @@ fn the_per_run_floor_is_the_near_empty_programs_cost_times_the_runs_per_event() 
         row("softirq_entry", 1000, 20_000),
     ];
     let mut s = String::new();
-    super::format::floor_line(&mut s, &rows, Some(300.0));
+    super::format::floor_line(&mut s, &rows, Some(300.0), None);
     assert!(s.contains("took 40 ns a run"), "{s}");
     assert!(s.contains("ran 3.0 times per event"), "{s}");
     assert!(s.contains("about 120 of the 300 ns per event"), "{s}");
     assert!(s.contains("and 180 the programs' work"), "{s}");
     // Without the near-empty program there is no floor to state.
     let mut s = String::new();
-    super::format::floor_line(&mut s, &rows[..1], Some(300.0));
+    super::format::floor_line(&mut s, &rows[..1], Some(300.0), None);
     assert!(s.is_empty(), "{s}");
+}
+
+#[test]
+fn the_machine_floor_is_the_empty_program_per_run_and_one_clock_read_per_event() {
+    use super::format::MachineFloor;
+    use super::stats::ProgRow;
+    let row = |name: &str, run_cnt: u64, run_time_ns: u64| ProgRow {
+        name: name.into(),
+        reps: 1,
+        run_cnt,
+        run_time_ns,
+        recursion_misses: 0,
+        calls: String::new(),
+    };
+    // 2000 runs over 1000 events (300 ns per event); an empty program costs
+    // 50 ns a run and one clock read 40 more: 2 x 50 + 40 = 140 at least.
+    let rows = [
+        row("inet_sock_set_state", 1000, 250_000),
+        row("inet_sock_set_state_nested", 1000, 50_000),
+    ];
+    let machine = MachineFloor {
+        empty_ns: 50.0,
+        clock_ns: Some(90.0),
+    };
+    assert_eq!(machine.clock_read_ns(), Some(40.0));
+    assert_eq!(machine.least_per_event(2.0), Some(140.0));
+    let mut s = String::new();
+    super::format::floor_line(&mut s, &rows, Some(300.0), Some(machine));
+    assert!(s.contains("(`bpftrace-empty`) took 50 ns a run"), "{s}");
+    assert!(s.contains("ran 2.0 times per event"), "{s}");
+    assert!(s.contains("about 100 of the 300 ns per event"), "{s}");
+    assert!(s.contains("One clock read"), "{s}");
+    assert!(
+        s.contains("took 40 ns; with one per event, 140 ns per event"),
+        "{s}"
+    );
+    assert!(s.contains("160 is the programs' other work"), "{s}");
+    // Without the clock program: the floor alone.
+    let mut s = String::new();
+    let empty_only = MachineFloor {
+        clock_ns: None,
+        ..machine
+    };
+    super::format::floor_line(&mut s, &rows, Some(300.0), Some(empty_only));
+    assert!(s.contains("and 200 the programs' work"), "{s}");
 }
