@@ -268,17 +268,20 @@ fn report_shows_every_figure_with_its_target() {
     );
 }
 
-#[test]
-fn the_per_run_floor_is_the_near_empty_programs_cost_times_the_runs_per_event() {
-    use super::stats::ProgRow;
-    let row = |name: &str, run_cnt: u64, run_time_ns: u64| ProgRow {
+/// One program's sums, as the program tables hold them.
+fn row(name: &str, run_cnt: u64, run_time_ns: u64) -> super::stats::ProgRow {
+    super::stats::ProgRow {
         name: name.into(),
         reps: 1,
         run_cnt,
         run_time_ns,
         recursion_misses: 0,
         calls: String::new(),
-    };
+    }
+}
+
+#[test]
+fn the_per_run_floor_is_the_near_empty_programs_cost_times_the_runs_per_event() {
     // 3000 runs in 300 µs over 1000 events (300 ns per event): 3 runs per
     // event at 40 ns each is 120 ns of floor.
     let rows = [
@@ -301,15 +304,6 @@ fn the_per_run_floor_is_the_near_empty_programs_cost_times_the_runs_per_event() 
 #[test]
 fn the_machine_floor_is_the_empty_program_per_run_and_one_clock_read_per_event() {
     use super::format::MachineFloor;
-    use super::stats::ProgRow;
-    let row = |name: &str, run_cnt: u64, run_time_ns: u64| ProgRow {
-        name: name.into(),
-        reps: 1,
-        run_cnt,
-        run_time_ns,
-        recursion_misses: 0,
-        calls: String::new(),
-    };
     // 2000 runs over 1000 events (300 ns per event); an empty program costs
     // 50 ns a run and one clock read 40 more: 2 x 50 + 40 = 140 at least.
     let rows = [
