@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::stats::ProgRow;
+use super::stats::{MachineFloor, ProgRow, runs_per_event};
 use crate::bench::Run;
 
 /// A tracer's programs, summed over `runs` runs (names via bpftool).
@@ -37,39 +37,6 @@ pub(super) fn programs_table(s: &mut String, title: &str, runs: usize, rows: &[P
 /// returns, unless a nested run needs it): what any run costs here, when
 /// the bench did not run `bpftrace-empty`.
 const FLOOR_PROGRAM: &str = "inet_sock_set_state_nested";
-
-/// What this machine charges before a program does any work, measured on
-/// the same tracepoint in the same mode: `bpftrace-empty`'s ns per run (a
-/// program of no instructions) and `bpftrace-clock`'s (one clock read).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MachineFloor {
-    pub empty_ns: f64,
-    pub clock_ns: Option<f64>,
-}
-
-impl MachineFloor {
-    /// One `bpf_ktime_get_ns` call: the clock program less the empty one.
-    pub fn clock_read_ns(&self) -> Option<f64> {
-        self.clock_ns.map(|c| (c - self.empty_ns).max(0.0))
-    }
-
-    /// The least BPF time per event of any tracer that runs `runs_per_event`
-    /// programs per event and timestamps each event once: before it reads
-    /// a byte of the socket.
-    pub fn least_per_event(&self, runs_per_event: f64) -> Option<f64> {
-        Some(runs_per_event * self.empty_ns + self.clock_read_ns()?)
-    }
-}
-
-/// Runs of all the programs per event produced, from the programs' sums
-/// and the group's ns per event (None without run time).
-pub(super) fn runs_per_event(rows: &[ProgRow], bpf_ns_per_event: Option<f64>) -> Option<f64> {
-    let runs: u64 = rows.iter().map(|r| r.run_cnt).sum();
-    let time: u64 = rows.iter().map(|r| r.run_time_ns).sum();
-    bpf_ns_per_event
-        .filter(|_| time > 0)
-        .map(|per_event| per_event * runs as f64 / time as f64)
-}
 
 /// How much of the BPF time per event is the machine's price of running a
 /// program at all (and of reading the clock), and what is left for the

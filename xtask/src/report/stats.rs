@@ -7,7 +7,6 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::format::MachineFloor;
 use crate::bench::{Config, Run};
 
 #[derive(Debug, Clone, Serialize)]
@@ -272,6 +271,39 @@ fn group(mode: &str, config: Config, runs: &[Run], none_median: Option<f64>) -> 
 
 pub(super) fn find<'a>(groups: &'a [Group], mode: &str, config: Config) -> Option<&'a Group> {
     groups.iter().find(|g| g.mode == mode && g.config == config)
+}
+
+/// What this machine charges before a program does any work, measured on
+/// the same tracepoint in the same mode: `bpftrace-empty`'s ns per run (a
+/// program of no instructions) and `bpftrace-clock`'s (one clock read).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MachineFloor {
+    pub empty_ns: f64,
+    pub clock_ns: Option<f64>,
+}
+
+impl MachineFloor {
+    /// One `bpf_ktime_get_ns` call: the clock program less the empty one.
+    pub fn clock_read_ns(&self) -> Option<f64> {
+        self.clock_ns.map(|c| (c - self.empty_ns).max(0.0))
+    }
+
+    /// The least BPF time per event of any tracer that runs `runs_per_event`
+    /// programs per event and timestamps each event once: before it reads
+    /// a byte of the socket.
+    pub fn least_per_event(&self, runs_per_event: f64) -> Option<f64> {
+        Some(runs_per_event * self.empty_ns + self.clock_read_ns()?)
+    }
+}
+
+/// Runs of all the programs per event produced, from the programs' sums
+/// and the group's ns per event (None without run time).
+pub fn runs_per_event(rows: &[ProgRow], bpf_ns_per_event: Option<f64>) -> Option<f64> {
+    let runs: u64 = rows.iter().map(|r| r.run_cnt).sum();
+    let time: u64 = rows.iter().map(|r| r.run_time_ns).sum();
+    bpf_ns_per_event
+        .filter(|_| time > 0)
+        .map(|per_event| per_event * runs as f64 / time as f64)
 }
 
 /// This machine's floor in `mode`, when the bench ran `bpftrace-empty`

@@ -5,8 +5,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::format::runs_per_event;
-use super::stats::{Group, find, machine_floor};
+use super::stats::{Group, find, machine_floor, runs_per_event};
 use crate::bench::{BenchArgs, Config, Mode, Run, Scenario};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -303,7 +303,7 @@ fn the_per_run_floor_is_the_near_empty_programs_cost_times_the_runs_per_event() 
 
 #[test]
 fn the_machine_floor_is_the_empty_program_per_run_and_one_clock_read_per_event() {
-    use super::format::MachineFloor;
+    use super::stats::MachineFloor;
     // 2000 runs over 1000 events (300 ns per event); an empty program costs
     // 50 ns a run and one clock read 40 more: 2 x 50 + 40 = 140 at least.
     let rows = [
