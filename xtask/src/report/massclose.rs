@@ -25,7 +25,9 @@ impl Report {
              table was full (TIME_WAIT overflows: sockets closed without it, whose peers' late \
              FINs then draw resets from no socket, each reported), fewer when tcptrace's output \
              dropped lines (output lines dropped: the file took nothing for 0.3 s while the \
-             burst waited; output never holds up tracing, and says what it dropped).\n"
+             burst waited; output never holds up tracing, and says what it dropped). A run \
+             whose count differs keeps tcptrace's whole output in target/bench/runs, and the \
+             expected count says how many reports had the addresses of an earlier one.\n"
         );
         let _ = writeln!(
             s,
@@ -72,7 +74,7 @@ impl Report {
                 f(produced),
                 f(sm.and_then(|x| x.lost)),
                 mc.sockets.reported,
-                2 * o.connections + u64::from(o.shards),
+                expected_cell(o.expected_sockets(), mc.sockets.repeated),
                 f(sm.and_then(|x| x.output.as_ref()?.dropped_lines)),
                 mc.sockets.still_open,
                 mc.sockets.still_open_gone,
@@ -89,5 +91,15 @@ impl Report {
                 &g.programs,
             );
         }
+    }
+}
+
+/// The expected socket reports, and how many reports repeated an earlier
+/// one's addresses when any did.
+fn expected_cell(expected: u64, repeated: u64) -> String {
+    if repeated == 0 {
+        expected.to_string()
+    } else {
+        format!("{expected}; {repeated} repeated addresses")
     }
 }

@@ -215,6 +215,7 @@ fn report_shows_every_figure_with_its_target() {
             still_open: 3,
             still_open_gone: 3,
             incomplete: 4,
+            repeated: 2,
         },
         time_wait_overflows: Some(1234),
     });
@@ -224,7 +225,7 @@ fn report_shows_every_figure_with_its_target() {
     let md = r.markdown();
     assert!(
         md.contains(
-            "| 1 | 100 (1) | 25 / 25 | 1000 | 5 | 1 | 0.100 % | 201 (201) | n/a | 3 | 3 | 4 | \
+            "| 1 | 100 (1) | 25 / 25 | 1000 | 5 | 1 | 0.100 % | 201 (201; 2 repeated addresses) | n/a | 3 | 3 | 4 | \
              0.05 s | 1234 |"
         ),
         "{md}"
