@@ -256,15 +256,16 @@ mod tests {
                 r#"{{"type":"socket","socket":{{"skaddr":"0xffff1","family":"ipv4","local":"{local}","remote":"{remote}","role":"client","steps":[],"still_open":{still},"events_lost":false}},"verdict":{{"open":{{"kind":"active","established":true,"handshake_ns":1}},"close":{{"kind":"{close}","state":"ESTABLISHED"}},"incomplete":[{inc}],"summary":"x","attribution":null}}}}"#
             )
         };
+        // The killed child's side, closed properly.
+        let closed = open(
+            "127.0.0.1:40000",
+            "127.0.0.1:23900",
+            false,
+            "reset_sent",
+            "",
+        );
         let text = [
-            // The killed child's side, closed properly.
-            open(
-                "127.0.0.1:40000",
-                "127.0.0.1:23900",
-                false,
-                "reset_sent",
-                "",
-            ),
+            closed.clone(),
             // Gone, but reported still open: counted.
             open("127.0.0.1:40001", "127.0.0.1:23900", true, "still_open", ""),
             // The listening side, still there when tcptrace stopped: not.
@@ -278,13 +279,7 @@ mod tests {
             // Someone else's socket.
             open("127.0.0.1:5555", "127.0.0.1:6666", true, "still_open", ""),
             // The first socket's addresses again: a repeat.
-            open(
-                "127.0.0.1:40000",
-                "127.0.0.1:23900",
-                false,
-                "reset_sent",
-                "",
-            ),
+            closed,
             r#"{"type":"transition","skaddr_hex":"0x1","event":"state"}"#.to_owned(),
             "not json".to_owned(),
         ]
