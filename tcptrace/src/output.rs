@@ -100,6 +100,21 @@ impl Shared {
     fn wrote(&self, bytes: u64, lines: u64, chunk_done: bool) {
         self.written_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.written_lines.fetch_add(lines, Ordering::Relaxed);
+        self.no_longer_pending(bytes, lines, chunk_done);
+    }
+
+    /// A chunk of `bytes` holding `lines` newlines is on its way to the
+    /// writer.
+    fn pending(&self, bytes: u64, lines: u64) {
+        self.pending_chunks.fetch_add(1, Ordering::Relaxed);
+        self.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.pending_lines.fetch_add(lines, Ordering::Relaxed);
+    }
+
+    /// `bytes` holding `lines` newlines are no longer on their way (written,
+    /// or their chunk never queued); `chunk_done` when they were the last of
+    /// their chunk.
+    fn no_longer_pending(&self, bytes: u64, lines: u64, chunk_done: bool) {
         self.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
         self.pending_lines.fetch_sub(lines, Ordering::Relaxed);
         if chunk_done {
@@ -258,18 +273,12 @@ impl OutputQueue {
         };
         // Counted as pending before it is in the queue: the writer may take
         // it (and count it written) at once.
-        let s = &self.shared;
-        s.pending_chunks.fetch_add(1, Ordering::Relaxed);
-        s.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
-        s.pending_lines.fetch_add(lines, Ordering::Relaxed);
-        if let Err(chunk) = self.queue(chunk) {
-            let s = &self.shared;
-            s.pending_chunks.fetch_sub(1, Ordering::Relaxed);
-            s.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            s.pending_lines.fetch_sub(lines, Ordering::Relaxed);
+        self.shared.pending(bytes, lines);
+        if self.queue(chunk).is_err() {
+            self.shared.no_longer_pending(bytes, lines, true);
             self.note_blocked(true);
             self.dropped_bytes += bytes;
-            self.dropped_lines += chunk.lines;
+            self.dropped_lines += lines;
         }
     }
 
