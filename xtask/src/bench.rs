@@ -5,8 +5,9 @@
 //!   (A B C D E F, B C D E F A, …, so that none always follows the same
 //!   one): no tracer, tcptrace to a file (text and --json), tcptrace as a
 //!   metrics daemon (`--view none --metrics`: nothing printed, every
-//!   finished socket counted), and bpftrace printing or counting the same
-//!   tracepoint. Before each run the page cache is written out (a tracer's
+//!   finished socket counted), bpftrace printing or counting the same
+//!   tracepoint, and two bpftrace programs that measure the machine itself
+//!   (one of no instructions, one that only reads the clock). Before each run the page cache is written out (a tracer's
 //!   output must not be written back during the next run). Each run starts the tracer, waits until it has
 //!   attached, runs the `churn` workload, stops the tracer with SIGINT and
 //!   collects connections/s, the tracer's CPU time, peak RSS, the BPF
@@ -279,13 +280,7 @@ impl Config {
     }
 
     pub fn is_bpftrace(self) -> bool {
-        matches!(
-            self,
-            Config::BpftracePrint
-                | Config::BpftraceCount
-                | Config::BpftraceEmpty
-                | Config::BpftraceClock
-        )
+        tracer::bpftrace_program(self).is_some()
     }
 }
 

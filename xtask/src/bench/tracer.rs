@@ -104,6 +104,22 @@ const BPFTRACE_EMPTY: &str = "tracepoint:sock:inet_sock_set_state { }";
 /// call is never dropped as dead code), then `r0 = 0; exit`.
 const BPFTRACE_CLOCK: &str = "tracepoint:sock:inet_sock_set_state { $t = nsecs; }";
 
+/// The bpftrace program a configuration runs; None for the others.
+pub(super) fn bpftrace_program(config: Config) -> Option<&'static str> {
+    match config {
+        Config::BpftracePrint => Some(BPFTRACE_PRINT),
+        Config::BpftraceCount => Some(BPFTRACE_COUNT),
+        Config::BpftraceEmpty => Some(BPFTRACE_EMPTY),
+        Config::BpftraceClock => Some(BPFTRACE_CLOCK),
+        Config::None
+        | Config::Tcptrace
+        | Config::TcptraceJson
+        | Config::TcptraceMetrics
+        | Config::TcptraceNoAccept
+        | Config::Baseline => None,
+    }
+}
+
 /// A tracer that has attached, with its readings at the start of the
 /// measured window.
 pub(super) struct Tracing {
@@ -327,12 +343,7 @@ fn tracer_command(ctx: &Ctx, config: Config) -> Result<Option<Command>> {
         | Config::BpftraceCount
         | Config::BpftraceEmpty
         | Config::BpftraceClock => {
-            let prog = match config {
-                Config::BpftracePrint => BPFTRACE_PRINT,
-                Config::BpftraceCount => BPFTRACE_COUNT,
-                Config::BpftraceEmpty => BPFTRACE_EMPTY,
-                _ => BPFTRACE_CLOCK,
-            };
+            let prog = bpftrace_program(config).context("a bpftrace configuration's program")?;
             let mut c = command("bpftrace")?;
             c.args(["-e", prog]);
             Some(c)
